@@ -1,0 +1,17 @@
+"""hamjax: Hierarchical Associative Memories in JAX."""
+
+from . import lagrangians, synapses
+from .ham import HAM, ClampedDynamics, GraphError, StateError
+from .layers import Layer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "HAM",
+    "ClampedDynamics",
+    "GraphError",
+    "Layer",
+    "StateError",
+    "lagrangians",
+    "synapses",
+]

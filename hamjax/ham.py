@@ -1,0 +1,294 @@
+"""The HAM graph: named layers, named synapses, and the layers each synapse connects.
+
+Energy (MATH.md eq. 8 with biases, generalised to hyperedges)::
+
+    E(x) = Σ_A [x_A·g_A − L_A(x_A) − I_A·g_A] + Σ_s E_s(g_{s_1}, g_{s_2}, ...)
+
+Dynamics: ``τ_A dx_A/dt = −∂E/∂g_A`` with states and activations independent, i.e.
+``τ_A ẋ_A = c_A + I_A − x_A`` where ``c_A = −Σ_s ∂E_s/∂g_A`` is the current from the synapses
+(eq. 5 for dense synapses). Then ``dE/dt = −Σ_A τ_A ẋ_Aᵀ H_A ẋ_A ≤ 0`` for PSD Lagrangian
+Hessians ``H_A`` (eq. 9).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array
+
+from .layers import Layer
+from .synapses import Synapse
+
+__all__ = ["HAM", "ClampedDynamics", "GraphError", "StateError"]
+
+State = dict[str, Array]
+
+
+class GraphError(ValueError):
+    """The layers, synapses and edges of a HAM do not fit together."""
+
+
+class StateError(ValueError):
+    """A state (dict of arrays) does not fit the HAM's layers."""
+
+
+def _fmt_shape(shape) -> str:
+    return "(" + ", ".join("*" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _shape_matches(expected, actual) -> bool:
+    return len(expected) == len(actual) and all(
+        e is None or e == a for e, a in zip(expected, actual, strict=True)
+    )
+
+
+class HAM(eqx.Module):
+    """A Hierarchical Associative Memory: a hypergraph of layers (nodes) and synapses (edges).
+
+    ``edges[name]`` lists, in the order the synapse's ``energy`` takes them, the layers that the
+    synapse ``synapses[name]`` connects. The graph is validated when it is built.
+    """
+
+    layers: dict[str, Layer]
+    synapses: dict[str, Synapse]
+    edge_list: tuple[tuple[str, tuple[str, ...]], ...] = eqx.field(static=True)
+
+    def __init__(
+        self,
+        layers: Mapping[str, Layer],
+        synapses: Mapping[str, Synapse],
+        edges: Mapping[str, Iterable[str] | str],
+    ):
+        layers, synapses = dict(layers), dict(synapses)
+        if not layers:
+            raise GraphError("a HAM needs at least one layer")
+        for name, layer in layers.items():
+            if not isinstance(layer, Layer):
+                raise GraphError(f"layer {name!r} must be a hamjax.Layer, got {type(layer).__name__}")
+        for name, syn in synapses.items():
+            if not isinstance(syn, Synapse):
+                raise GraphError(
+                    f"synapse {name!r} must be a hamjax synapse, got {type(syn).__name__}"
+                )
+        edge_list = []
+        for name, conn in dict(edges).items():
+            conn = (conn,) if isinstance(conn, str) else tuple(conn)
+            edge_list.append((name, conn))
+        for name, _ in edge_list:
+            if name not in synapses:
+                raise GraphError(f"edge {name!r} has no synapse; synapses are {sorted(synapses)}")
+        edge_names = {name for name, _ in edge_list}
+        for name in synapses:
+            if name not in edge_names:
+                raise GraphError(
+                    f"synapse {name!r} has no edge: say which layers it connects in edges[{name!r}]"
+                )
+        for name, conn in edge_list:
+            syn = synapses[name]
+            for lname in conn:
+                if lname not in layers:
+                    raise GraphError(
+                        f"synapse {name!r} connects unknown layer {lname!r}; "
+                        f"layers are {sorted(layers)}"
+                    )
+            shapes = tuple(layers[lname].shape for lname in conn)
+            expected = syn.expected_shapes(shapes)
+            if len(expected) != len(conn):
+                raise GraphError(
+                    f"synapse {name!r} ({type(syn).__name__}) connects {len(expected)} layer(s), "
+                    f"but its edge names {len(conn)}: {conn}"
+                )
+            for i, (lname, exp, act) in enumerate(zip(conn, expected, shapes, strict=True)):
+                if not _shape_matches(exp, act):
+                    raise GraphError(
+                        f"synapse {name!r} ({type(syn).__name__}) expects layer {lname!r} "
+                        f"(argument {i}) to have shape {_fmt_shape(exp)}, "
+                        f"but layer {lname!r} has shape {_fmt_shape(act)}"
+                    )
+        self.layers = layers
+        self.synapses = synapses
+        self.edge_list = tuple(edge_list)
+
+    # ------------------------------------------------------------------ graph
+    @property
+    def edges(self) -> dict[str, tuple[str, ...]]:
+        return dict(self.edge_list)
+
+    def check_clamp(self, clamp: Iterable[str] | str) -> tuple[str, ...]:
+        """Normalise ``clamp`` to a tuple of layer names, rejecting unknown names."""
+        clamp = (clamp,) if isinstance(clamp, str) else tuple(clamp)
+        for name in clamp:
+            if name not in self.layers:
+                raise GraphError(f"cannot clamp unknown layer {name!r}; layers are {sorted(self.layers)}")
+        return clamp
+
+    def check_state(self, x: Mapping[str, Array], what: str = "state") -> tuple[int, ...]:
+        """Check that ``x`` has one floating array per layer, each ending in the layer's shape,
+        all with the same leading batch shape; return that batch shape."""
+        if not isinstance(x, Mapping):
+            raise StateError(f"{what} must be a dict of arrays keyed by layer name, got {type(x).__name__}")
+        missing = [n for n in self.layers if n not in x]
+        if missing:
+            raise StateError(f"{what} is missing layer(s) {missing}")
+        extra = [n for n in x if n not in self.layers]
+        if extra:
+            raise StateError(f"{what} has unknown layer(s) {extra}; layers are {sorted(self.layers)}")
+        batch = None
+        for name, layer in self.layers.items():
+            v = x[name]
+            shape = tuple(jnp.shape(v))
+            if len(shape) < layer.ndim or shape[len(shape) - layer.ndim :] != layer.shape:
+                raise StateError(
+                    f"{what}[{name!r}] has shape {shape}, expected (*batch, {', '.join(map(str, layer.shape))})"
+                )
+            dtype = jnp.result_type(v)
+            if not jnp.issubdtype(dtype, jnp.floating):
+                raise StateError(f"{what}[{name!r}] must be a floating-point array, got dtype {dtype}")
+            b = shape[: len(shape) - layer.ndim]
+            if batch is None:
+                batch = b
+            elif b != batch:
+                raise StateError(
+                    f"{what}[{name!r}] has batch shape {b}, but other layers have batch shape {batch}"
+                )
+        return batch
+
+    # ----------------------------------------------------------------- states
+    def init_state(self, batch: tuple[int, ...] | int = (), key=None, scale: float = 0.01) -> State:
+        """Zero states (or small Gaussian ones, standard deviation ``scale``, when a key is given)
+        with leading batch shape ``batch``."""
+        batch = (batch,) if isinstance(batch, int) else tuple(batch)
+        if key is None:
+            return {n: jnp.zeros(batch + layer.shape) for n, layer in self.layers.items()}
+        keys = jax.random.split(key, len(self.layers))
+        return {
+            n: scale * jax.random.normal(k, batch + layer.shape)
+            for k, (n, layer) in zip(keys, self.layers.items(), strict=True)
+        }
+
+    def activations(self, x: Mapping[str, Array]) -> State:
+        """``g_A = ∇L_A(x_A)`` for every layer."""
+        return {n: layer.activation(x[n]) for n, layer in self.layers.items()}
+
+    # ----------------------------------------------------------------- energy
+    def synapse_energy(self, name: str, g: Mapping[str, Array]) -> Array:
+        return self.synapses[name].energy(*(g[lname] for lname in self.edges[name]))
+
+    def energy_terms(self, x: Mapping[str, Array]) -> dict[str, dict[str, Array]]:
+        """Per-sample energy of each layer (Legendre term with bias) and of each synapse."""
+        self.check_state(x)
+        g = self.activations(x)
+        return {
+            "layers": {n: layer.energy(x[n], g[n]) for n, layer in self.layers.items()},
+            "synapses": {name: self.synapse_energy(name, g) for name, _ in self.edge_list},
+        }
+
+    def energy(self, x: Mapping[str, Array]) -> Array:
+        """Total energy per sample (MATH.md eq. 8 with biases); a scalar for an unbatched state."""
+        terms = self.energy_terms(x)
+        return sum(terms["layers"].values()) + sum(terms["synapses"].values(), 0.0)
+
+    # --------------------------------------------------------------- dynamics
+    def dynamics(self, x: Mapping[str, Array], clamp: Iterable[str] | str = ()) -> ClampedDynamics:
+        """The vector field on the free (unclamped) layers, with the clamped layers of ``x`` held
+        fixed. Currents that the clamped layers send through multilinear synapses are computed
+        here, once; calling the result only recomputes what the free layers change."""
+        self.check_state(x)
+        return ClampedDynamics(self, x, self.check_clamp(clamp))
+
+    def vector_field(self, x: Mapping[str, Array], clamp: Iterable[str] | str = ()) -> State:
+        """``dx_A/dt = (−∂E/∂g_A)/τ_A`` for every layer; zero on clamped layers."""
+        dyn = self.dynamics(x, clamp)
+        dx = dyn(dyn.free_state(x))
+        return {n: dx[n] if n in dx else jnp.zeros_like(x[n]) for n in self.layers}
+
+    def energy_rate(self, x: Mapping[str, Array], clamp: Iterable[str] | str = ()) -> Array:
+        """``dE/dt = −Σ_A τ_A ẋ_Aᵀ H_A ẋ_A`` per sample (MATH.md eq. 9), with ``H_A ẋ_A`` a
+        Jacobian-vector product of the activation (no Hessian is formed)."""
+        dx = self.vector_field(x, clamp)
+        rate = 0.0
+        for n, layer in self.layers.items():
+            _, h_dx = jax.jvp(layer.activation, (x[n],), (dx[n],))
+            rate = rate - layer.tau * layer._sum(dx[n] * h_dx)
+        return rate
+
+
+class ClampedDynamics(eqx.Module):
+    """``τ_A ẋ_A = c_A + I_A − x_A`` on the free layers of a HAM whose clamped layers are fixed.
+
+    The currents ``c_A`` split into constant ones (from multilinear synapses whose other layers
+    are all clamped, computed once at construction) and dynamic ones (autodiff of the remaining
+    synapse energies with respect to the free activations only)."""
+
+    net: HAM
+    clamped_state: dict[str, Array]
+    constant_currents: dict[str, Array]
+    free: tuple[str, ...] = eqx.field(static=True)
+    dynamic_synapses: tuple[str, ...] = eqx.field(static=True)
+
+    def __init__(self, net: HAM, x: Mapping[str, Array], clamp: tuple[str, ...]):
+        self.net = net
+        self.free = tuple(n for n in net.layers if n not in clamp)
+        self.clamped_state = {n: x[n] for n in clamp}
+        g_clamped = {n: net.layers[n].activation(x[n]) for n in clamp}
+        const: dict[str, Array] = {}
+        dynamic = []
+        for name, conn in net.edge_list:
+            free_in = [lname for lname in conn if lname in self.free]
+            if not free_in:
+                continue  # a constant energy: no current into any free layer
+            syn = net.synapses[name]
+            if syn.multilinear and len(free_in) == 1 and conn.count(free_in[0]) == 1:
+                f = free_in[0]
+                probe = jnp.zeros_like(x[f])
+
+                def e(gf, syn=syn, conn=conn, f=f):
+                    args = (gf if lname == f else g_clamped[lname] for lname in conn)
+                    return jnp.sum(syn.energy(*args))
+
+                current = -jax.grad(e)(probe)
+                const[f] = const[f] + current if f in const else current
+            else:
+                dynamic.append(name)
+        self.constant_currents = const
+        self.dynamic_synapses = tuple(dynamic)
+
+    def free_state(self, x: Mapping[str, Array]) -> State:
+        return {n: x[n] for n in self.free}
+
+    def full_state(self, x_free: Mapping[str, Array]) -> State:
+        """Free states joined with the clamped ones, in the HAM's layer order."""
+        return {n: x_free[n] if n in x_free else self.clamped_state[n] for n in self.net.layers}
+
+    def currents(self, x_free: Mapping[str, Array]) -> State:
+        """``c_A = −Σ_s ∂E_s/∂g_A`` for every free layer (bias excluded)."""
+        net = self.net
+        g_free = {n: net.layers[n].activation(x_free[n]) for n in self.free}
+        out = {n: self.constant_currents.get(n) for n in self.free}
+        if self.dynamic_synapses:
+            g_clamped = {n: net.layers[n].activation(v) for n, v in self.clamped_state.items()}
+            touched = sorted({ln for s in self.dynamic_synapses for ln in net.edges[s] if ln in g_free})
+
+            def e(gt):
+                g = {**g_clamped, **g_free, **gt}
+                return sum(jnp.sum(net.synapse_energy(s, g)) for s in self.dynamic_synapses)
+
+            # samples do not interact, so the gradient of the summed energy is per sample exact
+            grads = jax.grad(e)({n: g_free[n] for n in touched})
+            for n, gr in grads.items():
+                out[n] = -gr if out[n] is None else out[n] - gr
+        return {n: jnp.zeros_like(x_free[n]) if c is None else c for n, c in out.items()}
+
+    def __call__(self, x_free: Mapping[str, Array]) -> State:
+        c = self.currents(x_free)
+        out = {}
+        for n in self.free:
+            layer = self.net.layers[n]
+            drive = c[n] - x_free[n]
+            if layer.bias is not None:
+                drive = drive + layer.bias
+            out[n] = drive / layer.tau if layer.tau != 1.0 else drive
+        return out

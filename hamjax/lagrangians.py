@@ -1,0 +1,309 @@
+"""Lagrangians: convex scalar functions of a layer's state whose gradient is the activation.
+
+A layer with state ``x`` and Lagrangian ``L`` has activation ``g = ∇L(x)`` (MATH.md eq. 7) and
+energy ``x·g − L(x)`` (the Legendre transform). Every Lagrangian here is an ``eqx.Module`` with
+
+* ``__call__(x, ndim=None)``: ``L(x)`` summed over the layer's own axes, the last ``ndim`` axes of
+  ``x`` (all of them when ``ndim`` is None), leading batch axes kept;
+* ``activation(x, ndim=None)``: the closed form of ``∇L(x)``, so that dynamics and BPTT never pay
+  for differentiating ``L`` by autodiff.
+
+Parameters such as ``beta`` are stored as JAX arrays, so they are trained like any weight
+(``eqx.filter_grad`` reaches them). Degrees, axes and epsilons are fixed hyperparameters.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import erf
+from jaxtyping import Array, ArrayLike
+
+__all__ = [
+    "Lagrangian",
+    "ElementwiseLagrangian",
+    "Identity",
+    "ReLU",
+    "RePU",
+    "Exp",
+    "Tanh",
+    "Sigmoid",
+    "Softmax",
+    "LayerNorm",
+    "SphericalNorm",
+    "SmoothLeakyReLU",
+]
+
+
+def _param(value: ArrayLike) -> Array:
+    """A trainable floating-point parameter."""
+    value = jnp.asarray(value)
+    if not jnp.issubdtype(value.dtype, jnp.floating):
+        value = value.astype(jnp.result_type(float))
+    return value
+
+
+def _sum_layer_axes(v: Array, ndim: int | None) -> Array:
+    """Sum the last ``ndim`` axes of ``v`` (all axes when None): one value per sample."""
+    if ndim is None:
+        return jnp.sum(v)
+    if ndim == 0:
+        return v
+    return jnp.sum(v, axis=tuple(range(v.ndim - ndim, v.ndim)))
+
+
+def _absolute_axis(axis: int, x: Array, ndim: int | None) -> int:
+    """Resolve a layer axis (counted inside the layer's own shape) to an axis of ``x``."""
+    if axis < 0:
+        return x.ndim + axis
+    layer_ndim = x.ndim if ndim is None else ndim
+    if axis >= layer_ndim:
+        raise ValueError(f"axis {axis} is out of range for a layer with {layer_ndim} axes")
+    return x.ndim - layer_ndim + axis
+
+
+class Lagrangian(eqx.Module):
+    """A convex function ``L`` of a layer's state; its gradient is the layer's activation."""
+
+    @abc.abstractmethod
+    def __call__(self, x: Array, ndim: int | None = None) -> Array:
+        """``L(x)``, summed over the last ``ndim`` axes (all when None)."""
+
+    @abc.abstractmethod
+    def activation(self, x: Array, ndim: int | None = None) -> Array:
+        """``g = ∂L/∂x``, in closed form, same shape as ``x``."""
+
+
+class ElementwiseLagrangian(Lagrangian):
+    """Additive Lagrangian ``L(x) = Σ_i F(x_i)`` (MATH.md eq. 10): ``g_i = f(x_i)``,
+    Hessian ``diag(f'(x_i))`` (eq. 11)."""
+
+    @abc.abstractmethod
+    def elementwise(self, x: Array) -> Array:
+        """``F(x)`` for every neuron."""
+
+    @abc.abstractmethod
+    def activation(self, x: Array, ndim: int | None = None) -> Array:
+        """``f(x) = F'(x)``."""
+
+    @abc.abstractmethod
+    def derivative(self, x: Array) -> Array:
+        """``f'(x)``: the diagonal of the Lagrangian Hessian."""
+
+    def __call__(self, x: Array, ndim: int | None = None) -> Array:
+        return _sum_layer_axes(self.elementwise(x), ndim)
+
+
+class Identity(ElementwiseLagrangian):
+    """``L = ½ Σ x²``, ``g = x``: the linear (visible) neurons of HAM eq. (13)."""
+
+    def elementwise(self, x):
+        return 0.5 * x * x
+
+    def activation(self, x, ndim=None):
+        return x
+
+    def derivative(self, x):
+        return jnp.ones_like(x)
+
+
+class ReLU(ElementwiseLagrangian):
+    """``L = ½ Σ relu(x)²``, ``g = relu(x)`` (DN Example 2). Dead neurons where ``x < 0``."""
+
+    def elementwise(self, x):
+        r = jax.nn.relu(x)
+        return 0.5 * r * r
+
+    def activation(self, x, ndim=None):
+        return jax.nn.relu(x)
+
+    def derivative(self, x):
+        return (x > 0).astype(x.dtype)
+
+
+class RePU(ElementwiseLagrangian):
+    """Rectified polynomial ``L = (1/n) Σ relu(x)^n``, ``g = relu(x)^(n−1)``; ``n ≥ 2``.
+
+    The dense associative memory energy ``F(x) = relu(x)^n`` of Krotov & Hopfield (2016)."""
+
+    n: float = eqx.field(static=True, default=2.0)
+
+    def __check_init__(self):
+        if not self.n >= 2:
+            raise ValueError(f"RePU needs degree n >= 2 for a convex Lagrangian, got n={self.n}")
+
+    def elementwise(self, x):
+        return jax.nn.relu(x) ** self.n / self.n
+
+    def activation(self, x, ndim=None):
+        return jax.nn.relu(x) ** (self.n - 1)
+
+    def derivative(self, x):
+        return (self.n - 1) * jax.nn.relu(x) ** (self.n - 2) * (x > 0)
+
+
+class Exp(ElementwiseLagrangian):
+    """``L = (1/β) Σ exp(βx)``, ``g = exp(βx)``: the exponential dense associative memory."""
+
+    beta: Array = eqx.field(converter=_param, default=1.0)
+
+    def elementwise(self, x):
+        return jnp.exp(self.beta * x) / self.beta
+
+    def activation(self, x, ndim=None):
+        return jnp.exp(self.beta * x)
+
+    def derivative(self, x):
+        return self.beta * jnp.exp(self.beta * x)
+
+
+def _log_cosh(y):
+    # log cosh y = |y| + log1p(e^{-2|y|}) − log 2, finite for every float y
+    a = jnp.abs(y)
+    return a + jnp.log1p(jnp.exp(-2.0 * a)) - math.log(2.0)
+
+
+class Tanh(ElementwiseLagrangian):
+    """``L = (1/β) Σ log cosh(βx)``, ``g = tanh(βx)``."""
+
+    beta: Array = eqx.field(converter=_param, default=1.0)
+
+    def elementwise(self, x):
+        return _log_cosh(self.beta * x) / self.beta
+
+    def activation(self, x, ndim=None):
+        return jnp.tanh(self.beta * x)
+
+    def derivative(self, x):
+        t = jnp.tanh(self.beta * x)
+        return self.beta * (1.0 - t * t)
+
+
+class Sigmoid(ElementwiseLagrangian):
+    """``L = (1/β) Σ log(1 + e^{βx})``, ``g = σ(βx)`` (DN Example 3)."""
+
+    beta: Array = eqx.field(converter=_param, default=1.0)
+
+    def elementwise(self, x):
+        return jax.nn.softplus(self.beta * x) / self.beta
+
+    def activation(self, x, ndim=None):
+        return jax.nn.sigmoid(self.beta * x)
+
+    def derivative(self, x):
+        s = jax.nn.sigmoid(self.beta * x)
+        return self.beta * s * (1.0 - s)
+
+
+class Softmax(Lagrangian):
+    """``L = (1/β) Σ_{other axes} log Σ_axis exp(βx)``, ``g = softmax(βx, axis)``.
+
+    HAM eq. (13)/(16); along the channel axis of a feature map it is the convolutional hidden layer
+    of eq. (20). ``L(x + α·1) = L(x) + α``: the shift direction is a dead direction (DN Example 4).
+    ``axis`` counts inside the layer's own shape; a negative axis counts from the end."""
+
+    beta: Array = eqx.field(converter=_param, default=1.0)
+    axis: int = eqx.field(static=True, default=-1)
+
+    def __call__(self, x, ndim=None):
+        axis = _absolute_axis(self.axis, x, ndim)
+        lse = jax.nn.logsumexp(self.beta * x, axis=axis) / self.beta
+        return _sum_layer_axes(lse, None if ndim is None else ndim - 1)
+
+    def activation(self, x, ndim=None):
+        return jax.nn.softmax(self.beta * x, axis=_absolute_axis(self.axis, x, ndim))
+
+
+class LayerNorm(Lagrangian):
+    """``L = γ D sqrt(var(x) + ε) + Σ δ·x`` along ``axis`` (D its length), summed over other axes.
+
+    ``g = γ (x − mean x) / sqrt(var(x) + ε) + δ``: layer normalisation as a gradient
+    (the Energy Transformer's token norm). ``γ`` is a learnable scalar gain (a per-neuron gain is
+    not the gradient of any Lagrangian), ``δ`` a learnable bias broadcast along ``axis``."""
+
+    gamma: Array = eqx.field(converter=_param, default=1.0)
+    delta: Array = eqx.field(converter=_param, default=0.0)
+    axis: int = eqx.field(static=True, default=-1)
+    eps: float = eqx.field(static=True, default=1e-5)
+
+    def __call__(self, x, ndim=None):
+        axis = _absolute_axis(self.axis, x, ndim)
+        d = x.shape[axis]
+        xc = x - jnp.mean(x, axis=axis, keepdims=True)
+        var = jnp.mean(xc * xc, axis=axis)
+        norm_term = self.gamma * d * jnp.sqrt(var + self.eps)
+        bias_term = jnp.sum(jnp.moveaxis(self.delta * x, axis, -1), axis=-1)
+        return _sum_layer_axes(norm_term + bias_term, None if ndim is None else ndim - 1)
+
+    def activation(self, x, ndim=None):
+        axis = _absolute_axis(self.axis, x, ndim)
+        xc = x - jnp.mean(x, axis=axis, keepdims=True)
+        var = jnp.mean(xc * xc, axis=axis, keepdims=True)
+        return self.gamma * xc / jnp.sqrt(var + self.eps) + self.delta
+
+
+class SphericalNorm(Lagrangian):
+    """``L = γ sqrt(Σ x² + ε) + Σ δ·x`` along ``axis``: divisive normalisation, model C of
+    Krotov & Hopfield (MATH.md §1.2); ``g = γ x / sqrt(Σ x² + ε) + δ``."""
+
+    gamma: Array = eqx.field(converter=_param, default=1.0)
+    delta: Array = eqx.field(converter=_param, default=0.0)
+    axis: int = eqx.field(static=True, default=-1)
+    eps: float = eqx.field(static=True, default=1e-5)
+
+    def __call__(self, x, ndim=None):
+        axis = _absolute_axis(self.axis, x, ndim)
+        norm_term = self.gamma * jnp.sqrt(jnp.sum(x * x, axis=axis) + self.eps)
+        bias_term = jnp.sum(jnp.moveaxis(self.delta * x, axis, -1), axis=-1)
+        return _sum_layer_axes(norm_term + bias_term, None if ndim is None else ndim - 1)
+
+    def activation(self, x, ndim=None):
+        axis = _absolute_axis(self.axis, x, ndim)
+        norm = jnp.sqrt(jnp.sum(x * x, axis=axis, keepdims=True) + self.eps)
+        return self.gamma * x / norm + self.delta
+
+
+class SmoothLeakyReLU(ElementwiseLagrangian):
+    """Smooth leaky ReLU (SMU), DN Example 7 (MATH.md §4.7), leak ``a ∈ [0, 1)``, smoothness μ:
+
+        g(x) = ½[(1+a) x + (1−a) x erf(c x)],  c = μ(1−a)
+        L(x) = ¼(1+a) x² + ½(1−a) [(x²/2 − 1/(4c²)) erf(c x) + x e^{−c²x²} / (2c√π)]
+
+    ``g'`` dips below zero for ``a < 0.1142``: the Hessian is then not PSD (bounds in
+    :func:`derivative_bounds`)."""
+
+    a: Array = eqx.field(converter=_param, default=0.0)
+    mu: Array = eqx.field(converter=_param, default=1.0)
+
+    def elementwise(self, x):
+        c = self.mu * (1.0 - self.a)
+        inner = (0.5 * x * x - 0.25 / (c * c)) * erf(c * x) + x * jnp.exp(-((c * x) ** 2)) / (
+            2.0 * c * math.sqrt(math.pi)
+        )
+        # the constant 1/(4c²)·erf(0)=0 at x=0, so L(0) = 0
+        return 0.25 * (1.0 + self.a) * x * x + 0.5 * (1.0 - self.a) * inner
+
+    def activation(self, x, ndim=None):
+        c = self.mu * (1.0 - self.a)
+        return 0.5 * ((1.0 + self.a) * x + (1.0 - self.a) * x * erf(c * x))
+
+    def derivative(self, x):
+        c = self.mu * (1.0 - self.a)
+        return (
+            0.5 * (1.0 + self.a)
+            + 0.5 * (1.0 - self.a) * erf(c * x)
+            + (1.0 - self.a) * c * x / math.sqrt(math.pi) * jnp.exp(-((c * x) ** 2))
+        )
+
+    def derivative_bounds(self) -> tuple[Array, Array]:
+        """Tight bounds on ``g'``: ``½(1+a) ± ½(1−a) φ(1)``, ``φ(1) = erf(1) + 2/(e√π)``,
+        attained at ``x = ±1/(μ(1−a))`` (MATH.md §4.7)."""
+        phi1 = math.erf(1.0) + 2.0 / (math.e * math.sqrt(math.pi))
+        return (
+            0.5 * (1.0 + self.a) - 0.5 * (1.0 - self.a) * phi1,
+            0.5 * (1.0 + self.a) + 0.5 * (1.0 - self.a) * phi1,
+        )

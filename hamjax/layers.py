@@ -1,0 +1,105 @@
+"""Layers: a group of neurons with a shape, a Lagrangian, a time constant and an optional bias."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike
+
+from .lagrangians import Identity, Lagrangian
+
+__all__ = ["Layer"]
+
+
+def as_shape(shape: int | Sequence[int]) -> tuple[int, ...]:
+    """Normalise an int or a sequence of ints to a shape tuple, rejecting non-positive sizes."""
+    shape = (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
+    if any(s <= 0 for s in shape):
+        raise ValueError(f"a shape needs positive sizes, got {shape}")
+    return shape
+
+
+class Layer(eqx.Module):
+    """A layer ``A`` of a HAM: state ``x_A`` of shape ``shape``, Lagrangian ``L_A``, time constant
+    ``τ_A > 0`` and an optional bias (input current) ``I_A``.
+
+    Activation ``g_A = ∇L_A(x_A)`` (MATH.md eq. 7). Energy, with state and activation treated as
+    independent variables (the HAMUX partial-derivative trick)::
+
+        E_A(x, g) = x·g − L_A(x) − I_A·g,        ∂E_A/∂g = x − I_A
+
+    so the dynamics ``τ_A ẋ_A = −∂E/∂g_A`` give the leak ``−x_A`` and the bias ``+I_A`` of
+    MATH.md eq. (5) with no autodiff through ``L_A``. At ``g = ∇L(x)`` this is the Legendre term of
+    eq. (8) plus the bias term of MATH.md §2.
+    """
+
+    shape: tuple[int, ...] = eqx.field(static=True)
+    lagrangian: Lagrangian
+    tau: float = eqx.field(static=True)
+    bias: Array | None
+
+    def __init__(
+        self,
+        shape: int | Sequence[int],
+        lagrangian: Lagrangian | None = None,
+        tau: float = 1.0,
+        bias: ArrayLike | bool | None = None,
+    ):
+        self.shape = as_shape(shape)
+        lagrangian = Identity() if lagrangian is None else lagrangian
+        if not isinstance(lagrangian, Lagrangian):
+            raise TypeError(
+                f"Layer lagrangian must be a hamjax Lagrangian, got {type(lagrangian).__name__}"
+            )
+        self.lagrangian = lagrangian
+        tau = float(tau)
+        if not (tau > 0 and math.isfinite(tau)):
+            raise ValueError(f"Layer time constant tau must be positive and finite, got {tau}")
+        self.tau = tau
+        if bias is None or bias is False:
+            self.bias = None
+        elif bias is True:
+            self.bias = jnp.zeros(self.shape)
+        else:
+            bias = jnp.asarray(bias, dtype=jnp.result_type(float))
+            if bias.shape != self.shape:
+                raise ValueError(
+                    f"Layer bias must have the layer's shape {self.shape}, got {bias.shape}"
+                )
+            self.bias = bias
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    def batch_shape(self, x: Array) -> tuple[int, ...]:
+        """The leading batch dimensions of a state of this layer."""
+        if x.ndim < self.ndim or tuple(x.shape[x.ndim - self.ndim :]) != self.shape:
+            raise ValueError(f"expected a state ending in shape {self.shape}, got {x.shape}")
+        return tuple(x.shape[: x.ndim - self.ndim])
+
+    def activation(self, x: Array) -> Array:
+        """``g = ∇L(x)``, closed form."""
+        return self.lagrangian.activation(x, self.ndim)
+
+    def lagrangian_value(self, x: Array) -> Array:
+        """``L(x)`` per sample."""
+        return self.lagrangian(x, self.ndim)
+
+    def _sum(self, v: Array) -> Array:
+        return jnp.sum(v, axis=tuple(range(v.ndim - self.ndim, v.ndim)))
+
+    def energy(self, x: Array, g: Array | None = None) -> Array:
+        """``x·g − L(x) − I·g`` per sample; ``g`` defaults to the activation of ``x``."""
+        g = self.activation(x) if g is None else g
+        e = self._sum(x * g) - self.lagrangian_value(x)
+        if self.bias is not None:
+            e = e - self._sum(self.bias * g)
+        return e

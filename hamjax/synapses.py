@@ -1,0 +1,359 @@
+"""Synapses: scalar energies of the activations of the layers they connect.
+
+A synapse on the edge ``(A, B, ...)`` is called as ``synapse.energy(g_A, g_B, ...)`` and returns one
+energy per sample: every argument may carry the same leading batch dimensions, and contractions run
+over the layers' own trailing axes only (batch-native; no ``vmap`` inside). The current a synapse
+sends into layer ``A`` is ``−∂E_synapse/∂g_A``; autodiff derives the feedback path, e.g. the
+transposed convolution of :class:`Conv2D` (MATH.md §3.3).
+
+Every synapse declares :meth:`Synapse.expected_shapes`, used by :class:`hamjax.HAM` to validate the
+graph before any tracing, and ``multilinear`` (linear in each argument separately): the current a
+multilinear synapse sends into its only free layer is a constant of a relaxation, computed once.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Sequence
+from typing import ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jaxtyping import Array, ArrayLike, PRNGKeyArray
+
+from .lagrangians import Lagrangian, Softmax
+from .layers import as_shape
+
+__all__ = [
+    "Synapse",
+    "Dense",
+    "Bias",
+    "Lateral",
+    "Conv2D",
+    "AvgPool2D",
+    "Memory",
+]
+
+Shape = tuple[int, ...]
+ExpectedShape = tuple[int | None, ...]  # None: any size on that axis
+
+
+def _flat(g: Array, shape: Shape) -> Array:
+    """Collapse a layer's own trailing axes into one, keeping batch axes."""
+    return g.reshape(g.shape[: g.ndim - len(shape)] + (math.prod(shape),))
+
+
+def _sum_last(v: Array, n: int) -> Array:
+    return jnp.sum(v, axis=tuple(range(v.ndim - n, v.ndim)))
+
+
+def _images(g: Array) -> tuple[Array, tuple[int, ...]]:
+    """Bring a batch of any leading shape of NHWC feature maps to one batch axis."""
+    batch = g.shape[:-3]
+    return g.reshape((-1,) + g.shape[-3:]), batch
+
+
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    v = tuple(int(i) for i in v)
+    if len(v) != 2:
+        raise ValueError(f"expected an int or a pair of ints, got {v}")
+    return v
+
+
+def _padding(padding):
+    if isinstance(padding, str):
+        if padding.upper() not in ("VALID", "SAME"):
+            raise ValueError(f"padding must be 'VALID', 'SAME', an int or pairs, got {padding!r}")
+        return padding.upper()
+    if isinstance(padding, int):
+        return ((padding, padding), (padding, padding))
+    return tuple(_pair(p) for p in padding)
+
+
+class Synapse(eqx.Module):
+    """Base class: an energy of the activations of one or more layers (a hyperedge)."""
+
+    multilinear: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def energy(self, *activations: Array) -> Array:
+        """Energy per sample."""
+
+    @abc.abstractmethod
+    def expected_shapes(self, shapes: tuple[Shape, ...]) -> tuple[ExpectedShape, ...]:
+        """The layer shapes this synapse takes, given the shapes it is offered (one per layer).
+
+        Entries of ``None`` accept any size. The number of entries is the synapse's arity."""
+
+    def __call__(self, *activations: Array) -> Array:
+        return self.energy(*activations)
+
+
+class Dense(Synapse):
+    """``E = −g_bᵀ W g_a``: a fully connected synapse from layer ``a`` (``in_features``) to layer
+    ``b`` (``out_features``); MATH.md eq. (8), ``W = ξ^{(B,A)}``. Either side may be a
+    multi-axis layer (e.g. a feature map), contracted over all its axes."""
+
+    multilinear: ClassVar[bool] = True
+    weight: Array
+    in_shape: Shape = eqx.field(static=True)
+    out_shape: Shape = eqx.field(static=True)
+
+    def __init__(
+        self,
+        key: PRNGKeyArray,
+        in_features: int | Sequence[int],
+        out_features: int | Sequence[int],
+        *,
+        scale: float | None = None,
+    ):
+        self.in_shape = as_shape(in_features)
+        self.out_shape = as_shape(out_features)
+        n_in, n_out = math.prod(self.in_shape), math.prod(self.out_shape)
+        scale = 1.0 / math.sqrt(n_in) if scale is None else scale
+        self.weight = scale * jax.random.normal(key, (n_out, n_in))
+
+    def energy(self, g_a, g_b):
+        current = _flat(g_a, self.in_shape) @ self.weight.T
+        return -jnp.sum(_flat(g_b, self.out_shape) * current, axis=-1)
+
+    def expected_shapes(self, shapes):
+        return (self.in_shape, self.out_shape)
+
+
+class Bias(Synapse):
+    """``E = −b·g``: a constant input current ``b`` into one layer (MATH.md §2, bias extension)."""
+
+    multilinear: ClassVar[bool] = True
+    bias: Array
+    shape: Shape = eqx.field(static=True)
+
+    def __init__(
+        self, shape: int | Sequence[int], key: PRNGKeyArray | None = None, *, scale: float = 0.0
+    ):
+        self.shape = as_shape(shape)
+        if key is None or scale == 0.0:
+            self.bias = jnp.zeros(self.shape)
+        else:
+            self.bias = scale * jax.random.normal(key, self.shape)
+
+    def energy(self, g):
+        return -_sum_last(self.bias * g, len(self.shape))
+
+    def expected_shapes(self, shapes):
+        return (self.shape,)
+
+
+class Lateral(Synapse):
+    """``E = −½ gᵀ W g`` with ``W`` symmetrised (and a zero diagonal unless ``zero_diagonal`` is
+    False): symmetric lateral connections inside one layer, as in the classical Hopfield
+    network ``E = −½ Σ_IJ g_I W_IJ g_J`` (MATH.md eq. 3)."""
+
+    weight: Array
+    shape: Shape = eqx.field(static=True)
+    zero_diagonal: bool = eqx.field(static=True)
+
+    def __init__(
+        self,
+        key: PRNGKeyArray,
+        features: int | Sequence[int],
+        *,
+        zero_diagonal: bool = True,
+        scale: float | None = None,
+    ):
+        self.shape = as_shape(features)
+        n = math.prod(self.shape)
+        scale = 1.0 / math.sqrt(n) if scale is None else scale
+        self.weight = scale * jax.random.normal(key, (n, n))
+        self.zero_diagonal = zero_diagonal
+
+    @property
+    def symmetric_weight(self) -> Array:
+        w = 0.5 * (self.weight + self.weight.T)
+        if self.zero_diagonal:
+            w = w * (1.0 - jnp.eye(w.shape[0], dtype=w.dtype))
+        return w
+
+    def energy(self, g):
+        f = _flat(g, self.shape)
+        return -0.5 * jnp.sum(f * (f @ self.symmetric_weight), axis=-1)
+
+    def expected_shapes(self, shapes):
+        return (self.shape,)
+
+
+class Conv2D(Synapse):
+    """``E = −⟨g_out, conv2d(g_in; ξ, stride, padding)⟩`` on NHWC feature maps (MATH.md eq. 20–21).
+
+    The current into ``g_in`` is ``conv2d_T(g_out)``, the transposed convolution with the same
+    kernel, obtained by autodiff: the HAM paper's symmetric-weight condition for convolutions.
+    Kernel layout HWIO: ``(kh, kw, in_channels, out_channels)``."""
+
+    multilinear: ClassVar[bool] = True
+    kernel: Array
+    stride: tuple[int, int] = eqx.field(static=True)
+    padding: str | tuple = eqx.field(static=True)
+
+    def __init__(
+        self,
+        key: PRNGKeyArray,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] = 1,
+        padding: str | int | Sequence = "VALID",
+        *,
+        scale: float | None = None,
+    ):
+        kh, kw = _pair(kernel_size)
+        self.stride = _pair(stride)
+        self.padding = _padding(padding)
+        fan_in = kh * kw * in_channels
+        scale = 1.0 / math.sqrt(fan_in) if scale is None else scale
+        self.kernel = scale * jax.random.normal(key, (kh, kw, in_channels, out_channels))
+
+    @property
+    def in_channels(self) -> int:
+        return self.kernel.shape[2]
+
+    @property
+    def out_channels(self) -> int:
+        return self.kernel.shape[3]
+
+    def convolve(self, g_in: Array) -> Array:
+        """``conv2d(g_in)``: the current this synapse sends into its output layer."""
+        imgs, batch = _images(g_in)
+        out = lax.conv_general_dilated(
+            imgs,
+            self.kernel,
+            window_strides=self.stride,
+            padding=self.padding,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        return out.reshape(batch + out.shape[1:])
+
+    def energy(self, g_in, g_out):
+        return -_sum_last(g_out * self.convolve(g_in), 3)
+
+    def output_shape(self, in_shape: Shape) -> Shape:
+        struct = jax.ShapeDtypeStruct(tuple(in_shape), self.kernel.dtype)
+        return tuple(jax.eval_shape(self.convolve, struct).shape)
+
+    def expected_shapes(self, shapes):
+        expected_in = (None, None, self.in_channels)
+        s = shapes[0] if shapes else ()
+        if len(s) == 3 and s[2] == self.in_channels:
+            try:
+                return (expected_in, self.output_shape(s))
+            except (TypeError, ValueError):
+                pass
+        return (expected_in, (None, None, self.out_channels))
+
+
+class AvgPool2D(Synapse):
+    """``E = −⟨g_out, avgpool(g_in)⟩``: average pooling is a fixed linear operator ``P``; its
+    feedback is ``Pᵀ`` by autodiff, so the energy stays a Lyapunov function (HAM paper §4.3;
+    max-pooling has no adjoint and is not offered)."""
+
+    multilinear: ClassVar[bool] = True
+    window: tuple[int, int] = eqx.field(static=True)
+    stride: tuple[int, int] = eqx.field(static=True)
+    padding: str | tuple = eqx.field(static=True)
+
+    def __init__(
+        self,
+        window: int | Sequence[int] = 2,
+        stride: int | Sequence[int] | None = None,
+        padding: str | int | Sequence = "VALID",
+    ):
+        self.window = _pair(window)
+        self.stride = self.window if stride is None else _pair(stride)
+        self.padding = _padding(padding)
+
+    def pool(self, g_in: Array) -> Array:
+        imgs, batch = _images(g_in)
+        pad = self.padding if isinstance(self.padding, str) else ((0, 0),) + self.padding + (
+            (0, 0),
+        )
+        summed = lax.reduce_window(
+            imgs, 0.0, lax.add, (1,) + self.window + (1,), (1,) + self.stride + (1,), pad
+        )
+        out = summed / (self.window[0] * self.window[1])
+        return out.reshape(batch + out.shape[1:])
+
+    def energy(self, g_in, g_out):
+        return -_sum_last(g_out * self.pool(g_in), 3)
+
+    def output_shape(self, in_shape: Shape) -> Shape:
+        struct = jax.ShapeDtypeStruct(tuple(in_shape), jnp.float32)
+        return tuple(jax.eval_shape(self.pool, struct).shape)
+
+    def expected_shapes(self, shapes):
+        s = shapes[0] if shapes else ()
+        if len(s) == 3:
+            try:
+                return ((None, None, None), self.output_shape(s))
+            except (TypeError, ValueError):
+                pass
+        return ((None, None, None), (None, None, None))
+
+
+class Memory(Synapse):
+    """A layer of ``K`` memories ``ξ_μ`` eliminated analytically (the adiabatic limit of a hidden
+    layer with Lagrangian ``L_h``, MATH.md §2.2 and §3.1)::
+
+        E = −L_h(ξ g)      default L_h = (1/β) log Σ_μ exp(h_μ β):  E = −(1/β) logsumexp(β ξ g)
+
+    With ``L_h`` = Softmax this is the modern Hopfield network / Ramsauer energy (its update is
+    attention over the memories); with RePU(n) or Exp it is the dense associative memory."""
+
+    memories: Array
+    hidden: Lagrangian
+    shape: Shape = eqx.field(static=True)
+
+    def __init__(
+        self,
+        key: PRNGKeyArray | None,
+        features: int | Sequence[int],
+        num_memories: int,
+        *,
+        beta: float = 1.0,
+        lagrangian: Lagrangian | None = None,
+        memories: ArrayLike | None = None,
+        scale: float | None = None,
+    ):
+        self.shape = as_shape(features)
+        n = math.prod(self.shape)
+        if memories is not None:
+            memories = jnp.asarray(memories, dtype=jnp.result_type(float))
+            if memories.shape not in ((num_memories,) + self.shape, (num_memories, n)):
+                raise ValueError(
+                    f"Memory expects memories of shape {(num_memories,) + self.shape}, "
+                    f"got {memories.shape}"
+                )
+            self.memories = memories.reshape(num_memories, n)
+        else:
+            if key is None:
+                raise ValueError("Memory needs a PRNG key when no memories are given")
+            scale = 1.0 / math.sqrt(n) if scale is None else scale
+            self.memories = scale * jax.random.normal(key, (num_memories, n))
+        self.hidden = Softmax(beta) if lagrangian is None else lagrangian
+
+    @property
+    def num_memories(self) -> int:
+        return self.memories.shape[0]
+
+    def similarities(self, g: Array) -> Array:
+        """``h_μ = ξ_μ · g``, the hidden layer's equilibrium state."""
+        return _flat(g, self.shape) @ self.memories.T
+
+    def energy(self, g):
+        return -self.hidden(self.similarities(g), 1)
+
+    def expected_shapes(self, shapes):
+        return (self.shape,)
