@@ -1,0 +1,392 @@
+"""Hessians, Jacobians and extremal eigenvalues of a HAM at a state, all by autodiff.
+
+A HAM with free layers ``A`` (clamped layers are constants and excluded) is, locally, the
+Krotov–Hopfield system of MATH.md §1.3 written for a flat vector ``x`` (all free neurons, layer
+after layer):
+
+* ``g(x)`` the activations, ``H(x) = ∂g/∂x`` the Lagrangian Hessian, block-diagonal over layers;
+* ``c(g) = −∂E_syn/∂g`` the currents from the synapses and ``C(g) = ∂c/∂g = −∂²E_syn/∂g²`` their
+  coupling: the symmetric "W" of MATH.md §4 (constant for Dense/Conv2D/pooling, state dependent for
+  a Memory synapse);
+* ``b`` the layer biases ``I_A``, ``T = diag(τ)``, and the residual ``F(x) = c(g(x)) + b − x`` so
+  that ``dx/dt = T⁻¹ F(x)``;
+* ``∇E = −H F`` and, at a fixed point, ``∇²E = H − H C H`` (MATH.md eq. 6); the Jacobian of the
+  field is ``T⁻¹(C H − I)``.
+
+Dense matrices are for small networks; every quantity also comes as a matrix-free
+``lineax.FunctionLinearOperator`` (Hessian-vector products by ``jax.jvp``), and
+:func:`extremal_eigenvalues` runs Lanczos on such operators for layers too large for ``eigh``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterable, Mapping
+
+import jax
+import jax.numpy as jnp
+import lineax as lx
+import numpy as np
+from jaxtyping import Array, Float
+
+from ..ham import HAM
+from ..lagrangians import ElementwiseLagrangian
+
+__all__ = [
+    "FlatIndex",
+    "FlatSystem",
+    "flat_system",
+    "lagrangian_hessian",
+    "coupling",
+    "energy_hessian",
+    "jacobian",
+    "hessian",
+    "lanczos",
+    "extremal_eigenvalues",
+]
+
+State = dict[str, Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class FlatIndex:
+    """The map between dict states of some layers and one flat vector, and back from a flat
+    position to ``(layer name, neuron index)``. Layers are laid out in ``names`` order, each
+    flattened in C order."""
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(math.prod(s) for s in self.shapes)
+
+    @property
+    def offsets(self) -> tuple[int, ...]:
+        return tuple(int(o) for o in np.cumsum((0,) + self.sizes[:-1]))
+
+    @property
+    def size(self) -> int:
+        return sum(self.sizes)
+
+    def slice(self, name: str) -> slice:
+        """Positions of layer ``name`` in the flat vector."""
+        i = self.names.index(name)
+        return slice(self.offsets[i], self.offsets[i] + self.sizes[i])
+
+    def flatten(self, state: Mapping[str, Array]) -> Float[Array, " n"]:
+        """Concatenate ``state[name]`` (unbatched) for the indexed layers."""
+        return jnp.concatenate([jnp.reshape(state[n], (-1,)) for n in self.names])
+
+    def unflatten(self, v: Float[Array, " n"]) -> State:
+        """The dict state whose flattening is ``v``."""
+        return {
+            n: jnp.reshape(v[o : o + s], shape)
+            for n, shape, o, s in zip(
+                self.names, self.shapes, self.offsets, self.sizes, strict=True
+            )
+        }
+
+    def locate(self, i: int) -> tuple[str, tuple[int, ...]]:
+        """``(layer name, neuron index inside the layer's shape)`` of flat position ``i``."""
+        if not 0 <= i < self.size:
+            raise IndexError(f"flat index {i} out of range for {self.size} neurons")
+        k = int(np.searchsorted(np.asarray(self.offsets), i, side="right")) - 1
+        local = i - self.offsets[k]
+        return self.names[k], tuple(int(j) for j in np.unravel_index(local, self.shapes[k]))
+
+    def layer_of(self) -> np.ndarray:
+        """For every flat position, the position of its layer in ``names``."""
+        return np.repeat(np.arange(len(self.names)), self.sizes)
+
+    def labels(self) -> list[str]:
+        """Human-readable names ``layer[i, j]`` of every flat position."""
+        out = []
+        for i in range(self.size):
+            name, idx = self.locate(i)
+            out.append(f"{name}[{', '.join(map(str, idx))}]")
+        return out
+
+
+def _single_sample(net: HAM, x: Mapping[str, Array]) -> None:
+    batch = net.check_state(x)
+    if batch != ():
+        raise ValueError(
+            f"analysis works on one sample; got a state with batch shape {batch}. "
+            "Index one sample (x = {k: v[i] for k, v in x.items()}) or jax.vmap over samples."
+        )
+
+
+class FlatSystem:
+    """A HAM at a state, seen as the flat Krotov–Hopfield system ``dx/dt = T⁻¹(c(g(x)) + b − x)``
+    on its free layers (clamped layers fixed at their values in ``x``).
+
+    Built by :func:`flat_system`; every method takes and returns flat vectors over ``index``.
+    """
+
+    def __init__(self, net: HAM, x: Mapping[str, Array], clamp: Iterable[str] | str = ()):
+        _single_sample(net, x)
+        clamp = net.check_clamp(clamp)
+        self.net = net
+        self.clamp = clamp
+        self.free = tuple(n for n in net.layers if n not in clamp)
+        if not self.free:
+            raise ValueError("every layer is clamped: nothing to analyse")
+        self.index = FlatIndex(self.free, tuple(net.layers[n].shape for n in self.free))
+        self.state = {n: jnp.asarray(v) for n, v in x.items()}
+        self.x = self.index.flatten(self.state)
+        self.clamped_state = {n: self.state[n] for n in clamp}
+        self.g_clamped = {n: net.layers[n].activation(self.state[n]) for n in clamp}
+        dtype = self.x.dtype
+        self.tau = jnp.concatenate(
+            [jnp.full((net.layers[n].size,), net.layers[n].tau, dtype) for n in self.free]
+        )
+        self.bias = jnp.concatenate(
+            [
+                jnp.zeros((net.layers[n].size,), dtype)
+                if net.layers[n].bias is None
+                else jnp.reshape(net.layers[n].bias, (-1,)).astype(dtype)
+                for n in self.free
+            ]
+        )
+
+    # ------------------------------------------------------------ functions of flat vectors
+    @property
+    def n(self) -> int:
+        return self.index.size
+
+    def full_state(self, z: Float[Array, " n"]) -> State:
+        """The full dict state: free layers from ``z``, clamped ones as given."""
+        free = self.index.unflatten(z)
+        return {n: free[n] if n in free else self.clamped_state[n] for n in self.net.layers}
+
+    def activation(self, z: Float[Array, " n"]) -> Float[Array, " n"]:
+        """``g(x)`` of the free layers."""
+        s = self.index.unflatten(z)
+        return self.index.flatten({n: self.net.layers[n].activation(s[n]) for n in self.free})
+
+    def lagrangian(self, z: Float[Array, " n"]) -> Array:
+        """``Σ_A L_A(x_A)`` over free layers."""
+        s = self.index.unflatten(z)
+        return sum(self.net.layers[n].lagrangian_value(s[n]) for n in self.free)
+
+    def synapse_energy(self, gz: Float[Array, " n"]) -> Array:
+        """``E_syn(g)`` with the free activations ``gz`` and the clamped ones fixed."""
+        g = {**self.g_clamped, **self.index.unflatten(gz)}
+        return sum((self.net.synapse_energy(s, g) for s, _ in self.net.edge_list), jnp.zeros(()))
+
+    def currents(self, gz: Float[Array, " n"]) -> Float[Array, " n"]:
+        """``c(g) = −∂E_syn/∂g``: the input currents of the free layers (bias excluded)."""
+        return -jax.grad(self.synapse_energy)(gz)
+
+    def residual(self, z: Float[Array, " n"]) -> Float[Array, " n"]:
+        """``F(x) = c(g(x)) + b − x`` (the field times τ); zero exactly at steady states."""
+        return self.currents(self.activation(z)) + self.bias - z
+
+    def field(self, z: Float[Array, " n"]) -> Float[Array, " n"]:
+        """``dx/dt = T⁻¹ F(x)`` (equal to ``net.vector_field`` on the free layers)."""
+        return self.residual(z) / self.tau
+
+    def energy(self, z: Float[Array, " n"]) -> Array:
+        """``E(x)`` (MATH.md eq. 8 with biases) as a function of the free neurons."""
+        return self.net.energy(self.full_state(z))
+
+    # ---------------------------------------------------------------- linearisations
+    def hessian_mv(self, z: Float[Array, " n"], v: Float[Array, " n"]) -> Float[Array, " n"]:
+        """``H(x) v``: a Jacobian-vector product of the activation (no matrix is formed)."""
+        return jax.jvp(self.activation, (z,), (v,))[1]
+
+    def coupling_mv(self, gz: Float[Array, " n"], v: Float[Array, " n"]) -> Float[Array, " n"]:
+        """``C(g) v = ∂c/∂g · v``."""
+        return jax.jvp(self.currents, (gz,), (v,))[1]
+
+
+def flat_system(net: HAM, x: Mapping[str, Array], clamp: Iterable[str] | str = ()) -> FlatSystem:
+    """The HAM ``net`` at the (unbatched) state ``x`` as a flat system over its free layers."""
+    return FlatSystem(net, x, clamp)
+
+
+def _operator(fn: Callable, n: int, dtype, symmetric: bool) -> lx.FunctionLinearOperator:
+    tags = (lx.symmetric_tag,) if symmetric else ()
+    return lx.FunctionLinearOperator(fn, jax.ShapeDtypeStruct((n,), dtype), tags=tags)
+
+
+def _layer_hessian_dense(layer, x: Array) -> Array:
+    n = layer.size
+    lag = layer.lagrangian
+    if isinstance(lag, ElementwiseLagrangian):
+        # elementwise Lagrangians know f' in closed form: the Hessian is diagonal (MATH eq. 11)
+        return jnp.diag(jnp.reshape(lag.derivative(x), (n,)))
+    flat = lambda v: jnp.reshape(layer.activation(jnp.reshape(v, layer.shape)), (n,))  # noqa: E731
+    return jax.jacfwd(flat)(jnp.reshape(x, (n,)))
+
+
+def lagrangian_hessian(
+    net: HAM,
+    x: Mapping[str, Array],
+    layer: str | None = None,
+    *,
+    clamp: Iterable[str] | str = (),
+    dense: bool = True,
+):
+    """The Lagrangian Hessian ``H = ∂²L/∂x∂x = ∂g/∂x`` at ``x``.
+
+    With ``layer`` given: that layer's ``(N_A, N_A)`` Hessian (its state flattened in C order).
+    Without: the block-diagonal Hessian over all free layers in :class:`FlatIndex` order.
+    ``dense=False`` returns a symmetric ``lineax.FunctionLinearOperator`` whose ``mv`` is a
+    Jacobian-vector product of the activation, for layers too large to hold ``N²`` numbers.
+    """
+    _single_sample(net, x)
+    if layer is not None:
+        if layer not in net.layers:
+            raise KeyError(f"unknown layer {layer!r}; layers are {sorted(net.layers)}")
+        lay = net.layers[layer]
+        xa = jnp.asarray(x[layer])
+        if dense:
+            return _layer_hessian_dense(lay, xa)
+        n = lay.size
+
+        def mv(v):
+            _, hv = jax.jvp(lay.activation, (xa,), (jnp.reshape(v, lay.shape),))
+            return jnp.reshape(hv, (n,))
+
+        return _operator(mv, n, xa.dtype, symmetric=True)
+    sys = flat_system(net, x, clamp)
+    if dense:
+        blocks = [_layer_hessian_dense(net.layers[n], sys.state[n]) for n in sys.free]
+        return jax.scipy.linalg.block_diag(*blocks)
+    return _operator(lambda v: sys.hessian_mv(sys.x, v), sys.n, sys.x.dtype, symmetric=True)
+
+
+def coupling(net: HAM, x: Mapping[str, Array], *, clamp: Iterable[str] | str = (), dense=True):
+    """``C = ∂c/∂g = −∂²E_syn/∂g²`` at the activations of ``x``: the symmetric coupling ("W" of
+    MATH.md §4) that the synapses of ``net`` imply between free neurons."""
+    sys = flat_system(net, x, clamp)
+    gz = sys.activation(sys.x)
+    if dense:
+        return jax.jacfwd(sys.currents)(gz)
+    return _operator(lambda v: sys.coupling_mv(gz, v), sys.n, sys.x.dtype, symmetric=True)
+
+
+def energy_hessian(
+    net: HAM,
+    x: Mapping[str, Array],
+    *,
+    clamp: Iterable[str] | str = (),
+    dense: bool = True,
+    at_fixed_point: bool = False,
+):
+    """``∇²E(x)`` with respect to the free states.
+
+    By default the exact Hessian (autodiff: ``jax.hessian``, or Hessian-vector products
+    ``jvp(grad E)`` when ``dense=False``). With ``at_fixed_point=True`` the closed form of
+    MATH.md eq. (6), ``H − H C H``, which drops the term ``Σ_k ∂H/∂x · F_k`` that vanishes at a
+    steady state, and is symmetric PSD-structured even off it.
+    """
+    sys = flat_system(net, x, clamp)
+    if at_fixed_point:
+        gz = sys.activation(sys.x)
+
+        def mv(v):
+            hv = sys.hessian_mv(sys.x, v)
+            return hv - sys.hessian_mv(sys.x, sys.coupling_mv(gz, hv))
+
+        if dense:
+            h = lagrangian_hessian(net, x, clamp=clamp)
+            c = jax.jacfwd(sys.currents)(gz)
+            return h - h @ c @ h
+        return _operator(mv, sys.n, sys.x.dtype, symmetric=True)
+    if dense:
+        return jax.hessian(sys.energy)(sys.x)
+    grad = jax.grad(sys.energy)
+    return _operator(lambda v: jax.jvp(grad, (sys.x,), (v,))[1], sys.n, sys.x.dtype, True)
+
+
+def jacobian(net: HAM, x: Mapping[str, Array], *, clamp: Iterable[str] | str = (), dense=True):
+    """The Jacobian of the vector field on the free layers, ``∂ẋ/∂x = T⁻¹(C H − I)``
+    (by autodiff of the field: exact for any synapse, e.g. ``C`` state-dependent for Memory)."""
+    sys = flat_system(net, x, clamp)
+    if dense:
+        return jax.jacfwd(sys.field)(sys.x)
+    return _operator(lambda v: jax.jvp(sys.field, (sys.x,), (v,))[1], sys.n, sys.x.dtype, False)
+
+
+def hessian(net: HAM, x: Mapping[str, Array], of: str = "energy", *, clamp=()) -> Array:
+    """Dense Hessian for small nets: ``of="lagrangian"`` gives ``H`` (block-diagonal over free
+    layers), ``of="energy"`` gives ``∇²E``; rows and columns in :class:`FlatIndex` order
+    (``flat_system(net, x, clamp).index`` maps them back to layers and neurons)."""
+    if of == "lagrangian":
+        return lagrangian_hessian(net, x, clamp=clamp)
+    if of == "energy":
+        return energy_hessian(net, x, clamp=clamp)
+    raise ValueError(f"hessian(of=...) must be 'lagrangian' or 'energy', got {of!r}")
+
+
+# ------------------------------------------------------------------------------- Lanczos
+def _as_matvec(op) -> tuple[Callable, int, jnp.dtype]:
+    if isinstance(op, lx.AbstractLinearOperator):
+        struct = op.in_structure()
+        return op.mv, math.prod(struct.shape), struct.dtype
+    op = jnp.asarray(op)
+    if op.ndim != 2 or op.shape[0] != op.shape[1]:
+        raise ValueError(f"expected a square matrix or a lineax operator, got shape {op.shape}")
+    return (lambda v: op @ v), op.shape[0], op.dtype
+
+
+def lanczos(op, steps: int, key=None) -> tuple[Array, Array]:
+    """``steps`` Lanczos iterations with full reorthogonalisation on a symmetric operator.
+
+    Returns the Ritz values (ascending) and Ritz vectors (columns) of the Krylov space. With full
+    reorthogonalisation the extremal Ritz values converge to the extremal eigenvalues without the
+    ghost copies plain Lanczos makes; on breakdown (an invariant subspace found) the iteration
+    restarts from a fresh random vector orthogonal to the basis, so ``steps = n`` is exact.
+    """
+    mv, n, dtype = _as_matvec(op)
+    steps = int(min(steps, n))
+    key = jax.random.PRNGKey(0) if key is None else key
+    k0, kr = jax.random.split(key)
+    v0 = jax.random.normal(k0, (n,), dtype)
+    basis = jnp.zeros((steps + 1, n), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
+    eps = jnp.finfo(dtype).eps
+
+    def orth(b, w):
+        # twice is enough (Kahan–Parlett); rows not yet filled are zero and drop out
+        w = w - b.T @ (b @ w)
+        return w - b.T @ (b @ w)
+
+    def body(j, carry):
+        b, alpha, beta = carry
+        v = b[j]
+        w = mv(v)
+        a = jnp.vdot(v, w)
+        w = orth(b, w)
+        nb = jnp.linalg.norm(w)
+        scale = jnp.maximum(jnp.abs(a), 1.0)
+        fresh = orth(b, jax.random.normal(jax.random.fold_in(kr, j), (n,), dtype))
+        broke = nb <= 100 * eps * scale
+        nxt = jnp.where(broke, fresh / jnp.linalg.norm(fresh), w / jnp.where(broke, 1.0, nb))
+        b = b.at[j + 1].set(nxt)
+        return b, alpha.at[j].set(a), beta.at[j].set(jnp.where(broke, 0.0, nb))
+
+    basis, alpha, beta = jax.lax.fori_loop(
+        0, steps, body, (basis, jnp.zeros(steps, dtype), jnp.zeros(steps, dtype))
+    )
+    tri = jnp.diag(alpha) + jnp.diag(beta[:-1], 1) + jnp.diag(beta[:-1], -1)
+    vals, vecs = jnp.linalg.eigh(tri)
+    return vals, basis[:steps].T @ vecs
+
+
+def extremal_eigenvalues(op, num: int = 1, which: str = "largest", steps: int | None = None,
+                         key=None) -> Array:
+    """The ``num`` largest (``which="largest"``) or smallest eigenvalues of a symmetric matrix or
+    ``lineax`` operator, matrix-free by Lanczos (:func:`lanczos`, ``steps`` defaulting to
+    ``min(n, max(4·num, 40))``). Largest first for "largest", smallest first for "smallest"."""
+    _, n, _ = _as_matvec(op)
+    steps = min(n, max(4 * num, 40)) if steps is None else steps
+    vals, _ = lanczos(op, steps, key)
+    if which == "largest":
+        return vals[::-1][:num]
+    if which == "smallest":
+        return vals[:num]
+    raise ValueError(f"which must be 'largest' or 'smallest', got {which!r}")

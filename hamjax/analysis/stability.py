@@ -1,0 +1,307 @@
+"""Stability of steady states with dead neurons, and steady-state recovery (MATH.md §4.5–4.6).
+
+At a steady state ``x*`` write ``H = A Λ Aᵀ`` (``A`` orthonormal columns spanning ``range(H)``,
+per layer, since ``H`` is block-diagonal) and ``D`` for the dead directions (``ker H``). In the
+basis ``[A D]`` the Jacobian ``J = T⁻¹(C H − I)`` is block-triangular::
+
+    J A = A·T_a⁻¹(S Λ − I) + D(…),   J D = −T⁻¹ D,      S = Aᵀ C A
+
+so its spectrum is that of ``J_a = T_a⁻¹(S Λ − I)`` (the motion in ``range(H)``, DN eq. 8) plus
+``−1/τ`` for every dead direction: dead neurons never destabilise. For ``Λ ≻ 0``, ``J_a`` is
+similar to the symmetric ``T_a^{-1/2}(Λ^{1/2} S Λ^{1/2} − I)T_a^{-1/2}``, so its spectrum is real
+and, by Sylvester's law of inertia, ``J_a ≺ 0 ⇔ Aᵀ(H − H C H)A ≻ 0``: the energy Hessian (eq. 6)
+restricted to ``range(H)`` decides (Proposition 4.2), whatever the τ's. A zero eigenvalue of that
+restricted Hessian is a flat direction of the energy *not* caused by dead neurons: a real danger
+the linearisation cannot settle.
+
+Proposition 4.3: at a minimiser ``x̃`` of the energy (anywhere on its flat set),
+``x* = (I − P) x̃ + P (c(g(x̃)) + b) = c(g(x̃)) + b`` with ``P`` the projector onto ``ker H(x̃)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optimistix as optx
+from jaxtyping import Array
+
+from ..ham import HAM
+from ..lagrangians import ElementwiseLagrangian
+from .dead_neurons import DeadNeurons, dead_neurons
+from .hessians import FlatIndex, _operator, extremal_eigenvalues, flat_system
+
+__all__ = [
+    "StabilityReport",
+    "stability",
+    "RecoveredState",
+    "recover_steady_state",
+    "minimise_energy",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class StabilityReport:
+    """The verdict on a steady state and the evidence for it.
+
+    * ``stable``: True, False, or None when undecided (``verdict`` says the same in words:
+      "stable", "unstable" or "undecided"; ``reason`` says why).
+    * ``spectrum``: eigenvalues of the Jacobian restricted to ``range(H)`` (real when ``H ⪰ 0``),
+      largest real part first. With ``method="lanczos"`` the top Ritz values of the symmetrised
+      Jacobian, which include ``−1/τ`` for dead directions.
+    * ``energy_spectrum``: eigenvalues of ``Aᵀ(H − H C H)A`` (ascending; dense method only).
+    * ``n_dead``: dead neurons per free layer; ``dead`` the full :class:`DeadNeurons`.
+    * ``flat_directions``: ``(N, m)`` flat directions of the energy in ``range(H)`` (not dead
+      neurons), flat over the free layers; ``index`` maps rows back to layers and neurons.
+    * ``residual``: ``max|F(x*)|``, how far ``x*`` is from being a steady state.
+    * ``jacobian_spectrum``: all eigenvalues of the full Jacobian (dense method only).
+    """
+
+    stable: bool | None
+    verdict: str
+    reason: str
+    spectrum: np.ndarray
+    energy_spectrum: np.ndarray | None
+    n_dead: dict[str, int]
+    flat_directions: np.ndarray
+    residual: float
+    hessian_psd: bool
+    dead: DeadNeurons
+    index: FlatIndex
+    jacobian_spectrum: np.ndarray | None = None
+
+    def __str__(self) -> str:
+        dead = ", ".join(f"{k}: {v}" for k, v in self.n_dead.items())
+        top = np.real(self.spectrum[0]) if len(self.spectrum) else float("nan")
+        return (
+            f"{self.verdict}: {self.reason}\n"
+            f"  dead neurons per layer: {dead}\n"
+            f"  largest Re λ on range(H): {top:.4g}; other flat directions: "
+            f"{self.flat_directions.shape[1]}; residual |F| = {self.residual:.3g}"
+        )
+
+
+def _column_taus(net: HAM, dn: DeadNeurons, blocks: Mapping[str, np.ndarray]) -> np.ndarray:
+    return np.concatenate([np.full(blocks[n].shape[1], net.layers[n].tau) for n in dn.index.names])
+
+
+def stability(
+    net: HAM,
+    x_star: Mapping[str, Array],
+    *,
+    clamp: Iterable[str] | str = (),
+    method: str = "dense",
+    rtol: float = 1e-5,
+    tol: float = 1e-5,
+    steady_tol: float = 1e-4,
+) -> StabilityReport:
+    """Linear stability of the steady state ``x_star`` of ``net`` (clamped layers fixed), with dead
+    neurons told apart from genuine flat directions (MATH.md §4.5, DN Proposition 4).
+
+    ``rtol`` is the dead-neuron tolerance (:func:`dead_neurons`); ``tol`` the relative size below
+    which an eigenvalue counts as zero (relative to ``max(1/τ, |spectrum|)``); ``steady_tol``
+    bounds ``max|F(x*)| / (1 + max|x*|)`` for ``x_star`` to count as a steady state.
+    ``method="lanczos"`` never forms an ``N×N`` matrix: it finds the largest eigenvalues of the
+    symmetrised Jacobian ``T^{-1/2}(H^{1/2} C H^{1/2} − I)T^{-1/2}`` matrix-free (needs ``H ⪰ 0``).
+    """
+    sys = flat_system(net, x_star, clamp)
+    dn = dead_neurons(net, x_star, clamp=clamp, rtol=rtol)
+    f = np.asarray(sys.residual(sys.x), dtype=np.float64)
+    residual = float(np.max(np.abs(f)))
+    steady = residual <= steady_tol * (1.0 + float(np.max(np.abs(np.asarray(sys.x)))))
+    lam = np.concatenate([dn.live_eigenvalues[n] for n in dn.index.names])
+    psd = bool(np.all(lam > 0))
+    gz = sys.activation(sys.x)
+    k = dn.total
+    notes = []
+    if not psd:
+        notes.append("H has negative eigenvalues, so E is not a Lyapunov function here; "
+                     "the verdict rests on the linearisation alone")
+
+    energy_spectrum = None
+    jac_spectrum = None
+    flat = np.zeros((sys.n, 0))
+    if method == "dense":
+        a = dn.live_basis()
+        c = np.asarray(jax.jacfwd(sys.currents)(gz), dtype=np.float64)
+        s = a.T @ c @ a
+        tau_a = _column_taus(net, dn, dn.live)
+        e_r = np.diag(lam) - lam[:, None] * s * lam[None, :]  # Aᵀ(H − HCH)A, MATH eq. (6)
+        if len(lam) and psd:
+            r = np.sqrt(lam)
+            n_sym = r[:, None] * s * r[None, :] - np.eye(len(lam))
+            spec = np.linalg.eigvalsh(n_sym / np.sqrt(np.outer(tau_a, tau_a)))[::-1]
+        elif len(lam):
+            j_a = (s * lam[None, :] - np.eye(len(lam))) / tau_a[:, None]
+            spec = np.linalg.eigvals(j_a)
+            spec = spec[np.argsort(-spec.real)]
+        else:
+            spec = np.zeros(0)
+        if len(lam):
+            eh, ev = np.linalg.eigh(0.5 * (e_r + e_r.T))
+        else:
+            eh, ev = np.zeros(0), np.zeros((0, 0))
+        energy_spectrum = eh
+        jac_spectrum = np.linalg.eigvals(np.asarray(jax.jacfwd(sys.field)(sys.x), np.float64))
+        jac_spectrum = jac_spectrum[np.argsort(-jac_spectrum.real)]
+    elif method == "lanczos":
+        if not psd:
+            raise ValueError("method='lanczos' needs PSD Lagrangian Hessians; use method='dense'")
+        spec = _lanczos_spectrum(net, sys, dn, gz)
+    else:
+        raise ValueError(f"method must be 'dense' or 'lanczos', got {method!r}")
+
+    scale = max(1.0 / min(layer.tau for layer in net.layers.values()),
+                float(np.max(np.abs(spec), initial=0.0)))
+    zero = tol * scale
+    if energy_spectrum is not None and len(energy_spectrum):
+        e_scale = max(1.0, float(np.max(np.abs(energy_spectrum))))
+        mask = np.abs(energy_spectrum) <= tol * e_scale
+        flat = dn.live_basis() @ ev[:, mask]
+    top = float(np.max(spec.real)) if len(spec) else -np.inf
+    n_live = sys.n - k
+
+    if not steady:
+        stable, verdict = None, "undecided"
+        reason = (f"not a steady state: max|F(x)| = {residual:.3g}; relax further, or use "
+                  "recover_steady_state() on an energy minimiser")
+    elif n_live == 0:
+        stable, verdict = True, "stable"
+        reason = ("every neuron is dead: the currents are constant near x*, and every direction "
+                  "decays at rate 1/τ")
+    elif top > zero:
+        stable, verdict = False, "unstable"
+        reason = (f"the Jacobian restricted to range(H) has an eigenvalue with real part {top:.4g} "
+                  f"> 0 (an unstable direction of the {n_live} live ones)")
+        if energy_spectrum is not None and len(energy_spectrum) and psd:
+            reason += (f"; the energy Hessian on range(H) has eigenvalue "
+                       f"{energy_spectrum[0]:.4g} < 0")
+    elif top < -zero:
+        stable, verdict = True, "stable"
+        reason = (f"all {n_live} eigenvalues of the Jacobian restricted to range(H) have negative "
+                  f"real part (largest {top:.4g})")
+        if k:
+            reason += (f"; the {k} dead direction(s) are harmless zero modes of the energy Hessian "
+                       "and decay at rate 1/τ, so the whole flat region is in the basin")
+    else:
+        stable, verdict = None, "undecided"
+        reason = (f"the largest eigenvalue on range(H) is {top:.3g} ≈ 0: the energy has "
+                  f"{max(flat.shape[1], 1)} flat direction(s) that are not dead neurons, and "
+                  "linearisation cannot decide")
+    if notes and steady:
+        reason += "; " + "; ".join(notes)
+    return StabilityReport(
+        stable=stable,
+        verdict=verdict,
+        reason=reason,
+        spectrum=np.asarray(spec),
+        energy_spectrum=energy_spectrum,
+        n_dead=dict(dn.counts),
+        flat_directions=flat,
+        residual=residual,
+        hessian_psd=psd,
+        dead=dn,
+        index=dn.index,
+        jacobian_spectrum=jac_spectrum,
+    )
+
+
+def _lanczos_spectrum(net: HAM, sys, dn: DeadNeurons, gz: Array, num: int = 6) -> np.ndarray:
+    """Top eigenvalues of ``T^{-1/2}(H^{1/2} C H^{1/2} − I)T^{-1/2}``: its spectrum is that of the
+    Jacobian on range(H) plus ``−1/τ`` per dead direction, so the largest one decides stability."""
+    sqrt_blocks = []
+    for name in sys.free:
+        layer = net.layers[name]
+        xa = sys.state[name]
+        if isinstance(layer.lagrangian, ElementwiseLagrangian):
+            d = jnp.sqrt(jnp.maximum(jnp.reshape(layer.lagrangian.derivative(xa), (-1,)), 0.0))
+            sqrt_blocks.append(("diag", d))
+        else:
+            a = jnp.asarray(dn.live[name], sys.x.dtype)
+            r = jnp.sqrt(jnp.asarray(dn.live_eigenvalues[name], sys.x.dtype))
+            sqrt_blocks.append(("dense", (a, r)))
+
+    def sqrt_h(v):
+        parts = []
+        for name, (kind, data) in zip(sys.free, sqrt_blocks, strict=True):
+            va = v[sys.index.slice(name)]
+            if kind == "diag":
+                parts.append(data * va)
+            else:
+                a, r = data
+                parts.append(a @ (r * (a.T @ va)))
+        return jnp.concatenate(parts)
+
+    inv_sqrt_tau = 1.0 / jnp.sqrt(sys.tau)
+
+    def mv(v):
+        u = sqrt_h(inv_sqrt_tau * v)
+        return inv_sqrt_tau * (sqrt_h(sys.coupling_mv(gz, u)) - inv_sqrt_tau * v)
+
+    op = _operator(jax.jit(mv), sys.n, sys.x.dtype, symmetric=True)
+    return np.asarray(extremal_eigenvalues(op, num=min(num, sys.n), which="largest"), np.float64)
+
+
+@dataclasses.dataclass(frozen=True)
+class RecoveredState:
+    """Proposition 4.3: ``state`` is the steady state ``x* = c(g(x̃)) + b`` (clamped layers kept);
+    ``projected`` the same by the projector form ``(I − P)x̃ + P(c(g(x̃)) + b)``; ``projector`` the
+    dense ``P`` onto ``ker H(x̃)`` (flat free coordinates); ``residual`` is ``max|F(x*)|``."""
+
+    state: dict[str, Array]
+    projected: dict[str, Array]
+    projector: np.ndarray
+    residual: float
+    dead: DeadNeurons
+
+
+def recover_steady_state(
+    net: HAM,
+    x_tilde: Mapping[str, Array],
+    *,
+    clamp: Iterable[str] | str = (),
+    rtol: float = 1e-5,
+) -> RecoveredState:
+    """The dynamical steady state behind an energy minimiser ``x_tilde`` (MATH.md §4.6).
+
+    Minimising ``E`` fixes only the live part of the state: along dead directions ``E`` is flat and
+    the minimiser may sit anywhere (e.g. ``x̃_0 = −42`` where the steady state has
+    ``x*_0 = −1``). One fixed-point step ``x* = c(g(x̃)) + b`` restores it, since
+    ``g(x*) = g(x̃)``."""
+    sys = flat_system(net, x_tilde, clamp)
+    dn = dead_neurons(net, x_tilde, clamp=clamp, rtol=rtol)
+    target = sys.currents(sys.activation(sys.x)) + sys.bias
+    p = dn.projector()
+    pj = jnp.asarray(p, sys.x.dtype)
+    projected = sys.x - pj @ sys.x + pj @ target
+    residual = float(jnp.max(jnp.abs(sys.residual(target))))
+    return RecoveredState(
+        state=sys.full_state(target),
+        projected=sys.full_state(projected),
+        projector=p,
+        residual=residual,
+        dead=dn,
+    )
+
+
+def minimise_energy(
+    net: HAM,
+    x0: Mapping[str, Array],
+    *,
+    clamp: Iterable[str] | str = (),
+    solver: optx.AbstractMinimiser | None = None,
+    rtol: float = 1e-7,
+    atol: float = 1e-7,
+    max_steps: int = 2000,
+) -> dict[str, Array]:
+    """A local minimiser of ``E`` over the free layers, found directly with optimistix (BFGS by
+    default) from ``x0``. Dead coordinates have zero gradient, so they stay where ``x0`` put them:
+    follow with :func:`recover_steady_state` to get the dynamical steady state."""
+    sys = flat_system(net, x0, clamp)
+    solver = optx.BFGS(rtol=rtol, atol=atol) if solver is None else solver
+    sol = optx.minimise(lambda z, _: sys.energy(z), solver, sys.x, max_steps=max_steps,
+                        throw=False)
+    return sys.full_state(sol.value)
