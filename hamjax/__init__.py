@@ -3,6 +3,14 @@
 from . import lagrangians, synapses
 from .ham import HAM, ClampedDynamics, GraphError, StateError
 from .layers import Layer
+from .relax import (
+    FixedSteps,
+    FixedTime,
+    NonFiniteStateError,
+    Relaxation,
+    SteadyState,
+    relax,
+)
 
 __version__ = "0.1.0"
 
@@ -12,6 +20,12 @@ __all__ = [
     "GraphError",
     "Layer",
     "StateError",
+    "FixedSteps",
+    "FixedTime",
+    "NonFiniteStateError",
+    "Relaxation",
+    "SteadyState",
+    "relax",
     "lagrangians",
     "synapses",
 ]

@@ -1,0 +1,298 @@
+"""Relaxation: steady states, stopping rules, saving, adjoints, failure paths."""
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import hamjax as hj
+from hamjax.lagrangians import Identity, ReLU, Softmax, Tanh
+
+N_IN, N_HID, N_OUT = 6, 5, 3
+
+
+def chain(key, taus=(1.0, 1.0, 1.0), hidden=Softmax(1.0), scale=1.0):
+    k1, k2 = jax.random.split(key)
+    return hj.HAM(
+        layers={
+            "image": hj.Layer(N_IN, Identity(), tau=taus[0]),
+            "hidden": hj.Layer(N_HID, hidden, tau=taus[1], bias=True),
+            "label": hj.Layer(N_OUT, Softmax(2.0), tau=taus[2]),
+        },
+        synapses={
+            "w1": hj.synapses.Dense(k1, N_IN, N_HID, scale=scale),
+            "w2": hj.synapses.Dense(k2, N_HID, N_OUT, scale=scale),
+        },
+        edges={"w1": ("image", "hidden"), "w2": ("hidden", "label")},
+    )
+
+
+@pytest.fixture(scope="module")
+def net():
+    return chain(jax.random.PRNGKey(0))
+
+
+@pytest.fixture(scope="module")
+def x0(net):
+    x = net.init_state(batch=(4,), key=jax.random.PRNGKey(1), scale=0.5)
+    x["image"] = jax.random.uniform(jax.random.PRNGKey(2), (4, N_IN))
+    return x
+
+
+@pytest.fixture(scope="module")
+def steady(net, x0):
+    return hj.relax(net, x0, clamp="image", stop=hj.SteadyState(atol=1e-6))
+
+
+def closed_form_currents(net, x):
+    """Currents of MATH.md eq. (5) for the chain, written by hand."""
+    g = net.activations(x)
+    w1 = net.synapses["w1"].weight
+    w2 = net.synapses["w2"].weight
+    return {
+        "hidden": g["image"] @ w1.T + g["label"] @ w2 + net.layers["hidden"].bias,
+        "label": g["hidden"] @ w2.T,
+    }
+
+
+def test_steady_state_solves_fixed_point_equations(net, x0, steady):
+    assert bool(jnp.all(steady.converged))
+    assert int(steady.result._value) == int(diffrax.RESULTS.event_occurred._value)
+    c = closed_form_currents(net, steady.state)
+    for name in ("hidden", "label"):
+        np.testing.assert_allclose(steady.state[name], c[name], atol=2e-5)
+    np.testing.assert_array_equal(steady.state["image"], x0["image"])
+    assert float(jnp.max(steady.residual)) <= 1e-6
+
+
+def test_steady_state_independent_of_tau(x0):
+    # small weights and tanh: the field is a contraction, so the minimum is unique
+    key = jax.random.PRNGKey(3)
+    a = chain(key, taus=(1.0, 1.0, 1.0), hidden=Tanh(1.0), scale=0.3)
+    b = chain(key, taus=(1.0, 0.2, 3.0), hidden=Tanh(1.0), scale=0.3)
+    sa = hj.relax(a, x0, clamp="image", stop=hj.SteadyState(atol=1e-6))
+    sb = hj.relax(b, x0, clamp="image", stop=hj.SteadyState(atol=1e-6))
+    assert bool(jnp.all(sa.converged & sb.converged))
+    for name in ("hidden", "label"):
+        np.testing.assert_allclose(sa.state[name], sb.state[name], atol=1e-5)
+
+
+@pytest.mark.parametrize("solver", ["tsit5", "euler"])
+def test_energy_never_increases_on_saved_trajectory(net, x0, solver):
+    sol = hj.relax(net, x0, clamp="image", solver=solver, dt0=0.05, save="both")
+    e = sol.energy_trace()
+    assert e.shape[1:] == (4,) and e.shape[0] >= 3
+    assert np.all(np.diff(e, axis=0) <= 1e-6), np.diff(e, axis=0).max()
+    # the saved energies are the energies of the saved states
+    ts = np.asarray(sol.ts)
+    k = int(np.isfinite(ts).sum()) - 1
+    state_k = {n: v[k] for n, v in sol.trajectory.items()}
+    np.testing.assert_allclose(e[k], net.energy(state_k), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sol.trajectory["image"][0], x0["image"])
+
+
+def test_euler_and_tsit5_agree(net, x0, steady):
+    # float32 Euler stalls near 1e-6: increments dt·dx fall below the state's resolution
+    eul = hj.relax(
+        net,
+        x0,
+        clamp="image",
+        solver="euler",
+        dt0=0.05,
+        stop=hj.SteadyState(atol=1e-5),
+        max_steps=20000,
+    )
+    assert bool(jnp.all(eul.converged))
+    for name in ("hidden", "label"):
+        np.testing.assert_allclose(eul.state[name], steady.state[name], atol=1e-4)
+
+
+def test_optimistix_methods_agree_with_ode(net, x0, steady):
+    root = hj.relax(net, x0, clamp="image", method="root", stop=hj.SteadyState(atol=1e-6))
+    assert bool(jnp.all(root.converged))
+    for name in ("hidden", "label"):
+        np.testing.assert_allclose(root.state[name], steady.state[name], atol=1e-4)
+    # minimising E in float32 resolves energy differences of ~1e-7 only, so its steady state is
+    # good to ~1e-4: the residual is small, but not below a 1e-6 tolerance
+    mini = hj.relax(net, x0, clamp="image", method="minimise", stop=hj.SteadyState(atol=1e-6))
+    assert float(jnp.max(mini.residual)) < 2e-3
+    for name in ("hidden", "label"):
+        np.testing.assert_allclose(mini.state[name], steady.state[name], atol=3e-3)
+
+
+def test_minimise_recovers_steady_state_on_flat_relu_set():
+    # one ReLU neuron driven negative: the energy is flat along it, so a minimiser may sit far
+    # away; the fixed-point step of relax(method="minimise") lands on the steady state.
+    w = jnp.array([[1.0], [-2.0]])  # (out=2, in=1)
+    net = hj.HAM(
+        layers={"v": hj.Layer(1, Identity()), "h": hj.Layer(2, ReLU())},
+        synapses={"w": hj.synapses.Dense(jax.random.PRNGKey(0), 1, 2)},
+        edges={"w": ("v", "h")},
+    )
+    net = eqx.tree_at(lambda n: n.synapses["w"].weight, net, w)
+    x = {"v": jnp.array([1.0]), "h": jnp.array([0.5, -42.0])}
+    sol = hj.relax(net, x, clamp="v", method="minimise", stop=hj.SteadyState(atol=1e-6))
+    np.testing.assert_allclose(sol.state["h"], [1.0, -2.0], atol=1e-4)
+    assert bool(sol.converged)
+
+
+def test_fixed_steps_equals_handwritten_euler(net, x0):
+    n, dt = 7, 0.1
+    sol = hj.relax(net, x0, clamp="image", solver="euler", stop=hj.FixedSteps(n), dt0=dt)
+    x = dict(x0)
+    for _ in range(n):
+        c = closed_form_currents(net, x)
+        x = {
+            **x,
+            "hidden": x["hidden"] + dt * (c["hidden"] - x["hidden"]),
+            "label": x["label"] + dt * (c["label"] - x["label"]),
+        }
+    for name in ("hidden", "label"):
+        np.testing.assert_allclose(sol.state[name], x[name], rtol=1e-5, atol=1e-6)
+    assert int(sol.steps) == n
+
+
+def test_fixed_time(net, x0):
+    sol = hj.relax(
+        net,
+        x0,
+        clamp="image",
+        stop=hj.FixedTime(0.5),
+        save="trajectory",
+        save_ts=jnp.linspace(0.0, 0.5, 6),
+    )
+    np.testing.assert_allclose(sol.ts, np.linspace(0, 0.5, 6), atol=1e-6)
+    assert sol.trajectory["hidden"].shape == (6, 4, N_HID)
+    np.testing.assert_allclose(float(sol.t_final), 0.5, atol=1e-6)
+
+
+def test_max_steps_outcome(net, x0):
+    sol = hj.relax(net, x0, clamp="image", solver="euler", dt0=0.01, max_steps=5)
+    assert int(sol.result._value) == int(diffrax.RESULTS.max_steps_reached._value)
+    assert not bool(jnp.any(sol.converged))
+    assert int(sol.steps) == 5
+
+
+def test_evaluation_count_matches_real_calls(x0):
+    calls = []
+
+    class CountingDense(hj.synapses.Dense):
+        multilinear = False  # keep it in the loop, so every field evaluation calls it
+
+        def energy(self, g_a, g_b):
+            jax.debug.callback(lambda: calls.append(1))
+            return super().energy(g_a, g_b)
+
+    key = jax.random.PRNGKey(0)
+    base = chain(key)
+    net = hj.HAM(
+        layers=base.layers,
+        synapses={"w1": base.synapses["w1"], "w2": CountingDense(key, N_HID, N_OUT)},
+        edges=base.edges,
+    )
+    for solver in ("tsit5", "euler"):
+        calls.clear()
+        sol = hj.relax(net, x0, clamp="image", solver=solver)
+        jax.effects_barrier()
+        # after the solve relax evaluates the field once more for the residual
+        assert len(calls) == int(sol.evaluations) + 1, (solver, len(calls), sol.evaluations)
+
+
+def test_adjoints_agree_with_finite_differences(net, x0):
+    target = jax.nn.one_hot(jnp.arange(4) % N_OUT, N_OUT)
+
+    def loss(net, adjoint):
+        sol = hj.relax(net, x0, clamp="image", adjoint=adjoint, stop=hj.SteadyState(atol=1e-6))
+        return jnp.sum((sol.state["label"] - target) ** 2)
+
+    grads = {a: eqx.filter_grad(loss)(net, a) for a in ("recursive", "implicit")}
+    wr = grads["recursive"].synapses["w2"].weight
+    wi = grads["implicit"].synapses["w2"].weight
+    np.testing.assert_allclose(wi, wr, rtol=2e-3, atol=2e-5)
+    br = grads["recursive"].layers["hidden"].bias
+    bi = grads["implicit"].layers["hidden"].bias
+    np.testing.assert_allclose(bi, br, rtol=2e-3, atol=2e-5)
+
+    # central finite differences on two entries of w2 (float32: a wide step)
+    w = net.synapses["w2"].weight
+    for idx in [(0, 1), (2, 4)]:
+        eps = 1e-2
+        plus = eqx.tree_at(lambda n: n.synapses["w2"].weight, net, w.at[idx].add(eps))
+        minus = eqx.tree_at(lambda n: n.synapses["w2"].weight, net, w.at[idx].add(-eps))
+        fd = (loss(plus, "recursive") - loss(minus, "recursive")) / (2 * eps)
+        np.testing.assert_allclose(wi[idx], fd, rtol=2e-2, atol=1e-4)
+
+
+def test_gradient_with_respect_to_clamped_input(net, x0):
+    def loss(img, adjoint):
+        x = {**x0, "image": img}
+        sol = hj.relax(net, x, clamp="image", adjoint=adjoint, stop=hj.SteadyState(atol=1e-6))
+        return jnp.sum(sol.state["label"][:, 0])
+
+    gr = jax.grad(loss)(x0["image"], "recursive")
+    gi = jax.grad(loss)(x0["image"], "implicit")
+    assert float(jnp.max(jnp.abs(gr))) > 1e-4
+    np.testing.assert_allclose(gi, gr, rtol=2e-3, atol=2e-5)
+
+
+def test_nonfinite_paths():
+    # an exponential layer fed by large weights overflows
+    key = jax.random.PRNGKey(0)
+    net = hj.HAM(
+        layers={
+            "a": hj.Layer(3, hj.lagrangians.Exp(1.0)),
+            "b": hj.Layer(3, hj.lagrangians.Exp(1.0)),
+        },
+        synapses={"w": hj.synapses.Dense(key, 3, 3, scale=50.0)},
+        edges={"w": ("a", "b")},
+    )
+    x = {"a": jnp.ones(3), "b": jnp.ones(3)}
+    with pytest.raises(hj.NonFiniteStateError, match=r"layer\(s\) \[.*'(a|b)'.*\] at step"):
+        hj.relax(net, x, solver="euler", dt0=0.5)
+    xb = {
+        "a": jnp.stack([jnp.ones(3), jnp.zeros(3)]),
+        "b": jnp.stack([jnp.ones(3), -jnp.ones(3) * 5]),
+    }
+    sol = hj.relax(net, xb, solver="euler", dt0=0.5, max_steps=50)
+    assert not bool(sol.finite[0]) and not bool(sol.converged[0])
+    with pytest.raises(hj.NonFiniteStateError, match="samples"):
+        hj.relax(net, xb, solver="euler", dt0=0.5, max_steps=50, on_nonfinite="raise")
+    with pytest.raises(hj.NonFiniteStateError, match=r"x0\['a'\]"):
+        hj.relax(net, {"a": jnp.array([1.0, jnp.nan, 0.0]), "b": jnp.ones(3)})
+
+
+def test_batched_equals_unbatched(net, x0, steady):
+    one = {n: v[2] for n, v in x0.items()}
+    sol = hj.relax(net, one, clamp="image", stop=hj.SteadyState(atol=1e-6))
+    assert sol.converged.shape == ()
+    for name in ("hidden", "label"):
+        np.testing.assert_allclose(sol.state[name], steady.state[name][2], atol=2e-5)
+
+
+def test_relax_under_jit_and_vmap(net, x0, steady):
+    @eqx.filter_jit
+    def run(net, x):
+        return hj.relax(net, x, clamp="image", stop=hj.SteadyState(atol=1e-6)).state["label"]
+
+    np.testing.assert_allclose(run(net, x0), steady.state["label"], atol=2e-5)
+    per_sample = jax.vmap(lambda x: run(net, x))(x0)
+    np.testing.assert_allclose(per_sample, steady.state["label"], atol=2e-5)
+
+
+def test_bad_arguments(net, x0):
+    with pytest.raises(ValueError, match="unknown solver"):
+        hj.relax(net, x0, clamp="image", solver="rk99")
+    with pytest.raises(hj.StateError, match="every layer is clamped"):
+        hj.relax(net, x0, clamp=("image", "hidden", "label"))
+    with pytest.raises(hj.GraphError, match="unknown layer 'pixels'"):
+        hj.relax(net, x0, clamp="pixels")
+    with pytest.raises(ValueError, match="implicit adjoint"):
+        hj.relax(net, x0, clamp="image", stop=hj.FixedSteps(3), adjoint="implicit")
+    with pytest.raises(ValueError, match="unknown adjoint"):
+        hj.relax(net, x0, clamp="image", adjoint="bptt")
+    with pytest.raises(hj.StateError, match=r"x0\['hidden'\] has shape"):
+        hj.relax(net, {**x0, "hidden": jnp.zeros((4, N_HID + 1))}, clamp="image")
+    with pytest.raises(ValueError, match="unknown method"):
+        hj.relax(net, x0, clamp="image", method="anneal")
