@@ -17,14 +17,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
 from ..ham import HAM
 from ..lagrangians import ElementwiseLagrangian
-from .hessians import FlatIndex, _layer_hessian_dense, flat_system
+from .hessians import FlatIndex, _call, _layer_hessian_dense, flat_system
 
 __all__ = ["DeadNeurons", "layer_spectrum", "dead_neurons", "energy_along", "is_flat"]
 
@@ -158,7 +157,7 @@ def energy_along(
     d = _direction(sys.index, direction)
     alphas = jnp.asarray(alphas, sys.x.dtype)
     zs = sys.x[None, :] + alphas[:, None] * d[None, :]
-    return jax.vmap(sys.energy)(zs)
+    return _call(sys, "energies", zs)
 
 
 def is_flat(

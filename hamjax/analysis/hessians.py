@@ -24,6 +24,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterable, Mapping
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import lineax as lx
@@ -118,12 +119,23 @@ def _single_sample(net: HAM, x: Mapping[str, Array]) -> None:
         )
 
 
-class FlatSystem:
+class FlatSystem(eqx.Module):
     """A HAM at a state, seen as the flat Krotov–Hopfield system ``dx/dt = T⁻¹(c(g(x)) + b − x)``
     on its free layers (clamped layers fixed at their values in ``x``).
 
     Built by :func:`flat_system`; every method takes and returns flat vectors over ``index``.
+    A PyTree (``eqx.Module``), so the module-level jitted helpers reuse their compilation for
+    every state of the same network.
     """
+
+    net: HAM
+    state: dict[str, Array]
+    x: Array
+    tau: Array
+    bias: Array
+    clamp: tuple[str, ...] = eqx.field(static=True)
+    free: tuple[str, ...] = eqx.field(static=True)
+    index: FlatIndex = eqx.field(static=True)
 
     def __init__(self, net: HAM, x: Mapping[str, Array], clamp: Iterable[str] | str = ()):
         _single_sample(net, x)
@@ -134,13 +146,12 @@ class FlatSystem:
         if not self.free:
             raise ValueError("every layer is clamped: nothing to analyse")
         self.index = FlatIndex(self.free, tuple(net.layers[n].shape for n in self.free))
-        self.state = {n: jnp.asarray(v) for n, v in x.items()}
+        self.state = {n: jnp.asarray(x[n]) for n in net.layers}
         self.x = self.index.flatten(self.state)
-        self.clamped_state = {n: self.state[n] for n in clamp}
-        self.g_clamped = {n: net.layers[n].activation(self.state[n]) for n in clamp}
         dtype = self.x.dtype
-        self.tau = jnp.concatenate(
-            [jnp.full((net.layers[n].size,), net.layers[n].tau, dtype) for n in self.free]
+        self.tau = jnp.asarray(
+            np.concatenate([np.full(net.layers[n].size, net.layers[n].tau) for n in self.free]),
+            dtype,
         )
         self.bias = jnp.concatenate(
             [
@@ -150,6 +161,14 @@ class FlatSystem:
                 for n in self.free
             ]
         )
+
+    @property
+    def clamped_state(self) -> State:
+        return {n: self.state[n] for n in self.clamp}
+
+    @property
+    def g_clamped(self) -> State:
+        return {n: self.net.layers[n].activation(self.state[n]) for n in self.clamp}
 
     # ------------------------------------------------------------ functions of flat vectors
     @property
@@ -192,14 +211,56 @@ class FlatSystem:
         """``E(x)`` (MATH.md eq. 8 with biases) as a function of the free neurons."""
         return self.net.energy(self.full_state(z))
 
+    def energies(self, zs: Float[Array, "m n"]) -> Float[Array, " m"]:
+        """``E`` at each row of ``zs``."""
+        return jax.vmap(self.energy)(zs)
+
     # ---------------------------------------------------------------- linearisations
     def hessian_mv(self, z: Float[Array, " n"], v: Float[Array, " n"]) -> Float[Array, " n"]:
         """``H(x) v``: a Jacobian-vector product of the activation (no matrix is formed)."""
         return jax.jvp(self.activation, (z,), (v,))[1]
 
+    def dense_lagrangian_hessian(self) -> Array:
+        """``H(x)`` as a dense block-diagonal matrix over the free layers."""
+        blocks = [_layer_hessian_dense(self.net.layers[n], self.state[n]) for n in self.free]
+        return jax.scipy.linalg.block_diag(*blocks)
+
     def coupling_mv(self, gz: Float[Array, " n"], v: Float[Array, " n"]) -> Float[Array, " n"]:
         """``C(g) v = ∂c/∂g · v``."""
         return jax.jvp(self.currents, (gz,), (v,))[1]
+
+
+@eqx.filter_jit
+def _jacfwd(sys: FlatSystem, method: str, z: Array) -> Array:
+    return jax.jacfwd(getattr(sys, method))(z)
+
+
+@eqx.filter_jit
+def _hessian(sys: FlatSystem, method: str, z: Array) -> Array:
+    return jax.hessian(getattr(sys, method))(z)
+
+
+@eqx.filter_jit
+def _call(sys: FlatSystem, method: str, *args):
+    """``sys.method(*args)``, compiled once per network structure."""
+    return getattr(sys, method)(*args)
+
+
+@eqx.filter_jit
+def _jvp(sys: FlatSystem, method: str, z: Array, v: Array) -> Array:
+    return jax.jvp(getattr(sys, method), (z,), (v,))[1]
+
+
+@eqx.filter_jit
+def _hvp(sys: FlatSystem, method: str, z: Array, v: Array) -> Array:
+    return jax.jvp(jax.grad(getattr(sys, method)), (z,), (v,))[1]
+
+
+@eqx.filter_jit
+def _fixed_point_hvp(sys: FlatSystem, v: Array) -> Array:
+    gz = sys.activation(sys.x)
+    hv = sys.hessian_mv(sys.x, v)
+    return hv - sys.hessian_mv(sys.x, sys.coupling_mv(gz, hv))
 
 
 def flat_system(net: HAM, x: Mapping[str, Array], clamp: Iterable[str] | str = ()) -> FlatSystem:
@@ -254,19 +315,18 @@ def lagrangian_hessian(
         return _operator(mv, n, xa.dtype, symmetric=True)
     sys = flat_system(net, x, clamp)
     if dense:
-        blocks = [_layer_hessian_dense(net.layers[n], sys.state[n]) for n in sys.free]
-        return jax.scipy.linalg.block_diag(*blocks)
-    return _operator(lambda v: sys.hessian_mv(sys.x, v), sys.n, sys.x.dtype, symmetric=True)
+        return _call(sys, "dense_lagrangian_hessian")
+    return _operator(lambda v: _jvp(sys, "activation", sys.x, v), sys.n, sys.x.dtype, True)
 
 
 def coupling(net: HAM, x: Mapping[str, Array], *, clamp: Iterable[str] | str = (), dense=True):
     """``C = ∂c/∂g = −∂²E_syn/∂g²`` at the activations of ``x``: the symmetric coupling ("W" of
     MATH.md §4) that the synapses of ``net`` imply between free neurons."""
     sys = flat_system(net, x, clamp)
-    gz = sys.activation(sys.x)
+    gz = _call(sys, "activation", sys.x)
     if dense:
-        return jax.jacfwd(sys.currents)(gz)
-    return _operator(lambda v: sys.coupling_mv(gz, v), sys.n, sys.x.dtype, symmetric=True)
+        return _jacfwd(sys, "currents", gz)
+    return _operator(lambda v: _jvp(sys, "currents", gz, v), sys.n, sys.x.dtype, True)
 
 
 def energy_hessian(
@@ -282,25 +342,18 @@ def energy_hessian(
     By default the exact Hessian (autodiff: ``jax.hessian``, or Hessian-vector products
     ``jvp(grad E)`` when ``dense=False``). With ``at_fixed_point=True`` the closed form of
     MATH.md eq. (6), ``H − H C H``, which drops the term ``Σ_k ∂H/∂x · F_k`` that vanishes at a
-    steady state, and is symmetric PSD-structured even off it.
+    steady state (so it is exact only there).
     """
     sys = flat_system(net, x, clamp)
     if at_fixed_point:
-        gz = sys.activation(sys.x)
-
-        def mv(v):
-            hv = sys.hessian_mv(sys.x, v)
-            return hv - sys.hessian_mv(sys.x, sys.coupling_mv(gz, hv))
-
         if dense:
-            h = lagrangian_hessian(net, x, clamp=clamp)
-            c = jax.jacfwd(sys.currents)(gz)
+            h = _call(sys, "dense_lagrangian_hessian")
+            c = _jacfwd(sys, "currents", _call(sys, "activation", sys.x))
             return h - h @ c @ h
-        return _operator(mv, sys.n, sys.x.dtype, symmetric=True)
+        return _operator(lambda v: _fixed_point_hvp(sys, v), sys.n, sys.x.dtype, True)
     if dense:
-        return jax.hessian(sys.energy)(sys.x)
-    grad = jax.grad(sys.energy)
-    return _operator(lambda v: jax.jvp(grad, (sys.x,), (v,))[1], sys.n, sys.x.dtype, True)
+        return _hessian(sys, "energy", sys.x)
+    return _operator(lambda v: _hvp(sys, "energy", sys.x, v), sys.n, sys.x.dtype, True)
 
 
 def jacobian(net: HAM, x: Mapping[str, Array], *, clamp: Iterable[str] | str = (), dense=True):
@@ -308,8 +361,8 @@ def jacobian(net: HAM, x: Mapping[str, Array], *, clamp: Iterable[str] | str = (
     (by autodiff of the field: exact for any synapse, e.g. ``C`` state-dependent for Memory)."""
     sys = flat_system(net, x, clamp)
     if dense:
-        return jax.jacfwd(sys.field)(sys.x)
-    return _operator(lambda v: jax.jvp(sys.field, (sys.x,), (v,))[1], sys.n, sys.x.dtype, False)
+        return _jacfwd(sys, "field", sys.x)
+    return _operator(lambda v: _jvp(sys, "field", sys.x, v), sys.n, sys.x.dtype, False)
 
 
 def hessian(net: HAM, x: Mapping[str, Array], of: str = "energy", *, clamp=()) -> Array:
@@ -324,27 +377,34 @@ def hessian(net: HAM, x: Mapping[str, Array], of: str = "energy", *, clamp=()) -
 
 
 # ------------------------------------------------------------------------------- Lanczos
-def _as_matvec(op) -> tuple[Callable, int, jnp.dtype]:
+def _as_operator(op) -> lx.AbstractLinearOperator:
     if isinstance(op, lx.AbstractLinearOperator):
-        struct = op.in_structure()
-        return op.mv, math.prod(struct.shape), struct.dtype
+        return op
     op = jnp.asarray(op)
     if op.ndim != 2 or op.shape[0] != op.shape[1]:
         raise ValueError(f"expected a square matrix or a lineax operator, got shape {op.shape}")
-    return (lambda v: op @ v), op.shape[0], op.dtype
+    return lx.MatrixLinearOperator(op, lx.symmetric_tag)
 
 
 def lanczos(op, steps: int, key=None) -> tuple[Array, Array]:
-    """``steps`` Lanczos iterations with full reorthogonalisation on a symmetric operator.
+    """``steps`` Lanczos iterations with full reorthogonalisation on a symmetric matrix or
+    ``lineax`` operator.
 
     Returns the Ritz values (ascending) and Ritz vectors (columns) of the Krylov space. With full
     reorthogonalisation the extremal Ritz values converge to the extremal eigenvalues without the
     ghost copies plain Lanczos makes; on breakdown (an invariant subspace found) the iteration
     restarts from a fresh random vector orthogonal to the basis, so ``steps = n`` is exact.
     """
-    mv, n, dtype = _as_matvec(op)
-    steps = int(min(steps, n))
+    op = _as_operator(op)
+    n = math.prod(op.in_structure().shape)
     key = jax.random.PRNGKey(0) if key is None else key
+    return _lanczos(op, int(min(steps, n)), key)
+
+
+@eqx.filter_jit
+def _lanczos(op: lx.AbstractLinearOperator, steps: int, key) -> tuple[Array, Array]:
+    struct = op.in_structure()
+    n, dtype = math.prod(struct.shape), struct.dtype
     k0, kr = jax.random.split(key)
     v0 = jax.random.normal(k0, (n,), dtype)
     basis = jnp.zeros((steps + 1, n), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
@@ -358,7 +418,7 @@ def lanczos(op, steps: int, key=None) -> tuple[Array, Array]:
     def body(j, carry):
         b, alpha, beta = carry
         v = b[j]
-        w = mv(v)
+        w = op.mv(v)
         a = jnp.vdot(v, w)
         w = orth(b, w)
         nb = jnp.linalg.norm(w)
@@ -382,7 +442,7 @@ def extremal_eigenvalues(op, num: int = 1, which: str = "largest", steps: int | 
     """The ``num`` largest (``which="largest"``) or smallest eigenvalues of a symmetric matrix or
     ``lineax`` operator, matrix-free by Lanczos (:func:`lanczos`, ``steps`` defaulting to
     ``min(n, max(4·num, 40))``). Largest first for "largest", smallest first for "smallest"."""
-    _, n, _ = _as_matvec(op)
+    n = math.prod(_as_operator(op).in_structure().shape)
     steps = min(n, max(4 * num, 40)) if steps is None else steps
     vals, _ = lanczos(op, steps, key)
     if which == "largest":

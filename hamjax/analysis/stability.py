@@ -32,7 +32,14 @@ from jaxtyping import Array
 from ..ham import HAM
 from ..lagrangians import ElementwiseLagrangian
 from .dead_neurons import DeadNeurons, dead_neurons
-from .hessians import FlatIndex, _operator, extremal_eigenvalues, flat_system
+from .hessians import (
+    FlatIndex,
+    _call,
+    _jacfwd,
+    _operator,
+    extremal_eigenvalues,
+    flat_system,
+)
 
 __all__ = [
     "StabilityReport",
@@ -109,12 +116,12 @@ def stability(
     """
     sys = flat_system(net, x_star, clamp)
     dn = dead_neurons(net, x_star, clamp=clamp, rtol=rtol)
-    f = np.asarray(sys.residual(sys.x), dtype=np.float64)
+    f = np.asarray(_call(sys, "residual", sys.x), dtype=np.float64)
     residual = float(np.max(np.abs(f)))
     steady = residual <= steady_tol * (1.0 + float(np.max(np.abs(np.asarray(sys.x)))))
     lam = np.concatenate([dn.live_eigenvalues[n] for n in dn.index.names])
     psd = bool(np.all(lam > 0))
-    gz = sys.activation(sys.x)
+    gz = _call(sys, "activation", sys.x)
     k = dn.total
     notes = []
     if not psd:
@@ -126,7 +133,7 @@ def stability(
     flat = np.zeros((sys.n, 0))
     if method == "dense":
         a = dn.live_basis()
-        c = np.asarray(jax.jacfwd(sys.currents)(gz), dtype=np.float64)
+        c = np.asarray(_jacfwd(sys, "currents", gz), dtype=np.float64)
         s = a.T @ c @ a
         tau_a = _column_taus(net, dn, dn.live)
         e_r = np.diag(lam) - lam[:, None] * s * lam[None, :]  # Aᵀ(H − HCH)A, MATH eq. (6)
@@ -145,7 +152,7 @@ def stability(
         else:
             eh, ev = np.zeros(0), np.zeros((0, 0))
         energy_spectrum = eh
-        jac_spectrum = np.linalg.eigvals(np.asarray(jax.jacfwd(sys.field)(sys.x), np.float64))
+        jac_spectrum = np.linalg.eigvals(np.asarray(_jacfwd(sys, "field", sys.x), np.float64))
         jac_spectrum = jac_spectrum[np.argsort(-jac_spectrum.real)]
     elif method == "lanczos":
         if not psd:
@@ -273,11 +280,11 @@ def recover_steady_state(
     ``g(x*) = g(x̃)``."""
     sys = flat_system(net, x_tilde, clamp)
     dn = dead_neurons(net, x_tilde, clamp=clamp, rtol=rtol)
-    target = sys.currents(sys.activation(sys.x)) + sys.bias
+    target = _call(sys, "currents", _call(sys, "activation", sys.x)) + sys.bias
     p = dn.projector()
     pj = jnp.asarray(p, sys.x.dtype)
     projected = sys.x - pj @ sys.x + pj @ target
-    residual = float(jnp.max(jnp.abs(sys.residual(target))))
+    residual = float(jnp.max(jnp.abs(_call(sys, "residual", target))))
     return RecoveredState(
         state=sys.full_state(target),
         projected=sys.full_state(projected),

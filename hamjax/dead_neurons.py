@@ -1,0 +1,421 @@
+"""Associative memory without dead-neuron flat directions: the modified dynamics of the
+dead-neurons paper (DN §4, MATH.md §4.7–4.8, our reconstruction).
+
+The Krotov–Hopfield energy is flat along dead neurons. Rewriting the dynamics in the
+post-activation variable ``y`` (``x = c(y) + b``, with ``c`` the currents of the synapses, ``W y``
+for a dense coupling) gives a system with the same steady states and a family of energies with no
+such flat directions::
+
+    (9)   dy/dt = M(y) G(y),     G(y) = g(c(y) + b) − y
+    (10)  E_{α,β} = α E_1 + β E_2,
+          E_1(y) = yᵀc(y) + E_syn(y) − L(c(y) + b)     (= ½ yᵀWy − L(Wy + b) for E_syn = −½yᵀWy)
+          E_2(y) = ½ |G(y)|²
+          ∇E = −Kᵀ G,   K = α C + β (I − Ĥ C),   C = ∂c/∂y,  Ĥ = H(c(y) + b)
+          dE/dt = −Gᵀ K M G ≤ 0   whenever sym(K M) ⪰ 0     (11)
+    (12)  ∇²E(y*) = Kᵀ (I − Ĥ C) ≻ 0   ⇒  y* stable
+
+``M`` is "identity", "gradient" (``M = Kᵀ``: ``dy/dt = −∇E``, always a descent), "polar" (``M = Q``
+from the polar decomposition ``Kᵀ = Q P``: orthogonal, so the steady states are kept and
+``K M = P ⪰ 0``, Proposition 5.2) or any callable ``y ↦ matrix``. Nothing here needs ``H ⪰ 0``, and
+the β-energy ``E_2`` needs no symmetry of ``W`` (DN Examples 6–7).
+
+For the original dynamics ``dx/dt = F(x) = c(g(x)) + b − x`` the same energies in ``x`` (eqs. 13–14)
+are ``α[½(x−b)ᵀW⁻¹(x−b) − L(x)] + β ½|F(x)|²``; ``½|F|²`` (:func:`residual_energy`) has no flat
+directions and decreases along ``dx/dt = F`` whenever ``ω(C H − I) ≤ 0`` (numerical abscissa).
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import lineax as lx
+import numpy as np
+from jaxtyping import Array, Float
+
+from .analysis.hessians import FlatIndex, coupling, flat_system, lagrangian_hessian
+from .ham import HAM
+from .lagrangians import Identity, Lagrangian, ReLU, Sigmoid, SmoothLeakyReLU, Tanh
+
+__all__ = [
+    "PostActivationDynamics",
+    "MatrixPostActivation",
+    "HAMPostActivation",
+    "post_activation",
+    "residual_energy",
+    "numerical_abscissa",
+    "residual_energy_abscissa",
+    "layered_weights",
+    "derivative_bound",
+    "spectral_rescale",
+]
+
+Vector = Float[Array, " n"]
+
+
+def _polar_factor(a: Array) -> tuple[Array, Array]:
+    """``a = Q P`` with ``Q`` orthogonal and ``P = (aᵀa)^{1/2} ⪰ 0`` (by SVD: ``a = UΣVᵀ`` gives
+    ``Q = UVᵀ``, ``P = VΣVᵀ``)."""
+    u, s, vt = jnp.linalg.svd(a)
+    return u @ vt, (vt.T * s) @ vt
+
+
+class PostActivationDynamics(eqx.Module):
+    """The post-activation system (9)–(12) on a flat vector ``y``; subclasses say what the
+    currents ``c(y)``, the bias, the activation and the Lagrangian are."""
+
+    @abc.abstractmethod
+    def currents(self, y: Vector) -> Vector:
+        """``c(y)``: the input currents the synapses send when the activations are ``y``."""
+
+    @property
+    @abc.abstractmethod
+    def bias(self) -> Vector:
+        """``b``."""
+
+    @abc.abstractmethod
+    def activation(self, x: Vector) -> Vector:
+        """``g(x)``."""
+
+    @abc.abstractmethod
+    def lagrangian(self, x: Vector) -> Array:
+        """``L(x)`` (a scalar)."""
+
+    @abc.abstractmethod
+    def interaction(self, y: Vector) -> Array:
+        """``yᵀc(y) + E_syn(y)``, the quadratic first term of ``E_1`` (``½ yᵀWy`` for dense W);
+        only defined for symmetric couplings."""
+
+    # --------------------------------------------------------------- maps and residuals
+    def to_x(self, y: Vector) -> Vector:
+        """``x = c(y) + b``: the affine map from post- to pre-activations (``W y + b``)."""
+        return self.currents(y) + self.bias
+
+    def to_y(self, x: Vector) -> Vector:
+        """``y = g(x)``: a steady state ``x*`` of the original system maps to one of (9)."""
+        return self.activation(x)
+
+    def residual(self, y: Vector) -> Vector:
+        """``G(y) = g(c(y) + b) − y``, zero exactly at steady states."""
+        return self.activation(self.to_x(y)) - y
+
+    # ------------------------------------------------------------------------ energies
+    def e1(self, y: Vector) -> Array:
+        """``E_1 = yᵀc(y) + E_syn(y) − L(c(y) + b)`` (``½yᵀWy − L(Wy + b)``); ``∇E_1 = −C G``."""
+        return self.interaction(y) - self.lagrangian(self.to_x(y))
+
+    def e2(self, y: Vector) -> Array:
+        """``E_2 = ½|G(y)|²``; ``∇E_2 = (ĤC − I)ᵀ G``."""
+        r = self.residual(y)
+        return 0.5 * jnp.vdot(r, r)
+
+    def energy(self, y: Vector, alpha: float = 0.0, beta: float = 1.0) -> Array:
+        """``E_{α,β} = α E_1 + β E_2`` (eq. 10)."""
+        out = jnp.zeros((), y.dtype)
+        if alpha != 0.0:
+            out = out + alpha * self.e1(y)
+        if beta != 0.0:
+            out = out + beta * self.e2(y)
+        return out
+
+    # ------------------------------------------------------------------ linearisations
+    def coupling(self, y: Vector) -> Array:
+        """``C = ∂c/∂y`` (dense ``W``)."""
+        return jax.jacfwd(self.currents)(y)
+
+    def hessian(self, y: Vector) -> Array:
+        """``Ĥ = H(c(y) + b)``, the Lagrangian Hessian at the pre-activation (dense)."""
+        return jax.jacfwd(self.activation)(self.to_x(y))
+
+    def k_matrix(self, y: Vector, alpha: float = 0.0, beta: float = 1.0) -> Array:
+        """``K = α C + β (I − Ĥ C)``, so that ``∇E_{α,β} = −Kᵀ G``."""
+        c = self.coupling(y)
+        return alpha * c + beta * (jnp.eye(c.shape[0], dtype=c.dtype) - self.hessian(y) @ c)
+
+    def mobility(self, y: Vector, m="gradient", alpha: float = 0.0, beta: float = 1.0) -> Array:
+        """The matrix ``M(y)`` of (9): "identity", "gradient" (``Kᵀ``), "polar" (``Q`` with
+        ``Kᵀ = QP``), or a callable ``y ↦ M``."""
+        if callable(m):
+            return m(y)
+        if m == "identity":
+            return jnp.eye(y.shape[0], dtype=y.dtype)
+        if m == "gradient":
+            return self.k_matrix(y, alpha, beta).T
+        if m == "polar":
+            return _polar_factor(self.k_matrix(y, alpha, beta).T)[0]
+        raise ValueError(f"M must be 'identity', 'gradient', 'polar' or a callable, got {m!r}")
+
+    def field(self, y: Vector, m="gradient", alpha: float = 0.0, beta: float = 1.0) -> Vector:
+        """``dy/dt = M(y) G(y)`` (eq. 9). ``"gradient"`` is ``−∇E`` by autodiff (matrix-free)."""
+        if m == "gradient":
+            return -jax.grad(self.energy)(y, alpha, beta)
+        if m == "identity":
+            return self.residual(y)
+        return self.mobility(y, m, alpha, beta) @ self.residual(y)
+
+    def energy_rate(self, y: Vector, m="gradient", alpha: float = 0.0, beta: float = 1.0):
+        """``dE/dt = ∇E · M G = −Gᵀ K M G`` along (9)."""
+        return jnp.vdot(jax.grad(self.energy)(y, alpha, beta), self.field(y, m, alpha, beta))
+
+    def condition(self, y: Vector, m="gradient", alpha: float = 0.0, beta: float = 1.0) -> Array:
+        """``λ_min(sym(K M))``: condition (11) holds at ``y`` when it is ``≥ 0``."""
+        km = self.k_matrix(y, alpha, beta) @ self.mobility(y, m, alpha, beta)
+        return jnp.linalg.eigvalsh(0.5 * (km + km.T))[0]
+
+    def stability_matrix(self, y: Vector, alpha: float = 0.0, beta: float = 1.0) -> Array:
+        """``∇²E(y*) = Kᵀ(I − ĤC) = α(C − CĤC) + β(I − CĤ)(I − ĤC)`` at a steady state (eq. 12);
+        positive definite ⇒ ``y*`` is a stable steady state of (9)."""
+        c = self.coupling(y)
+        eye = jnp.eye(c.shape[0], dtype=c.dtype)
+        return self.k_matrix(y, alpha, beta).T @ (eye - self.hessian(y) @ c)
+
+    def solve(
+        self,
+        y0: Vector,
+        t1: float = 10.0,
+        m="gradient",
+        alpha: float = 0.0,
+        beta: float = 1.0,
+        *,
+        n_save: int = 64,
+        rtol: float = 1e-6,
+        atol: float = 1e-7,
+        max_steps: int = 100_000,
+    ) -> tuple[Array, Array]:
+        """Integrate (9) from ``y0`` to ``t1`` with diffrax (Tsit5, adaptive); returns the save
+        times and the states (leading time axis)."""
+        ts = jnp.linspace(0.0, t1, n_save)
+        sol = diffrax.diffeqsolve(
+            diffrax.ODETerm(lambda t, y, args: self.field(y, m, alpha, beta)),
+            diffrax.Tsit5(),
+            t0=0.0,
+            t1=t1,
+            dt0=None,
+            y0=y0,
+            saveat=diffrax.SaveAt(ts=ts),
+            stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+            max_steps=max_steps,
+        )
+        return ts, sol.ys
+
+    # ------------------------------------------------- the original dynamics (eqs. 13–14)
+    def original_residual(self, x: Vector) -> Vector:
+        """``F(x) = c(g(x)) + b − x``: the original field (1) (``W g(x) − x + b``)."""
+        return self.to_x(self.activation(x)) - x
+
+    def residual_energy(self, x: Vector) -> Array:
+        """``½|F(x)|²``: the β-term of (14), a Lyapunov function of ``dx/dt = F`` when
+        ``ω(C H − I) ≤ 0``, with no flat directions (``F`` shifts by ``−Dα`` along dead ones)."""
+        f = self.original_residual(x)
+        return 0.5 * jnp.vdot(f, f)
+
+    def x_energy(self, x: Vector, alpha: float = 0.0, beta: float = 1.0) -> Array:
+        """Eq. (14): ``α[½(x−b)ᵀC⁻¹(x−b) − L(x)] + β ½|F(x)|²``, i.e. (10) at ``y = C⁻¹(x − b)``.
+        The α-term needs linear, invertible currents (solved with lineax)."""
+        out = jnp.zeros((), x.dtype)
+        if alpha != 0.0:
+            d = x - self.bias
+            c = self.coupling(jnp.zeros_like(x))
+            y = lx.linear_solve(lx.MatrixLinearOperator(c), d).value
+            out = out + alpha * (0.5 * jnp.vdot(d, y) - self.lagrangian(x))
+        if beta != 0.0:
+            out = out + beta * self.residual_energy(x)
+        return out
+
+
+class MatrixPostActivation(PostActivationDynamics):
+    """(9)–(14) for one coupling matrix: ``x = W y + b``, ``g = ∇L`` of a (vector) Lagrangian.
+    ``W`` may be non-symmetric (then only ``E_2``, β-energies, are defined: DN Example 6)."""
+
+    weight: Array
+    bias_vector: Array
+    lagrangian_fn: Lagrangian
+    symmetric: bool = eqx.field(static=True)
+
+    def __init__(self, weight, bias, lagrangian: Lagrangian):
+        self.weight = jnp.asarray(weight, dtype=jnp.result_type(float))
+        n = self.weight.shape[0]
+        if self.weight.shape != (n, n):
+            raise ValueError(f"W must be square, got shape {self.weight.shape}")
+        self.bias_vector = jnp.broadcast_to(jnp.asarray(bias, self.weight.dtype), (n,))
+        self.lagrangian_fn = lagrangian
+        w = np.asarray(self.weight)
+        self.symmetric = bool(np.allclose(w, w.T, rtol=1e-6, atol=1e-7))
+
+    def currents(self, y):
+        return self.weight @ y
+
+    @property
+    def bias(self):
+        return self.bias_vector
+
+    def activation(self, x):
+        return self.lagrangian_fn.activation(x)
+
+    def lagrangian(self, x):
+        return self.lagrangian_fn(x)
+
+    def interaction(self, y):
+        if not self.symmetric:
+            raise ValueError("E_1 needs a symmetric W (DN Example 6: only E_2 exists for W ≠ Wᵀ); "
+                             "use alpha=0")
+        return 0.5 * jnp.vdot(y, self.weight @ y)
+
+    def coupling(self, y):
+        return self.weight
+
+
+class HAMPostActivation(PostActivationDynamics):
+    """(9)–(14) for a HAM: ``y`` are the activations of its free layers (flattened in
+    :class:`hamjax.analysis.FlatIndex` order), ``c(y) = −∂E_syn/∂y`` its synaptic currents with the
+    clamped layers fixed, ``b`` its layer biases. Works for any synapse (for nonlinear ones such as
+    Memory, ``C(y)`` is the synapse Hessian and ``E_1`` is still exact)."""
+
+    net: HAM
+    clamped_state: dict[str, Array]
+    free: tuple[str, ...] = eqx.field(static=True)
+    shapes: tuple[tuple[int, ...], ...] = eqx.field(static=True)
+
+    def __init__(self, net: HAM, x: Mapping[str, Array] | None = None,
+                 clamp: Iterable[str] | str = ()):
+        clamp = net.check_clamp(clamp)
+        if clamp and x is None:
+            raise ValueError("clamped layers need a state x to hold them at")
+        self.net = net
+        self.clamped_state = {n: jnp.asarray(x[n]) for n in clamp}
+        self.free = tuple(n for n in net.layers if n not in clamp)
+        self.shapes = tuple(net.layers[n].shape for n in self.free)
+
+    @property
+    def index(self):
+        return FlatIndex(self.free, self.shapes)
+
+    def unflatten(self, v: Vector) -> dict[str, Array]:
+        return self.index.unflatten(v)
+
+    def flatten(self, state: Mapping[str, Array]) -> Vector:
+        return self.index.flatten(state)
+
+    def _synapse_energy(self, y: Vector) -> Array:
+        g = {n: self.net.layers[n].activation(v) for n, v in self.clamped_state.items()}
+        g.update(self.unflatten(y))
+        return sum((self.net.synapse_energy(s, g) for s, _ in self.net.edge_list), jnp.zeros(()))
+
+    def currents(self, y):
+        return -jax.grad(self._synapse_energy)(y)
+
+    @property
+    def bias(self):
+        parts = []
+        for n, shape in zip(self.free, self.shapes, strict=True):
+            b = self.net.layers[n].bias
+            parts.append(jnp.zeros(math.prod(shape)) if b is None else jnp.reshape(b, (-1,)))
+        return jnp.concatenate(parts)
+
+    def activation(self, x):
+        s = self.unflatten(x)
+        return self.flatten({n: self.net.layers[n].activation(s[n]) for n in self.free})
+
+    def lagrangian(self, x):
+        s = self.unflatten(x)
+        return sum(self.net.layers[n].lagrangian_value(s[n]) for n in self.free)
+
+    def interaction(self, y):
+        return jnp.vdot(y, self.currents(y)) + self._synapse_energy(y)
+
+
+def post_activation(net_or_weight, bias=None, lagrangian: Lagrangian | None = None, *,
+                    x=None, clamp=()) -> PostActivationDynamics:
+    """The modified system (9) of a HAM (``post_activation(net, x=x, clamp=...)``) or of a matrix
+    (``post_activation(W, b, lagrangian)``)."""
+    if isinstance(net_or_weight, HAM):
+        return HAMPostActivation(net_or_weight, x, clamp)
+    if lagrangian is None:
+        raise ValueError("a matrix system needs a Lagrangian")
+    return MatrixPostActivation(net_or_weight, 0.0 if bias is None else bias, lagrangian)
+
+
+# ------------------------------------------------------------------------- helpers
+def residual_energy(net: HAM, x: Mapping[str, Array], clamp: Iterable[str] | str = ()) -> Array:
+    """``½ Σ_A |F_A(x)|²`` per sample, ``F_A = τ_A ẋ_A = c_A + I_A − x_A`` (MATH.md eq. 14 with
+    α = 0, β = 1): a diagnostic energy of the original dynamics without dead-neuron flat
+    directions. Batch-native."""
+    dx = net.vector_field(x, clamp)
+    clamp = net.check_clamp(clamp)
+    out = 0.0
+    for n, layer in net.layers.items():
+        if n in clamp:
+            continue
+        f = layer.tau * dx[n]
+        out = out + 0.5 * layer._sum(f * f)
+    return out
+
+
+def numerical_abscissa(a: Array) -> Array:
+    """``ω(A) = λ_max((A + Aᵀ)/2)``: ``d|v|²/dt ≤ 2ω|v|²`` along ``v' = A v``."""
+    a = jnp.asarray(a)
+    return jnp.linalg.eigvalsh(0.5 * (a + a.T))[-1]
+
+
+def residual_energy_abscissa(net: HAM, x: Mapping[str, Array],
+                             clamp: Iterable[str] | str = ()) -> Array:
+    """``ω((C H − I) T⁻¹)`` at ``x``: where it is ``≤ 0``,
+    ``d(½|F|²)/dt = Fᵀ(C H − I)T⁻¹F ≤ 0``, so the residual energy is a Lyapunov function there
+    (for τ = 1, ``‖C‖₂ sup g' ≤ 1`` suffices: DN Example 6.2)."""
+    sys = flat_system(net, x, clamp)
+    j = coupling(net, x, clamp=clamp) @ lagrangian_hessian(net, x, clamp=clamp)
+    j = j - jnp.eye(sys.n, dtype=j.dtype)
+    return numerical_abscissa(j / sys.tau[None, :])
+
+
+def layered_weights(ws: Sequence[Array], vs: Sequence[Array] | None = None) -> Array:
+    """The block matrix of DN Examples 1 and 7 for layers ``x_1 … x_L``: feedforward blocks
+    ``W_k`` (layer k → k+1, shape ``(n_{k+1}, n_k)``) below the diagonal and feedback blocks
+    ``V_k`` (k+1 → k, default ``W_kᵀ``: symmetric, Example 1) above it."""
+    ws = [jnp.asarray(w) for w in ws]
+    vs = [w.T for w in ws] if vs is None else [jnp.asarray(v) for v in vs]
+    sizes = [ws[0].shape[1]] + [w.shape[0] for w in ws]
+    for k, (w, v) in enumerate(zip(ws, vs, strict=True)):
+        if w.shape != (sizes[k + 1], sizes[k]) or v.shape != (sizes[k], sizes[k + 1]):
+            raise ValueError(f"block {k}: W has shape {w.shape}, V has shape {v.shape}; expected "
+                             f"{(sizes[k + 1], sizes[k])} and {(sizes[k], sizes[k + 1])}")
+    off = np.cumsum([0] + sizes)
+    out = jnp.zeros((off[-1], off[-1]), ws[0].dtype)
+    for k, (w, v) in enumerate(zip(ws, vs, strict=True)):
+        out = out.at[off[k + 1] : off[k + 2], off[k] : off[k + 1]].set(w)
+        out = out.at[off[k] : off[k + 1], off[k + 1] : off[k + 2]].set(v)
+    return out
+
+
+def derivative_bound(lagrangian: Lagrangian) -> float:
+    """``sup_x |g'(x)|`` for an elementwise Lagrangian with known bounds (the tight SMU bound
+    ``½(1+a) + 0.62891(1−a)`` of MATH.md §4.7 for :class:`SmoothLeakyReLU`)."""
+    if isinstance(lagrangian, SmoothLeakyReLU):
+        lo, hi = lagrangian.derivative_bounds()
+        return float(max(abs(float(lo)), abs(float(hi))))
+    if isinstance(lagrangian, Identity | ReLU):
+        return 1.0
+    if isinstance(lagrangian, Tanh):
+        return float(lagrangian.beta)
+    if isinstance(lagrangian, Sigmoid):
+        return float(lagrangian.beta) / 4.0
+    raise ValueError(f"no known bound on g' for {type(lagrangian).__name__}; pass c directly")
+
+
+def spectral_rescale(w_hat: Array, lagrangian: Lagrangian | None = None, *, c: float | None = None,
+                     eps: float = 0.05) -> Array:
+    """``W = Ŵ / (c ‖Ŵ‖₂ (1 + ε))`` with ``c = sup|g'|`` (DN Example 7): then
+    ``‖Ĥ W‖₂ ≤ 1/(1+ε) < 1`` everywhere, so ``I − Ĥ W`` is never singular (no false memories) and
+    gradient flow on ``E_2`` keeps ``M = (I − ĤW)ᵀ`` invertible. Block structure is preserved."""
+    if c is None:
+        if lagrangian is None:
+            raise ValueError("spectral_rescale needs the Lagrangian or the bound c")
+        c = derivative_bound(lagrangian)
+    w_hat = jnp.asarray(w_hat)
+    return w_hat / (c * jnp.linalg.norm(w_hat, 2) * (1.0 + eps))
+
