@@ -188,20 +188,14 @@ class PostActivationDynamics(eqx.Module):
         max_steps: int = 100_000,
     ) -> tuple[Array, Array]:
         """Integrate (9) from ``y0`` to ``t1`` with diffrax (Tsit5, adaptive); returns the save
-        times and the states (leading time axis)."""
-        ts = jnp.linspace(0.0, t1, n_save)
-        sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(lambda t, y, args: self.field(y, m, alpha, beta)),
-            diffrax.Tsit5(),
-            t0=0.0,
-            t1=t1,
-            dt0=None,
-            y0=y0,
-            saveat=diffrax.SaveAt(ts=ts),
-            stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-            max_steps=max_steps,
-        )
-        return ts, sol.ys
+        times and the states (leading time axis). Compiled once per system structure and choice
+        of ``M``, α, β (the weights are traced, not baked in)."""
+        return _solve(self, jnp.asarray(y0), jnp.asarray(t1, y0.dtype), m, alpha, beta, n_save,
+                      rtol, atol, max_steps)
+
+    def energies(self, ys: Float[Array, "t n"], alpha: float = 0.0, beta: float = 1.0) -> Array:
+        """``E_{α,β}`` at every row of ``ys`` (e.g. a trajectory from :meth:`solve`)."""
+        return _energies(self, ys, alpha, beta)
 
     # ------------------------------------------------- the original dynamics (eqs. 13–14)
     def original_residual(self, x: Vector) -> Vector:
@@ -226,6 +220,29 @@ class PostActivationDynamics(eqx.Module):
         if beta != 0.0:
             out = out + beta * self.residual_energy(x)
         return out
+
+
+@eqx.filter_jit
+def _solve(system, y0, t1, m, alpha, beta, n_save, rtol, atol, max_steps):
+    ts = jnp.linspace(0.0, 1.0, n_save) * t1
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(lambda t, y, args: args.field(y, m, alpha, beta)),
+        diffrax.Tsit5(),
+        t0=0.0,
+        t1=t1,
+        dt0=None,
+        y0=y0,
+        args=system,
+        saveat=diffrax.SaveAt(ts=ts),
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        max_steps=max_steps,
+    )
+    return ts, sol.ys
+
+
+@eqx.filter_jit
+def _energies(system, ys, alpha, beta):
+    return jax.vmap(lambda y: system.energy(y, alpha, beta))(ys)
 
 
 class MatrixPostActivation(PostActivationDynamics):
@@ -274,7 +291,8 @@ class HAMPostActivation(PostActivationDynamics):
     """(9)–(14) for a HAM: ``y`` are the activations of its free layers (flattened in
     :class:`hamjax.analysis.FlatIndex` order), ``c(y) = −∂E_syn/∂y`` its synaptic currents with the
     clamped layers fixed, ``b`` its layer biases. Works for any synapse (for nonlinear ones such as
-    Memory, ``C(y)`` is the synapse Hessian and ``E_1`` is still exact)."""
+    Memory, ``C(y)`` is the synapse Hessian and ``E_1`` is still exact). ``E_1(y*)`` equals the
+    HAM energy of ``x* = c(y*) + b`` less the constant Legendre terms of the clamped layers."""
 
     net: HAM
     clamped_state: dict[str, Array]
