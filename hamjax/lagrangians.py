@@ -58,12 +58,20 @@ def _sum_layer_axes(v: Array, ndim: int | None) -> Array:
 
 def _absolute_axis(axis: int, x: Array, ndim: int | None) -> int:
     """Resolve a layer axis (counted inside the layer's own shape) to an axis of ``x``."""
+    layer_ndim = x.ndim if ndim is None else ndim
+    if not -layer_ndim <= axis < layer_ndim:
+        # a negative axis past the layer's own axes would silently reduce over a batch axis
+        raise ValueError(f"axis {axis} is out of range for a layer with {layer_ndim} axes")
     if axis < 0:
         return x.ndim + axis
-    layer_ndim = x.ndim if ndim is None else ndim
-    if axis >= layer_ndim:
-        raise ValueError(f"axis {axis} is out of range for a layer with {layer_ndim} axes")
     return x.ndim - layer_ndim + axis
+
+
+def _along(p: Array, x: Array, axis: int) -> Array:
+    """Broadcast a scalar or a vector parameter along ``axis`` (absolute) of ``x``."""
+    if p.ndim == 0:
+        return p
+    return p.reshape(p.shape + (1,) * (x.ndim - axis - 1))
 
 
 class Lagrangian(eqx.Module):
@@ -236,14 +244,14 @@ class LayerNorm(Lagrangian):
         xc = x - jnp.mean(x, axis=axis, keepdims=True)
         var = jnp.mean(xc * xc, axis=axis)
         norm_term = self.gamma * d * jnp.sqrt(var + self.eps)
-        bias_term = jnp.sum(jnp.moveaxis(self.delta * x, axis, -1), axis=-1)
+        bias_term = jnp.sum(_along(self.delta, x, axis) * x, axis=axis)
         return _sum_layer_axes(norm_term + bias_term, None if ndim is None else ndim - 1)
 
     def activation(self, x, ndim=None):
         axis = _absolute_axis(self.axis, x, ndim)
         xc = x - jnp.mean(x, axis=axis, keepdims=True)
         var = jnp.mean(xc * xc, axis=axis, keepdims=True)
-        return self.gamma * xc / jnp.sqrt(var + self.eps) + self.delta
+        return self.gamma * xc / jnp.sqrt(var + self.eps) + _along(self.delta, x, axis)
 
 
 class SphericalNorm(Lagrangian):
@@ -258,13 +266,13 @@ class SphericalNorm(Lagrangian):
     def __call__(self, x, ndim=None):
         axis = _absolute_axis(self.axis, x, ndim)
         norm_term = self.gamma * jnp.sqrt(jnp.sum(x * x, axis=axis) + self.eps)
-        bias_term = jnp.sum(jnp.moveaxis(self.delta * x, axis, -1), axis=-1)
+        bias_term = jnp.sum(_along(self.delta, x, axis) * x, axis=axis)
         return _sum_layer_axes(norm_term + bias_term, None if ndim is None else ndim - 1)
 
     def activation(self, x, ndim=None):
         axis = _absolute_axis(self.axis, x, ndim)
         norm = jnp.sqrt(jnp.sum(x * x, axis=axis, keepdims=True) + self.eps)
-        return self.gamma * x / norm + self.delta
+        return self.gamma * x / norm + _along(self.delta, x, axis)
 
 
 class SmoothLeakyReLU(ElementwiseLagrangian):
