@@ -1,0 +1,24 @@
+"""Shared test configuration: float32 on CPU, small hypothesis budgets."""
+
+import jax
+import pytest
+from hypothesis import HealthCheck, settings
+
+jax.config.update("jax_enable_x64", False)
+jax.config.update("jax_platforms", "cpu")
+
+# Tests compile small JAX programs per drawn shape: keep example counts low, never time out on
+# the first (compiling) example, and draw the same examples on every run.
+settings.register_profile(
+    "hamjax",
+    max_examples=10,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile("hamjax")
+
+
+@pytest.fixture(scope="session")
+def key():
+    return jax.random.PRNGKey(0)
