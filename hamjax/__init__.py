@@ -1,6 +1,6 @@
 """hamjax: Hierarchical Associative Memories in JAX."""
 
-from . import lagrangians, synapses
+from . import analysis, data, dead_neurons, lagrangians, presets, synapses, train
 from .ham import HAM, ClampedDynamics, GraphError, StateError
 from .layers import Layer
 from .relax import (
@@ -26,6 +26,11 @@ __all__ = [
     "Relaxation",
     "SteadyState",
     "relax",
+    "analysis",
+    "data",
+    "dead_neurons",
     "lagrangians",
+    "presets",
+    "train",
     "synapses",
 ]

@@ -32,6 +32,7 @@ from .ham import HAM, ClampedDynamics, StateError
 
 __all__ = [
     "relax",
+    "Frozen",
     "Relaxation",
     "SteadyState",
     "FixedTime",
@@ -127,7 +128,7 @@ class ImplicitSteadyState(eqx.Module):
     ``J``, on small nets)."""
 
     linear_solver: lx.AbstractLinearSolver = lx.GMRES(
-        rtol=1e-6, atol=1e-7, restart=40, stagnation_iters=40
+        rtol=1e-5, atol=1e-6, restart=100, stagnation_iters=100
     )
 
 
@@ -146,6 +147,40 @@ def _adjoint(adjoint):
         f"unknown adjoint {adjoint!r}; use 'recursive', 'implicit', 'implicit_dense', 'direct', "
         "ImplicitSteadyState(...) or a diffrax adjoint"
     )
+
+
+class Frozen(eqx.Module):
+    """Dynamics with some neurons of free layers held at their initial values (masked pattern
+    completion): ``ẋ ← ẋ ⊙ (1 − mask)``. Frozen neurons count as converged."""
+
+    dyn: ClampedDynamics
+    masks: dict[str, Array]
+
+    @property
+    def net(self) -> HAM:
+        return self.dyn.net
+
+    @property
+    def free(self) -> tuple[str, ...]:
+        return self.dyn.free
+
+    @property
+    def clamped_state(self):
+        return self.dyn.clamped_state
+
+    def full_state(self, x_free):
+        return self.dyn.full_state(x_free)
+
+    def free_state(self, x):
+        return self.dyn.free_state(x)
+
+    def currents(self, x_free):
+        return self.dyn.currents(x_free)
+
+    def __call__(self, x_free):
+        dx = self.dyn(x_free)
+        return {n: jnp.where(self.masks[n], 0.0, v) if n in self.masks else v
+                for n, v in dx.items()}
 
 
 # ------------------------------------------------------------------ residuals
@@ -310,6 +345,7 @@ def relax(
     method: Literal["ode", "root", "minimise"] = "ode",
     on_nonfinite: Literal["auto", "raise", "flag"] = "auto",
     progress: bool = False,
+    freeze: Mapping[str, Array] | None = None,
 ) -> Relaxation:
     """Relax ``net`` from ``x0`` with the layers in ``clamp`` held fixed.
 
@@ -344,6 +380,8 @@ def relax(
             flags in a batch. Under ``jit``/``grad`` tracing only flagging is possible.
         progress: show a tqdm progress bar (fraction of ``t1``/``t_max``; give SteadyState a
             finite ``t_max`` for a meaningful bar).
+        freeze: ``{layer: bool mask}`` of neurons of free layers held at their ``x0`` values
+            (``True`` = frozen), broadcast against the layer's state: masked completion.
     """
     clamp = net.check_clamp(clamp)
     batch = net.check_state(x0, "x0")
@@ -359,6 +397,19 @@ def relax(
     adjoint = _adjoint(adjoint)
     dyn = net.dynamics(x0, clamp)
     x_free = dyn.free_state(x0)
+    if freeze:
+        masks = {}
+        for name, m in freeze.items():
+            if name not in dyn.free:
+                raise StateError(f"cannot freeze neurons of {name!r}: not a free layer of this "
+                                 f"relaxation (free layers: {list(dyn.free)})")
+            m = jnp.asarray(m, dtype=bool)
+            try:
+                masks[name] = jnp.broadcast_to(m, x_free[name].shape)
+            except ValueError:
+                raise StateError(f"freeze[{name!r}] has shape {m.shape}, which does not "
+                                 f"broadcast to the layer's state {x_free[name].shape}") from None
+        dyn = Frozen(dyn, masks)
 
     if method == "ode":
         sol_state, extras = _relax_ode(
@@ -375,6 +426,8 @@ def relax(
             progress,
         )
     elif method in ("root", "minimise", "minimize"):
+        if freeze:
+            raise ValueError("freeze works with method='ode' only")
         sol_state, extras = _relax_optx(dyn, x_free, method, stop, max_steps)
     else:
         raise ValueError(f"unknown method {method!r}; use 'ode', 'root' or 'minimise'")

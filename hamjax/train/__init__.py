@@ -1,0 +1,27 @@
+"""Training HAMs: tasks (what the relaxed state must do), gradient methods (BPTT, implicit
+differentiation, equilibrium propagation), checkpoints and the ``fit`` loop."""
+
+from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint_meta, save_checkpoint
+from .fit import evaluate, fit, train_step
+from .methods import BPTT, EqProp, GradientMethod, Implicit, Nudge
+from .tasks import Classification, Completion, Denoising, Storage, Task
+
+__all__ = [
+    "BPTT",
+    "CheckpointError",
+    "Classification",
+    "Completion",
+    "Denoising",
+    "EqProp",
+    "GradientMethod",
+    "Implicit",
+    "Nudge",
+    "Storage",
+    "Task",
+    "evaluate",
+    "fit",
+    "load_checkpoint",
+    "read_checkpoint_meta",
+    "save_checkpoint",
+    "train_step",
+]

@@ -1,0 +1,177 @@
+"""The training loop: optax steps on the gradients of a task's loss on relaxed states.
+
+``fit`` is a convenience (as optax intends): every piece under it — :func:`train_step`,
+:func:`evaluate`, a task's loss, a method's gradient — is callable alone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from .. import data as hd
+from ..ham import HAM
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .methods import BPTT, GradientMethod
+from .tasks import Classification, Task
+
+__all__ = ["fit", "train_step", "evaluate", "History"]
+
+History = list  # one dict per epoch
+
+
+@eqx.filter_jit
+def train_step(net: HAM, opt_state, batch: dict, task: Task, method: GradientMethod, optimizer):
+    """One optimiser step: ``(net, opt_state, loss, per-sample metrics)``."""
+    loss, grads, metrics = method.loss_and_grad(net, task, batch)
+    params = eqx.filter(net, eqx.is_inexact_array)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return eqx.apply_updates(net, updates), opt_state, loss, metrics
+
+
+@eqx.filter_jit
+def _eval_batch(net, batch, task, method):
+    sol = method.relax(net, task, batch)
+    ev = task.evaluate(net, sol.state, batch)
+    ev["converged"] = sol.converged.astype(jnp.float32)
+    return ev
+
+
+def _to_jax(batch: dict) -> dict:
+    return {k: jnp.asarray(v) for k, v in batch.items()}
+
+
+def evaluate(net: HAM, x, y, task: Task, method: GradientMethod, batch_size: int = 256,
+             seed: int = 0) -> dict[str, float]:
+    """Mean loss and metrics over ``(x, y)`` (``accuracy`` for classification, ``mse`` and
+    ``psnr`` for image tasks, ``converged``: the fraction of relaxations that converged).
+
+    Batches keep one shape (the last is padded, and the padding ignored), so one compilation
+    serves the whole set. Corruptions are drawn from ``seed``: the same every call."""
+    n = len(x)
+    rng = np.random.default_rng((seed, 10**6))
+    sums: dict[str, float] = {}
+    for start in range(0, n, batch_size):
+        xb = x[start : start + batch_size]
+        yb = None if y is None else y[start : start + batch_size]
+        k = len(xb)
+        if k < batch_size and n > batch_size:
+            pad = batch_size - k
+            xb = np.concatenate([xb, xb[:1].repeat(pad, axis=0)])
+            yb = None if yb is None else np.concatenate([yb, yb[:1].repeat(pad, axis=0)])
+        ev = _eval_batch(net, _to_jax(task.prepare(xb, yb, rng, train=False)), task, method)
+        for name, v in ev.items():
+            sums[name] = sums.get(name, 0.0) + float(jnp.sum(v[:k]))
+    out = {name: s / n for name, s in sums.items()}
+    if "correct" in out:
+        out["accuracy"] = out.pop("correct")
+    return out
+
+
+def fit(
+    net: HAM,
+    data: hd.Dataset,
+    *,
+    task: Task | None = None,
+    method: GradientMethod | None = None,
+    optimizer: optax.GradientTransformation | None = None,
+    epochs: int = 10,
+    batch_size: int = 64,
+    seed: int = 0,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    config: dict | None = None,
+    progress: bool = True,
+    eval_batch_size: int = 256,
+    on_epoch: Callable[[dict, HAM], None] | None = None,
+) -> tuple[HAM, History]:
+    """Train ``net`` on ``data`` for ``epochs`` epochs; evaluate on the test part after each.
+
+    Batches are shuffled by ``(seed, epoch)`` and the last partial batch is dropped (one
+    compiled step). With ``checkpoint``, the model, optimiser state, epoch, history and ``config``
+    are written atomically after every epoch; with ``resume=True`` an existing checkpoint is
+    loaded and training continues at the next epoch (so an interrupted run loses at most the
+    epoch in progress). Returns the trained model and the history (one dict per epoch).
+    """
+    task = Classification(num_classes=data.num_classes) if task is None else task
+    method = BPTT() if method is None else method
+    optimizer = optax.adam(1e-3) if optimizer is None else optimizer
+    if epochs < 0 or batch_size < 1:
+        raise ValueError(f"need epochs >= 0 and batch_size >= 1, got {epochs}, {batch_size}")
+    if batch_size > data.num_train:
+        raise ValueError(f"batch_size {batch_size} exceeds the {data.num_train} training examples")
+    opt_state = optimizer.init(eqx.filter(net, eqx.is_inexact_array))
+    history: History = []
+    start_epoch = 0
+    if checkpoint is not None and resume and Path(checkpoint).exists():
+        net, opt_state, meta = load_checkpoint(checkpoint, net, opt_state)
+        if meta.get("finished_epoch") is None:
+            raise CheckpointError(f"{checkpoint} has no finished epoch")
+        start_epoch = int(meta["finished_epoch"]) + 1
+        history = list(meta.get("history", []))
+
+    steps_per_epoch = data.num_train // batch_size
+    for epoch in range(start_epoch, epochs):
+        t0 = time.perf_counter()
+        rng = np.random.default_rng((seed, epoch))
+        losses, mains = [], []
+        bar = _bar(progress, steps_per_epoch, f"epoch {epoch + 1}/{epochs}")
+        for xb, yb in hd.batches(data.x_train, data.y_train, batch_size, seed=seed, epoch=epoch,
+                                 drop_last=True):
+            batch = _to_jax(task.prepare(xb, yb, rng))
+            net, opt_state, loss, metrics = train_step(net, opt_state, batch, task, method,
+                                                        optimizer)
+            loss = float(loss)
+            if not np.isfinite(loss):
+                raise FloatingPointError(
+                    f"training loss became {loss} at epoch {epoch + 1}, step {len(losses) + 1}; "
+                    "lower the learning rate or the relaxation step"
+                )
+            losses.append(loss)
+            key = "correct" if "correct" in metrics else task.main_metric
+            mains.append(float(jnp.mean(metrics[key])))
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{np.mean(losses):.4f}",
+                                **{_label(key): f"{np.mean(mains):.4f}"})
+        if bar is not None:
+            bar.close()
+        train_seconds = time.perf_counter() - t0
+        test = evaluate(net, data.x_test, data.y_test, task, method, eval_batch_size, seed)
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": float(np.mean(losses)) if losses else float("nan"),
+            f"train_{_label(key) if losses else task.main_metric}": float(np.mean(mains))
+            if mains else float("nan"),
+            **{f"test_{k}": v for k, v in test.items()},
+            "epoch_seconds": train_seconds,
+        }
+        history.append(record)
+        if progress:
+            shown = {k: round(v, 4) for k, v in record.items() if k.startswith("test_")}
+            print(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}, {shown}", flush=True)
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, net, opt_state,
+                            {"finished_epoch": epoch, "history": history, "config": config or {}})
+        if on_epoch is not None:
+            on_epoch(record, net)
+    return net, history
+
+
+def _label(key: str) -> str:
+    return "acc" if key == "correct" else key
+
+
+def _bar(progress: bool, total: int, desc: str):
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+

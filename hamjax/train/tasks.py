@@ -1,0 +1,195 @@
+"""Tasks: what the relaxed state of a HAM is asked to do, and the loss on it.
+
+A task turns a batch of images (and labels) into the relaxation's initial state, says which
+layers are clamped (or which neurons frozen), and scores the relaxed state. Every loss is written
+as a per-sample ``cost(g_out, batch)`` of the output layer's *activations*, so that equilibrium
+propagation can nudge the dynamics with ``−β ∂cost/∂g_out`` (a current, like any synapse's).
+
+* :class:`Classification`: image clamped, label layer read out; cross-entropy with the label
+  activations as logits (or squared error on them).
+* :class:`Denoising`: the corrupted image is the initial state of the (free) image layer; the
+  loss is the squared error of the relaxed image (HAM paper §3.1, pattern completion).
+* :class:`Completion`: part of the image hidden; the visible pixels are frozen at their values,
+  the hidden ones relax; loss on the restored pixels.
+* :class:`Storage`: unsupervised memory storage: each training image, lightly perturbed, must
+  relax back to itself, so the memories move onto the data (as dense associative memory learns).
+"""
+
+from __future__ import annotations
+
+import abc
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array
+
+from .. import data as hd
+
+__all__ = ["Task", "Classification", "Denoising", "Completion", "Storage"]
+
+
+class Task(eqx.Module):
+    """Base class for training tasks."""
+
+    input_layer: eqx.AbstractVar[str]
+    output_layer: eqx.AbstractVar[str]
+
+    @property
+    def clamp(self) -> tuple[str, ...]:
+        return ()
+
+    @abc.abstractmethod
+    def prepare(
+        self, x: np.ndarray, y: np.ndarray | None, rng: np.random.Generator, train: bool = True
+    ) -> dict:
+        """NumPy batch → dict of arrays: ``"input"`` (initial state of the input layer) and
+        ``"target"``, and ``"frozen"`` (bool mask of input neurons held fixed) when used.
+        ``train=False`` at evaluation: no augmentation."""
+
+    @abc.abstractmethod
+    def cost(self, g_out: Array, batch: dict) -> Array:
+        """Per-sample loss as a function of the output layer's activations."""
+
+    @abc.abstractmethod
+    def metrics(self, g_out: Array, batch: dict) -> dict[str, Array]:
+        """Per-sample quality figures (``correct`` or ``mse``/``psnr``)."""
+
+    @property
+    def main_metric(self) -> str:
+        return "accuracy"
+
+    def frozen(self, batch: dict) -> dict[str, Array] | None:
+        return None
+
+    def initial_state(self, net, batch: dict) -> dict[str, Array]:
+        """Zero states, with the input layer set to ``batch["input"]`` (reshaped to its shape)."""
+        inp = batch["input"]
+        layer = net.layers[self.input_layer]
+        inp = inp.reshape(inp.shape[:1] + layer.shape)
+        x = net.init_state(batch=inp.shape[:1])
+        x[self.input_layer] = inp.astype(x[self.input_layer].dtype)
+        return x
+
+    def loss(self, net, state: dict[str, Array], batch: dict) -> Array:
+        """Per-sample loss of a relaxed state."""
+        g = net.layers[self.output_layer].activation(state[self.output_layer])
+        return self.cost(g, batch)
+
+    def evaluate(self, net, state: dict[str, Array], batch: dict) -> dict[str, Array]:
+        g = net.layers[self.output_layer].activation(state[self.output_layer])
+        return {"loss": self.cost(g, batch), **self.metrics(g, batch)}
+
+
+class Classification(Task):
+    """Image clamped, label read out after relaxation.
+
+    ``loss="ce"``: cross-entropy ``−log softmax(g_label)_y`` (label activations as logits);
+    ``noise``: std of Gaussian noise added to training images (augmentation; none at test).
+    ``loss="nll"``: ``−log g_label,y`` (label activations already probabilities: a Softmax
+    label layer); ``loss="mse"``: ``½|g_label − onehot(y)|²``."""
+
+    input_layer: str = "image"
+    output_layer: str = "label"
+    loss_kind: str = eqx.field(static=True, default="ce")
+    num_classes: int = eqx.field(static=True, default=10)
+    noise: float = eqx.field(static=True, default=0.0)
+
+    def __check_init__(self):
+        if self.loss_kind not in ("ce", "nll", "mse"):
+            raise ValueError(
+                f"Classification loss must be 'ce', 'nll' or 'mse', got {self.loss_kind!r}"
+            )
+
+    @property
+    def clamp(self):
+        return (self.input_layer,)
+
+    def prepare(self, x, y, rng, train=True):
+        if y is None:
+            raise ValueError("Classification needs labels")
+        x = np.asarray(x, np.float32)
+        if self.noise > 0 and train:
+            # Gaussian input noise: augmentation during training only
+            x = np.clip(x + self.noise * rng.standard_normal(x.shape, dtype=np.float32), 0, 1)
+        return {"input": x, "target": np.asarray(y, np.int32)}
+
+    def cost(self, g_out, batch):
+        flat = g_out.reshape(g_out.shape[0], -1)
+        onehot = jax.nn.one_hot(batch["target"], flat.shape[-1], dtype=flat.dtype)
+        if self.loss_kind == "ce":
+            return -jnp.sum(onehot * jax.nn.log_softmax(flat, axis=-1), axis=-1)
+        if self.loss_kind == "nll":
+            return -jnp.sum(onehot * jnp.log(jnp.clip(flat, 1e-12, None)), axis=-1)
+        return 0.5 * jnp.sum((flat - onehot) ** 2, axis=-1)
+
+    def metrics(self, g_out, batch):
+        flat = g_out.reshape(g_out.shape[0], -1)
+        return {"correct": (jnp.argmax(flat, axis=-1) == batch["target"]).astype(jnp.float32)}
+
+
+def _image_mse(g_out, target):
+    d = (g_out.reshape(g_out.shape[0], -1) - target.reshape(target.shape[0], -1)) ** 2
+    return jnp.mean(d, axis=-1)
+
+
+def _psnr(mse):
+    return 10.0 * jnp.log10(1.0 / jnp.maximum(mse, 1e-12))
+
+
+class Denoising(Task):
+    """The corrupted image is the initial state of the free image layer; loss
+    ``½ Σ (g_image − clean)²`` per sample (reported as per-pixel MSE and PSNR)."""
+
+    input_layer: str = "image"
+    output_layer: str = "image"
+    corruption: str = eqx.field(static=True, default="gaussian")
+    level: float = eqx.field(static=True, default=0.3)
+
+    def prepare(self, x, y, rng, train=True):
+        x = np.asarray(x, np.float32)
+        corrupted = hd.corrupt(x, self.corruption, self.level, rng)
+        return {"input": corrupted.images.astype(np.float32), "target": x}
+
+    def cost(self, g_out, batch):
+        t = batch["target"]
+        return 0.5 * jnp.sum(
+            (g_out.reshape(g_out.shape[0], -1) - t.reshape(t.shape[0], -1)) ** 2, axis=-1
+        )
+
+    def metrics(self, g_out, batch):
+        mse = _image_mse(g_out, batch["target"])
+        return {"mse": mse, "psnr": _psnr(mse)}
+
+    @property
+    def main_metric(self):
+        return "psnr"
+
+
+class Completion(Denoising):
+    """Part of the image hidden (``mask_bottom``: that fraction of the rows, or ``mask_random``);
+    the visible pixels are frozen at their values, the hidden ones relax from ``fill``."""
+
+    corruption: str = eqx.field(static=True, default="mask_bottom")
+    level: float = eqx.field(static=True, default=0.5)
+
+    def prepare(self, x, y, rng, train=True):
+        x = np.asarray(x, np.float32)
+        corrupted = hd.corrupt(x, self.corruption, self.level, rng)
+        return {
+            "input": corrupted.images.astype(np.float32),
+            "target": x,
+            "frozen": ~corrupted.mask,
+        }
+
+    def frozen(self, batch):
+        return {self.input_layer: batch["frozen"]}
+
+
+class Storage(Denoising):
+    """Unsupervised storage: each image, perturbed by Gaussian noise of std ``level``, must relax
+    back to itself; the memories move onto the data."""
+
+    corruption: str = eqx.field(static=True, default="gaussian")
+    level: float = eqx.field(static=True, default=0.1)
