@@ -35,6 +35,8 @@ __all__ = [
     "Conv2D",
     "AvgPool2D",
     "Memory",
+    "Attention",
+    "TokenMemory",
 ]
 
 Shape = tuple[int, ...]
@@ -160,16 +162,26 @@ class Lateral(Synapse):
 
     def __init__(
         self,
-        key: PRNGKeyArray,
+        key: PRNGKeyArray | None,
         features: int | Sequence[int],
         *,
         zero_diagonal: bool = True,
         scale: float | None = None,
+        weight: ArrayLike | None = None,
     ):
         self.shape = as_shape(features)
         n = math.prod(self.shape)
-        scale = 1.0 / math.sqrt(n) if scale is None else scale
-        self.weight = scale * jax.random.normal(key, (n, n))
+        if weight is not None:
+            # a given matrix, e.g. the Hebbian W = (1/N) Σ_μ ξ_μ ξ_μᵀ of a classical Hopfield net
+            weight = jnp.asarray(weight, dtype=jnp.result_type(float))
+            if weight.shape != (n, n):
+                raise ValueError(f"Lateral weight must have shape {(n, n)}, got {weight.shape}")
+            self.weight = weight
+        else:
+            if key is None:
+                raise ValueError("Lateral needs a PRNG key when no weight is given")
+            scale = 1.0 / math.sqrt(n) if scale is None else scale
+            self.weight = scale * jax.random.normal(key, (n, n))
         self.zero_diagonal = zero_diagonal
 
     @property
@@ -357,3 +369,125 @@ class Memory(Synapse):
 
     def expected_shapes(self, shapes):
         return (self.shape,)
+
+
+class Attention(Synapse):
+    """Energy attention over the tokens of one layer ``g`` of shape ``(T, D)`` (Hoover et al.
+    2023, *Energy Transformer*)::
+
+        K_{hαB} = Σ_j W^K_{hαj} g_{Bj},   Q_{hαC} = Σ_j W^Q_{hαj} g_{Cj}
+        E = −(1/β) Σ_h Σ_C log Σ_{B≠C} exp(β Σ_α K_{hαB} Q_{hαC})
+
+    ``h`` runs over heads, ``α`` over the head dimension, ``B`` (keys) and ``C`` (queries) over
+    tokens. A token does not attend to itself. The current ``−∂E/∂g`` carries both the query and
+    the key path (the Energy Transformer's two attention terms); autodiff derives both."""
+
+    key_weight: Array
+    query_weight: Array
+    beta: Array
+    dim: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        key: PRNGKeyArray,
+        dim: int,
+        num_heads: int = 4,
+        head_dim: int = 16,
+        *,
+        beta: float | None = None,
+        scale: float | None = None,
+        key_weight: ArrayLike | None = None,
+        query_weight: ArrayLike | None = None,
+    ):
+        self.dim = int(dim)
+        shape = (num_heads, head_dim, self.dim)
+        scale = 1.0 / math.sqrt(self.dim) if scale is None else scale
+        kk, kq = jax.random.split(key) if key is not None else (None, None)
+        weights = []
+        for w, k, what in ((key_weight, kk, "key_weight"), (query_weight, kq, "query_weight")):
+            if w is not None:
+                w = jnp.asarray(w, dtype=jnp.result_type(float))
+                if w.shape != shape:
+                    raise ValueError(f"Attention {what} must have shape {shape}, got {w.shape}")
+            elif k is None:
+                raise ValueError(f"Attention needs a PRNG key when no {what} is given")
+            else:
+                w = scale * jax.random.normal(k, shape)
+            weights.append(w)
+        self.key_weight, self.query_weight = weights
+        self.beta = jnp.asarray(1.0 / math.sqrt(head_dim) if beta is None else beta,
+                                dtype=jnp.result_type(float))
+
+    @property
+    def num_heads(self) -> int:
+        return self.key_weight.shape[0]
+
+    def scores(self, g: Array) -> Array:
+        """``A_{hBC} = Σ_α K_{hαB} Q_{hαC}``, shape ``(*batch, heads, T_keys, T_queries)``."""
+        k = jnp.einsum("had,...bd->...hba", self.key_weight, g)
+        q = jnp.einsum("had,...cd->...hca", self.query_weight, g)
+        return jnp.einsum("...hba,...hca->...hbc", k, q)
+
+    def energy(self, g):
+        t = g.shape[-2]
+        if t < 2:
+            raise ValueError(f"Attention needs at least two tokens, got {t}")
+        a = self.beta * self.scores(g)
+        a = jnp.where(jnp.eye(t, dtype=bool), -jnp.inf, a)
+        lse = jax.nn.logsumexp(a, axis=-2)  # over keys B ≠ C
+        return -jnp.sum(lse, axis=(-2, -1)) / self.beta
+
+    def expected_shapes(self, shapes):
+        return ((None, self.dim),)
+
+
+class TokenMemory(Synapse):
+    """A Hopfield (memory) synapse applied to every token of a ``(T, D)`` layer separately, the
+    Energy Transformer's Hopfield module::
+
+        E = −Σ_tokens L_h(ξ g_token)
+
+    default ``L_h = ReLU``: ``E = −½ Σ_tokens Σ_μ relu(ξ_μ·g_token)²``; with ``Softmax(β)``:
+    ``E = −(1/β) Σ_tokens logsumexp_μ(β ξ_μ·g_token)``. (:class:`Memory` on a ``(T, D)`` layer
+    instead flattens all tokens into one pattern.)"""
+
+    memories: Array
+    hidden: Lagrangian
+    dim: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        key: PRNGKeyArray | None,
+        dim: int,
+        num_memories: int,
+        *,
+        lagrangian: Lagrangian | None = None,
+        memories: ArrayLike | None = None,
+        scale: float | None = None,
+    ):
+        from .lagrangians import ReLU
+
+        self.dim = int(dim)
+        if memories is not None:
+            memories = jnp.asarray(memories, dtype=jnp.result_type(float))
+            if memories.shape != (num_memories, self.dim):
+                raise ValueError(f"TokenMemory expects memories of shape "
+                                 f"{(num_memories, self.dim)}, got {memories.shape}")
+            self.memories = memories
+        else:
+            if key is None:
+                raise ValueError("TokenMemory needs a PRNG key when no memories are given")
+            scale = 1.0 / math.sqrt(self.dim) if scale is None else scale
+            self.memories = scale * jax.random.normal(key, (num_memories, self.dim))
+        self.hidden = ReLU() if lagrangian is None else lagrangian
+
+    def similarities(self, g: Array) -> Array:
+        """``h_{Cμ} = ξ_μ·g_C`` for every token ``C``: shape ``(*batch, T, K)``."""
+        return g @ self.memories.T
+
+    def energy(self, g):
+        # the hidden Lagrangian acts on each token's row (a softmax along the memories axis)
+        return -self.hidden(self.similarities(g), 2)
+
+    def expected_shapes(self, shapes):
+        return ((None, self.dim),)
