@@ -1,4 +1,4 @@
-"""The ``hamjax`` command: ``train``, ``eval``, ``analyze``.
+"""The ``hamjax`` command: ``train``, ``eval``, ``analyze``, ``bench``.
 
 ``hamjax train`` with no arguments trains a dense HAM classifier on the scikit-learn digits
 (bundled: nothing is downloaded), shows a progress bar, prints the test accuracy and writes a
@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=_positive_int, default=40,
                    help="relaxation steps for bptt (Euler)")
     t.add_argument("--dt", type=_positive_float, default=0.25, help="relaxation step size")
+    t.add_argument("--residual-penalty", type=float, default=1.0,
+                   help="bptt: weight of mean |τ dx/dt|² at the last step, so the readout sits "
+                        "at a fixed point")
     t.add_argument("--noise", type=float, default=None,
                    help="classify: training input noise std; denoise: corruption level")
     t.add_argument("--limit-train", type=_positive_int, default=None)
@@ -105,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("run_dir", type=Path)
     a.add_argument("--samples", type=_positive_int, default=3)
     a.add_argument("--data-dir", type=Path, default=None)
+
+    sub.add_parser("bench", add_help=False,
+                   help="run the benchmarks (python -m benchmarks; needs the source tree): "
+                        "hamjax bench [--quick|--full] [--out DIR] [--only NAME ...]")
     return p
 
 
@@ -125,7 +132,7 @@ def _defaults(cfg: dict) -> dict:
     if cfg.get("epochs") is None:
         cfg["epochs"] = 30 if cfg["task"] == "classify" else 10
     if cfg.get("noise") is None:
-        cfg["noise"] = {"classify": 0.2, "denoise": 0.3, "complete": 0.5, "store": 0.1}[
+        cfg["noise"] = {"classify": 0.1, "denoise": 0.3, "complete": 0.5, "store": 0.1}[
             cfg["task"]]
     cfg["hidden"] = list(cfg["hidden"])
     return cfg
@@ -168,13 +175,15 @@ def _build(cfg: dict, data):
     else:
         net = presets.memory_model(key, data.image_shape, num_memories=h[0])
     task = {
-        "classify": lambda: T.Classification(num_classes=data.num_classes, noise=cfg["noise"]),
+        "classify": lambda: T.Classification(num_classes=data.num_classes, noise=cfg["noise"],
+                                             loss_kind="nll"),
         "denoise": lambda: T.Denoising(level=cfg["noise"]),
         "complete": lambda: T.Completion(level=cfg["noise"]),
         "store": lambda: T.Storage(level=cfg["noise"]),
     }[cfg["task"]]()
     method = {
-        "bptt": lambda: T.BPTT(steps=cfg["steps"], dt=cfg["dt"]),
+        "bptt": lambda: T.BPTT(steps=cfg["steps"], dt=cfg["dt"],
+                               residual_penalty=cfg.get("residual_penalty", 1.0)),
         "implicit": lambda: T.Implicit(atol=1e-3, dt=cfg["dt"]),
         "eqprop": lambda: T.EqProp(beta=0.2, atol=1e-3, dt=cfg["dt"]),
     }[cfg["method"]]()
@@ -183,7 +192,6 @@ def _build(cfg: dict, data):
 
 # ---------------------------------------------------------------------------------- commands
 def _train(args) -> int:
-    import optax
 
     from . import train as T
     from .data import DataError
@@ -197,7 +205,8 @@ def _train(args) -> int:
         if cfg["resume"]:
             raise SystemExit("hamjax train: error: --resume needs --out RUN_DIR")
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        out = Path("runs") / f"{cfg['dataset']}-{cfg['task']}-{cfg['model']}-{cfg['method']}-{stamp}"
+        name = f"{cfg['dataset']}-{cfg['task']}-{cfg['model']}-{cfg['method']}-{stamp}"
+        out = Path("runs") / name
     out = Path(out)
     ckpt = out / "checkpoint.eqx"
     if ckpt.exists() and not cfg["resume"]:
@@ -217,7 +226,7 @@ def _train(args) -> int:
           flush=True)
     t0 = time.perf_counter()
     net, history = T.fit(
-        net, data, task=task, method=method, optimizer=optax.adam(cfg["lr"]),
+        net, data, task=task, method=method, optimizer=_optimizer(cfg, data),
         epochs=cfg["epochs"], batch_size=cfg["batch_size"], seed=cfg["seed"], checkpoint=ckpt,
         resume=cfg["resume"], config=cfg_json, progress=not args.no_progress,
     )
@@ -238,6 +247,15 @@ def _train(args) -> int:
     _report(metrics, task)
     print(f"run folder: {out} (metrics.json, history.csv, checkpoint.eqx, {', '.join(pics)})")
     return 0
+
+
+def _optimizer(cfg: dict, data):
+    import optax
+
+    # Adam with a cosine decay to zero over the whole run: the last epochs settle instead of
+    # wandering by a percent of accuracy from epoch to epoch
+    total = max(1, (data.num_train // cfg["batch_size"]) * cfg["epochs"])
+    return optax.adam(optax.cosine_decay_schedule(cfg["lr"], total))
 
 
 def _report(metrics: dict, task) -> None:
@@ -262,7 +280,6 @@ def _write_history(path: Path, history: list) -> None:
 
 def _load_run(run_dir: Path, data_dir=None):
     import equinox as eqx
-    import optax
 
     from . import train as T
 
@@ -274,7 +291,7 @@ def _load_run(run_dir: Path, data_dir=None):
         cfg["data_dir"] = str(data_dir)
     data = _load_data(cfg)
     net, task, method = _build(cfg, data)
-    opt = optax.adam(cfg["lr"])
+    opt = _optimizer(cfg, data)
     try:
         net, _, meta = T.load_checkpoint(run_dir / "checkpoint.eqx", net,
                                          opt.init(eqx.filter(net, eqx.is_inexact_array)))
@@ -452,7 +469,26 @@ def _input_filters(net, cfg):
     return None
 
 
+def _bench(argv) -> int:
+    # benchmarks/ lives beside the package in the source tree, not inside the installed package
+    try:
+        from benchmarks.__main__ import main as bench_main
+    except ImportError:
+        here = Path(__file__).resolve().parent.parent
+        if (here / "benchmarks" / "__main__.py").is_file():
+            sys.path.insert(0, str(here))
+            from benchmarks.__main__ import main as bench_main
+        else:
+            print("hamjax bench: error: the benchmarks are not installed with the package; run "
+                  "it from a source checkout of hamjax (python -m benchmarks)", file=sys.stderr)
+            return 2
+    return bench_main(argv)
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        return _bench(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "train":
         return _train(args)

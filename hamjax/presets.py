@@ -72,11 +72,14 @@ def dense_classifier(
     tau_hidden: float = 1.0,
     tau_label: float = 1.0,
 ) -> HAM:
-    """``image (Identity) —W₁— hidden (Tanh, bias) —W₂— label (Identity, bias)``.
+    """``image (Identity) —W₁— hidden (ReLU, bias) —W₂— label (Softmax β=4, bias)``.
 
     With the image clamped the steady state is ``h = W₁g_v + W₂ᵀ g_ℓ + b_h``,
-    ``ℓ = W₂ g_h + b_ℓ``: a one-hidden-layer perceptron with symmetric feedback. Tanh keeps the
-    hidden activations bounded, so the energy is bounded below for any weights."""
+    ``ℓ = W₂ g_h + b_ℓ``: a one-hidden-layer perceptron with symmetric feedback, read out as the
+    label activations ``softmax(βℓ)`` (probabilities: train with ``Classification(loss_kind=
+    "nll")``). The softmax keeps the top-down current ``W₂ᵀ g_ℓ`` bounded, so with the ReLU's
+    quadratic Legendre term the energy is bounded below for any weights and every relaxation
+    settles (an identity label layer lets the hidden–label loop run away)."""
     return deep_dense_classifier(
         key, image_shape, num_classes, (hidden,),
         hidden_lagrangian=hidden_lagrangian, label_lagrangian=label_lagrangian,
@@ -100,8 +103,8 @@ def deep_dense_classifier(
     hidden = tuple(hidden)
     names = (tuple(names) if names is not None
              else tuple(f"hidden{i + 1}" for i in range(len(hidden))))
-    hl = L.Tanh(1.0) if hidden_lagrangian is None else hidden_lagrangian
-    ll = L.Identity() if label_lagrangian is None else label_lagrangian
+    hl = L.ReLU() if hidden_lagrangian is None else hidden_lagrangian
+    ll = L.Softmax(4.0) if label_lagrangian is None else label_lagrangian
     keys = jax.random.split(key, len(hidden) + 1)
     layers = {"image": Layer(tuple(image_shape), L.Identity())}
     for n, size in zip(names, hidden, strict=True):
@@ -153,7 +156,7 @@ def conv_classifier(
         synapses["pool"] = pooler
         edges["pool"] = ("features", "pooled")
         top = "pooled"
-    layers["label"] = Layer(num_classes, L.Identity(), bias=True)
+    layers["label"] = Layer(num_classes, L.Softmax(4.0), bias=True)
     synapses["readout"] = Dense(k2, layers[top].shape, num_classes)
     edges["readout"] = (top, "label")
     return HAM(layers, synapses, edges)

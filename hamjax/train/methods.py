@@ -36,10 +36,15 @@ def _relaxation(net: HAM, task: Task, batch: dict, **kw):
     return relax(net, x0, clamp=task.clamp, freeze=task.frozen(batch), on_nonfinite="flag", **kw)
 
 
-def _mean_loss_and_metrics(net, task, batch, sol):
+def _mean_loss_and_metrics(net, task, batch, sol, residual_penalty=0.0):
     ev = task.evaluate(net, sol.state, batch)
     ev["converged"] = sol.converged.astype(jnp.float32)
-    return jnp.mean(ev["loss"]), ev
+    loss = jnp.mean(ev["loss"])
+    if residual_penalty:
+        # ρ·mean |c + I − x|² at the final state: the readout must sit at a fixed point, so the
+        # trained network classifies with its attractor, not with a transient of the dynamics
+        loss = loss + residual_penalty * jnp.mean(sol.residual**2)
+    return loss, ev
 
 
 class GradientMethod(eqx.Module):
@@ -60,13 +65,16 @@ class GradientMethod(eqx.Module):
 class BPTT(GradientMethod):
     """Backpropagation through time: ``steps`` steps of ``solver`` with step ``dt``; with
     ``steps=None``, an adaptive solve to a steady state (``atol``), still backpropagated
-    through every step."""
+    through every step. ``residual_penalty`` ρ adds ``ρ·mean|τẋ|²`` at the final state to the
+    loss, so that a fixed number of steps ends at (near) a fixed point: without it the network
+    can learn to classify with a transient that later diverges."""
 
     steps: int | None = eqx.field(static=True, default=20)
     dt: float = eqx.field(static=True, default=0.25)
     solver: str = eqx.field(static=True, default="euler")
     atol: float = eqx.field(static=True, default=1e-3)
     max_steps: int = eqx.field(static=True, default=256)
+    residual_penalty: float = eqx.field(static=True, default=0.0)
 
     def relax_kwargs(self):
         if self.steps is None:
@@ -78,7 +86,7 @@ class BPTT(GradientMethod):
     def loss_and_grad(self, net, task, batch):
         def f(net):
             sol = self.relax(net, task, batch)
-            return _mean_loss_and_metrics(net, task, batch, sol)
+            return _mean_loss_and_metrics(net, task, batch, sol, self.residual_penalty)
 
         (loss, metrics), grads = eqx.filter_value_and_grad(f, has_aux=True)(net)
         return loss, grads, metrics
