@@ -88,6 +88,7 @@ def fit(
     resume: bool = False,
     config: dict | None = None,
     progress: bool = True,
+    verbose: bool = True,
     eval_batch_size: int = 256,
     on_epoch: Callable[[dict, HAM], None] | None = None,
 ) -> tuple[HAM, History]:
@@ -97,7 +98,8 @@ def fit(
     compiled step). With ``checkpoint``, the model, optimiser state, epoch, history and ``config``
     are written atomically after every epoch; with ``resume=True`` an existing checkpoint is
     loaded and training continues at the next epoch (so an interrupted run loses at most the
-    epoch in progress). Returns the trained model and the history (one dict per epoch).
+    epoch in progress). ``progress`` shows a bar per epoch, ``verbose`` prints each epoch's
+    test figures. Returns the trained model and the history (one dict per epoch).
     """
     task = Classification(num_classes=data.num_classes) if task is None else task
     method = BPTT() if method is None else method
@@ -153,7 +155,7 @@ def fit(
             "epoch_seconds": train_seconds,
         }
         history.append(record)
-        if progress:
+        if verbose:
             shown = {k: round(v, 4) for k, v in record.items() if k.startswith("test_")}
             print(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}, {shown}", flush=True)
         if checkpoint is not None:
