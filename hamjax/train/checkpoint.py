@@ -39,6 +39,7 @@ def save_checkpoint(path, model, opt_state, meta: dict) -> Path:
             eqx.tree_serialise_leaves(f, (model, opt_state))
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a checkpoint is an ordinary output file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
