@@ -1,0 +1,118 @@
+"""``python -m benchmarks [--quick | --full | --tiny] [--out DIR] [--only NAME ...]``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import shlex
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from . import common as C
+
+SECTIONS = ("dynamics", "training", "solvers", "scaling", "end_to_end", "capacity")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks",
+                                description="hamjax benchmarks: JSON + markdown + PNG results")
+    tier = p.add_mutually_exclusive_group()
+    tier.add_argument("--quick", dest="tier", action="store_const", const="quick",
+                      help="a few minutes on a CPU (default on CPU)")
+    tier.add_argument("--full", dest="tier", action="store_const", const="full",
+                      help="the full suite (default on GPU/TPU)")
+    tier.add_argument("--tiny", dest="tier", action="store_const", const="tiny",
+                      help="tiny sizes, seconds: checks that everything runs (tests)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="results folder (default results/<machine>)")
+    p.add_argument("--only", nargs="+", choices=SECTIONS, default=None, metavar="NAME",
+                   help=f"run only these sections: {', '.join(SECTIONS)}")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="MNIST IDX folder (default: the project's shared copy when present)")
+    p.add_argument("--repeats", type=int, default=None, help="timed samples per contender")
+    p.add_argument("--strict", action="store_true",
+                   help="stop at the first failing section instead of recording the error")
+    return p
+
+
+def _module(name: str):
+    try:
+        return importlib.import_module(f"benchmarks.{name}")
+    except ImportError as e:  # capacity.py is written elsewhere; absent is fine
+        if name == "capacity" and e.name in ("benchmarks.capacity", None):
+            return None
+        raise
+
+
+def run(tier: str = "quick", out=None, only=None, data_dir=None, repeats=None,
+        strict: bool = False, argv=None) -> dict:
+    """Run the suite; return the results dict (also written to ``out``)."""
+    import jax
+
+    m = C.machine()
+    out = Path(out) if out is not None else Path("results") / C.machine_slug(m)
+    cfg = C.Config.for_tier(tier, out, data_dir)
+    if repeats is not None:
+        cfg.repeats = repeats
+    results = {"tier": tier, "started": C.now(), "machine": m,
+               "command": "python -m benchmarks " + shlex.join(argv or [f"--{tier}"]),
+               "config": {"repeats": cfg.repeats, "min_sample_s": cfg.min_sample_s,
+                          "x64": bool(jax.config.jax_enable_x64)},
+               "sections": {}}
+    for name in only or SECTIONS:
+        mod = _module(name)
+        if mod is None:
+            continue
+        print(f"[benchmarks] {name} ({tier}) ...", flush=True)
+        t0 = time.perf_counter()
+        try:
+            sec = _call(mod, cfg)
+        except Exception as e:  # noqa: BLE001 - record and go on: one section must not sink all
+            if strict:
+                raise
+            traceback.print_exc()
+            sec = C.section(notes=[f"section failed: {type(e).__name__}: {e}"])
+            sec["error"] = f"{type(e).__name__}: {e}"
+        sec["seconds"] = time.perf_counter() - t0
+        results["sections"][name] = sec
+        C.write_results(results, out)  # after every section: a crash keeps what was measured
+        print(f"[benchmarks] {name}: {sec['seconds']:.1f} s", flush=True)
+    results["finished"] = C.now()
+    jpath, mpath = C.write_results(results, out)
+    print(f"[benchmarks] wrote {jpath}, {mpath}")
+    return results
+
+
+def _call(mod, cfg: C.Config) -> dict:
+    if mod.__name__.endswith("capacity"):
+        # capacity.run(quick=..., out=...) style: adapt its result to a section
+        try:
+            res = mod.run(cfg)
+        except TypeError:
+            res = mod.run(quick=cfg.tier != "full", out=cfg.out)
+        if isinstance(res, dict) and "tables" in res:
+            return res
+        return C.section(data={"result": res})
+    return mod.run(cfg)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    tier = args.tier
+    if tier is None:
+        import jax
+
+        tier = "quick" if jax.default_backend() == "cpu" else "full"
+    res = run(tier, args.out, args.only, args.data_dir, args.repeats, args.strict, argv)
+    failed = [n for n, s in res["sections"].items() if "error" in s]
+    if failed:
+        print(f"[benchmarks] sections that failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

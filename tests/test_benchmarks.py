@@ -1,0 +1,49 @@
+"""The benchmark suite runs on a tiny configuration and writes valid results (no timing is
+asserted: times depend on the machine)."""
+
+import json
+import math
+
+import pytest
+
+benchmarks = pytest.importorskip("benchmarks.__main__")
+from benchmarks import common as C  # noqa: E402
+
+
+def test_tiny_suite_writes_valid_json_and_markdown(tmp_path):
+    rc = benchmarks.main(["--tiny", "--only", "dynamics", "--out", str(tmp_path),
+                          "--repeats", "2"])
+    assert rc == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert {"tier", "machine", "command", "sections", "started", "finished"} <= set(res)
+    assert res["tier"] == "tiny"
+    assert res["machine"]["devices"] and res["machine"]["backend"]
+    sec = res["sections"]["dynamics"]
+    assert {"tables", "data", "notes", "plots", "seconds"} <= set(sec)
+    assert "error" not in sec
+    for label, d in sec["data"].items():
+        t = d["times"]
+        assert {"hamjax.relax", "hamjax field", "hand-written"} <= set(t), label
+        for v in t.values():
+            assert v["median_s"] > 0 and len(v["samples_s"]) == 2
+            assert v["compile_s"] > 0
+        assert math.isfinite(d["ratio_relax_vs_hand"]["median"])
+    for p in sec["plots"]:
+        assert (tmp_path / p).stat().st_size > 0
+    md = (tmp_path / "results.md").read_text()
+    assert "## dynamics" in md and "relax / hand" in md
+
+
+def test_ratio_is_paired_median():
+    times = {"a": {"samples_s": [2.0, 4.0, 6.0]}, "b": {"samples_s": [1.0, 2.0, 2.0]}}
+    r = C.ratio(times, "a", "b")
+    assert r["median"] == 2.0 and r["q25"] <= r["median"] <= r["q75"]
+
+
+def test_cli_bench_dispatches_to_the_runner(monkeypatch):
+    from hamjax import cli
+
+    seen = {}
+    monkeypatch.setattr(benchmarks, "main", lambda argv: seen.setdefault("argv", argv) and 0)
+    assert cli.main(["bench", "--tiny", "--only", "scaling"]) == 0
+    assert seen["argv"] == ["--tiny", "--only", "scaling"]
