@@ -36,7 +36,8 @@ class StateError(ValueError):
 
 
 def _fmt_shape(shape) -> str:
-    return "(" + ", ".join("*" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+    inner = ", ".join("*" if s is None else str(s) for s in shape)
+    return "(" + inner + ("," if len(shape) == 1 else "") + ")"
 
 
 def _shape_matches(expected, actual) -> bool:
@@ -67,7 +68,9 @@ class HAM(eqx.Module):
             raise GraphError("a HAM needs at least one layer")
         for name, layer in layers.items():
             if not isinstance(layer, Layer):
-                raise GraphError(f"layer {name!r} must be a hamjax.Layer, got {type(layer).__name__}")
+                raise GraphError(
+                    f"layer {name!r} must be a hamjax.Layer, got {type(layer).__name__}"
+                )
         for name, syn in synapses.items():
             if not isinstance(syn, Synapse):
                 raise GraphError(
@@ -122,37 +125,47 @@ class HAM(eqx.Module):
         clamp = (clamp,) if isinstance(clamp, str) else tuple(clamp)
         for name in clamp:
             if name not in self.layers:
-                raise GraphError(f"cannot clamp unknown layer {name!r}; layers are {sorted(self.layers)}")
+                raise GraphError(
+                    f"cannot clamp unknown layer {name!r}; layers are {sorted(self.layers)}"
+                )
         return clamp
 
     def check_state(self, x: Mapping[str, Array], what: str = "state") -> tuple[int, ...]:
         """Check that ``x`` has one floating array per layer, each ending in the layer's shape,
         all with the same leading batch shape; return that batch shape."""
         if not isinstance(x, Mapping):
-            raise StateError(f"{what} must be a dict of arrays keyed by layer name, got {type(x).__name__}")
+            raise StateError(
+                f"{what} must be a dict of arrays keyed by layer name, got {type(x).__name__}"
+            )
         missing = [n for n in self.layers if n not in x]
         if missing:
             raise StateError(f"{what} is missing layer(s) {missing}")
         extra = [n for n in x if n not in self.layers]
         if extra:
-            raise StateError(f"{what} has unknown layer(s) {extra}; layers are {sorted(self.layers)}")
+            raise StateError(
+                f"{what} has unknown layer(s) {extra}; layers are {sorted(self.layers)}"
+            )
         batch = None
         for name, layer in self.layers.items():
             v = x[name]
             shape = tuple(jnp.shape(v))
             if len(shape) < layer.ndim or shape[len(shape) - layer.ndim :] != layer.shape:
                 raise StateError(
-                    f"{what}[{name!r}] has shape {shape}, expected (*batch, {', '.join(map(str, layer.shape))})"
+                    f"{what}[{name!r}] has shape {shape}, "
+                    f"expected (*batch, {', '.join(map(str, layer.shape))})"
                 )
             dtype = jnp.result_type(v)
             if not jnp.issubdtype(dtype, jnp.floating):
-                raise StateError(f"{what}[{name!r}] must be a floating-point array, got dtype {dtype}")
+                raise StateError(
+                    f"{what}[{name!r}] must be a floating-point array, got dtype {dtype}"
+                )
             b = shape[: len(shape) - layer.ndim]
             if batch is None:
                 batch = b
             elif b != batch:
                 raise StateError(
-                    f"{what}[{name!r}] has batch shape {b}, but other layers have batch shape {batch}"
+                    f"{what}[{name!r}] has batch shape {b}, "
+                    f"but other layers have batch shape {batch}"
                 )
         return batch
 
@@ -225,6 +238,7 @@ class ClampedDynamics(eqx.Module):
 
     net: HAM
     clamped_state: dict[str, Array]
+    clamped_activations: dict[str, Array]
     constant_currents: dict[str, Array]
     free: tuple[str, ...] = eqx.field(static=True)
     dynamic_synapses: tuple[str, ...] = eqx.field(static=True)
@@ -234,6 +248,7 @@ class ClampedDynamics(eqx.Module):
         self.free = tuple(n for n in net.layers if n not in clamp)
         self.clamped_state = {n: x[n] for n in clamp}
         g_clamped = {n: net.layers[n].activation(x[n]) for n in clamp}
+        self.clamped_activations = g_clamped
         const: dict[str, Array] = {}
         dynamic = []
         for name, conn in net.edge_list:
@@ -269,11 +284,13 @@ class ClampedDynamics(eqx.Module):
         g_free = {n: net.layers[n].activation(x_free[n]) for n in self.free}
         out = {n: self.constant_currents.get(n) for n in self.free}
         if self.dynamic_synapses:
-            g_clamped = {n: net.layers[n].activation(v) for n, v in self.clamped_state.items()}
-            touched = sorted({ln for s in self.dynamic_synapses for ln in net.edges[s] if ln in g_free})
+            touched = sorted(
+                {ln for s in self.dynamic_synapses for ln in net.edges[s] if ln in g_free}
+            )
 
             def e(gt):
-                g = {**g_clamped, **g_free, **gt}
+                # clamped activations are constants of the relaxation, computed once in __init__
+                g = {**self.clamped_activations, **g_free, **gt}
                 return sum(jnp.sum(net.synapse_energy(s, g)) for s in self.dynamic_synapses)
 
             # samples do not interact, so the gradient of the summed energy is per sample exact
