@@ -99,7 +99,10 @@ class Synapse(eqx.Module):
 class Dense(Synapse):
     """``E = −g_bᵀ W g_a``: a fully connected synapse from layer ``a`` (``in_features``) to layer
     ``b`` (``out_features``); MATH.md eq. (8), ``W = ξ^{(B,A)}``. Either side may be a
-    multi-axis layer (e.g. a feature map), contracted over all its axes."""
+    multi-axis layer (e.g. a feature map), contracted over all its axes.
+
+    The weight is Gaussian with standard deviation ``scale`` (default ``1/sqrt(in size)``), or
+    the given ``weight`` matrix of shape ``(out size, in size)`` (``key`` may then be None)."""
 
     multilinear: ClassVar[bool] = True
     weight: Array
@@ -108,15 +111,26 @@ class Dense(Synapse):
 
     def __init__(
         self,
-        key: PRNGKeyArray,
+        key: PRNGKeyArray | None,
         in_features: int | Sequence[int],
         out_features: int | Sequence[int],
         *,
         scale: float | None = None,
+        weight: ArrayLike | None = None,
     ):
         self.in_shape = as_shape(in_features)
         self.out_shape = as_shape(out_features)
         n_in, n_out = math.prod(self.in_shape), math.prod(self.out_shape)
+        if weight is not None:
+            weight = jnp.asarray(weight, dtype=jnp.result_type(float))
+            if weight.shape != (n_out, n_in):
+                raise ValueError(
+                    f"Dense expects a weight of shape {(n_out, n_in)} (out, in), got {weight.shape}"
+                )
+            self.weight = weight
+            return
+        if key is None:
+            raise ValueError("Dense needs a PRNG key when no weight is given")
         scale = 1.0 / math.sqrt(n_in) if scale is None else scale
         self.weight = scale * jax.random.normal(key, (n_out, n_in))
 
