@@ -109,11 +109,19 @@ def test_dense_energy_reference(in_shape, out_shape, batch):
     np.testing.assert_allclose(cb, (fa @ w.T).reshape(gb.shape), rtol=RTOL, atol=ATOL)
 
 
-def test_dense_scale():
+def test_dense_construction():
     syn = S.Dense(_keys(1)[0], 400, 300)
     assert np.std(np.asarray(syn.weight)) == pytest.approx(1 / 20, rel=0.05)
     syn = S.Dense(_keys(1)[0], 4, 3, scale=0.0)
     assert np.all(np.asarray(syn.weight) == 0)
+    w = _rand(0, (3, 4))
+    syn = S.Dense(None, (2, 2), 3, weight=w)
+    np.testing.assert_array_equal(syn.weight, w)
+    assert syn.in_shape == (2, 2) and syn.out_shape == (3,)
+    with pytest.raises(ValueError, match=r"weight of shape \(3, 4\) \(out, in\), got \(4, 3\)"):
+        S.Dense(None, 4, 3, weight=w.T)
+    with pytest.raises(ValueError, match="PRNG key"):
+        S.Dense(None, 4, 3)
 
 
 # --------------------------------------------------------------------- Bias, Lateral
