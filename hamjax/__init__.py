@@ -1,6 +1,6 @@
 """hamjax: Hierarchical Associative Memories in JAX."""
 
-from . import analysis, data, dead_neurons, lagrangians, presets, synapses, train
+from . import analysis, data, dead_neurons, lagrangians, presets, sharding, synapses, train
 from .ham import HAM, ClampedDynamics, GraphError, StateError
 from .layers import Layer
 from .relax import (
@@ -31,6 +31,7 @@ __all__ = [
     "dead_neurons",
     "lagrangians",
     "presets",
+    "sharding",
     "train",
     "synapses",
 ]

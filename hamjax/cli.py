@@ -99,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true",
                    help="continue from --out's checkpoint, at the epoch after the last finished")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--devices", type=_positive_int, default=None, metavar="N",
+                   help="data parallelism over the first N devices: each batch is split over "
+                        "them, parameters replicated (--batch-size must be a multiple of N). "
+                        "On a CPU, create N host devices by setting "
+                        "XLA_FLAGS=--xla_force_host_platform_device_count=N before running")
 
     e = sub.add_parser("eval", help="re-evaluate a saved run")
     e.add_argument("run_dir", type=Path)
@@ -213,6 +218,7 @@ def _train(args) -> int:
         raise SystemExit(f"hamjax train: error: {out} already holds a run; pass --resume to "
                          "continue it or choose another --out")
     cfg["data_dir"] = None if cfg["data_dir"] is None else str(cfg["data_dir"])
+    mesh = _mesh(cfg)
     try:
         data = _load_data(cfg)
     except DataError as e:
@@ -228,7 +234,7 @@ def _train(args) -> int:
     net, history = T.fit(
         net, data, task=task, method=method, optimizer=_optimizer(cfg, data),
         epochs=cfg["epochs"], batch_size=cfg["batch_size"], seed=cfg["seed"], checkpoint=ckpt,
-        resume=cfg["resume"], config=cfg_json, progress=not args.no_progress,
+        resume=cfg["resume"], config=cfg_json, progress=not args.no_progress, mesh=mesh,
     )
     train_seconds = time.perf_counter() - t0
     _write_history(out / "history.csv", history)
@@ -247,6 +253,22 @@ def _train(args) -> int:
     _report(metrics, task)
     print(f"run folder: {out} (metrics.json, history.csv, checkpoint.eqx, {', '.join(pics)})")
     return 0
+
+
+def _mesh(cfg: dict):
+    """The ``--devices N`` mesh (None without the flag), or a clear error."""
+    if cfg.get("devices") is None:
+        return None
+    from .sharding import ShardingError, make_mesh
+
+    n = cfg["devices"]
+    if cfg["batch_size"] % n:
+        raise SystemExit(f"hamjax train: error: --batch-size {cfg['batch_size']} is not "
+                         f"divisible by --devices {n}; use a multiple of {n}")
+    try:
+        return make_mesh(n)
+    except ShardingError as e:
+        raise SystemExit(f"hamjax train: error: --devices {n}: {e}") from None
 
 
 def _optimizer(cfg: dict, data):
