@@ -1,6 +1,7 @@
 """Lagrangians: closed-form activations are gradients, batch axes are kept, Hessians are PSD,
 learnable parameters are trained through a jitted relaxation loop."""
 
+import functools
 import math
 
 import equinox as eqx
@@ -44,7 +45,8 @@ def _cases():
 
 CASES = _cases()
 IDS = [c[0] for c in CASES]
-ELEMENTWISE = [c for c in CASES if isinstance(c[1], L.ElementwiseLagrangian)]
+CASE_BY_NAME = {c[0]: c for c in CASES}
+ELEMENTWISE = [c[0] for c in CASES if isinstance(c[1], L.ElementwiseLagrangian)]
 
 
 def _x(seed, shape, scale=1.5):
@@ -52,50 +54,76 @@ def _x(seed, shape, scale=1.5):
     return jnp.asarray(scale * np.random.default_rng(seed).standard_normal(shape), jnp.float32)
 
 
-# ------------------------------------------------------------------ activation == grad L
-@pytest.mark.parametrize("name, lag, shape", CASES, ids=IDS)
-def test_activation_is_gradient(name, lag, shape):
+# One compiled program per case, shared by the tests below: XLA compiles dominate run time.
+BATCH = (2, 3)
+
+
+def _hessian(lag, x):
+    shape = x.shape
+    return jax.hessian(lambda v: lag(v.reshape(shape)))(x.reshape(-1))
+
+
+@functools.cache
+def _quantities(name):
+    _, lag, shape = CASE_BY_NAME[name]
     ndim = len(shape)
 
     @jax.jit
-    def both(x):
-        return lag.activation(x, ndim), jax.grad(lambda v: jnp.sum(lag(v, ndim)))(x)
+    def q(xb):
+        x1 = xb[0, 0]
+        out = dict(
+            closed=lag.activation(xb, ndim),
+            auto=jax.grad(lambda v: jnp.sum(lag(v, ndim)))(xb),
+            # ndim=None: the whole array is one layer
+            closed1=lag.activation(x1),
+            auto1=jax.grad(lag)(x1),
+            value=lag(xb, ndim),
+            per_sample_value=jnp.stack(
+                [jnp.stack([lag(xb[i, j]) for j in range(BATCH[1])]) for i in range(BATCH[0])]),
+            per_sample_act=jnp.stack(
+                [jnp.stack([lag.activation(xb[i, j]) for j in range(BATCH[1])])
+                 for i in range(BATCH[0])]),
+            hessian=_hessian(lag, x1),
+        )
+        if getattr(lag, "axis", -1) < 0:  # a positive axis would count from the batch axes
+            out["total"] = lag(xb)
+        if isinstance(lag, L.ElementwiseLagrangian):
+            out["derivative1"] = lag.derivative(x1)
+            out["derivative"] = lag.derivative(xb)
+            out["derivative_auto"] = jax.vmap(jax.grad(lag.activation))(xb.reshape(-1))
+        return out
 
-    @jax.jit
-    def both_unbatched(x):  # ndim=None: the whole array is one layer
-        return lag.activation(x), jax.grad(lag)(x)
+    return q
 
-    # hypothesis draws values; shapes stay fixed so each function compiles once
+
+# ------------------------------------------------------------------ activation == grad L
+@pytest.mark.parametrize("name", IDS)
+def test_activation_is_gradient(name):
+    q = _quantities(name)
+
+    # hypothesis draws values; shapes stay fixed so the program compiles once
     @given(seed=st.integers(0, 2**16), scale=st.sampled_from([0.5, 1.5, 3.0]))
     @settings(max_examples=5)
     def check(seed, scale):
-        x = _x(seed, (2, 3) + shape, scale)
-        closed, auto = both(x)
-        assert closed.shape == x.shape
-        np.testing.assert_allclose(closed, auto, rtol=RTOL, atol=ATOL)
-        closed, auto = both_unbatched(x[0, 0])
-        np.testing.assert_allclose(closed, auto, rtol=RTOL, atol=ATOL)
+        x = _x(seed, BATCH + CASE_BY_NAME[name][2], scale)
+        r = q(x)
+        assert r["closed"].shape == x.shape
+        np.testing.assert_allclose(r["closed"], r["auto"], rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(r["closed1"], r["auto1"], rtol=RTOL, atol=ATOL)
 
     check()
 
 
 # ----------------------------------------------------------------------- batch axes kept
-@pytest.mark.parametrize("name, lag, shape", CASES, ids=IDS)
-def test_batched_call_equals_stacked_samples(name, lag, shape):
-    batch = (2, 3)
-    x = _x(1, batch + shape)
-    ndim = len(shape)
-    value, act = jax.jit(lambda v: (lag(v, ndim), lag.activation(v, ndim)))(x)
-    assert value.shape == batch
-    one = jax.jit(lambda v: (lag(v), lag.activation(v)))  # unbatched: ndim=None
-    samples = [[one(x[i, j]) for j in range(3)] for i in range(2)]
-    per_sample_value = np.array([[s[0] for s in row] for row in samples])
-    per_sample_act = np.array([[s[1] for s in row] for row in samples])
-    np.testing.assert_allclose(value, per_sample_value, rtol=RTOL, atol=ATOL)
-    np.testing.assert_allclose(act, per_sample_act, rtol=RTOL, atol=ATOL)
-    if getattr(lag, "axis", -1) < 0:  # ndim=None: every axis is a layer axis, all summed
-        total = jax.jit(lambda v: lag(v))(x)
-        np.testing.assert_allclose(total, per_sample_value.sum(), rtol=1e-4, atol=1e-5)
+@pytest.mark.parametrize("name", IDS)
+def test_batched_call_equals_stacked_samples(name):
+    r = _quantities(name)(_x(1, BATCH + CASE_BY_NAME[name][2]))
+    assert r["value"].shape == BATCH
+    np.testing.assert_allclose(r["value"], r["per_sample_value"], rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(r["closed"], r["per_sample_act"], rtol=RTOL, atol=ATOL)
+    if "total" in r:  # ndim=None: every axis is a layer axis, all summed
+        np.testing.assert_allclose(r["total"], np.sum(r["per_sample_value"]), rtol=1e-4,
+                                   atol=1e-5)
 
 
 def test_softmax_channel_axis_reference():
@@ -171,19 +199,14 @@ def test_repu_rejects_nonconvex_degree():
 
 
 # -------------------------------------------------------------------------- Hessian PSD
-def _hessian(lag, x):
-    shape = x.shape
-    return jax.hessian(lambda v: lag(v.reshape(shape)))(x.reshape(-1))
-
-
-@pytest.mark.parametrize("name, lag, shape", CASES, ids=IDS)
-def test_hessian_is_psd(name, lag, shape):
-    hess = jax.jit(lambda x: _hessian(lag, x))
+@pytest.mark.parametrize("name", IDS)
+def test_hessian_is_psd(name):
+    q = _quantities(name)
 
     @given(seed=st.integers(0, 2**16), scale=st.sampled_from([0.3, 1.0, 3.0]))
     @settings(max_examples=5)
     def check(seed, scale):
-        h = np.asarray(hess(_x(seed, shape, scale)), dtype=np.float64)
+        h = np.asarray(q(_x(seed, BATCH + CASE_BY_NAME[name][2], scale))["hessian"], np.float64)
         np.testing.assert_allclose(h, h.T, atol=1e-5 * (1 + np.abs(h).max()))
         eig = np.linalg.eigvalsh(0.5 * (h + h.T))
         assert eig.min() >= -1e-5 * (1 + np.abs(eig).max()), eig
@@ -203,20 +226,17 @@ def test_smooth_leaky_relu_not_psd_below_threshold(a, mu):
     np.testing.assert_allclose(eig.min(), expected, atol=1e-4)
 
 
-@pytest.mark.parametrize("name, lag, shape", ELEMENTWISE, ids=[c[0] for c in ELEMENTWISE])
-def test_derivative_is_hessian_diagonal(name, lag, shape):
-    x = _x(7, shape)
-    h, d = jax.jit(lambda v: (_hessian(lag, v), lag.derivative(v)))(x)
-    h = np.asarray(h)
-    np.testing.assert_allclose(d, np.diag(h), rtol=RTOL, atol=ATOL)
+@pytest.mark.parametrize("name", ELEMENTWISE)
+def test_derivative_is_hessian_diagonal(name):
+    x = _x(7, BATCH + CASE_BY_NAME[name][2])
+    r = _quantities(name)(x)
+    h = np.asarray(r["hessian"])
+    np.testing.assert_allclose(r["derivative1"], np.diag(h), rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(h - np.diag(np.diag(h)), 0.0, atol=1e-7)  # additive: diagonal
     # batch-shaped input: derivative is elementwise and keeps the shape
-    xb = _x(8, (2,) + shape)
-    db, dv = jax.jit(
-        lambda v: (lag.derivative(v), jax.vmap(jax.grad(lag.activation))(v.reshape(-1)))
-    )(xb)
-    assert db.shape == xb.shape
-    np.testing.assert_allclose(db.reshape(-1), dv, rtol=RTOL, atol=ATOL)
+    assert r["derivative"].shape == x.shape
+    np.testing.assert_allclose(r["derivative"].reshape(-1), r["derivative_auto"], rtol=RTOL,
+                               atol=ATOL)
 
 
 @pytest.mark.parametrize("a, mu", [(0.0, 1.0), (0.05, 2.5), (0.3, 0.5), (0.9, 4.0)])
