@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -25,6 +26,14 @@ from .tasks import Classification, Task
 __all__ = ["fit", "train_step", "evaluate", "History"]
 
 History = list  # one dict per epoch
+
+
+def _strongly_typed(tree):
+    """``tree`` with weakly typed arrays (a Lagrangian's ``β`` given as a Python float) made
+    strongly typed, dtype kept. The first update turns such a leaf strong, and the next Adam
+    update its moments: without this the jitted step compiles three times in every run."""
+    return jax.tree.map(
+        lambda v: jnp.asarray(v, v.dtype) if getattr(v, "weak_type", False) else v, tree)
 
 
 @eqx.filter_jit
@@ -125,6 +134,7 @@ def fit(
     if mesh is not None and batch_size % mesh.size:
         raise ShardingError(f"batch_size {batch_size} is not divisible by the {mesh.size} devices "
                             f"of the mesh; use a multiple of {mesh.size}")
+    net = _strongly_typed(net)
     opt_state = optimizer.init(eqx.filter(net, eqx.is_inexact_array))
     history: History = []
     start_epoch = 0

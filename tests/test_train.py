@@ -1,0 +1,507 @@
+"""Tests for hamjax.train: gradient methods (BPTT, implicit, EqProp) against each other and
+finite differences, tasks, evaluation, atomic checkpoints, the fit loop and resuming it.
+
+Compiling the relaxations dominates the run time, so every compiled function is built once per
+module: one ``train_step`` per gradient method (with a shared SGD optimiser, which also exposes
+the gradient as ``(params_before − params_after) / lr``); the fit/resume/evaluate tests reuse the
+implicit method's step (same model structure, optimiser and batch shape); the memory tasks use
+one cheap fixed-step BPTT method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from hamjax import data as hd
+from hamjax import lagrangians as L
+from hamjax import presets
+from hamjax import train as T
+from hamjax.relax import SteadyState, relax
+
+# ------------------------------------------------------------------------------------------
+# shared tiny problem: 64-16-10 dense classifier, weights halved, 8 digits
+
+LR = 0.5
+SGD = optax.sgd(LR)  # one object: train_step's compilation cache keys on it
+ATOL = 1e-6
+MAX_STEPS = 96  # tsit5 reaches the 1e-6 residual in about 20 steps here
+BETA = 0.05
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return hd.load_digits()
+
+
+def _classifier(hidden=16, scale=0.5, seed=0):
+    """64-hidden-10 with smooth Lagrangians (Tanh hidden, Identity label, cross-entropy): the
+    steady state is then a differentiable function of the parameters, which finite differences
+    and EqProp's O(β²) error bound assume (the default ReLU preset has kinks)."""
+    net = presets.dense_classifier(jax.random.PRNGKey(seed), (8, 8, 1), 10, hidden=hidden,
+                                   hidden_lagrangian=L.Tanh(1.0), label_lagrangian=L.Identity())
+    # small weights: the steady state is unique (|C H| < 1) and fast to reach
+    net = eqx.tree_at(lambda n: (n.synapses["w1"].weight, n.synapses["w2"].weight), net,
+                      (scale * net.synapses["w1"].weight, scale * net.synapses["w2"].weight))
+    # strongly typed leaves (Tanh's β is a weakly typed Python float): the training steps below
+    # then keep one signature, and fit's compiled step is the one the gradient tests built
+    return jax.tree.map(lambda v: jnp.asarray(v, v.dtype) if eqx.is_array(v) else v, net)
+
+
+@pytest.fixture(scope="module")
+def net():
+    return _classifier()
+
+
+CLS = T.Classification(num_classes=10)
+
+
+@pytest.fixture(scope="module")
+def batch(digits):
+    b = CLS.prepare(digits.x_train[:8], digits.y_train[:8], np.random.default_rng(0), train=False)
+    return {k: jnp.asarray(v) for k, v in b.items()}
+
+
+def _flat(tree):
+    return np.concatenate([np.asarray(v, np.float64).ravel()
+                           for v in jax.tree.leaves(eqx.filter(tree, eqx.is_inexact_array))])
+
+
+METHODS = {
+    "bptt": T.BPTT(steps=None, solver="tsit5", atol=ATOL, max_steps=MAX_STEPS),
+    "implicit": T.Implicit(atol=ATOL, max_steps=MAX_STEPS),
+    "eqprop": T.EqProp(beta=BETA, symmetric=True, atol=ATOL, max_steps=MAX_STEPS),
+    "eqprop_one_sided": T.EqProp(beta=BETA, symmetric=False, atol=ATOL, max_steps=MAX_STEPS),
+}
+TRAIN_STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def runs(net, batch):
+    """Per method, computed on first use: the gradient of the mean loss (from the first SGD
+    step) and the losses over ``TRAIN_STEPS + 1`` SGD steps on the batch."""
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            method = METHODS[name]
+            n, opt_state = net, SGD.init(eqx.filter(net, eqx.is_inexact_array))
+            losses, grad = [], None
+            for _ in range(TRAIN_STEPS + 1):
+                new, opt_state, loss, metrics = T.train_step(n, opt_state, batch, CLS, method,
+                                                             SGD)
+                if grad is None:
+                    grad = (_flat(n) - _flat(new)) / LR
+                    assert metrics["correct"].shape == (8,)
+                losses.append(float(loss))
+                n = new
+            cache[name] = grad, losses
+        return cache[name]
+
+    return get
+
+
+def _cos(a, b):
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def _rel(a, b):
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+# ------------------------------------------------------------------------------------------
+# gradients
+#
+# Thresholds. BPTT run to the steady state and the implicit function theorem compute the same
+# derivative of the same fixed point; they differ only through the solver tolerance (residual
+# atol 1e-6 on states of order 1) and the GMRES tolerance (rtol 1e-5), so their relative
+# difference is ~1e-5 (measured 4e-5) and we allow 1e-3 (cosine > 0.9999, as
+# cos ≈ 1 − ½ rel²). Symmetric EqProp has a bias O(β²) (β = 0.05: β² = 2.5e-3 times a
+# curvature ratio below 1 here) plus the noise of differencing two float32 steady states,
+# ~atol/β ≈ 2e-5; measured 5e-4, we allow 5e-3. One-sided EqProp's O(β) bias is ~β·(that
+# ratio) = 2.5e-2 measured, so the symmetric bound also catches a symmetric=True that nudged
+# one way only. Cosine alone is blind to a wrong scale, hence the relative-norm checks.
+
+
+def test_bptt_and_implicit_gradients_agree(runs):
+    g_bptt, _ = runs("bptt")
+    g_impl, _ = runs("implicit")
+    assert np.all(np.isfinite(g_impl)) and np.linalg.norm(g_impl) > 1e-3
+    assert _cos(g_bptt, g_impl) > 0.9999
+    assert _rel(g_bptt, g_impl) < 1e-3
+
+
+def test_symmetric_eqprop_gradient_agrees_with_bptt_and_implicit(runs):
+    g_ep, _ = runs("eqprop")
+    for other in ("bptt", "implicit"):
+        g, _ = runs(other)
+        assert _cos(g_ep, g) > 0.9999, other
+        assert _rel(g_ep, g) < 5e-3, other
+
+
+def test_one_sided_eqprop_is_biased_more_than_symmetric(runs):
+    """One-sided nudging has an O(β) bias, symmetric nudging O(β²) (Laborieux et al. 2021):
+    at β = 0.05 the one-sided estimate must be clearly (> 5×; measured ~50×) further from the
+    exact (implicit) gradient, while still pointing the same way."""
+    g_impl, _ = runs("implicit")
+    g_sym, _ = runs("eqprop")
+    g_one, _ = runs("eqprop_one_sided")
+    e_sym, e_one = _rel(g_sym, g_impl), _rel(g_one, g_impl)
+    assert e_one > 5 * e_sym, (e_one, e_sym)
+    assert _cos(g_one, g_impl) > 0.99
+
+
+@pytest.fixture(scope="module")
+def loss_at(net, batch):
+    """The mean loss at the steady state (tsit5 to residual 1e-6), as a function of the
+    flattened parameters: the quantity every method differentiates."""
+    params, static = eqx.partition(net, eqx.is_inexact_array)
+    leaves, treedef = jax.tree.flatten(params)
+
+    @jax.jit
+    def f(theta):
+        out, off = [], 0
+        for leaf in leaves:
+            out.append(theta[off:off + leaf.size].reshape(leaf.shape))
+            off += leaf.size
+        n = eqx.combine(jax.tree.unflatten(treedef, out), static)
+        sol = relax(n, CLS.initial_state(n, batch), clamp=CLS.clamp, solver="tsit5",
+                    stop=SteadyState(atol=ATOL), max_steps=4 * MAX_STEPS, on_nonfinite="flag")
+        return jnp.mean(CLS.loss(n, sol.state, batch)), jnp.max(sol.residual)
+
+    theta0 = jnp.concatenate([leaf.ravel() for leaf in leaves])
+    sizes = [leaf.size for leaf in leaves]
+    return f, theta0, sizes
+
+
+def test_gradients_match_finite_differences(runs, loss_at):
+    """Central differences ``[ℓ(θ+εd) − ℓ(θ−εd)]/2ε`` along unit directions: one random
+    direction inside each parameter leaf (a leaf-specific bug shows there) and the implicit
+    gradient's own direction (a wrong scale shows there: the derivative is |g| ≈ 1).
+
+    Tolerance ``1e-4 + 0.5 %·|fd|``: the loss (≈ 2.3) is known to δ ≈ 1e-6 (float32 rounding
+    and a steady-state residual of 1e-6), so the quotient is good to δ/ε ≈ 1e-4 at ε = 1e-2
+    (measured ≤ 1e-5 off); the truncation error ε²/6·ℓ‴ is relative, measured 2.5e-4 along
+    the gradient; EqProp's β² bias is ~5e-4 relative. All sit well inside; one-sided EqProp's
+    O(β) bias (~1 %) does not, as the last check shows."""
+    f, theta0, sizes = loss_at
+    _, res = f(theta0)
+    assert float(res) < 1e-5
+    grads = {name: runs(name)[0] for name in ("bptt", "implicit", "eqprop", "eqprop_one_sided")}
+    rng = np.random.default_rng(1)
+    directions = []
+    off = 0
+    for size in sizes:
+        d = np.zeros(theta0.size)
+        d[off:off + size] = rng.standard_normal(size)
+        directions.append(d / np.linalg.norm(d))
+        off += size
+    directions.append(grads["implicit"] / np.linalg.norm(grads["implicit"]))
+    eps = 1e-2
+    one_sided_misses = 0
+    for i, d in enumerate(directions):
+        dj = jnp.asarray(d, jnp.float32)
+        fd = (float(f(theta0 + eps * dj)[0]) - float(f(theta0 - eps * dj)[0])) / (2 * eps)
+        tol = 1e-4 + 5e-3 * abs(fd)
+        for name in ("bptt", "implicit", "eqprop"):
+            assert abs(grads[name] @ d - fd) < tol, (i, name, grads[name] @ d, fd)
+        one_sided_misses += abs(grads["eqprop_one_sided"] @ d - fd) > tol
+    assert np.linalg.norm(grads["implicit"]) > 0.1
+    assert one_sided_misses >= 1  # the tolerance is tight enough to see an O(β) bias
+
+
+@pytest.mark.parametrize("name", ["bptt", "implicit", "eqprop"])
+def test_training_steps_lower_the_loss(runs, name):
+    _, losses = runs(name)
+    assert all(np.isfinite(losses))
+    assert losses[-1] < losses[0] - 0.05, losses
+    assert losses[1] < losses[0], losses
+
+
+# ------------------------------------------------------------------------------------------
+# memory tasks
+
+MEM_METHOD = T.BPTT(steps=8, dt=0.25)
+ADAM = optax.adam(3e-2)
+
+
+@pytest.fixture(scope="module")
+def memory_net():
+    return presets.memory_model(jax.random.PRNGKey(1), (8, 8, 1), num_memories=16, beta=4.0)
+
+
+@pytest.fixture(scope="module")
+def images(digits):
+    return digits.x_train[:16]
+
+
+def test_denoising_task_shapes(memory_net, images):
+    task = T.Denoising(level=0.3)
+    b = task.prepare(images, None, np.random.default_rng(0))
+    assert b["input"].shape == images.shape and b["target"].shape == images.shape
+    assert b["input"].dtype == np.float32 and "frozen" not in b
+    np.testing.assert_array_equal(b["target"], images)
+    assert not np.allclose(b["input"], images)
+    assert task.clamp == () and task.frozen(b) is None
+    x0 = task.initial_state(memory_net, {k: jnp.asarray(v) for k, v in b.items()})
+    assert set(x0) == {"image"} and x0["image"].shape == (16, 8, 8, 1)
+    np.testing.assert_array_equal(np.asarray(x0["image"]), b["input"])
+    assert task.main_metric == "psnr"
+
+
+def test_storage_task_perturbs_lightly(images):
+    task = T.Storage()
+    b = task.prepare(images, None, np.random.default_rng(0))
+    diff = b["input"] - images
+    assert 0 < np.abs(diff).max() and np.sqrt(np.mean(diff**2)) < 0.15  # std 0.1, clipped
+    np.testing.assert_array_equal(b["target"], images)
+
+
+def test_completion_keeps_visible_pixels_exactly(memory_net, images):
+    task = T.Completion(level=0.5)
+    b = task.prepare(images, None, np.random.default_rng(0))
+    frozen = b["frozen"]
+    assert frozen.shape == images.shape and frozen.dtype == bool
+    # mask_bottom 0.5: the top 4 of 8 rows are visible (frozen), the bottom 4 hidden at 0
+    assert frozen[:, :4].all() and not frozen[:, 4:].any()
+    np.testing.assert_array_equal(b["input"][frozen], images[frozen])
+    assert (b["input"][~frozen] == 0).all()
+    jb = {k: jnp.asarray(v) for k, v in b.items()}
+    assert set(task.frozen(jb)) == {"image"}
+    sol = MEM_METHOD.relax(memory_net, task, jb)
+    out = np.asarray(sol.state["image"])
+    np.testing.assert_array_equal(out[frozen], images[frozen])
+    assert np.abs(out[~frozen]).max() > 1e-3  # the hidden pixels did move
+
+
+def _signature(tree):
+    """What a jitted function's cache keys on, for the array leaves: shape, dtype, weak type."""
+    leaves = jax.tree.leaves(eqx.filter(tree, eqx.is_array))
+    return [(v.shape, v.dtype, v.weak_type) for v in leaves]
+
+
+def test_denoising_fit_lowers_loss_and_compiles_one_step(memory_net, digits, monkeypatch):
+    """A few steps of ``fit`` lower the denoising loss. The memory model's Softmax β is a
+    weakly typed leaf (a Python float): ``fit`` must make it strong up front, else the first
+    update changes the step's signature and the step compiles again (twice: parameters, then
+    Adam's moments)."""
+    assert memory_net.synapses["memory"].hidden.beta.weak_type  # the case that matters
+    fit_module = sys.modules["hamjax.train.fit"]
+    real_step, signatures = fit_module.train_step, []
+
+    def spy(net, opt_state, batch, *rest):
+        signatures.append(_signature((net, opt_state, batch)))
+        return real_step(net, opt_state, batch, *rest)
+
+    monkeypatch.setattr(fit_module, "train_step", spy)
+    data = dataclasses.replace(digits, x_train=digits.x_train[:48], y_train=digits.y_train[:48],
+                               x_test=digits.x_test[:16], y_test=digits.y_test[:16])
+    task = T.Denoising(level=0.3)
+    net, history = T.fit(memory_net, data, task=task, method=MEM_METHOD, optimizer=ADAM,
+                         epochs=2, batch_size=16, seed=0, progress=False, verbose=False,
+                         eval_batch_size=16)
+    assert len(signatures) == 6 and all(s == signatures[0] for s in signatures)
+    assert {"test_loss", "test_mse", "test_psnr", "train_psnr"} <= set(history[0])
+    assert history[1]["train_loss"] < 0.9 * history[0]["train_loss"], history
+    assert history[1]["test_mse"] < history[0]["test_mse"], history
+    before = T.evaluate(memory_net, data.x_test, None, task, MEM_METHOD, batch_size=16)
+    assert history[1]["test_psnr"] > before["psnr"]
+
+
+# ------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def _leaves_equal(a, b):
+    la = jax.tree.leaves(eqx.filter(a, eqx.is_array))
+    lb = jax.tree.leaves(eqx.filter(b, eqx.is_array))
+    return len(la) == len(lb) and all(
+        np.asarray(u).shape == np.asarray(v).shape and np.array_equal(np.asarray(u), np.asarray(v))
+        for u, v in zip(la, lb, strict=True))
+
+
+@pytest.fixture(scope="module")
+def trained_state():
+    """A model and an Adam state after one update (non-zero moments)."""
+    net = _classifier(hidden=8, seed=5)
+    params = eqx.filter(net, eqx.is_inexact_array)
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.1), params)
+    updates, opt_state = jax.jit(ADAM.update)(grads, ADAM.init(params), params)
+    return eqx.apply_updates(net, updates), opt_state
+
+
+def test_checkpoint_round_trip(tmp_path, trained_state):
+    net, opt_state = trained_state
+    path = T.save_checkpoint(tmp_path / "ck.eqx", net, opt_state,
+                             {"finished_epoch": 3, "config": {"hidden": [8]}, "history": []})
+    skeleton = _classifier(hidden=8, seed=99)  # same structure, other values
+    opt_skeleton = ADAM.init(eqx.filter(skeleton, eqx.is_inexact_array))
+    assert not _leaves_equal(skeleton, net)
+    net2, opt2, meta = T.load_checkpoint(path, skeleton, opt_skeleton)
+    assert _leaves_equal(net2, net)
+    assert _leaves_equal(opt2, opt_state)
+    assert meta["finished_epoch"] == 3 and meta["config"] == {"hidden": [8]}
+    assert T.read_checkpoint_meta(path)["finished_epoch"] == 3
+    assert os.listdir(tmp_path) == ["ck.eqx"]
+
+
+def test_checkpoint_write_is_atomic(tmp_path, trained_state, monkeypatch):
+    net, opt_state = trained_state
+    path = tmp_path / "ck.eqx"
+    T.save_checkpoint(path, net, opt_state, {"finished_epoch": 0})
+    before = path.read_bytes()
+
+    def crash(f, pytree):  # dies half way through writing the leaves
+        f.write(b"partial garbage")
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(eqx, "tree_serialise_leaves", crash)
+    with pytest.raises(KeyboardInterrupt):
+        T.save_checkpoint(path, net, opt_state, {"finished_epoch": 1})
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["ck.eqx"]  # no temporary file left behind
+    monkeypatch.undo()
+    _, _, meta = T.load_checkpoint(path, net, opt_state)
+    assert meta["finished_epoch"] == 0
+
+
+def test_checkpoint_errors(tmp_path, trained_state):
+    net, opt_state = trained_state
+    junk = tmp_path / "junk.eqx"
+    junk.write_bytes(b"\x00\x01 not a checkpoint\n")
+    with pytest.raises(T.CheckpointError, match="not a hamjax checkpoint"):
+        T.load_checkpoint(junk, net, opt_state)
+    other_json = tmp_path / "other.eqx"
+    other_json.write_text('{"format": "something-else"}\n')
+    with pytest.raises(T.CheckpointError, match="not a hamjax checkpoint"):
+        T.read_checkpoint_meta(other_json)
+    with pytest.raises(T.CheckpointError, match="no checkpoint"):
+        T.load_checkpoint(tmp_path / "missing.eqx", net, opt_state)
+    path = T.save_checkpoint(tmp_path / "ck.eqx", net, opt_state, {"finished_epoch": 0})
+    bigger = _classifier(hidden=12)
+    with pytest.raises(T.CheckpointError, match="does not fit"):
+        T.load_checkpoint(path, bigger, ADAM.init(eqx.filter(bigger, eqx.is_inexact_array)))
+
+
+# ------------------------------------------------------------------------------------------
+# fit, resume and evaluate
+#
+# These reuse the gradient tests' compiled step: the same model structure, task, method
+# (implicit), optimiser (SGD) and batch shape (8), so only the evaluation compiles anew.
+
+FIT_METHOD = METHODS["implicit"]
+FIT = dict(task=CLS, method=FIT_METHOD, optimizer=SGD, batch_size=8, seed=7, progress=False,
+           verbose=False, eval_batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def tiny(digits):
+    """32 training and 20 test digits: 4 steps per epoch, a padded last evaluation batch."""
+    return dataclasses.replace(digits, x_train=digits.x_train[:32], y_train=digits.y_train[:32],
+                               x_test=digits.x_test[:20], y_test=digits.y_test[:20])
+
+
+def _strip_times(history):
+    return [{k: v for k, v in h.items() if k != "epoch_seconds"} for h in history]
+
+
+@pytest.fixture(scope="module")
+def two_epochs(tiny, tmp_path_factory):
+    path = tmp_path_factory.mktemp("fit") / "full.eqx"
+    net, history = T.fit(_classifier(), tiny, epochs=2, checkpoint=path,
+                         config={"note": "full"}, **FIT)
+    return net, history, path
+
+
+def test_fit_returns_model_and_history(two_epochs, tiny):
+    net, history, path = two_epochs
+    assert [h["epoch"] for h in history] == [1, 2]
+    for h in history:
+        assert {"train_loss", "train_acc", "test_accuracy", "test_loss", "test_converged",
+                "epoch_seconds"} <= set(h)
+        assert np.isfinite(h["train_loss"]) and 0 <= h["test_accuracy"] <= 1
+    assert history[1]["train_loss"] < history[0]["train_loss"]
+    assert not _leaves_equal(net, _classifier())
+    meta = T.read_checkpoint_meta(path)
+    assert meta["finished_epoch"] == 1 and meta["config"] == {"note": "full"}
+    assert _strip_times(meta["history"]) == _strip_times(history)
+    # the last epoch's test figures are those of the returned model
+    ev = T.evaluate(net, tiny.x_test, tiny.y_test, CLS, FIT_METHOD, batch_size=8)
+    assert ev["accuracy"] == history[-1]["test_accuracy"]
+    assert ev["loss"] == pytest.approx(history[-1]["test_loss"], rel=1e-6)
+
+
+def test_resume_continues_where_a_run_stopped(two_epochs, tiny, tmp_path):
+    net2, history2, _ = two_epochs
+    path = tmp_path / "ck.eqx"
+    _, h1 = T.fit(_classifier(), tiny, epochs=1, checkpoint=path, **FIT)
+    assert len(h1) == 1 and T.read_checkpoint_meta(path)["finished_epoch"] == 0
+    # a fresh process rebuilds the model from its config: a new skeleton of the same structure
+    net, history = T.fit(_classifier(seed=42), tiny, epochs=2, checkpoint=path, resume=True,
+                         **FIT)
+    assert _leaves_equal(net, net2)
+    assert _strip_times(history) == _strip_times(history2)
+    assert T.read_checkpoint_meta(path)["finished_epoch"] == 1
+
+
+def test_resume_of_a_finished_run_trains_no_more(two_epochs, tiny):
+    net2, history2, path = two_epochs
+    calls = []
+    net, history = T.fit(_classifier(seed=42), tiny, epochs=2, checkpoint=path, resume=True,
+                         on_epoch=lambda rec, n: calls.append(rec), **FIT)
+    assert calls == []
+    assert _leaves_equal(net, net2)
+    assert _strip_times(history) == _strip_times(history2)
+
+
+def test_resume_without_a_checkpoint_starts_afresh(two_epochs, tiny, tmp_path):
+    path = tmp_path / "new.eqx"
+    _, h = T.fit(_classifier(), tiny, epochs=1, checkpoint=path, resume=True, **FIT)
+    assert path.is_file()
+    assert _strip_times(h) == _strip_times(two_epochs[1][:1])  # the same first epoch
+
+
+def test_resume_into_a_different_model_errors(two_epochs, tiny):
+    _, _, path = two_epochs
+    with pytest.raises(T.CheckpointError, match="does not fit"):
+        T.fit(_classifier(hidden=12), tiny, epochs=3, checkpoint=path, resume=True, **FIT)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(batch_size=33), "batch_size 33 exceeds the 32"),
+    (dict(batch_size=0), "batch_size"),
+    (dict(epochs=-1), "epochs"),
+])
+def test_fit_argument_errors(tiny, kw, match):
+    with pytest.raises(ValueError, match=match):
+        T.fit(_classifier(), tiny, **{**FIT, "epochs": 1, **kw})
+
+
+def test_evaluate_accuracy_is_a_hand_count_and_padding_is_ignored(two_epochs, tiny):
+    """20 test digits in two batches of 10 (a size that divides 20), and in 8 + 8 + 4 padded
+    to 8 (the padding must not count). The accuracy is compared with a hand count of argmax
+    over the relaxed label states of all 20 at once."""
+    net = two_epochs[0]
+    x, y = tiny.x_test, tiny.y_test
+    b = {k: jnp.asarray(v) for k, v in CLS.prepare(x, y, None, train=False).items()}
+    # the method's own relaxation, forward only (its implicit adjoint matters only under grad)
+    kw = {**FIT_METHOD.relax_kwargs(), "adjoint": "recursive"}
+    sol = relax(net, CLS.initial_state(net, b), clamp=CLS.clamp, **kw)
+    pred = np.argmax(np.asarray(sol.state["label"]), axis=-1)
+    hand = float(np.mean(pred == y))
+    hand_loss = float(np.mean(CLS.loss(net, sol.state, b)))
+    assert 0 < hand < 1  # right and wrong answers: a count that can be off
+    for bs in (10, 8):
+        r = T.evaluate(net, x, y, CLS, FIT_METHOD, batch_size=bs)
+        assert set(r) == {"accuracy", "loss", "converged"}, bs
+        assert r["accuracy"] == pytest.approx(hand, abs=1e-9), bs
+        # the steady-state stop is shared by a batch: states agree to the tolerance, not bits
+        assert r["loss"] == pytest.approx(hand_loss, rel=1e-4), bs
