@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import common as C
 
-SECTIONS = ("dynamics", "training", "solvers", "scaling", "end_to_end", "capacity")
+SECTIONS = ("dynamics", "training", "solvers", "scaling", "end_to_end", "capacity", "sharding")
 
 
 def build_parser() -> argparse.ArgumentParser:

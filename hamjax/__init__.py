@@ -1,6 +1,6 @@
 """hamjax: Hierarchical Associative Memories in JAX."""
 
-from . import analysis, data, dead_neurons, lagrangians, presets, sharding, synapses, train
+from . import analysis, capacity, data, dead_neurons, lagrangians, presets, sharding, synapses, train
 from .ham import HAM, ClampedDynamics, GraphError, StateError
 from .layers import Layer
 from .relax import (
@@ -27,6 +27,7 @@ __all__ = [
     "SteadyState",
     "relax",
     "analysis",
+    "capacity",
     "data",
     "dead_neurons",
     "lagrangians",

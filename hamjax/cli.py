@@ -21,6 +21,10 @@ TASKS = ("classify", "denoise", "complete", "store")
 METHODS = ("bptt", "implicit", "eqprop")
 
 
+class _UsageError(Exception):
+    """A flag combination or input that argparse cannot check; reported like argparse's."""
+
+
 def _positive_int(s: str) -> int:
     try:
         v = int(s)
@@ -126,10 +130,10 @@ def _defaults(cfg: dict) -> dict:
     if cfg.get("model") is None:
         cfg["model"] = "dense" if cfg["task"] == "classify" else "memory"
     if cfg["task"] == "classify" and cfg["model"] == "memory":
-        raise SystemExit("hamjax train: error: --model memory has no label layer; use it with "
+        raise _UsageError("--model memory has no label layer; use it with "
                          "--task denoise, complete or store")
     if cfg["task"] != "classify" and cfg["model"] != "memory":
-        raise SystemExit(f"hamjax train: error: --task {cfg['task']} needs --model memory "
+        raise _UsageError(f"--task {cfg['task']} needs --model memory "
                          "(its image layer is free)")
     if cfg.get("hidden") is None:
         cfg["hidden"] = {"dense": (256,), "deep": (256, 128), "conv": (16,),
@@ -203,26 +207,26 @@ def _train(args) -> int:
 
     cfg = _defaults({k: v for k, v in vars(args).items() if k not in ("command", "no_progress")})
     if cfg["dataset"] == "mnist" and cfg["data_dir"] is None:
-        raise SystemExit("hamjax train: error: --dataset mnist needs --data-dir DIR (a folder "
+        raise _UsageError("--dataset mnist needs --data-dir DIR (a folder "
                          "with the four MNIST IDX files); nothing is downloaded")
     out = cfg.pop("out")
     if out is None:
         if cfg["resume"]:
-            raise SystemExit("hamjax train: error: --resume needs --out RUN_DIR")
+            raise _UsageError("--resume needs --out RUN_DIR")
         stamp = time.strftime("%Y%m%d-%H%M%S")
         name = f"{cfg['dataset']}-{cfg['task']}-{cfg['model']}-{cfg['method']}-{stamp}"
         out = Path("runs") / name
     out = Path(out)
     ckpt = out / "checkpoint.eqx"
     if ckpt.exists() and not cfg["resume"]:
-        raise SystemExit(f"hamjax train: error: {out} already holds a run; pass --resume to "
+        raise _UsageError(f"{out} already holds a run; pass --resume to "
                          "continue it or choose another --out")
     cfg["data_dir"] = None if cfg["data_dir"] is None else str(cfg["data_dir"])
     mesh = _mesh(cfg)
     try:
         data = _load_data(cfg)
     except DataError as e:
-        raise SystemExit(f"hamjax train: error: {e}") from None
+        raise _UsageError(f"{e}") from None
     net, task, method = _build(cfg, data)
     out.mkdir(parents=True, exist_ok=True)
     cfg_json = {k: v for k, v in cfg.items() if k != "resume"}
@@ -263,12 +267,12 @@ def _mesh(cfg: dict):
 
     n = cfg["devices"]
     if cfg["batch_size"] % n:
-        raise SystemExit(f"hamjax train: error: --batch-size {cfg['batch_size']} is not "
+        raise _UsageError(f"--batch-size {cfg['batch_size']} is not "
                          f"divisible by --devices {n}; use a multiple of {n}")
     try:
         return make_mesh(n)
     except ShardingError as e:
-        raise SystemExit(f"hamjax train: error: --devices {n}: {e}") from None
+        raise _UsageError(f"--devices {n}: {e}") from None
 
 
 def _optimizer(cfg: dict, data):
@@ -307,7 +311,7 @@ def _load_run(run_dir: Path, data_dir=None):
 
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
-        raise SystemExit(f"hamjax: error: {run_dir} is not a run folder (no config.json)")
+        raise _UsageError(f"{run_dir} is not a run folder (no config.json)")
     cfg = json.loads(cfg_path.read_text())
     if data_dir is not None:
         cfg["data_dir"] = str(data_dir)
@@ -318,7 +322,7 @@ def _load_run(run_dir: Path, data_dir=None):
         net, _, meta = T.load_checkpoint(run_dir / "checkpoint.eqx", net,
                                          opt.init(eqx.filter(net, eqx.is_inexact_array)))
     except T.CheckpointError as e:
-        raise SystemExit(f"hamjax: error: {e}") from None
+        raise _UsageError(f"{e}") from None
     return cfg, data, net, task, method, meta
 
 
@@ -511,14 +515,14 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:
         return _bench(argv[1:])
-    args = build_parser().parse_args(argv)
-    if args.command == "train":
-        return _train(args)
-    if args.command == "eval":
-        return _eval(args)
-    if args.command == "analyze":
-        return _analyze(args)
-    return 2
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    commands = {"train": _train, "eval": _eval, "analyze": _analyze}
+    try:
+        return commands[args.command](args)
+    except _UsageError as e:
+        # exit status 2 with the usage line, as argparse does for its own checks
+        parser.exit(2, f"{parser.format_usage()}hamjax {args.command}: error: {e}\n")
 
 
 if __name__ == "__main__":

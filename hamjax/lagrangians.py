@@ -44,7 +44,9 @@ def _param(value: ArrayLike) -> Array:
     value = jnp.asarray(value)
     if not jnp.issubdtype(value.dtype, jnp.floating):
         value = value.astype(jnp.result_type(float))
-    return value
+    # strongly typed: a weakly typed Python-float parameter turns strong after the first optax
+    # update, and every jitted step that sees both compiles again
+    return jnp.asarray(value, dtype=value.dtype)
 
 
 def _sum_layer_axes(v: Array, ndim: int | None) -> Array:
