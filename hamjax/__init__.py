@@ -1,6 +1,16 @@
 """hamjax: Hierarchical Associative Memories in JAX."""
 
-from . import analysis, capacity, data, dead_neurons, lagrangians, presets, sharding, synapses, train
+from . import (
+    analysis,
+    capacity,
+    data,
+    dead_neurons,
+    lagrangians,
+    presets,
+    sharding,
+    synapses,
+    train,
+)
 from .ham import HAM, ClampedDynamics, GraphError, StateError
 from .layers import Layer
 from .relax import (
