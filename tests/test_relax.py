@@ -13,7 +13,8 @@ from hamjax.lagrangians import Identity, ReLU, Softmax, Tanh
 N_IN, N_HID, N_OUT = 6, 5, 3
 
 
-def chain(key, taus=(1.0, 1.0, 1.0), hidden=Softmax(1.0), scale=1.0):
+def chain(key, taus=(1.0, 1.0, 1.0), hidden=None, scale=1.0):
+    hidden = Softmax(1.0) if hidden is None else hidden
     k1, k2 = jax.random.split(key)
     return hj.HAM(
         layers={

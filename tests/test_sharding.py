@@ -206,9 +206,14 @@ def test_shard_make_mesh_in_process():
 
 def test_shard_cli_devices_errors(capsys):
     n = len(jax.devices())
-    with pytest.raises(SystemExit, match=f"--devices {n + 1}: asked for {n + 1} devices"):
+    # input errors exit with status 2 and the message on stderr, as argparse's own do
+    with pytest.raises(SystemExit) as exc:
         cli_main(["train", "--devices", str(n + 1), "--batch-size", str(4 * (n + 1)),
                   "--out", "/nonexistent/should-not-be-created", "--epochs", "0"])
-    with pytest.raises(SystemExit, match="not divisible by --devices 3"):
+    assert exc.value.code == 2
+    assert f"--devices {n + 1}: asked for {n + 1} devices" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
         cli_main(["train", "--devices", "3", "--batch-size", "8", "--epochs", "0",
                   "--out", "/nonexistent/should-not-be-created"])
+    assert exc.value.code == 2
+    assert "not divisible by --devices 3" in capsys.readouterr().err

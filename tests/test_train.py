@@ -292,7 +292,10 @@ def test_denoising_fit_lowers_loss_and_compiles_one_step(memory_net, digits, mon
     """A few steps of ``fit`` lower the denoising loss. The memory model's Softmax β is a
     weakly typed leaf (a Python float): ``fit`` must make it strong up front, else the first
     update changes the step's signature and the step compiles again (twice: parameters, then
-    Adam's moments)."""
+    Adam's moments). Lagrangians now store strong parameters themselves, so the weak leaf is
+    put in by hand: users can still set one with ``eqx.tree_at``."""
+    memory_net = eqx.tree_at(lambda n: n.synapses["memory"].hidden.beta, memory_net,
+                             jnp.asarray(4.0))
     assert memory_net.synapses["memory"].hidden.beta.weak_type  # the case that matters
     fit_module = sys.modules["hamjax.train.fit"]
     real_step, signatures = fit_module.train_step, []
