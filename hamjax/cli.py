@@ -182,7 +182,13 @@ def _build(cfg: dict, data):
         net = presets.conv_classifier(key, data.image_shape, data.num_classes, channels=h[0],
                                       kernel_size=kernel, pool=2)
     else:
-        net = presets.memory_model(key, data.image_shape, num_memories=h[0])
+        # memories start as K training images (a modern Hopfield network storing them); from
+        # small random vectors every softmax is flat and each image relaxes to the global mean
+        import numpy as np
+
+        idx = np.random.default_rng(cfg["seed"]).choice(data.num_train, h[0], replace=False)
+        net = presets.memory_model(key, data.image_shape, num_memories=h[0],
+                                   patterns=data.x_train[idx].reshape(h[0], -1))
     task = {
         "classify": lambda: T.Classification(num_classes=data.num_classes, noise=cfg["noise"],
                                              loss_kind="nll"),
