@@ -155,6 +155,54 @@ def test_fixed_steps_equals_handwritten_euler(net, x0):
     assert int(sol.steps) == n
 
 
+def test_fixed_steps_scan_equals_diffeqsolve(net, x0):
+    # FixedSteps with the recursive adjoint drives diffrax's solver.step from a scan; with fewer
+    # checkpoints the same relaxation goes through diffeqsolve. Same states, saved trajectory,
+    # energies, counts and BPTT gradients.
+    kw = dict(clamp="image", stop=hj.FixedSteps(6), dt0=0.1, save="both")
+    few = diffrax.RecursiveCheckpointAdjoint(checkpoints=2)
+    for solver in ("euler", "tsit5"):
+        a = hj.relax(net, x0, solver=solver, **kw)
+        b = hj.relax(net, x0, solver=solver, adjoint=few, **kw)
+        for name in net.layers:
+            np.testing.assert_allclose(a.state[name], b.state[name], rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(a.trajectory[name], b.trajectory[name], rtol=1e-5,
+                                       atol=1e-6)
+        np.testing.assert_allclose(a.energies, b.energies, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a.ts, b.ts, atol=1e-6)
+        assert a.trajectory["hidden"].shape == (7, 4, N_HID)
+        for f in ("steps", "num_steps", "evaluations"):
+            assert int(getattr(a, f)) == int(getattr(b, f)), f
+        np.testing.assert_allclose(float(a.t_final), float(b.t_final), atol=1e-6)
+
+        def loss(n, adjoint, solver=solver):
+            sol = hj.relax(n, x0, clamp="image", solver=solver, stop=hj.FixedSteps(6), dt0=0.1,
+                           adjoint=adjoint)
+            return jnp.sum(sol.state["label"] * jnp.arange(N_OUT))
+
+        ga = eqx.filter_grad(loss)(net, "recursive")
+        gb = eqx.filter_grad(loss)(net, few)
+        for u, v in zip(jax.tree.leaves(ga), jax.tree.leaves(gb), strict=True):
+            np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-6)
+
+
+def test_fixed_steps_flags_nonfinite_and_counts_steps():
+    key = jax.random.PRNGKey(0)
+    net = hj.HAM(
+        layers={"a": hj.Layer(3, hj.lagrangians.Exp(1.0)),
+                "b": hj.Layer(3, hj.lagrangians.Exp(1.0))},
+        synapses={"w": hj.synapses.Dense(key, 3, 3, scale=50.0)},
+        edges={"w": ("a", "b")},
+    )
+    xb = {"a": jnp.stack([jnp.ones(3), -jnp.ones(3) * 5]),
+          "b": jnp.stack([jnp.ones(3), -jnp.ones(3) * 5])}
+    sol = hj.relax(net, xb, solver="euler", dt0=0.5, stop=hj.FixedSteps(40))
+    assert not bool(sol.finite[0]) and not bool(sol.converged[0])
+    assert 1 <= int(sol.num_steps) < 40
+    with pytest.raises(hj.NonFiniteStateError, match=r"samples \[\[0\].* at step"):
+        hj.relax(net, xb, solver="euler", dt0=0.5, stop=hj.FixedSteps(40), on_nonfinite="raise")
+
+
 def test_fixed_time(net, x0):
     sol = hj.relax(
         net,
@@ -297,3 +345,19 @@ def test_bad_arguments(net, x0):
         hj.relax(net, {**x0, "hidden": jnp.zeros((4, N_HID + 1))}, clamp="image")
     with pytest.raises(ValueError, match="unknown method"):
         hj.relax(net, x0, clamp="image", method="anneal")
+
+
+def test_residual_gradient_finite_at_an_exact_fixed_point():
+    # a distance-based memory with a hard softmax maps a stored pattern exactly onto itself:
+    # residual 0, where the gradient of a sqrt is infinite; the residual's gradient must be 0
+    xi = jnp.array([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    net = hj.presets.memory_model(None, (3,), 2, beta=50.0, patterns=xi, similarity="distance")
+    x0 = {"image": xi}
+
+    def penalty(n):
+        sol = hj.relax(n, x0, solver="euler", stop=hj.FixedSteps(3), dt0=1.0)
+        return jnp.sum(sol.residual**2)
+
+    assert float(penalty(net)) == 0.0
+    g = eqx.filter_grad(penalty)(net)
+    assert all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(g))
