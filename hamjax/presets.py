@@ -170,14 +170,16 @@ def memory_model(
     beta: float = 4.0,
     hidden_lagrangian: L.Lagrangian | None = None,
     patterns=None,
+    similarity: str = "dot",
 ) -> HAM:
     """A visible layer (Identity) and a :class:`~hamjax.synapses.Memory` of ``K`` memories:
     ``E = ½|v|² − (1/β) logsumexp(β ξ v)`` (MATH.md §3.1, adiabatic); one update is attention
-    over the memories, ``v ← ξᵀ softmax(β ξ v)``."""
+    over the memories, ``v ← ξᵀ softmax(β ξ v)``. With ``similarity="distance"``,
+    ``E = −(1/β) logsumexp(−β/2 |ξ − v|²)``: retrieval of the nearest memory."""
     image_shape = tuple(image_shape)
     mem = Memory(
         key, image_shape, num_memories, beta=beta, lagrangian=hidden_lagrangian,
-        memories=patterns,
+        memories=patterns, similarity=similarity,
     )
     return HAM(
         layers={"image": Layer(image_shape, L.Identity())},

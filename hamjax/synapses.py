@@ -303,6 +303,15 @@ class AvgPool2D(Synapse):
 
     def pool(self, g_in: Array) -> Array:
         imgs, batch = _images(g_in)
+        if self.window == self.stride and self.padding == "VALID":
+            # Non-overlapping windows: a reshape and a mean. Same numbers as reduce_window, but
+            # its transpose (the feedback Pᵀ) is a broadcast, where reduce_window's is a padded
+            # scatter that XLA's CPU backend runs several times slower than the convolution.
+            (wh, ww), (n, h, w, c) = self.window, imgs.shape
+            oh, ow = h // wh, w // ww
+            cropped = imgs[:, : oh * wh, : ow * ww, :]
+            out = cropped.reshape(n, oh, wh, ow, ww, c).mean(axis=(2, 4))
+            return out.reshape(batch + out.shape[1:])
         pad = self.padding if isinstance(self.padding, str) else ((0, 0),) + self.padding + (
             (0, 0),
         )
@@ -336,11 +345,19 @@ class Memory(Synapse):
         E = −L_h(ξ g)      default L_h = (1/β) log Σ_μ exp(h_μ β):  E = −(1/β) logsumexp(β ξ g)
 
     With ``L_h`` = Softmax this is the modern Hopfield network / Ramsauer energy (its update is
-    attention over the memories); with RePU(n) or Exp it is the dense associative memory."""
+    attention over the memories); with RePU(n) or Exp it is the dense associative memory.
+
+    ``similarity="distance"`` scores ``h_μ = ξ_μ·g − ½|ξ_μ|²`` instead of ``ξ_μ·g``. With an
+    Identity visible layer (Legendre term ``½|v|²``) the energy becomes
+    ``E = −(1/β) log Σ_μ exp(−β/2 |ξ_μ − v|²)``: the nearest memory in Euclidean distance wins,
+    where the overlap ``ξ·v`` favours memories of large norm (on MNIST, the thick bright digits
+    capture every noisy image). Its update ``v ← ξᵀ softmax(β h)`` is mean shift over the
+    memories."""
 
     memories: Array
     hidden: Lagrangian
     shape: Shape = eqx.field(static=True)
+    similarity: str = eqx.field(static=True, default="dot")
 
     def __init__(
         self,
@@ -352,7 +369,11 @@ class Memory(Synapse):
         lagrangian: Lagrangian | None = None,
         memories: ArrayLike | None = None,
         scale: float | None = None,
+        similarity: str = "dot",
     ):
+        if similarity not in ("dot", "distance"):
+            raise ValueError(f"Memory similarity must be 'dot' or 'distance', got {similarity!r}")
+        self.similarity = similarity
         self.shape = as_shape(features)
         n = math.prod(self.shape)
         if memories is not None:
@@ -375,8 +396,11 @@ class Memory(Synapse):
         return self.memories.shape[0]
 
     def similarities(self, g: Array) -> Array:
-        """``h_μ = ξ_μ · g``, the hidden layer's equilibrium state."""
-        return _flat(g, self.shape) @ self.memories.T
+        """``h_μ = ξ_μ · g`` (or ``ξ_μ · g − ½|ξ_μ|²``), the hidden layer's equilibrium state."""
+        h = _flat(g, self.shape) @ self.memories.T
+        if self.similarity == "distance":
+            h = h - 0.5 * jnp.sum(self.memories**2, axis=-1)
+        return h
 
     def energy(self, g):
         return -self.hidden(self.similarities(g), 1)

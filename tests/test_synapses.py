@@ -223,6 +223,7 @@ def test_conv2d_shape_rules():
 # ---------------------------------------------------------------------------- AvgPool2D
 POOL_CONFIGS = [
     ((6, 4, 2), 2, None, "VALID"),
+    ((7, 5, 3), 2, None, "VALID"),  # non-overlapping windows, edges cropped (reshape path)
     ((7, 5, 3), 3, 2, "SAME"),
     ((5, 5, 1), 2, 1, 1),
     ((6, 6, 2), (2, 3), (2, 1), "VALID"),
@@ -242,7 +243,7 @@ def test_avgpool_reference_and_adjoint(in_shape, window, stride, padding):
         a0, b0 = pooled.shape[1:3]
         loop = np.array([[v[:, a * s[0] : a * s[0] + win[0], b * s[1] : b * s[1] + win[1]]
                           .mean((1, 2)) for b in range(b0)] for a in range(a0)])
-        np.testing.assert_allclose(pooled, loop.transpose(2, 0, 1, 3), rtol=1e-6)
+        np.testing.assert_allclose(pooled, loop.transpose(2, 0, 1, 3), rtol=1e-6, atol=1e-7)
     out_shape = pooled.shape[1:]
     assert syn.expected_shapes((in_shape,)) == ((None, None, None), out_shape)
     f = _rand(8, (2,) + out_shape)
@@ -290,6 +291,32 @@ def test_memory_other_hidden_lagrangians():
     ex = S.Memory(None, 4, 5, lagrangian=L.Exp(0.6), memories=xi)
     np.testing.assert_allclose(_energy(ex, g), -np.exp(0.6 * h).sum(-1) / 0.6, rtol=RTOL,
                                atol=ATOL)
+
+
+def test_memory_distance_similarity_is_euclidean_energy():
+    # E(v) = ½|v|² − (1/β) lse(β(ξv − ½|ξ|²)) = −(1/β) lse(−β/2 |ξ − v|²) with an Identity layer
+    import hamjax as hj
+
+    beta = 1.5
+    xi = _rand(13, (5, 4)).astype(np.float64)
+    net = hj.presets.memory_model(None, (4,), 5, beta=beta, patterns=xi, similarity="distance")
+    v = _rand(14, (3, 4)).astype(np.float64)
+    d2 = ((v[:, None, :] - xi[None]) ** 2).sum(-1)
+    np.testing.assert_allclose(net.energy({"image": jnp.asarray(v)}),
+                               -_np_logsumexp(-beta * d2 / 2, -1) / beta, rtol=1e-5, atol=1e-5)
+    p = np.exp(-beta * d2 / 2 - (-beta * d2 / 2).max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    np.testing.assert_allclose(net.vector_field({"image": jnp.asarray(v)})["image"], p @ xi - v,
+                               rtol=1e-4, atol=1e-5)
+    # the faint memory wins under distance, the bright one under overlap
+    mem = np.array([[1.0, 1.0, 0.0, 0.0], [4.0, 4.0, 4.0, 4.0]])
+    probe = jnp.asarray([[1.2, 0.9, 0.3, 0.0]])
+    near = S.Memory(None, 4, 2, beta=5.0, memories=mem, similarity="distance")
+    dot = S.Memory(None, 4, 2, beta=5.0, memories=mem)
+    assert int(jnp.argmax(near.similarities(probe))) == 0
+    assert int(jnp.argmax(dot.similarities(probe))) == 1
+    with pytest.raises(ValueError, match="similarity"):
+        S.Memory(None, 4, 2, memories=mem, similarity="cosine")
 
 
 def test_memory_construction_rules():
