@@ -60,6 +60,7 @@ __all__ = [
     "mask_region",
     "one_hot",
     "psnr",
+    "random_shift",
     "read_idx",
     "salt_and_pepper",
     "split_indices",
@@ -639,6 +640,32 @@ def gaussian_noise(x, sigma: float, rng, clip: bool = True) -> Corrupted:
     if clip:
         noisy = np.clip(noisy, 0.0, 1.0)
     return Corrupted(noisy, np.full(x.shape, sigma > 0.0))
+
+
+def random_shift(x, max_shift: int, rng) -> np.ndarray:
+    """Translate each image of ``x`` (``(n, H, W)`` or ``(n, H, W, C)``) by its own random
+    offset of ``−max_shift … max_shift`` pixels along each axis, filling with zeros:
+    the classical augmentation of MNIST-like data (pen strokes move, labels do not)."""
+    x = _batch(x, "random_shift")
+    if x.ndim not in (3, 4):
+        raise DataError(f"random_shift needs images (n, H, W) or (n, H, W, C); got shape "
+                        f"{x.shape}")
+    s = int(max_shift)
+    if s < 0 or s >= min(x.shape[1:3]):
+        raise DataError(f"random_shift: max_shift must be in [0, {min(x.shape[1:3]) - 1}] for "
+                        f"{x.shape[1]}×{x.shape[2]} images; got {max_shift}")
+    rng = _as_rng(rng)
+    if s == 0:
+        return x.copy()
+    h, w = x.shape[1:3]
+    pad = [(0, 0), (s, s), (s, s)] + [(0, 0)] * (x.ndim - 3)
+    padded = np.pad(x, pad)
+    dy, dx = rng.integers(-s, s + 1, size=(2, len(x)))
+    out = np.empty_like(x)
+    for i in range(len(x)):
+        # output pixel (r, c) reads input pixel (r − dy, c − dx)
+        out[i] = padded[i, s - dy[i] : s - dy[i] + h, s - dx[i] : s - dx[i] + w]
+    return out
 
 
 def salt_and_pepper(x, fraction: float, rng) -> Corrupted:

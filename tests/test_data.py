@@ -515,3 +515,46 @@ def test_psnr_of_digits_noise_roughly_matches_sigma():
     x = hd.load_digits().x_test
     noisy, _ = hd.gaussian_noise(x, 0.05, rng=0, clip=False)
     np.testing.assert_allclose(hd.psnr(x, noisy).mean(), 20 * math.log10(1 / 0.05), atol=0.5)
+
+
+def test_random_shift_is_a_translation_within_bounds():
+    rng = np.random.default_rng(0)
+    x = np.zeros((40, 12, 10, 1), np.float32)
+    x[:, 3:9, 3:7, 0] = rng.random((40, 6, 4))  # zero border of 3 pixels: nothing falls off
+    out = hd.random_shift(x, 2, rng=1)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    seen = set()
+    for a, b in zip(x, out, strict=True):
+        match = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                 if np.array_equal(np.roll(a, (dy, dx), axis=(0, 1)), b)]
+        assert len(match) == 1
+        seen.add(match[0])
+    assert len(seen) > 10  # offsets vary between images
+    np.testing.assert_array_equal(hd.random_shift(x, 2, rng=1), out)  # deterministic by seed
+    np.testing.assert_array_equal(hd.random_shift(x[..., 0], 0, rng=1), x[..., 0])
+    # pixels pushed over the edge are lost, zeros come in
+    edge = np.zeros((1, 4, 4), np.float32)
+    edge[0, 0, 0] = 1.0
+    moved = hd.random_shift(np.repeat(edge, 50, 0), 1, rng=3)
+    assert set(np.unique(moved.sum((1, 2)))) == {0.0, 1.0}
+
+
+def test_random_shift_errors():
+    with pytest.raises(hd.DataError, match=r"max_shift must be in \[0, 3\]"):
+        hd.random_shift(np.zeros((2, 4, 4)), 4, rng=0)
+    with pytest.raises(hd.DataError, match=r"images \(n, H, W\)"):
+        hd.random_shift(np.zeros((2, 16)), 1, rng=0)
+
+
+def test_classification_shift_only_when_training():
+    from hamjax.train import Classification
+
+    x = np.zeros((16, 8, 8, 1), np.float32)
+    x[:, 3:5, 3:5] = 1.0
+    y = np.arange(16) % 10
+    task = Classification(shift=2)
+    train = task.prepare(x, y, np.random.default_rng(0), train=True)["input"]
+    test = task.prepare(x, y, np.random.default_rng(0), train=False)["input"]
+    np.testing.assert_array_equal(test, x)
+    assert not np.array_equal(train, x)
+    np.testing.assert_allclose(train.sum((1, 2, 3)), x.sum((1, 2, 3)))

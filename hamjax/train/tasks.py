@@ -86,7 +86,9 @@ class Classification(Task):
     """Image clamped, label read out after relaxation.
 
     ``loss="ce"``: cross-entropy ``−log softmax(g_label)_y`` (label activations as logits);
-    ``noise``: std of Gaussian noise added to training images (augmentation; none at test).
+    ``noise``: std of Gaussian noise added to training images (augmentation; none at test);
+    ``shift``: training images translated by up to that many pixels
+    (:func:`hamjax.data.random_shift`).
     ``loss="nll"``: ``−log g_label,y`` (label activations already probabilities: a Softmax
     label layer); ``loss="mse"``: ``½|g_label − onehot(y)|²``."""
 
@@ -95,6 +97,7 @@ class Classification(Task):
     loss_kind: str = eqx.field(static=True, default="ce")
     num_classes: int = eqx.field(static=True, default=10)
     noise: float = eqx.field(static=True, default=0.0)
+    shift: int = eqx.field(static=True, default=0)
 
     def __check_init__(self):
         if self.loss_kind not in ("ce", "nll", "mse"):
@@ -110,6 +113,8 @@ class Classification(Task):
         if y is None:
             raise ValueError("Classification needs labels")
         x = np.asarray(x, np.float32)
+        if self.shift and train:
+            x = hd.random_shift(x, self.shift, rng)
         if self.noise > 0 and train:
             # Gaussian input noise: augmentation during training only
             x = np.clip(x + self.noise * rng.standard_normal(x.shape, dtype=np.float32), 0, 1)
