@@ -88,12 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--hidden", type=_sizes, default=None,
                    help="hidden sizes (dense: 256; deep: 256,128); channels for conv; "
                         "memories for memory")
-    t.add_argument("--steps", type=_positive_int, default=40,
-                   help="relaxation steps for bptt (Euler)")
-    t.add_argument("--dt", type=_positive_float, default=0.25, help="relaxation step size")
+    t.add_argument("--steps", type=_positive_int, default=None,
+                   help="relaxation steps for bptt (Euler; classify: 40, memory tasks: 10)")
+    t.add_argument("--dt", type=_positive_float, default=None,
+                   help="relaxation step size (classify: 0.25; memory tasks: 1.0, where one "
+                        "Euler step is the modern Hopfield update v <- ξᵀ softmax(β h))")
     t.add_argument("--residual-penalty", type=float, default=1.0,
                    help="bptt: weight of mean |τ dx/dt|² at the last step, so the readout sits "
                         "at a fixed point")
+    t.add_argument("--shift", type=_nonneg_int, default=0,
+                   help="classify: translate training images by up to N pixels (augmentation)")
     t.add_argument("--noise", type=float, default=None,
                    help="classify: training input noise std; denoise: corruption level")
     t.add_argument("--limit-train", type=_positive_int, default=None)
@@ -136,10 +140,15 @@ def _defaults(cfg: dict) -> dict:
         raise _UsageError(f"--task {cfg['task']} needs --model memory "
                          "(its image layer is free)")
     if cfg.get("hidden") is None:
-        cfg["hidden"] = {"dense": (256,), "deep": (256, 128), "conv": (16,),
+        cfg["hidden"] = {"dense": (256,), "deep": (256, 128), "conv": (32,),
                          "memory": (100,)}[cfg["model"]]
     if cfg.get("epochs") is None:
         cfg["epochs"] = 30 if cfg["task"] == "classify" else 10
+    memory_task = cfg["model"] == "memory"
+    if cfg.get("steps") is None:
+        cfg["steps"] = 10 if memory_task else 40
+    if cfg.get("dt") is None:
+        cfg["dt"] = 1.0 if memory_task else 0.25
     if cfg.get("noise") is None:
         cfg["noise"] = {"classify": 0.1, "denoise": 0.3, "complete": 0.5, "store": 0.1}[
             cfg["task"]]
@@ -178,20 +187,30 @@ def _build(cfg: dict, data):
     elif cfg["model"] == "deep":
         net = presets.deep_dense_classifier(key, data.image_shape, data.num_classes, hidden=h)
     elif cfg["model"] == "conv":
-        kernel = 3 if data.image_shape[0] <= 8 else 5
+        from .lagrangians import ReLU
+
+        # ReLU feature maps: on MNIST (3 epochs, 32 channels) they reach 0.977 where the HAM
+        # paper's softmax over channels reaches 0.956. A 5×5 kernel at stride 2 on 28×28 images
+        # (3×3, stride 1, 2×2 pooling on the 8×8 digits) keeps a BPTT step at ~0.1 s on 2 cores.
+        small = data.image_shape[0] <= 8
         net = presets.conv_classifier(key, data.image_shape, data.num_classes, channels=h[0],
-                                      kernel_size=kernel, pool=2)
+                                      kernel_size=3 if small else 5, stride=1 if small else 2,
+                                      pool=2 if small else 1, feature_lagrangian=ReLU())
     else:
         # memories start as K training images (a modern Hopfield network storing them); from
         # small random vectors every softmax is flat and each image relaxes to the global mean
         import numpy as np
 
         idx = np.random.default_rng(cfg["seed"]).choice(data.num_train, h[0], replace=False)
+        # Euclidean similarity: the overlap ξ·v lets the brightest memories capture every
+        # noisy image (on MNIST, σ = 0.3 noise: 7 dB restored vs 13 dB corrupted, 14-16 dB
+        # with distances)
         net = presets.memory_model(key, data.image_shape, num_memories=h[0],
-                                   patterns=data.x_train[idx].reshape(h[0], -1))
+                                   patterns=data.x_train[idx].reshape(h[0], -1),
+                                   similarity="distance")
     task = {
         "classify": lambda: T.Classification(num_classes=data.num_classes, noise=cfg["noise"],
-                                             loss_kind="nll"),
+                                             loss_kind="nll", shift=cfg.get("shift", 0)),
         "denoise": lambda: T.Denoising(level=cfg["noise"]),
         "complete": lambda: T.Completion(level=cfg["noise"]),
         "store": lambda: T.Storage(level=cfg["noise"]),
