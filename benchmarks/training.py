@@ -28,9 +28,26 @@ def _ce(logits, labels):
         logits, axis=-1), axis=-1))
 
 
+def _weights_and_biases(net: hj.HAM):
+    """A filter spec selecting the synapses' weights and the layers' biases: the parameters
+    the hand-written model has. (The tanh Lagrangians' β is trainable in hamjax; its gradient
+    is one more reduction over every hidden state per step, work the hand-written BPTT does
+    not do, so it is held fixed here as a user who does not train it would.)"""
+    spec = jax.tree.map(lambda _: False, net)
+    leaves = [s.weight for s in net.synapses.values()] + [
+        la.bias for la in net.layers.values() if la.bias is not None]
+    return eqx.tree_at(
+        lambda n: [s.weight for s in n.synapses.values()]
+        + [la.bias for la in n.layers.values() if la.bias is not None],
+        spec, replace=[True] * len(leaves))
+
+
 def _hamjax_grad(steps, dt, adjoint="recursive"):
     def f(net, x0, labels):
-        def loss(net):
+        params, static = eqx.partition(net, _weights_and_biases(net))
+
+        def loss(params):
+            net = eqx.combine(params, static)
             if adjoint == "recursive":
                 sol = hj.relax(net, x0, clamp="image", solver="euler",
                                stop=hj.FixedSteps(steps), dt0=dt)
@@ -42,7 +59,7 @@ def _hamjax_grad(steps, dt, adjoint="recursive"):
                                adjoint="implicit")
             return _ce(sol.state["label"], labels)
 
-        return eqx.filter_grad(loss)(net)
+        return jax.grad(loss)(params)
 
     return f
 
