@@ -135,7 +135,11 @@ class Dense(Synapse):
         self.weight = scale * jax.random.normal(key, (n_out, n_in))
 
     def energy(self, g_a, g_b):
-        current = _flat(g_a, self.in_shape) @ self.weight.T
+        # written as a dot_general against W itself, not against W.T: with `@ W.T` the feedback
+        # current Wᵀg_b is transposed through the transpose and XLA's CPU backend multiplies
+        # by a physically transposed W with the short axis innermost, which made a BPTT
+        # gradient through a 512→10 synapse 1.5× the hand-written one (1.03–1.1× now)
+        current = jnp.einsum("...i,oi->...o", _flat(g_a, self.in_shape), self.weight)
         return -jnp.sum(_flat(g_b, self.out_shape) * current, axis=-1)
 
     def expected_shapes(self, shapes):
