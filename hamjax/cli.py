@@ -55,6 +55,16 @@ def _positive_float(s: str) -> float:
     return v
 
 
+def _nonneg_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {s!r}") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {v}")
+    return v
+
+
 def _sizes(s: str) -> tuple[int, ...]:
     try:
         sizes = tuple(int(p) for p in s.split(","))
@@ -84,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=_nonneg_int, default=None)
     t.add_argument("--batch-size", type=_positive_int, default=32)
     t.add_argument("--lr", type=_positive_float, default=1e-3)
+    t.add_argument("--weight-decay", type=_nonneg_float, default=0.0,
+                   help="decoupled weight decay (AdamW) per unit learning rate")
     t.add_argument("--seed", type=_nonneg_int, default=0)
     t.add_argument("--hidden", type=_sizes, default=None,
                    help="hidden sizes (dense: 256; deep: 256,128); channels for conv; "
@@ -306,14 +318,18 @@ def _optimizer(cfg: dict, data):
     # Adam with a cosine decay to zero over the whole run: the last epochs settle instead of
     # wandering by a percent of accuracy from epoch to epoch
     total = max(1, (data.num_train // cfg["batch_size"]) * cfg["epochs"])
-    return optax.adam(optax.cosine_decay_schedule(cfg["lr"], total))
+    schedule = optax.cosine_decay_schedule(cfg["lr"], total)
+    wd = cfg.get("weight_decay", 0.0)
+    return optax.adamw(schedule, weight_decay=wd) if wd else optax.adam(schedule)
 
 
 def _report(metrics: dict, task) -> None:
     if "test_accuracy" in metrics:
         print(f"test accuracy: {metrics['test_accuracy']:.4f}")
     if "test_psnr" in metrics:
-        print(f"test PSNR: {metrics['test_psnr']:.2f} dB (mse {metrics['test_mse']:.5f})")
+        base = (f"; corrupted input {metrics['test_psnr_input']:.2f} dB"
+                if "test_psnr_input" in metrics else "")
+        print(f"test PSNR: {metrics['test_psnr']:.2f} dB (mse {metrics['test_mse']:.5f}{base})")
     if "test_converged" in metrics:
         print(f"relaxations converged (residual <= 1e-4): {metrics['test_converged']:.3f}")
 

@@ -145,6 +145,8 @@ def test_denoising_run_writes_reconstructions_and_psnr(tmp_path):
                      "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert np.isfinite(metrics["test_psnr"]) and metrics["test_psnr"] > 0
+    # σ = 0.3 Gaussian noise clipped to [0, 1] on digits: about 13 dB
+    assert 11.0 < metrics["test_psnr_input"] < 15.0
     assert metrics["test_mse"] > 0 and "test_accuracy" not in metrics
     assert "reconstructions.png" in metrics["pictures"]
     _check_pngs(out, metrics["pictures"])
@@ -188,6 +190,8 @@ def _fails(argv, capsys):
     (["train", "--batch-size", "abc"], "--batch-size"),
     (["train", "--hidden", "8,x"], "--hidden"),
     (["train", "--task", "dream"], "--task"),
+    (["train", "--weight-decay", "-0.1"], "--weight-decay"),
+    (["train", "--shift", "-1"], "--shift"),
     (["frobnicate"], "frobnicate"),
     ([], "command"),
     (["eval"], "run_dir"),

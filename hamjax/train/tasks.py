@@ -165,7 +165,9 @@ class Denoising(Task):
 
     def metrics(self, g_out, batch):
         mse = _image_mse(g_out, batch["target"])
-        return {"mse": mse, "psnr": _psnr(mse)}
+        # the corrupted input's PSNR beside the restored one's: the baseline to beat
+        return {"mse": mse, "psnr": _psnr(mse),
+                "psnr_input": _psnr(_image_mse(batch["input"], batch["target"]))}
 
     @property
     def main_metric(self):
