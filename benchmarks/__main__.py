@@ -87,14 +87,17 @@ def run(tier: str = "quick", out=None, only=None, data_dir=None, repeats=None,
 
 def _call(mod, cfg: C.Config) -> dict:
     if mod.__name__.endswith("capacity"):
-        # capacity.run(quick=..., out=...) style: adapt its result to a section
-        try:
-            res = mod.run(cfg)
-        except TypeError:
-            res = mod.run(quick=cfg.tier != "full", out=cfg.out)
-        if isinstance(res, dict) and "tables" in res:
-            return res
-        return C.section(data={"result": res})
+        # capacity.run(quick=..., out=...) returns rows of measured vs theory: make them a table
+        # (it also writes capacity.json / capacity.md into the results folder)
+        res = mod.run(quick=cfg.tier != "full", out=cfg.out)
+        rows = [[r["model"], r["N"], r["K"], r["quantity"], r["measured"], r["theory"],
+                 r["ratio"]] for r in res["rows"]]
+        tab = C.table("Capacity: measured vs theory (random ±1 patterns)",
+                      ["model", "N", "K", "quantity", "measured", "theory", "measured/theory"],
+                      rows)
+        notes = ["theory: Φ(−√(c N^(n−1)/((2n−3)!! K))), c = 1 (Hebbian) and 2 (rectified "
+                 "x³); exact fixed points (1 − p)^N; exponential DAM: fraction recovered"]
+        return C.section([tab], data=res, notes=notes)
     return mod.run(cfg)
 
 
