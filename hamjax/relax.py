@@ -361,7 +361,7 @@ def relax(
     save: Literal["final", "trajectory", "energy", "both"] = "final",
     save_ts: Array | None = None,
     adjoint: diffrax.AbstractAdjoint | str = "recursive",
-    method: Literal["ode", "root", "minimise"] = "ode",
+    method: Literal["ode", "fixed_point", "root", "minimise"] = "ode",
     on_nonfinite: Literal["auto", "raise", "flag"] = "auto",
     progress: bool = False,
     freeze: Mapping[str, Array] | None = None,
@@ -389,7 +389,12 @@ def relax(
             ``save="final"``), ``"implicit_dense"`` (the same with a dense least-squares solve,
             for small nets), ``"direct"`` (forward- and higher-order autodiff), or a diffrax
             adjoint.
-        method: ``"ode"`` integrates; ``"root"`` finds a zero of the vector field with
+        method: ``"ode"`` integrates; ``"fixed_point"`` iterates the steady-state equations
+            ``x_A ← c_A + I_A`` of all layers at once (``optimistix.fixed_point``; Euler with
+            ``dt = τ``): measured 2–5× faster than the adaptive solver to residual 1e-4 on dense
+            classifiers (``python -m benchmarks --only solvers``), but a synchronous update may
+            cycle where the ODE settles, so check ``converged``; ``max_steps`` bounds the
+            iterations and gradients come from the implicit function theorem. ``"root"`` finds a zero of the vector field with
             optimistix's Newton method (dense Jacobian: small nets, cross-checks);
             ``"minimise"`` minimises the energy with BFGS, then takes one fixed-point step
             ``x_A ← c_A + I_A`` that moves a minimiser lying on a dead-neuron flat set onto the
@@ -461,12 +466,13 @@ def relax(
             adjoint,
             progress,
         )
-    elif method in ("root", "minimise", "minimize"):
-        if freeze:
-            raise ValueError("freeze works with method='ode' only")
+    elif method in ("fixed_point", "root", "minimise", "minimize"):
+        if freeze and method != "fixed_point":
+            raise ValueError("freeze works with method='ode' or 'fixed_point' only")
         sol_state, extras = _relax_optx(dyn, x_free, method, stop, max_steps)
     else:
-        raise ValueError(f"unknown method {method!r}; use 'ode', 'root' or 'minimise'")
+        raise ValueError(
+            f"unknown method {method!r}; use 'ode', 'fixed_point', 'root' or 'minimise'")
 
     residual = residual_norm(dyn, sol_state)
     tol = stop.atol + stop.rtol * _rms(dyn, sol_state) if isinstance(stop, SteadyState) else 1e-4
@@ -696,6 +702,21 @@ def dyn_full_traj(dyn: ClampedDynamics, traj: Mapping[str, Array]) -> dict[str, 
 
 def _relax_optx(dyn, x_free, method, stop, max_steps):
     tol = stop.atol if isinstance(stop, SteadyState) else 1e-5
+    if method == "fixed_point":
+
+        def update(y, d):
+            dx = d(y)
+            return {n: y[n] + d.net.layers[n].tau * dx[n] for n in y}
+
+        # optimistix stops on max|x_{k+1} − x_k| = max|τẋ| ≤ atol: every sample's residual,
+        # in the max norm, within the SteadyState tolerance
+        sol = optx.fixed_point(update, optx.FixedPointIteration(rtol=0.0, atol=tol), x_free,
+                               args=dyn, max_steps=max_steps, throw=False)
+        x = sol.value
+        steps = sol.stats["num_steps"]
+        extras = dict(steps=steps, num_steps=steps, evaluations=steps,
+                      t_final=jnp.asarray(jnp.nan), result=_optx_result(sol))
+        return x, extras
     if method == "root":
         solver = optx.Newton(rtol=1e-6, atol=tol * 1e-2)
         sol = optx.root_find(

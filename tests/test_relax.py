@@ -123,6 +123,31 @@ def test_optimistix_methods_agree_with_ode(net, x0, steady):
         np.testing.assert_allclose(mini.state[name], steady.state[name], atol=3e-3)
 
 
+def test_fixed_point_method_agrees_with_ode_and_differentiates(net, x0, steady):
+    fp = hj.relax(net, x0, clamp="image", method="fixed_point", stop=hj.SteadyState(atol=1e-6))
+    assert bool(jnp.all(fp.converged)) and float(jnp.max(fp.residual)) <= 1e-6
+    assert 1 <= int(fp.steps) < 4096 and int(fp.evaluations) == int(fp.steps)
+    for name in ("hidden", "label"):
+        np.testing.assert_allclose(fp.state[name], steady.state[name], atol=1e-5)
+    # frozen neurons stay put, the others settle
+    mask = jnp.zeros((4, N_HID), bool).at[:, 0].set(True)
+    fr = hj.relax(net, x0, clamp="image", method="fixed_point", freeze={"hidden": mask},
+                  stop=hj.SteadyState(atol=1e-6))
+    np.testing.assert_array_equal(fr.state["hidden"][:, 0], x0["hidden"][:, 0])
+    assert bool(jnp.all(fr.converged))
+
+    # the gradient (implicit function theorem, optimistix's default) equals the ODE's
+    def loss(n, method):
+        sol = hj.relax(n, x0, clamp="image", method=method, stop=hj.SteadyState(atol=1e-7),
+                       adjoint="recursive" if method == "fixed_point" else "implicit")
+        return jnp.sum(sol.state["label"] * jnp.arange(N_OUT))
+
+    g_fp = eqx.filter_grad(loss)(net, "fixed_point")
+    g_ode = eqx.filter_grad(loss)(net, "ode")
+    for u, v in zip(jax.tree.leaves(g_fp), jax.tree.leaves(g_ode), strict=True):
+        np.testing.assert_allclose(u, v, rtol=2e-3, atol=2e-5)
+
+
 def test_minimise_recovers_steady_state_on_flat_relu_set():
     # one ReLU neuron driven negative: the energy is flat along it, so a minimiser may sit far
     # away; the fixed-point step of relax(method="minimise") lands on the steady state.
