@@ -394,8 +394,9 @@ def relax(
             ``dt = τ``): measured 2–5× faster than the adaptive solver to residual 1e-4 on dense
             classifiers (``python -m benchmarks --only solvers``), but a synchronous update may
             cycle where the ODE settles, so check ``converged``; ``max_steps`` bounds the
-            iterations and gradients come from the implicit function theorem. ``"root"`` finds a zero of the vector field with
-            optimistix's Newton method (dense Jacobian: small nets, cross-checks);
+            iterations and gradients come from the implicit function theorem. ``"root"``
+            finds a zero of the vector field with optimistix's Newton method (dense Jacobian:
+            small nets, cross-checks);
             ``"minimise"`` minimises the energy with BFGS, then takes one fixed-point step
             ``x_A ← c_A + I_A`` that moves a minimiser lying on a dead-neuron flat set onto the
             dynamical steady state (MATH.md §4.6, Proposition 4). In float32 the energy
