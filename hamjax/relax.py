@@ -284,21 +284,31 @@ class Relaxation(eqx.Module):
 
 
 # ------------------------------------------------------------------ the solve
-def _save_spec(save, ts):
-    if save == "final":
-        return diffrax.SaveAt(t1=True), False, False
-    if save not in ("trajectory", "energy", "both"):
+def _recorder(save):
+    """``(record(y, dyn) -> dict, want_x, want_e)``: what a saved step keeps."""
+    if save not in ("final", "trajectory", "energy", "both"):
         raise ValueError(f"save must be 'final', 'trajectory', 'energy' or 'both', got {save!r}")
     want_x = save in ("trajectory", "both")
     want_e = save in ("energy", "both")
 
-    def fn(t, y, dyn):
+    def record(y, dyn):
         out = {}
         if want_x:
             out["x"] = y
         if want_e:
             out["energy"] = dyn.net.energy(dyn.full_state(y))
         return out
+
+    return record, want_x, want_e
+
+
+def _save_spec(save, ts):
+    record, want_x, want_e = _recorder(save)
+    if save == "final":
+        return diffrax.SaveAt(t1=True), False, False
+
+    def fn(t, y, dyn):
+        return record(y, dyn)
 
     sub = (
         diffrax.SubSaveAt(ts=ts, fn=fn)
@@ -621,18 +631,10 @@ def _fixed_steps(dyn, x_free, solver, n, dt0, save):
     is flagged; ``num_steps`` counts the steps up to the first non-finite state."""
     term = diffrax.ODETerm(lambda t, y, d: d(y))
     dt = jnp.asarray(dt0, jnp.result_type(float))
-    want_x = save in ("trajectory", "both")
-    want_e = save in ("energy", "both")
-    if save not in ("final", "trajectory", "energy", "both"):
-        raise ValueError(f"save must be 'final', 'trajectory', 'energy' or 'both', got {save!r}")
+    record, want_x, want_e = _recorder(save)
 
     def saved(y):
-        out = {}
-        if want_x:
-            out["x"] = y
-        if want_e:
-            out["energy"] = dyn.net.energy(dyn.full_state(y))
-        return out
+        return record(y, dyn)
 
     def body(carry, i):
         y, state, ok_steps = carry
