@@ -110,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "at a fixed point")
     t.add_argument("--shift", type=_nonneg_int, default=0,
                    help="classify: translate training images by up to N pixels (augmentation)")
+    t.add_argument("--rotate", type=_nonneg_float, default=0.0, metavar="DEG",
+                   help="classify: rotate training images by up to ±DEG degrees (augmentation)")
+    t.add_argument("--zoom", type=_nonneg_float, default=0.0, metavar="F",
+                   help="classify: scale training images by 1±F (augmentation)")
     t.add_argument("--noise", type=float, default=None,
                    help="classify: training input noise std; denoise: corruption level")
     t.add_argument("--limit-train", type=_positive_int, default=None)
@@ -222,7 +226,9 @@ def _build(cfg: dict, data):
                                    similarity="distance")
     task = {
         "classify": lambda: T.Classification(num_classes=data.num_classes, noise=cfg["noise"],
-                                             loss_kind="nll", shift=cfg.get("shift", 0)),
+                                             loss_kind="nll", shift=cfg.get("shift", 0),
+                                             rotate=cfg.get("rotate", 0.0),
+                                             zoom=cfg.get("zoom", 0.0)),
         "denoise": lambda: T.Denoising(level=cfg["noise"]),
         "complete": lambda: T.Completion(level=cfg["noise"]),
         "store": lambda: T.Storage(level=cfg["noise"]),

@@ -60,6 +60,7 @@ __all__ = [
     "mask_region",
     "one_hot",
     "psnr",
+    "random_affine",
     "random_shift",
     "read_idx",
     "salt_and_pepper",
@@ -666,6 +667,42 @@ def random_shift(x, max_shift: int, rng) -> np.ndarray:
         # output pixel (r, c) reads input pixel (r − dy, c − dx)
         out[i] = padded[i, s - dy[i] : s - dy[i] + h, s - dx[i] : s - dx[i] + w]
     return out
+
+
+def random_affine(x, rng, max_rotation: float = 0.0, max_zoom: float = 0.0) -> np.ndarray:
+    """Rotate each image of ``x`` (``(n, H, W)`` or ``(n, H, W, C)``) about its centre by its own
+    random angle in ``±max_rotation`` degrees and scale it by a random factor in
+    ``1 ± max_zoom``; bilinear interpolation, zeros outside (Simard et al. 2003's affine
+    distortions, without the shear)."""
+    x = _batch(x, "random_affine")
+    if x.ndim not in (3, 4):
+        raise DataError(f"random_affine needs images (n, H, W) or (n, H, W, C); got shape "
+                        f"{x.shape}")
+    if not (0.0 <= max_rotation <= 180.0 and 0.0 <= max_zoom < 1.0):
+        raise DataError(f"random_affine: need 0 <= max_rotation <= 180 and 0 <= max_zoom < 1; "
+                        f"got {max_rotation}, {max_zoom}")
+    rng = _as_rng(rng)
+    n, h, w = x.shape[:3]
+    theta = np.deg2rad(rng.uniform(-max_rotation, max_rotation, n))
+    zoom = 1.0 + rng.uniform(-max_zoom, max_zoom, n)
+    cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+    r, c = np.meshgrid(np.arange(h) - cy, np.arange(w) - cx, indexing="ij")
+    cos, sin = (np.cos(theta) / zoom)[:, None, None], (np.sin(theta) / zoom)[:, None, None]
+    # output pixel p reads the input at A⁻¹ p: rotate back by θ, shrink by the zoom
+    ys = cos * r + sin * c + cy
+    xs = -sin * r + cos * c + cx
+    y0, x0 = np.floor(ys).astype(np.int64), np.floor(xs).astype(np.int64)
+    fy, fx = ys - y0, xs - x0
+    flat = x.reshape(n, h * w, -1)
+    out = np.zeros((n, h, w, flat.shape[-1]), np.float64)
+    for dy, dx, wgt in ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx),
+                        (1, 0, fy * (1 - fx)), (1, 1, fy * fx)):
+        yy, xx = y0 + dy, x0 + dx
+        inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+        idx = (np.clip(yy, 0, h - 1) * w + np.clip(xx, 0, w - 1)).reshape(n, h * w)
+        vals = np.take_along_axis(flat, idx[:, :, None], axis=1).reshape(out.shape)
+        out += (wgt * inside)[..., None] * vals
+    return out.reshape(x.shape).astype(x.dtype)
 
 
 def salt_and_pepper(x, fraction: float, rng) -> Corrupted:

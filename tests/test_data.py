@@ -558,3 +558,35 @@ def test_classification_shift_only_when_training():
     np.testing.assert_array_equal(test, x)
     assert not np.array_equal(train, x)
     np.testing.assert_allclose(train.sum((1, 2, 3)), x.sum((1, 2, 3)))
+
+
+def _blob(h=21, w=21, at=(16.0, 10.0), sigma=1.2):
+    r, c = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    return np.exp(-((r - at[0]) ** 2 + (c - at[1]) ** 2) / (2 * sigma**2)).astype(np.float32)
+
+
+def _centroid_polar(img, center):
+    r, c = np.meshgrid(np.arange(img.shape[0]), np.arange(img.shape[1]), indexing="ij")
+    m = img.sum()
+    dy, dx = (img * r).sum() / m - center[0], (img * c).sum() / m - center[1]
+    return np.hypot(dy, dx), np.degrees(np.arctan2(dx, dy))
+
+
+def test_random_affine_rotates_and_zooms_about_the_centre():
+    x = np.repeat(_blob()[None], 30, axis=0)  # a blob 6 pixels below the centre (10, 10)
+    np.testing.assert_array_equal(hd.random_affine(x, 0), x)  # no rotation, no zoom: identity
+    rot = hd.random_affine(x, 1, max_rotation=30.0)
+    angles = []
+    for img in rot:
+        dist, ang = _centroid_polar(img, (10.0, 10.0))
+        assert abs(dist - 6.0) < 0.1  # a rotation keeps the distance to the centre
+        assert abs(ang) <= 30.5
+        angles.append(ang)
+    assert np.ptp(angles) > 20  # angles differ between images
+    zoomed = hd.random_affine(x, 2, max_zoom=0.2)
+    for img in zoomed:
+        dist, ang = _centroid_polar(img, (10.0, 10.0))
+        assert abs(ang) < 0.5 and 6.0 * 0.8 - 0.1 < dist < 6.0 * 1.2 + 0.1  # along the same ray
+    np.testing.assert_array_equal(hd.random_affine(x[..., None], 1, 30.0)[..., 0], rot)
+    with pytest.raises(hd.DataError, match="max_zoom"):
+        hd.random_affine(x, 0, max_zoom=1.5)

@@ -88,7 +88,8 @@ class Classification(Task):
     ``loss="ce"``: cross-entropy ``−log softmax(g_label)_y`` (label activations as logits);
     ``noise``: std of Gaussian noise added to training images (augmentation; none at test);
     ``shift``: training images translated by up to that many pixels
-    (:func:`hamjax.data.random_shift`).
+    (:func:`hamjax.data.random_shift`); ``rotate`` (degrees) and ``zoom``: random rotations and
+    scalings (:func:`hamjax.data.random_affine`), applied before the shift.
     ``loss="nll"``: ``−log g_label,y`` (label activations already probabilities: a Softmax
     label layer); ``loss="mse"``: ``½|g_label − onehot(y)|²``."""
 
@@ -98,6 +99,8 @@ class Classification(Task):
     num_classes: int = eqx.field(static=True, default=10)
     noise: float = eqx.field(static=True, default=0.0)
     shift: int = eqx.field(static=True, default=0)
+    rotate: float = eqx.field(static=True, default=0.0)
+    zoom: float = eqx.field(static=True, default=0.0)
 
     def __check_init__(self):
         if self.loss_kind not in ("ce", "nll", "mse"):
@@ -113,6 +116,8 @@ class Classification(Task):
         if y is None:
             raise ValueError("Classification needs labels")
         x = np.asarray(x, np.float32)
+        if (self.rotate or self.zoom) and train:
+            x = hd.random_affine(x, rng, self.rotate, self.zoom)
         if self.shift and train:
             x = hd.random_shift(x, self.shift, rng)
         if self.noise > 0 and train:
