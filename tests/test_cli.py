@@ -192,6 +192,7 @@ def _fails(argv, capsys):
     (["train", "--task", "dream"], "--task"),
     (["train", "--weight-decay", "-0.1"], "--weight-decay"),
     (["train", "--shift", "-1"], "--shift"),
+    (["train", "--rotate", "-5"], "--rotate"),
     (["frobnicate"], "frobnicate"),
     ([], "command"),
     (["eval"], "run_dir"),
