@@ -33,13 +33,12 @@ def _weights_and_biases(net: hj.HAM):
     the hand-written model has. (The tanh Lagrangians' β is trainable in hamjax; its gradient
     is one more reduction over every hidden state per step, work the hand-written BPTT does
     not do, so it is held fixed here as a user who does not train it would.)"""
+    def where(n):
+        return [s.weight for s in n.synapses.values()] + [
+            la.bias for la in n.layers.values() if la.bias is not None]
+
     spec = jax.tree.map(lambda _: False, net)
-    leaves = [s.weight for s in net.synapses.values()] + [
-        la.bias for la in net.layers.values() if la.bias is not None]
-    return eqx.tree_at(
-        lambda n: [s.weight for s in n.synapses.values()]
-        + [la.bias for la in n.layers.values() if la.bias is not None],
-        spec, replace=[True] * len(leaves))
+    return eqx.tree_at(where, spec, replace=[True] * len(where(net)))
 
 
 def _hamjax_grad(steps, dt, adjoint="recursive"):

@@ -596,13 +596,7 @@ def _relax_ode(
         energies = sol.ys[1].get("energy") if want_e else None
 
     num_steps = sol.stats["num_steps"]
-    per = _EVALS_PER_STEP.get(type(solver))
-    if per is None:
-        evals = jnp.asarray(-1)
-    else:
-        evals = per * num_steps + (1 if isinstance(solver, _FSAL) else 0)
-        if isinstance(stop, SteadyState):
-            evals = evals + num_steps + 1  # the stopping test evaluates the field once a step
+    evals = _evaluations(solver, num_steps, steady_test=isinstance(stop, SteadyState))
     extras = dict(
         steps=sol.stats["num_accepted_steps"],
         num_steps=num_steps,
@@ -633,29 +627,24 @@ def _fixed_steps(dyn, x_free, solver, n, dt0, save):
     dt = jnp.asarray(dt0, jnp.result_type(float))
     record, want_x, want_e = _recorder(save)
 
-    def saved(y):
-        return record(y, dyn)
-
     def body(carry, i):
         y, state, ok_steps = carry
         t0 = i * dt
         y1, _, _, state, _ = solver.step(term, t0, t0 + dt, y, dyn, state, made_jump=False)
         # steps taken while the state was finite, the one that broke it included
         ok_steps = ok_steps + jnp.all(_finite(dyn, y)).astype(ok_steps.dtype)
-        return (y1, state, ok_steps), saved(y1)
+        return (y1, state, ok_steps), record(y1, dyn)
 
     state0 = solver.init(term, dt * 0, dt, x_free, dyn)
     carry = (x_free, state0, jnp.asarray(0, jnp.int32))
     (final, _, ok_steps), ys = jax.lax.scan(body, carry, jnp.arange(n))
     finite = jnp.all(_finite(dyn, final))
     num_steps = jnp.where(finite, n, ok_steps)
-    per = _EVALS_PER_STEP.get(type(solver))
-    evals = jnp.asarray(-1) if per is None else per * num_steps + (
-        1 if isinstance(solver, _FSAL) else 0)
+    evals = _evaluations(solver, num_steps, steady_test=False)
     ts = traj = energies = None
     if save != "final":
         ts = jnp.arange(n + 1) * dt
-        first = saved(x_free)
+        first = record(x_free, dyn)
         ys = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, ys)
         traj = dyn_full_traj(dyn, ys["x"]) if want_x else None
         energies = ys["energy"] if want_e else None
@@ -665,6 +654,18 @@ def _fixed_steps(dyn, x_free, solver, n, dt0, save):
                   t_final=num_steps * dt, result=result, ts=ts, trajectory=traj,
                   energies=energies)
     return final, extras
+
+
+def _evaluations(solver, num_steps, steady_test: bool):
+    """Vector-field evaluations of ``num_steps`` attempted steps (−1 for an unknown solver); FSAL
+    solvers evaluate once more at the start, and a steady-state test once a step and at t0."""
+    per = _EVALS_PER_STEP.get(type(solver))
+    if per is None:
+        return jnp.asarray(-1)
+    evals = per * num_steps + (1 if isinstance(solver, _FSAL) else 0)
+    if steady_test:
+        evals = evals + num_steps + 1
+    return evals
 
 
 def _implicit_primal(inputs):
@@ -708,8 +709,8 @@ def _relax_optx(dyn, x_free, method, stop, max_steps):
     if method == "fixed_point":
 
         def update(y, d):
-            dx = d(y)
-            return {n: y[n] + d.net.layers[n].tau * dx[n] for n in y}
+            force = _force(d, d(y))  # τẋ = c + I − x: the update lands on c + I
+            return {n: y[n] + force[n] for n in y}
 
         # optimistix stops on max|x_{k+1} − x_k| = max|τẋ| ≤ atol: every sample's residual,
         # in the max norm, within the SteadyState tolerance
