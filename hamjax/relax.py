@@ -1,22 +1,27 @@
-"""Relaxation: integrate a HAM's dynamics with diffrax until it settles.
+"""Relaxation: run a HAM's dynamics until it settles.
 
 ``relax(net, x0, clamp=...)`` is hamjax's ``diffeqsolve``: one entry point, with strategy objects
-(or short strings) for the solver, the stopping rule, what to save and how to differentiate.
+(or short strings) for how to get there (``method``), when to stop, what to save and how to
+differentiate.
 
-The ODE is ``τ_A dx_A/dt = −∂E/∂g_A`` on the free layers (MATH.md eq. 5); clamped layers are not
-ODE states: they travel in ``args`` with the currents they send through multilinear synapses,
-computed once (see :class:`hamjax.ham.ClampedDynamics`).
+* ``method="ode"`` integrates ``τ_A dx_A/dt = −∂E/∂g_A`` (MATH.md eq. 5) with diffrax: the
+  dynamics themselves, any stopping rule, trajectories, BPTT.
+* ``method="anderson"`` / ``"fixed_point"`` / ``"root"`` / ``"minimise"`` go straight to the
+  steady state ``x_A = c_A + I_A`` and are differentiated there by the implicit function theorem.
+
+Clamped layers are not states: they travel with the currents they send through multilinear
+synapses, computed once (see :class:`hamjax.ham.ClampedDynamics`).
 
 Convergence is judged per sample: sample ``i`` has converged when the root-mean-square over the
 free neurons of ``τ_A ẋ_A = c_A + I_A − x_A`` (the residual of the steady-state equations) is at
-most ``atol + rtol·rms(x_i)``.
+most ``atol + rtol·rms(x_i)``, the tolerance carried in :attr:`Relaxation.tolerance`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import diffrax
 import equinox as eqx
@@ -29,10 +34,12 @@ import optimistix.internal as optxi  # implicit_jvp: the same machinery diffrax.
 from jaxtyping import Array
 
 from .ham import HAM, ClampedDynamics, StateError
+from .solvers import Anderson, Neumann, PhantomGradient, with_batch_ndim
 
 __all__ = [
     "relax",
     "Frozen",
+    "ImplicitSteadyState",
     "Relaxation",
     "SteadyState",
     "FixedTime",
@@ -48,7 +55,8 @@ class NonFiniteStateError(FloatingPointError):
 
 # ------------------------------------------------------------------ stopping rules
 class SteadyState(eqx.Module):
-    """Stop once every sample's residual ``rms(τ dx/dt) ≤ atol + rtol·rms(x)``, or at ``t_max``."""
+    """Stop once every sample's residual ``rms(τ dx/dt) ≤ atol + rtol·rms(x)``, or at ``t_max``
+    (model time; ``method="ode"`` only)."""
 
     atol: float = 1e-4
     rtol: float = 0.0
@@ -56,15 +64,21 @@ class SteadyState(eqx.Module):
 
 
 class FixedTime(eqx.Module):
-    """Integrate from 0 to ``t1`` (model time, in units of the layers' ``tau``)."""
+    """Integrate from 0 to ``t1`` (model time, in units of the layers' ``tau``). ``atol`` and
+    ``rtol`` only judge :attr:`Relaxation.converged` at the end."""
 
     t1: float
+    atol: float = 1e-4
+    rtol: float = 0.0
 
 
 class FixedSteps(eqx.Module):
-    """Take exactly ``n`` steps of size ``dt0`` (constant step size): the classic unrolled loop."""
+    """Take exactly ``n`` steps of size ``dt0`` (constant step size): the classic unrolled loop.
+    ``atol`` and ``rtol`` only judge :attr:`Relaxation.converged` at the end."""
 
     n: int
+    atol: float = 1e-4
+    rtol: float = 0.0
 
 
 Stop = SteadyState | FixedTime | FixedSteps
@@ -93,6 +107,8 @@ _EVALS_PER_STEP = {
 }
 _FSAL = (diffrax.Bosh3, diffrax.Tsit5, diffrax.Dopri5, diffrax.Dopri8)
 
+_STEADY_METHODS = ("anderson", "fixed_point", "root", "minimise", "minimize")
+
 
 def _solver(solver) -> diffrax.AbstractSolver:
     if isinstance(solver, diffrax.AbstractSolver):
@@ -120,32 +136,46 @@ class ImplicitSteadyState(eqx.Module):
     ``dx*/dθ = −(∂F/∂x)⁻¹ ∂F/∂θ`` (``optimistix.implicit_jvp``). The forward solve is not
     differentiated, so memory does not grow with the number of relaxation steps.
 
-    The default linear solver is matrix-free GMRES. The field's Jacobian at a stable steady state
-    is ``J = (C H − I)/τ``: dead neurons make ``H`` (and the energy Hessian ``H − HCH``) singular,
-    but not ``J``, since on a dead direction ``J D = −D/τ`` (MATH.md §4.5). So the Krylov solve is
-    well posed there, and it never materialises the ``(batch·neurons)²`` Jacobian that a dense SVD
-    would (use ``"implicit_dense"`` for a least-squares solve that survives a truly singular
-    ``J``, on small nets)."""
+    ``F = τ ẋ = c + I − x`` (frozen neurons: ``x₀ − x``), whose Jacobian at a stable steady
+    state is ``C H − I``. Dead neurons make ``H`` (and the energy Hessian ``H − HCH``) singular,
+    but not ``CH − I``: on a dead direction ``(CH − I) D = −D`` (MATH.md §4.5). On trained
+    networks ``CH`` is a contraction, so the default linear solver is
+    :class:`hamjax.solvers.Neumann` (fixed-point iteration of the adjoint equation, per sample,
+    GMRES as fallback); :class:`hamjax.solvers.PhantomGradient` truncates it for a cheap
+    approximate gradient; any lineax solver works (``lx.GMRES(...)``; ``"implicit_dense"``:
+    a dense least-squares solve that survives a truly singular system, for small nets)."""
 
-    linear_solver: lx.AbstractLinearSolver = lx.GMRES(
-        rtol=1e-5, atol=1e-6, restart=100, stagnation_iters=100
-    )
+    linear_solver: lx.AbstractLinearSolver = Neumann()
 
 
-def _adjoint(adjoint):
-    if isinstance(adjoint, diffrax.AbstractAdjoint | ImplicitSteadyState):
+def _adjoint(adjoint, kind: str):
+    """The adjoint for a relaxation of kind ``"ode"`` or a steady-state method."""
+    if adjoint is None:
+        adjoint = "recursive" if kind == "ode" else "implicit"
+    if isinstance(adjoint, ImplicitSteadyState):
         return adjoint
-    if adjoint == "recursive":
-        return diffrax.RecursiveCheckpointAdjoint()
-    if adjoint == "implicit":
-        return ImplicitSteadyState()
-    if adjoint == "implicit_dense":
-        return ImplicitSteadyState(lx.AutoLinearSolver(well_posed=False))
-    if adjoint == "direct":
-        return diffrax.DirectAdjoint()
+    if isinstance(adjoint, diffrax.AbstractAdjoint):
+        if kind != "ode":
+            raise ValueError(f"a diffrax adjoint differentiates an ODE solve, not method={kind!r}:"
+                             " use adjoint='implicit', 'phantom' or ImplicitSteadyState(...)")
+        return adjoint
+    named = {
+        "implicit": lambda: ImplicitSteadyState(),
+        "implicit_dense": lambda: ImplicitSteadyState(lx.AutoLinearSolver(well_posed=False)),
+        "phantom": lambda: ImplicitSteadyState(PhantomGradient()),
+    }
+    if adjoint in named:
+        return named[adjoint]()
+    if adjoint in ("recursive", "direct"):
+        if kind != "ode":
+            raise ValueError(f"adjoint={adjoint!r} backpropagates through an ODE solve; "
+                             f"method={kind!r} is differentiated at its steady state: use "
+                             "adjoint='implicit', 'phantom' or ImplicitSteadyState(...)")
+        return (diffrax.RecursiveCheckpointAdjoint() if adjoint == "recursive"
+                else diffrax.DirectAdjoint())
     raise ValueError(
-        f"unknown adjoint {adjoint!r}; use 'recursive', 'implicit', 'implicit_dense', 'direct', "
-        "ImplicitSteadyState(...) or a diffrax adjoint"
+        f"unknown adjoint {adjoint!r}; use 'recursive', 'direct' (method='ode'), 'implicit', "
+        "'implicit_dense', 'phantom', ImplicitSteadyState(...) or a diffrax adjoint"
     )
 
 
@@ -203,18 +233,32 @@ def _force(dyn: ClampedDynamics, dx: Mapping[str, Array]) -> dict[str, Array]:
     return {n: v * dyn.net.layers[n].tau for n, v in dx.items()}
 
 
+def _steady_force(dyn, x: Mapping[str, Array], x_init: Mapping[str, Array]) -> dict[str, Array]:
+    """``F(x) = τ ẋ = c + I − x``, with ``x₀ − x`` on frozen neurons: the function whose zero is
+    the steady state. Unlike ``τ ẋ`` itself (zero on frozen rows whatever ``x``), its Jacobian
+    is invertible there (``−I``), so the implicit function theorem applies, and it carries the
+    dependence of the steady state on the frozen values."""
+    f = _force(dyn, dyn(x))
+    if isinstance(dyn, Frozen):
+        f = {n: jnp.where(dyn.masks[n], x_init[n] - x[n], v) if n in dyn.masks else v
+             for n, v in f.items()}
+    return f
+
+
 def residual_norm(dyn: ClampedDynamics, x_free: Mapping[str, Array]) -> Array:
     """Per-sample root-mean-square over the free neurons of ``τ_A ẋ_A = c_A + I_A − x_A``: the
-    residual of the steady-state equations, independent of the time constants."""
+    residual of the steady-state equations, independent of the time constants. NaN for a
+    non-finite sample."""
     return _rms(dyn, _force(dyn, dyn(x_free)))
 
 
 def _rms(dyn, tree):
     ms = _per_sample_sq(dyn, tree) / _num_free(dyn)
     # sqrt with a zero gradient at zero: a memory model lands exactly on a stored pattern (a
-    # hard softmax in float32), where d sqrt = inf would turn a residual penalty's gradient NaN
+    # hard softmax in float32), where d sqrt = inf would turn a residual penalty's gradient NaN.
+    # A NaN stays NaN (a non-finite sample must never read as residual 0).
     pos = ms > 0
-    return jnp.where(pos, jnp.sqrt(jnp.where(pos, ms, 1.0)), 0.0)
+    return jnp.where(pos, jnp.sqrt(jnp.where(pos, ms, 1.0)), jnp.where(ms == 0, 0.0, ms))
 
 
 def _finite(dyn, tree) -> Array:
@@ -223,6 +267,16 @@ def _finite(dyn, tree) -> Array:
     out = flags[0]
     for f in flags[1:]:
         out = out & f
+    return out
+
+
+def _finite_samples(net: HAM, x: Mapping[str, Array]) -> Array:
+    """Per sample: every layer of ``x`` (clamped ones too) finite."""
+    out = None
+    for n, layer in net.layers.items():
+        v = x[n]
+        f = jnp.all(jnp.isfinite(v), axis=tuple(range(v.ndim - layer.ndim, v.ndim)))
+        out = f if out is None else out & f
     return out
 
 
@@ -246,11 +300,14 @@ class Relaxation(eqx.Module):
     """The outcome of :func:`relax`.
 
     * ``state``: the final state, every layer (clamped ones included);
-    * ``converged``: per sample, residual within tolerance (always judged, whatever the stop);
-    * ``residual``: per-sample RMS of ``τ dx/dt`` (the fixed-point residual) at the end;
-    * ``finite``: per sample, whether the state stayed finite;
+    * ``converged``: per sample, finite and ``residual ≤ tolerance`` (judged whatever the stop);
+    * ``residual``: per-sample RMS of ``τ dx/dt`` (the fixed-point residual) at the end (NaN for
+      a non-finite sample);
+    * ``tolerance``: per sample, the ``atol + rtol·rms(x)`` that ``converged`` was judged by;
+    * ``finite``: per sample, whether the state (and its residual) stayed finite;
     * ``steps`` (accepted), ``num_steps`` (attempted), ``evaluations`` (vector-field calls, with
-      those of the stopping test; −1 for a solver whose count is unknown), ``t_final``;
+      those of the stopping test; −1 for a solver whose count is unknown), ``t_final`` (NaN for
+      the steady-state methods, which have no time);
     * ``result``: diffrax's outcome (``diffrax.RESULTS``): e.g. ``max_steps_reached``;
     * ``ts``, ``trajectory`` (dict of arrays with a leading save axis), ``energies`` (per saved
       step and sample) when asked for; unused save slots hold ``inf`` (see :meth:`energy_trace`).
@@ -259,6 +316,7 @@ class Relaxation(eqx.Module):
     state: dict[str, Array]
     converged: Array
     residual: Array
+    tolerance: Array
     finite: Array
     steps: Array
     num_steps: Array
@@ -269,11 +327,6 @@ class Relaxation(eqx.Module):
     trajectory: dict[str, Array] | None = None
     energies: Array | None = None
 
-    @property
-    def energy(self) -> Array | None:
-        """The energy trace (alias of ``energies``)."""
-        return self.energies
-
     def energy_trace(self) -> np.ndarray:
         """The saved energies as a NumPy array, unused slots (after the last step) dropped."""
         if self.energies is None:
@@ -283,149 +336,108 @@ class Relaxation(eqx.Module):
         return e[keep]
 
 
-# ------------------------------------------------------------------ the solve
-def _recorder(save):
-    """``(record(y, dyn) -> dict, want_x, want_e)``: what a saved step keeps."""
-    if save not in ("final", "trajectory", "energy", "both"):
-        raise ValueError(f"save must be 'final', 'trajectory', 'energy' or 'both', got {save!r}")
-    want_x = save in ("trajectory", "both")
-    want_e = save in ("energy", "both")
-
-    def record(y, dyn):
-        out = {}
-        if want_x:
-            out["x"] = y
-        if want_e:
-            out["energy"] = dyn.net.energy(dyn.full_state(y))
-        return out
-
-    return record, want_x, want_e
-
-
-def _save_spec(save, ts):
-    record, want_x, want_e = _recorder(save)
-    if save == "final":
-        return diffrax.SaveAt(t1=True), False, False
-
-    def fn(t, y, dyn):
-        return record(y, dyn)
-
-    sub = (
-        diffrax.SubSaveAt(ts=ts, fn=fn)
-        if ts is not None
-        else diffrax.SubSaveAt(t0=True, steps=True, fn=fn)
-    )
-    return diffrax.SaveAt(subs=[diffrax.SubSaveAt(t1=True), sub]), want_x, want_e
-
-
-@eqx.filter_jit
-def _solve(dyn, x_free, solver, controller, stop, adjoint, dt0, max_steps, saveat, progress):
-    term = diffrax.ODETerm(lambda t, y, d: d(y))
-
-    if isinstance(stop, SteadyState):
-        t1 = stop.t_max
-
-        def cond_fn(t, y, d, **kwargs):
-            ok = _rms(d, _force(d, d(y))) <= stop.atol + stop.rtol * _rms(d, y)
-            return jnp.all(ok) | ~jnp.all(_finite(d, y))
-
-        event = diffrax.Event(cond_fn)
-    else:
-        t1 = stop.t1 if isinstance(stop, FixedTime) else stop.n * dt0
-
-        def cond_fn(t, y, d, **kwargs):
-            return ~jnp.all(_finite(d, y))
-
-        # ImplicitAdjoint needs a steady-state event; other stops get only the NaN guard
-        event = None if isinstance(adjoint, diffrax.ImplicitAdjoint) else diffrax.Event(cond_fn)
-
-    sol = diffrax.diffeqsolve(
-        term,
-        solver,
-        t0=0.0,
-        t1=t1,
-        dt0=dt0,
-        y0=x_free,
-        args=dyn,
-        saveat=saveat,
-        stepsize_controller=controller,
-        adjoint=adjoint,
-        event=event,
-        max_steps=max_steps,
-        throw=False,
-        progress_meter=diffrax.TqdmProgressMeter() if progress else diffrax.NoProgressMeter(),
-    )
-    return sol
-
-
+# ------------------------------------------------------------------ the entry point
 def relax(
     net: HAM,
     x0: Mapping[str, Array],
     clamp: Iterable[str] | str = (),
     *,
-    solver: diffrax.AbstractSolver | str = "tsit5",
+    method: str | Anderson = "ode",
     stop: Stop | str = "steady_state",
-    dt0: float = 0.1,
-    stepsize_controller: diffrax.AbstractStepSizeController | None = None,
+    adjoint: diffrax.AbstractAdjoint | ImplicitSteadyState | str | None = None,
     max_steps: int = 4096,
-    save: Literal["final", "trajectory", "energy", "both"] = "final",
-    save_ts: Array | None = None,
-    adjoint: diffrax.AbstractAdjoint | str = "recursive",
-    method: Literal["ode", "fixed_point", "root", "minimise"] = "ode",
     on_nonfinite: Literal["auto", "raise", "flag"] = "auto",
-    progress: bool = False,
     freeze: Mapping[str, Array] | None = None,
     mesh=None,
+    solver: diffrax.AbstractSolver | str | None = None,
+    dt0: float | None = None,
+    stepsize_controller: diffrax.AbstractStepSizeController | None = None,
+    save: Literal["final", "trajectory", "energy", "both"] | None = None,
+    save_ts: Array | None = None,
+    progress: bool | None = None,
 ) -> Relaxation:
     """Relax ``net`` from ``x0`` with the layers in ``clamp`` held fixed.
 
-    Arguments:
-        solver: a diffrax solver or its name (``"tsit5"`` default, ``"euler"``, ``"heun"``, ...).
+    Arguments (all methods):
+        method: how to reach the end state.
+
+            * ``"ode"`` (default): integrate the dynamics with a diffrax ``solver``.
+            * ``"anderson"``: Anderson acceleration (:class:`hamjax.solvers.Anderson`) of the
+              steady-state equations ``x_A ← c_A + I_A``, per sample with a safeguard; the
+              fastest way to a steady state here (``python -m benchmarks --only steady_state``).
+            * ``"fixed_point"``: the plain iteration ``x_A ← c_A + I_A`` of all layers at once
+              (Euler with ``dt = τ``; ``Anderson(history=1)``). A synchronous update may cycle
+              where the ODE settles: check ``converged``.
+            * ``"root"``: optimistix's Newton method on the vector field (dense Jacobian: small
+              nets, cross-checks).
+            * ``"minimise"``: BFGS on the energy, then one fixed-point step ``x_A ← c_A + I_A``
+              that moves a minimiser lying on a dead-neuron flat set onto the dynamical steady
+              state (MATH.md §4.6, Proposition 4). In float32 the energy resolves the steady
+              state to a residual of about 1e-4 only.
+            * an :class:`hamjax.solvers.Anderson` instance (its tolerances come from ``stop``).
+
+            The steady-state methods take ``stop=SteadyState(atol, rtol)`` only, count one
+            evaluation per iteration, and are differentiated at the steady state (``adjoint``).
         stop: ``SteadyState(atol, rtol, t_max)`` (default ``atol=1e-4``), ``FixedTime(t1)``, or
-            ``FixedSteps(n)`` (n steps of ``dt0`` with a constant step size).
-        dt0: the (initial) step size.
-        stepsize_controller: for adaptive solvers defaults to ``PIDController`` with a tenth of
-            the SteadyState's ``rtol``/``atol`` (a looser one stalls above the residual asked
-            for) and a per-sample error norm,
-            or ``rtol=1e-3, atol=1e-6`` under FixedTime; a constant step size otherwise.
-        max_steps: the most steps taken. Reaching it is not an error: ``result`` is then
-            ``max_steps_reached`` and ``converged`` is False for samples whose residual is above
-            tolerance.
-        save: ``"final"`` (default), ``"trajectory"`` (states at every step, or at ``save_ts``),
-            ``"energy"`` (only the energy per sample: cheap, for Lyapunov checks and plots) or
-            ``"both"``.
-        adjoint: ``"recursive"`` (BPTT through the solver), ``"implicit"`` (implicit function
-            theorem at the steady state, matrix-free GMRES; needs ``SteadyState`` and
-            ``save="final"``), ``"implicit_dense"`` (the same with a dense least-squares solve,
-            for small nets), ``"direct"`` (forward- and higher-order autodiff), or a diffrax
-            adjoint.
-        method: ``"ode"`` integrates; ``"fixed_point"`` iterates the steady-state equations
-            ``x_A ← c_A + I_A`` of all layers at once (``optimistix.fixed_point``; Euler with
-            ``dt = τ``): measured 2–5× faster than the adaptive solver to residual 1e-4 on dense
-            classifiers (``python -m benchmarks --only solvers``), but a synchronous update may
-            cycle where the ODE settles, so check ``converged``; ``max_steps`` bounds the
-            iterations and gradients come from the implicit function theorem. ``"root"``
-            finds a zero of the vector field with optimistix's Newton method (dense Jacobian:
-            small nets, cross-checks);
-            ``"minimise"`` minimises the energy with BFGS, then takes one fixed-point step
-            ``x_A ← c_A + I_A`` that moves a minimiser lying on a dead-neuron flat set onto the
-            dynamical steady state (MATH.md §4.6, Proposition 4). In float32 the energy
-            resolves the steady state to a residual of about 1e-4 only.
-        on_nonfinite: a NaN/inf state stops the solve. ``"raise"`` raises
-            :class:`NonFiniteStateError` naming the layers, samples and step; ``"flag"`` returns
-            with ``finite`` False for those samples; ``"auto"`` raises for an unbatched state and
-            flags in a batch. Under ``jit``/``grad`` tracing only flagging is possible.
-        progress: show a tqdm progress bar (fraction of ``t1``/``t_max``; give SteadyState a
-            finite ``t_max`` for a meaningful bar).
+            ``FixedSteps(n)`` (n steps of ``dt0`` with a constant step size). Each carries the
+            tolerance by which ``converged`` is judged.
+        adjoint: how gradients flow. ``method="ode"``: ``"recursive"`` (default; BPTT through the
+            solver), ``"direct"`` (forward- and higher-order autodiff) or a diffrax adjoint; any
+            method at a ``SteadyState``: ``"implicit"`` (the implicit function theorem, the
+            default of the steady-state methods; :class:`ImplicitSteadyState`), ``"phantom"``
+            (a truncated adjoint series: cheap and approximate) or ``"implicit_dense"``.
+        max_steps: the most solver steps (or iterations). Reaching it is not an error: ``result``
+            is then ``max_steps_reached`` and ``converged`` is False for samples whose residual
+            is above tolerance.
+        on_nonfinite: a sample whose state is (or becomes) NaN/inf is set aside while the others
+            go on. ``"raise"`` raises :class:`NonFiniteStateError` naming the layers, samples
+            and step; ``"flag"`` returns with ``finite`` False (and ``converged`` False, a NaN
+            ``residual``) for those samples; ``"auto"`` raises for an unbatched state and flags
+            in a batch. Inside ``jit``/``grad``/``vmap`` only flagging is possible.
         freeze: ``{layer: bool mask}`` of neurons of free layers held at their ``x0`` values
             (``True`` = frozen), broadcast against the layer's state: masked completion.
         mesh: a ``jax.sharding.Mesh`` (:func:`hamjax.sharding.make_mesh`): the batch of ``x0``
             (and of ``freeze``) is split over its devices along the leading axis and ``net``
             replicated; convergence is judged per sample, so the result equals the
             single-device one.
+
+    Arguments of ``method="ode"`` only (given with another method, they are an error):
+        solver: a diffrax solver or its name (``"tsit5"`` default, ``"euler"``, ``"heun"``, ...).
+        dt0: the (initial) step size (default 0.1).
+        stepsize_controller: for adaptive solvers defaults to ``PIDController`` with a tenth of
+            the SteadyState's ``rtol``/``atol`` (a looser one stalls above the residual asked
+            for) and a per-sample error norm, or ``rtol=1e-3, atol=1e-6`` under FixedTime; a
+            constant step size otherwise.
+        save: ``"final"`` (default), ``"trajectory"`` (states at every step, or at ``save_ts``),
+            ``"energy"`` (only the energy per sample: cheap, for Lyapunov checks and plots) or
+            ``"both"``.
+        save_ts: the times to save at (a finite end time is needed).
+        progress: show a tqdm progress bar (fraction of ``t1``/``t_max``; give SteadyState a
+            finite ``t_max`` for a meaningful bar).
     """
     clamp = net.check_clamp(clamp)
     batch = net.check_state(x0, "x0")
+    stop = _stop(stop)
+    kind, steady_solver = _method(method)
+    ode_kw = dict(solver=solver, dt0=dt0, stepsize_controller=stepsize_controller, save=save,
+                  save_ts=save_ts, progress=progress)
+    if kind != "ode":
+        given = [k for k, v in ode_kw.items() if v is not None and not (k == "save"
+                                                                      and v == "final")]
+        if given:
+            raise ValueError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to "
+                             f"method='ode' only, not method={kind!r}")
+        if not isinstance(stop, SteadyState):
+            raise ValueError(f"method={kind!r} goes to a steady state: use stop=SteadyState(...)"
+                             f", not {type(stop).__name__}")
+        if math.isfinite(stop.t_max):
+            raise ValueError(f"method={kind!r} has no model time: SteadyState(t_max=...) applies "
+                             "to method='ode' only (bound the iterations with max_steps)")
+    adjoint = _adjoint(adjoint, kind)
+    if max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    if on_nonfinite not in ("auto", "raise", "flag"):
+        raise ValueError(f"on_nonfinite must be 'auto', 'raise' or 'flag', got {on_nonfinite!r}")
     if mesh is not None:
         from .sharding import ShardingError, replicate, shard_batch
 
@@ -439,14 +451,20 @@ def relax(
                       else m for n, m in freeze.items()}
     if len(clamp) == len(net.layers):
         raise StateError("every layer is clamped: there is nothing to relax")
-    concrete = not any(isinstance(v, jax.core.Tracer) for v in jax.tree_util.tree_leaves(x0))
-    if concrete:
-        for name, v in x0.items():
-            if not bool(jnp.all(jnp.isfinite(v))):
-                raise NonFiniteStateError(f"x0[{name!r}] contains NaN or infinite values")
-    stop = _stop(stop)
-    solver = _solver(solver)
-    adjoint = _adjoint(adjoint)
+    raise_nonfinite = on_nonfinite == "raise" or (on_nonfinite == "auto" and not batch)
+
+    # A sample that starts non-finite (a NaN pixel, say) can only stay so: set it aside (it
+    # relaxes from zeros, invisibly) so that it neither stops nor stalls the others, and put
+    # its values back at the end, flagged.
+    alive0 = _finite_samples(net, x0)
+    if not isinstance(alive0, jax.core.Tracer) and not bool(jnp.all(alive0)):
+        if raise_nonfinite:
+            bad = [n for n, v in x0.items() if not bool(jnp.all(jnp.isfinite(v)))]
+            raise NonFiniteStateError(f"x0[{bad[0]!r}] contains NaN or infinite values")
+    x_orig = x0
+    if batch:
+        x0 = {n: jnp.where(_rows(alive0, v, net.layers[n].ndim), v, 0.0) for n, v in x0.items()}
+
     dyn = net.dynamics(x0, clamp)
     x_free = dyn.free_state(x0)
     if freeze:
@@ -461,58 +479,82 @@ def relax(
             except ValueError:
                 raise StateError(f"freeze[{name!r}] has shape {m.shape}, which does not "
                                  f"broadcast to the layer's state {x_free[name].shape}") from None
+        if kind in ("root", "minimise"):
+            raise ValueError(f"freeze works with method='ode', 'anderson' or 'fixed_point', not "
+                             f"{kind!r}")
         dyn = Frozen(dyn, masks)
+    nb = _batch_ndim(dyn, x_free)
 
-    if method == "ode":
-        sol_state, extras = _relax_ode(
-            dyn,
-            x_free,
-            solver,
-            stop,
-            dt0,
-            stepsize_controller,
-            max_steps,
-            save,
-            save_ts,
-            adjoint,
-            progress,
-        )
-    elif method in ("fixed_point", "root", "minimise", "minimize"):
-        if freeze and method != "fixed_point":
-            raise ValueError("freeze works with method='ode' or 'fixed_point' only")
-        sol_state, extras = _relax_optx(dyn, x_free, method, stop, max_steps)
+    if kind == "ode":
+        final, extras = _relax_ode(dyn, x_free, stop, adjoint, max_steps, **ode_kw)
     else:
-        raise ValueError(
-            f"unknown method {method!r}; use 'ode', 'fixed_point', 'root' or 'minimise'")
+        cfg = (kind, steady_solver, stop, max_steps, nb)
+        if isinstance(adjoint, ImplicitSteadyState):
+            final, extras = _at_steady_state(_steady_forward, dyn, x_free, cfg, adjoint, nb)
+        else:
+            final, extras = _steady_forward(dyn, x_free, cfg)
 
-    residual = residual_norm(dyn, sol_state)
-    tol = stop.atol + stop.rtol * _rms(dyn, sol_state) if isinstance(stop, SteadyState) else 1e-4
-    finite = _finite(dyn, sol_state)
-    converged = (residual <= tol) & finite
+    residual = residual_norm(dyn, final)
+    tolerance = stop.atol + stop.rtol * _rms(dyn, final)
+    finite = _finite(dyn, final) & jnp.isfinite(residual)
+    if batch:
+        finite = finite & alive0
+        state = {n: jnp.where(_rows(alive0, v, net.layers[n].ndim), v, x_orig[n])
+                 for n, v in dyn.full_state(final).items()}
+        residual = jnp.where(alive0, residual, jnp.nan)
+    else:
+        state = dyn.full_state(final)
     out = Relaxation(
-        state=dyn.full_state(sol_state),
-        converged=converged,
+        state=state,
+        converged=(residual <= tolerance) & finite,
         residual=residual,
+        tolerance=jnp.broadcast_to(tolerance, residual.shape),
         finite=finite,
         **extras,
     )
 
-    if concrete and on_nonfinite != "flag" and not (on_nonfinite == "auto" and batch):
+    if raise_nonfinite and not isinstance(finite, jax.core.Tracer):
         bad = ~np.asarray(finite)
         if bad.any():
-            layers = [n for n, v in sol_state.items() if not bool(jnp.all(jnp.isfinite(v)))]
+            layers = [n for n, v in state.items() if not bool(jnp.all(jnp.isfinite(v)))]
             where = f" in samples {np.argwhere(bad).tolist()}" if batch else ""
             raise NonFiniteStateError(
-                f"relaxation produced a non-finite state in layer(s) {layers}{where} at step "
-                f"{int(out.num_steps)} (t={float(out.t_final):.4g}); try a smaller dt0, an "
-                "adaptive solver, or check the weights"
+                f"relaxation produced a non-finite state in layer(s) {layers}{where} (stopped at "
+                f"step {int(out.num_steps)}); try a smaller dt0, an adaptive solver, or check "
+                "the weights"
             )
     return out
 
 
-def _relax_ode(
-    dyn, x_free, solver, stop, dt0, controller, max_steps, save, save_ts, adjoint, progress
-):
+def _rows(flags: Array, v: Array, layer_ndim: int) -> Array:
+    """A per-sample flag broadcast against a layer's batched state."""
+    return flags.reshape(flags.shape + (1,) * layer_ndim)
+
+
+def _method(method) -> tuple[str, Any]:
+    """``(kind, steady-state solver or None)``."""
+    if isinstance(method, Anderson):
+        return "anderson", method
+    if method == "ode":
+        return "ode", None
+    if method == "anderson":
+        return "anderson", Anderson()
+    if method == "fixed_point":
+        return "fixed_point", Anderson(history=1)
+    if method in ("root", "minimise", "minimize"):
+        return ("minimise" if method == "minimize" else method), None
+    raise ValueError(f"unknown method {method!r}; use 'ode', 'anderson', 'fixed_point', 'root', "
+                     "'minimise' or hamjax.solvers.Anderson(...)")
+
+
+# ------------------------------------------------------------------ the ODE path
+def _relax_ode(dyn, x_free, stop, adjoint, max_steps, *, solver, dt0, stepsize_controller,
+               save, save_ts, progress):
+    solver = _solver("tsit5" if solver is None else solver)
+    dt0 = 0.1 if dt0 is None else dt0
+    save = "final" if save is None else save
+    progress = bool(progress)
+    controller = stepsize_controller
     adaptive = isinstance(solver, diffrax.AbstractAdaptiveSolver) and not isinstance(
         stop, FixedSteps
     )
@@ -567,23 +609,16 @@ def _relax_ode(
     ):
         return _fixed_steps(dyn, x_free, solver, stop.n, dt0, save)
     saveat, want_x, want_e = _save_spec(save, save_ts)
+    cfg = (solver, controller, stop, dt0, max_steps, saveat, progress)
     if isinstance(adjoint, ImplicitSteadyState):
-        x_free = jax.lax.stop_gradient(x_free)  # a steady state does not depend on where it began
-        cfg = (solver, controller, stop, dt0, max_steps, saveat, progress)
-        final, sol = optxi.implicit_jvp(
-            _implicit_primal,
-            _implicit_rewrite,
-            (dyn, x_free, cfg),
-            frozenset(),
-            adjoint.linear_solver,
-        )
+        final, sol = _at_steady_state(_ode_forward, dyn, x_free, cfg, adjoint,
+                                      _batch_ndim(dyn, x_free))
         sol = eqx.tree_at(
             lambda s: s.ys, sol, jax.tree.map(lambda v: v[None], final), is_leaf=lambda v: v is None
         )
     else:
-        sol = _solve(
-            dyn, x_free, solver, controller, stop, adjoint, dt0, max_steps, saveat, progress
-        )
+        sol = _solve(dyn, x_free, solver, controller, stop, adjoint, dt0, max_steps, saveat,
+                     progress)
 
     if save == "final":
         final = jax.tree.map(lambda v: v[-1], sol.ys)
@@ -608,6 +643,91 @@ def _relax_ode(
         energies=energies,
     )
     return final, extras
+
+
+def _recorder(save):
+    """``(record(y, dyn) -> dict, want_x, want_e)``: what a saved step keeps."""
+    if save not in ("final", "trajectory", "energy", "both"):
+        raise ValueError(f"save must be 'final', 'trajectory', 'energy' or 'both', got {save!r}")
+    want_x = save in ("trajectory", "both")
+    want_e = save in ("energy", "both")
+
+    def record(y, dyn):
+        out = {}
+        if want_x:
+            out["x"] = y
+        if want_e:
+            out["energy"] = dyn.net.energy(dyn.full_state(y))
+        return out
+
+    return record, want_x, want_e
+
+
+def _save_spec(save, ts):
+    record, want_x, want_e = _recorder(save)
+    if save == "final":
+        return diffrax.SaveAt(t1=True), False, False
+
+    def fn(t, y, dyn):
+        return record(y, dyn)
+
+    sub = (
+        diffrax.SubSaveAt(ts=ts, fn=fn)
+        if ts is not None
+        else diffrax.SubSaveAt(t0=True, steps=True, fn=fn)
+    )
+    return diffrax.SaveAt(subs=[diffrax.SubSaveAt(t1=True), sub]), want_x, want_e
+
+
+@eqx.filter_jit
+def _solve(dyn, x_free, solver, controller, stop, adjoint, dt0, max_steps, saveat, progress):
+    term = diffrax.ODETerm(lambda t, y, d: d(y))
+
+    # Samples are independent: the solve stops when every sample has converged or gone
+    # non-finite (one NaN sample neither stops the batch nor counts as converged).
+    if isinstance(stop, SteadyState):
+        t1 = stop.t_max
+
+        def cond_fn(t, y, d, **kwargs):
+            ok = _rms(d, _force(d, d(y))) <= stop.atol + stop.rtol * _rms(d, y)
+            return jnp.all(ok | ~_finite(d, y))
+
+        event = diffrax.Event(cond_fn)
+    else:
+        t1 = stop.t1 if isinstance(stop, FixedTime) else stop.n * dt0
+
+        def cond_fn(t, y, d, **kwargs):
+            return jnp.all(~_finite(d, y))
+
+        # ImplicitAdjoint needs a steady-state event; other stops get only the NaN guard
+        event = None if isinstance(adjoint, diffrax.ImplicitAdjoint) else diffrax.Event(cond_fn)
+
+    sol = diffrax.diffeqsolve(
+        term,
+        solver,
+        t0=0.0,
+        t1=t1,
+        dt0=dt0,
+        y0=x_free,
+        args=dyn,
+        saveat=saveat,
+        stepsize_controller=controller,
+        adjoint=adjoint,
+        event=event,
+        max_steps=max_steps,
+        throw=False,
+        progress_meter=diffrax.TqdmProgressMeter() if progress else diffrax.NoProgressMeter(),
+    )
+    return sol
+
+
+def _ode_forward(dyn, x_free, cfg):
+    """The ODE solve as the (undifferentiated) forward of :func:`_at_steady_state`."""
+    solver, controller, stop, dt0, max_steps, saveat, progress = cfg
+    sol = _solve(dyn, x_free, solver, controller, stop, diffrax.RecursiveCheckpointAdjoint(),
+                 dt0, max_steps, saveat, progress)
+    final = jax.tree.map(lambda v: v[-1], sol.ys)
+    return final, eqx.tree_at(lambda s: s.ys, sol, None)
 
 
 @eqx.filter_jit
@@ -668,29 +788,6 @@ def _evaluations(solver, num_steps, steady_test: bool):
     return evals
 
 
-def _implicit_primal(inputs):
-    dyn, x_free, (solver, controller, stop, dt0, max_steps, saveat, progress) = inputs
-    sol = _solve(
-        dyn,
-        x_free,
-        solver,
-        controller,
-        stop,
-        diffrax.RecursiveCheckpointAdjoint(),
-        dt0,
-        max_steps,
-        saveat,
-        progress,
-    )
-    final = jax.tree.map(lambda v: v[-1], sol.ys)
-    return final, eqx.tree_at(lambda s: s.ys, sol, None)
-
-
-def _implicit_rewrite(root, residual, inputs):
-    dyn = inputs[0]
-    return dyn(root)
-
-
 def dyn_full_traj(dyn: ClampedDynamics, traj: Mapping[str, Array]) -> dict[str, Array]:
     """Add the (constant) clamped layers to a saved trajectory of free states."""
     n_saved = next(iter(traj.values())).shape[0]
@@ -704,28 +801,53 @@ def dyn_full_traj(dyn: ClampedDynamics, traj: Mapping[str, Array]) -> dict[str, 
     return out
 
 
-def _relax_optx(dyn, x_free, method, stop, max_steps):
-    tol = stop.atol if isinstance(stop, SteadyState) else 1e-5
-    if method == "fixed_point":
+# ------------------------------------------------------------------ the steady-state methods
+def _at_steady_state(forward, dyn, x_init, cfg, adjoint: ImplicitSteadyState, batch_ndim: int):
+    """``forward(dyn, x_init, cfg) -> (x*, extras)``, differentiated by the implicit function
+    theorem on ``F(x*; dyn, x_init) = 0`` (:func:`_steady_force`) with the adjoint's linear
+    solver; the forward itself is never differentiated. ``x_init`` matters only where neurons
+    are frozen (elsewhere a steady state does not depend on where it began)."""
+    linear_solver = with_batch_ndim(adjoint.linear_solver, batch_ndim)
+    return optxi.implicit_jvp(_implicit_primal, _implicit_rewrite, (dyn, x_init, (forward, cfg)),
+                              frozenset(), linear_solver)
 
-        def update(y, d):
-            force = _force(d, d(y))  # τẋ = c + I − x: the update lands on c + I
-            return {n: y[n] + force[n] for n in y}
 
-        # optimistix stops on max|x_{k+1} − x_k| = max|τẋ| ≤ atol: every sample's residual,
-        # in the max norm, within the SteadyState tolerance
-        sol = optx.fixed_point(update, optx.FixedPointIteration(rtol=0.0, atol=tol), x_free,
-                               args=dyn, max_steps=max_steps, throw=False)
-        x = sol.value
+def _implicit_primal(inputs):
+    dyn, x_init, (forward, cfg) = inputs
+    return forward(dyn, x_init, cfg)
+
+
+def _implicit_rewrite(root, _extras, inputs):
+    dyn, x_init, _ = inputs
+    return _steady_force(dyn, root, x_init)
+
+
+def _fixed_point_map(y, args):
+    """``x ← x + F(x) = c + I`` (frozen neurons: their initial values)."""
+    dyn, x_init = args
+    f = _steady_force(dyn, y, x_init)
+    return {n: y[n] + f[n] for n in y}
+
+
+def _steady_forward(dyn, x_free, cfg):
+    kind, solver, stop, max_steps, nb = cfg
+    if kind in ("anderson", "fixed_point"):
+        if solver.atol is not None or solver.rtol is not None:
+            raise ValueError("give the tolerance once, in stop=SteadyState(atol=..., rtol=...),"
+                             " not in the Anderson solver")
+        solver = with_batch_ndim(eqx.tree_at(lambda s: (s.atol, s.rtol), solver,
+                                             (stop.atol, stop.rtol),
+                                             is_leaf=lambda v: v is None), nb)
+        sol = optx.fixed_point(_fixed_point_map, solver, x_free, args=(dyn, x_free),
+                               max_steps=max_steps, throw=False,
+                               adjoint=optx.RecursiveCheckpointAdjoint())
         steps = sol.stats["num_steps"]
-        extras = dict(steps=steps, num_steps=steps, evaluations=steps,
-                      t_final=jnp.asarray(jnp.nan), result=_optx_result(sol))
-        return x, extras
-    if method == "root":
-        solver = optx.Newton(rtol=1e-6, atol=tol * 1e-2)
-        sol = optx.root_find(
-            lambda y, d: d(y), solver, x_free, args=dyn, max_steps=max_steps, throw=False
-        )
+        return sol.value, dict(steps=steps, num_steps=steps, evaluations=steps,
+                               t_final=jnp.asarray(jnp.nan), result=_optx_result(sol))
+    if kind == "root":
+        sol = optx.root_find(lambda y, d: d(y), optx.Newton(rtol=1e-6, atol=stop.atol * 1e-2),
+                             x_free, args=dyn, max_steps=max_steps, throw=False,
+                             adjoint=optx.RecursiveCheckpointAdjoint())
         x = sol.value
     else:
         net = dyn.net
@@ -733,27 +855,17 @@ def _relax_optx(dyn, x_free, method, stop, max_steps):
         def total_energy(y, d):
             return jnp.sum(net.energy(d.full_state(y)))
 
-        solver = optx.BFGS(rtol=1e-7, atol=tol * 1e-2)
-        sol = optx.minimise(
-            total_energy, solver, x_free, args=dyn, max_steps=max_steps, throw=False
-        )
+        sol = optx.minimise(total_energy, optx.BFGS(rtol=1e-7, atol=stop.atol * 1e-2), x_free,
+                            args=dyn, max_steps=max_steps, throw=False,
+                            adjoint=optx.RecursiveCheckpointAdjoint())
         y = sol.value
         # one fixed-point step x ← c(g(x)) + I: the minimiser may sit anywhere on a dead-neuron
         # flat set; the step lands on the steady state with the same activations (Prop. 4)
-        c = dyn.currents(y)
-        x = {}
-        for n in dyn.free:
-            layer = net.layers[n]
-            x[n] = c[n] + layer.bias if layer.bias is not None else c[n]
+        f = _force(dyn, dyn(y))
+        x = {n: y[n] + f[n] for n in dyn.free}
     steps = sol.stats["num_steps"]
-    extras = dict(
-        steps=steps,
-        num_steps=steps,
-        evaluations=jnp.asarray(-1),
-        t_final=jnp.asarray(jnp.nan),
-        result=_optx_result(sol),
-    )
-    return x, extras
+    return x, dict(steps=steps, num_steps=steps, evaluations=jnp.asarray(-1),
+                   t_final=jnp.asarray(jnp.nan), result=_optx_result(sol))
 
 
 def _optx_result(sol) -> diffrax.RESULTS:

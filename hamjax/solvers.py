@@ -1,0 +1,366 @@
+"""Steady-state solvers missing from optimistix and lineax, written as their solver objects.
+
+* :class:`Anderson`: Anderson acceleration of a fixed-point iteration ``x = f(x)`` (an
+  ``optimistix.AbstractFixedPointSolver``), per sample, with mixing (damping) and a safeguard.
+  It is the forward solver of the DEQ libraries; ``history=1`` is the plain (damped) iteration.
+* :class:`Neumann`: the adjoint (or any) linear system ``A v = b`` with ``A = M − I`` and
+  ``M`` a contraction, solved by the fixed-point iteration ``v ← M v − b`` (the Neumann series
+  of ``(I − M)⁻¹``) with a per-sample tolerance, falling back to a Krylov solve when it does not
+  contract (an ``lineax.AbstractLinearSolver``).
+* :class:`PhantomGradient`: the same iteration truncated after ``steps`` terms, with damping:
+  the cheap approximate gradient of the DEQ literature ("phantom gradients", Geng et al. 2021).
+
+Why these fit a HAM: at a steady state of ``τ ẋ = F(x) = c(g(x)) + I − x`` the Jacobian is
+``∂F/∂x = C H − I`` with ``H`` the Lagrangian Hessian and ``C = −∂²E_syn/∂g²``; at a stable
+steady state ``CH`` has real eigenvalues below 1, and on trained networks they are small
+(``|λ| ≈ 0.1``), so both the forward map ``x ← x + F(x)`` and the adjoint iteration
+``v ← (CH)ᵀ v − b`` contract in a few steps. Dead neurons (``H D = 0``) only add eigenvalues 0
+to ``CH``: the iteration stays well defined there (MATH.md §4.5).
+
+"Per sample": the leading ``batch_ndim`` axes of every leaf index independent problems (a batch
+of relaxations). Each sample is tested against its own tolerance and stops when it meets it;
+the mixing coefficients of Anderson acceleration are per sample too, so one sample never
+changes another's result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import lineax as lx
+import optimistix as optx
+from jaxtyping import Array, PyTree
+
+__all__ = ["Anderson", "Neumann", "PhantomGradient"]
+
+
+# ------------------------------------------------------------------ per-sample flattening
+def _num_samples(tree, batch_ndim: int) -> int:
+    leaf = jax.tree_util.tree_leaves(tree)[0]
+    return math.prod(leaf.shape[:batch_ndim])
+
+
+def _flat(tree, batch_ndim: int) -> Array:
+    """``(samples, features)``: each sample's leaves raveled and joined."""
+    b = _num_samples(tree, batch_ndim)
+    return jnp.concatenate([v.reshape(b, -1) for v in jax.tree_util.tree_leaves(tree)], axis=1)
+
+
+def _unflat(flat: Array, like) -> PyTree:
+    leaves, treedef = jax.tree_util.tree_flatten(like)
+    out, start = [], 0
+    for v in leaves:
+        size = v.size // flat.shape[0]
+        out.append(flat[:, start : start + size].reshape(v.shape).astype(v.dtype))
+        start += size
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _rms_rows(a: Array) -> Array:
+    """Per-row root-mean-square, NaN for a row holding a NaN."""
+    return jnp.sqrt(jnp.mean(a * a, axis=1))
+
+
+# ------------------------------------------------------------------ Anderson acceleration
+class _AndersonState(eqx.Module):
+    xs: Array  # (history, samples, features): past iterates x_i
+    gs: Array  # (history, samples, features): their residuals g_i = f(x_i) − x_i
+    count: Array  # (samples,) how many of the newest history slots are valid
+    slot: Array  # () where the next pair is written (a ring buffer)
+    best_res: Array  # (samples,) smallest residual seen since the last restart
+    best_x: Array  # (samples, features)
+    best_g: Array
+    since_best: Array  # (samples,) iterations since best_res last improved
+    done: Array  # (samples,) converged (or non-finite): held where it is
+    residual: Array  # (samples,) rms residual at the current iterate
+    restarts: Array  # (samples,) safeguard restarts taken
+
+
+class Anderson(optx.AbstractFixedPointSolver):
+    """Anderson acceleration (Anderson 1965; Walker & Ni 2011) of ``x ← f(x)``, per sample.
+
+    With ``g_i = f(x_i) − x_i`` over the last ``m = history`` iterates, each sample solves
+    ``min_α |Σ_i α_i g_i|²`` subject to ``Σ_i α_i = 1`` (regularised normal equations
+    ``(GGᵀ + λ·max diag(GGᵀ)·I) α ∝ 1``, ``m × m``) and steps to
+
+        x_{k+1} = Σ_i α_i (x_i + β g_i)        (β = ``mixing``; β = 1: Σ α_i f(x_i)).
+
+    ``history=1`` is the damped fixed-point iteration ``x ← x + β (f(x) − x)``.
+
+    A sample has converged when ``rms(f(x) − x) ≤ atol + rtol · rms(x)`` (root-mean-square over
+    its features); it is then held where it is while the others go on. Safeguard: when a
+    sample's residual exceeds ``safeguard`` times the best it reached, or has not improved on it
+    for ``patience`` iterations, its history is cleared and it restarts with a plain damped step
+    from its best iterate (Anderson's extrapolation can stall or blow up far from the solution;
+    the plain step is what the acceleration falls back to). A non-finite sample counts as done
+    and keeps its non-finite value, so the caller sees it.
+
+    ``batch_ndim``: the leading axes of every leaf that index independent samples (0: one
+    problem). :func:`hamjax.relax` sets it, and the tolerances from its ``SteadyState``.
+    """
+
+    rtol: float | None = None
+    atol: float | None = None
+    history: int = eqx.field(static=True, default=5)
+    mixing: float = 1.0
+    regularisation: float = 1e-5
+    safeguard: float = 100.0
+    patience: int = eqx.field(static=True, default=20)
+    batch_ndim: int = eqx.field(static=True, default=0)
+    # optimistix's solvers carry a norm; the test here is the per-sample rms above
+    norm: Callable = optx.max_norm
+
+    def __check_init__(self):
+        if self.history < 1:
+            raise ValueError(f"Anderson needs history >= 1, got {self.history}")
+        if isinstance(self.mixing, int | float) and not 0 < self.mixing <= 1:
+            raise ValueError(f"Anderson mixing must be in (0, 1], got {self.mixing}")
+
+    def _tol(self, x: Array) -> Array:
+        if self.atol is None or self.rtol is None:
+            raise ValueError("Anderson needs rtol and atol (hamjax.relax sets them from its "
+                             "SteadyState)")
+        return self.atol + self.rtol * _rms_rows(x)
+
+    def init(self, fn, y, args, options, f_struct, aux_struct, tags) -> _AndersonState:
+        del fn, args, options, f_struct, aux_struct, tags
+        x = _flat(y, self.batch_ndim)
+        b, n = x.shape
+        hist = jnp.zeros((self.history, b, n), x.dtype)
+        inf = jnp.full((b,), jnp.inf, x.dtype)
+        zero_i = jnp.zeros((b,), jnp.int32)
+        return _AndersonState(
+            xs=hist, gs=hist, count=zero_i, slot=jnp.asarray(0, jnp.int32), best_res=inf,
+            best_x=x, best_g=jnp.zeros_like(x), since_best=zero_i,
+            done=jnp.zeros((b,), bool), residual=inf, restarts=zero_i,
+        )
+
+    def step(self, fn, y, args, options, state: _AndersonState, tags):
+        del options, tags
+        fy, aux = fn(y, args)
+        x = _flat(y, self.batch_ndim)
+        g = _flat(fy, self.batch_ndim) - x
+        res = _rms_rows(g)
+        finite = jnp.isfinite(res) & jnp.all(jnp.isfinite(x), axis=1)
+        converged = finite & (res <= self._tol(x))
+        done = state.done | converged | ~finite
+
+        # safeguard: blow-up or stagnation since the best iterate → restart from the best
+        improved = res < state.best_res
+        since = jnp.where(improved, 0, state.since_best + 1)
+        restart = ~done & ~improved & ((res > self.safeguard * state.best_res)
+                                       | (since > self.patience))
+        best_res = jnp.where(improved, res, state.best_res)
+        best_x = jnp.where(improved[:, None], x, state.best_x)
+        best_g = jnp.where(improved[:, None], g, state.best_g)
+        since = jnp.where(restart, 0, since)
+
+        # push (x, g) into the ring buffer; a restarting sample's history is emptied
+        xs = state.xs.at[state.slot].set(x)
+        gs = state.gs.at[state.slot].set(g)
+        count = jnp.where(restart, 0, jnp.minimum(state.count + 1, self.history))
+        slot = (state.slot + 1) % self.history
+
+        # which slots hold one of each sample's `count` newest pairs
+        age = (slot - 1 - jnp.arange(self.history)) % self.history  # 0 = newest
+        valid = age[:, None] < count[None, :]  # (history, samples)
+        alpha = _anderson_weights(gs, valid, state.slot, self.regularisation)
+        mixed = jnp.einsum("hb,hbn->bn", alpha, xs + self.mixing * gs)
+        plain = best_x + self.mixing * best_g
+        new_x = jnp.where(done[:, None], x, jnp.where(restart[:, None], plain, mixed))
+
+        new_state = _AndersonState(
+            xs=xs, gs=gs, count=count, slot=slot, best_res=best_res, best_x=best_x,
+            best_g=best_g, since_best=since, done=done, residual=res,
+            restarts=state.restarts + restart.astype(jnp.int32),
+        )
+        return _unflat(new_x, y), new_state, aux
+
+    def terminate(self, fn, y, args, options, state: _AndersonState, tags):
+        del fn, y, args, options, tags
+        return jnp.all(state.done), optx.RESULTS.successful
+
+    def postprocess(self, fn, y, aux, args, options, state, tags, result):
+        del fn, args, options, tags, result
+        return y, aux, {"residual": state.residual, "done": state.done,
+                        "restarts": state.restarts}
+
+
+def _anderson_weights(gs: Array, valid: Array, newest, reg: float) -> Array:
+    """``α`` (history, samples): ``(GGᵀ + λ I) α = 1`` per sample, normalised to sum 1, over
+    the valid slots (invalid ones get α = 0: their rows and columns are those of the identity,
+    right side 0). ``newest``: the slot of the newest pair, used alone if the solve degenerates."""
+    gram = jnp.einsum("ibn,jbn->bij", gs, gs)  # (samples, history, history)
+    v = valid.T  # (samples, history)
+    both = v[:, :, None] & v[:, None, :]
+    gram = jnp.where(both, gram, 0.0)
+    scale = jnp.max(jnp.where(v, jnp.diagonal(gram, axis1=1, axis2=2), 0.0), axis=1)
+    scale = jnp.where(scale > 0, scale, 1.0)
+    eye = jnp.eye(gs.shape[0], dtype=gs.dtype)
+    diag = jnp.where(v, reg * scale[:, None], 1.0)
+    gram = gram + eye * diag[:, :, None]
+    rhs = v.astype(gs.dtype)
+    a = jnp.linalg.solve(gram, rhs[..., None])[..., 0]
+    total = jnp.sum(a, axis=1, keepdims=True)
+    # a degenerate solve (total ≈ 0 or NaN) falls back to the newest iterate alone
+    ok = jnp.isfinite(total) & (jnp.abs(total) > 1e-12)
+    only_newest = jnp.broadcast_to(jnp.arange(a.shape[1]) == newest, a.shape).astype(a.dtype)
+    a = jnp.where(ok, a / jnp.where(ok, total, 1.0), only_newest)
+    return a.T
+
+
+# ------------------------------------------------------------------ linear solves
+def _sample_rms(tree, batch_ndim: int) -> Array:
+    return _rms_rows(_flat(tree, batch_ndim))
+
+
+def _richardson(operator, b, v0, damping, steps_max, tol_fn, batch_ndim, until_converged):
+    """``v ← v + λ (A v − b)`` (for ``A = M − I``: ``v ← ((1 − λ) I + λ M) v − λ b``), each
+    sample held once ``rms(A v − b) ≤ tol``; stops early when a sample's residual grows a
+    thousandfold (it does not contract). Returns ``(v, per-sample ok, steps)``."""
+    tol = tol_fn(b)
+    r0 = jax.tree.map(lambda av, bb: av - bb, operator.mv(v0), b)
+    res0 = _sample_rms(r0, batch_ndim)
+
+    def cond(c):
+        k, _, _, res, diverged = c
+        more = k < steps_max
+        if until_converged:
+            more = more & ~jnp.all(res <= tol) & ~diverged
+        return more
+
+    def body(c):
+        k, v, r, res, _ = c
+        hold = res <= tol if until_converged else jnp.zeros_like(res, bool)
+        keep = _broadcast_rows(hold, v, batch_ndim)
+        v = jax.tree.map(lambda vv, rr, kk: jnp.where(kk, vv, vv + damping * rr), v, r, keep)
+        r = jax.tree.map(lambda av, bb: av - bb, operator.mv(v), b)
+        res = _sample_rms(r, batch_ndim)
+        diverged = jnp.any(~jnp.isfinite(res) | (res > 1e3 * jnp.maximum(res0, tol)))
+        return k + 1, v, r, res, diverged
+
+    init = (jnp.asarray(0, jnp.int32), v0, r0, res0, jnp.asarray(False))
+    k, v, _, res, _ = jax.lax.while_loop(cond, body, init)
+    return v, res <= tol, k
+
+
+def _broadcast_rows(flags: Array, tree, batch_ndim: int):
+    """A per-sample flag as a tree of masks broadcastable against ``tree``'s leaves."""
+    lead = jax.tree_util.tree_leaves(tree)[0].shape[:batch_ndim]
+    f = flags.reshape(lead)
+    return jax.tree.map(lambda v: f.reshape(lead + (1,) * (v.ndim - batch_ndim)), tree)
+
+
+class Neumann(lx.AbstractLinearSolver):
+    """Solve ``A v = b`` for ``A = M − I`` with ``M`` a contraction by ``v ← M v − b``
+    (Richardson iteration with step −1; ``v = −Σ_k M^k b``, the Neumann series), optionally
+    damped: ``v ← v + λ (A v − b)``.
+
+    Each sample stops once ``rms(A v − b) ≤ atol + rtol · rms(b)``. When some sample does not
+    get there in ``max_steps`` iterations, or its residual grows (``M`` does not contract),
+    the solve falls back to ``fallback`` (GMRES with restart 20 by default; ``None`` to fail
+    instead), started from the iterate reached. One matrix-vector product per iteration.
+
+    The transposed system (what reverse-mode differentiation solves) is iterated the same
+    way with ``Mᵀ``, whose spectrum is that of ``M``.
+    """
+
+    rtol: float = 1e-5
+    atol: float = 1e-9
+    max_steps: int = eqx.field(static=True, default=50)
+    damping: float = 1.0
+    fallback: lx.AbstractLinearSolver | None = lx.GMRES(rtol=1e-5, atol=1e-9, restart=20,
+                                                        stagnation_iters=20, max_steps=2000)
+    batch_ndim: int = eqx.field(static=True, default=0)
+
+    def init(self, operator, options):
+        del options
+        if eqx.tree_equal(operator.in_structure(), operator.out_structure()) is not True:
+            raise ValueError("Neumann needs a square operator")
+        return lx.linearise(operator)
+
+    def compute(self, state, vector, options):
+        operator = state
+        v0 = options.get("y0", jax.tree.map(jnp.zeros_like, vector))
+
+        def tol_fn(b):
+            return self.atol + self.rtol * _sample_rms(b, self.batch_ndim)
+
+        v, ok, steps = _richardson(operator, vector, v0, self.damping, self.max_steps, tol_fn,
+                                   self.batch_ndim, until_converged=True)
+        all_ok = jnp.all(ok)
+        if self.fallback is None:
+            result = lx.RESULTS.where(all_ok, lx.RESULTS.successful,
+                                      lx.RESULTS.max_steps_reached)
+            return v, result, {"num_steps": steps, "fallback_steps": jnp.asarray(0)}
+
+        fb = self.fallback
+
+        def krylov(v):
+            st = fb.init(operator, {})
+            sol, res, stats = fb.compute(st, vector, {"y0": v})
+            return sol, res, jnp.asarray(stats.get("num_steps", -1), jnp.int32)
+
+        def done(v):
+            return v, lx.RESULTS.successful, jnp.asarray(0, jnp.int32)
+
+        v, result, fb_steps = jax.lax.cond(all_ok, done, krylov, v)
+        return v, result, {"num_steps": steps, "fallback_steps": fb_steps}
+
+    def transpose(self, state, options):
+        return state.transpose(), {k: v for k, v in options.items() if k != "y0"}
+
+    def conj(self, state, options):
+        return lx.conj(state), {k: v for k, v in options.items() if k != "y0"}
+
+    def assume_full_rank(self):
+        return True
+
+
+class PhantomGradient(lx.AbstractLinearSolver):
+    """The truncated, damped Neumann series: ``steps`` iterations of ``v ← v + λ (A v − b)``
+    from ``v = 0`` (Geng et al. 2021, "On training implicit models": the phantom gradient).
+    An approximation by design, so it reports success whatever the residual: use it for a
+    cheap gradient whose direction, not precision, matters. ``steps`` matrix-vector products."""
+
+    steps: int = eqx.field(static=True, default=5)
+    damping: float = 1.0
+    batch_ndim: int = eqx.field(static=True, default=0)
+
+    def __check_init__(self):
+        if self.steps < 1:
+            raise ValueError(f"PhantomGradient needs steps >= 1, got {self.steps}")
+
+    def init(self, operator, options):
+        del options
+        return lx.linearise(operator)
+
+    def compute(self, state, vector, options):
+        v0 = jax.tree.map(jnp.zeros_like, vector)
+        v, _, k = _richardson(state, vector, v0, self.damping, self.steps,
+                              lambda b: 0.0, self.batch_ndim,
+                              until_converged=False)
+        return v, lx.RESULTS.successful, {"num_steps": k}
+
+    def transpose(self, state, options):
+        return state.transpose(), options
+
+    def conj(self, state, options):
+        return lx.conj(state), options
+
+    def assume_full_rank(self):
+        return True
+
+
+def with_batch_ndim(solver: Any, batch_ndim: int) -> Any:
+    """``solver`` told how many leading axes index samples (for the solvers of this module;
+    others are returned as they are)."""
+    if isinstance(solver, Anderson | Neumann | PhantomGradient):
+        return dataclasses.replace(solver, batch_ndim=batch_ndim)
+    return solver
