@@ -838,9 +838,9 @@ def _steady_forward(dyn, x_free, cfg):
         solver = with_batch_ndim(eqx.tree_at(lambda s: (s.atol, s.rtol), solver,
                                              (stop.atol, stop.rtol),
                                              is_leaf=lambda v: v is None), nb)
+        # never differentiated here: relax differentiates at the steady state (_at_steady_state)
         sol = optx.fixed_point(_fixed_point_map, solver, x_free, args=(dyn, x_free),
-                               max_steps=max_steps, throw=False,
-                               adjoint=optx.RecursiveCheckpointAdjoint())
+                               max_steps=max_steps, throw=False)
         steps = sol.stats["num_steps"]
         return sol.value, dict(steps=steps, num_steps=steps, evaluations=steps,
                                t_final=jnp.asarray(jnp.nan), result=_optx_result(sol))

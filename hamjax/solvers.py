@@ -69,8 +69,9 @@ def _rms_rows(a: Array) -> Array:
 
 # ------------------------------------------------------------------ Anderson acceleration
 class _AndersonState(eqx.Module):
-    xs: Array  # (history, samples, features): past iterates x_i
-    gs: Array  # (history, samples, features): their residuals g_i = f(x_i) − x_i
+    xs: Array  # (samples, history, features): past iterates x_i
+    gs: Array  # (samples, history, features): their residuals g_i = f(x_i) − x_i
+    gram: Array  # (samples, history, history): g_i · g_j, one row and column new per step
     count: Array  # (samples,) how many of the newest history slots are valid
     slot: Array  # () where the next pair is written (a ring buffer)
     best_res: Array  # (samples,) smallest residual seen since the last restart
@@ -132,11 +133,12 @@ class Anderson(optx.AbstractFixedPointSolver):
         del fn, args, options, f_struct, aux_struct, tags
         x = _flat(y, self.batch_ndim)
         b, n = x.shape
-        hist = jnp.zeros((self.history, b, n), x.dtype)
+        hist = jnp.zeros((b, self.history, n), x.dtype)
         inf = jnp.full((b,), jnp.inf, x.dtype)
         zero_i = jnp.zeros((b,), jnp.int32)
         return _AndersonState(
-            xs=hist, gs=hist, count=zero_i, slot=jnp.asarray(0, jnp.int32), best_res=inf,
+            xs=hist, gs=hist, gram=jnp.zeros((b, self.history, self.history), x.dtype),
+            count=zero_i, slot=jnp.asarray(0, jnp.int32), best_res=inf,
             best_x=x, best_g=jnp.zeros_like(x), since_best=zero_i,
             done=jnp.zeros((b,), bool), residual=inf, restarts=zero_i,
         )
@@ -162,21 +164,24 @@ class Anderson(optx.AbstractFixedPointSolver):
         since = jnp.where(restart, 0, since)
 
         # push (x, g) into the ring buffer; a restarting sample's history is emptied
-        xs = state.xs.at[state.slot].set(x)
-        gs = state.gs.at[state.slot].set(g)
+        xs = state.xs.at[:, state.slot].set(x)
+        gs = state.gs.at[:, state.slot].set(g)
+        dots = jnp.einsum("bhn,bn->bh", gs, g)
+        gram = state.gram.at[:, state.slot, :].set(dots).at[:, :, state.slot].set(dots)
         count = jnp.where(restart, 0, jnp.minimum(state.count + 1, self.history))
         slot = (state.slot + 1) % self.history
 
         # which slots hold one of each sample's `count` newest pairs
         age = (slot - 1 - jnp.arange(self.history)) % self.history  # 0 = newest
-        valid = age[:, None] < count[None, :]  # (history, samples)
-        alpha = _anderson_weights(gs, valid, state.slot, self.regularisation)
-        mixed = jnp.einsum("hb,hbn->bn", alpha, xs + self.mixing * gs)
+        valid = age[None, :] < count[:, None]  # (samples, history)
+        alpha = _anderson_weights(gram, valid, state.slot, self.regularisation)
+        mixed = (jnp.einsum("bh,bhn->bn", alpha, xs)
+                 + self.mixing * jnp.einsum("bh,bhn->bn", alpha, gs))
         plain = best_x + self.mixing * best_g
         new_x = jnp.where(done[:, None], x, jnp.where(restart[:, None], plain, mixed))
 
         new_state = _AndersonState(
-            xs=xs, gs=gs, count=count, slot=slot, best_res=best_res, best_x=best_x,
+            xs=xs, gs=gs, gram=gram, count=count, slot=slot, best_res=best_res, best_x=best_x,
             best_g=best_g, since_best=since, done=done, residual=res,
             restarts=state.restarts + restart.astype(jnp.int32),
         )
@@ -192,27 +197,46 @@ class Anderson(optx.AbstractFixedPointSolver):
                         "restarts": state.restarts}
 
 
-def _anderson_weights(gs: Array, valid: Array, newest, reg: float) -> Array:
-    """``α`` (history, samples): ``(GGᵀ + λ I) α = 1`` per sample, normalised to sum 1, over
+def _anderson_weights(gram: Array, valid: Array, newest, reg: float) -> Array:
+    """``α`` (samples, history): ``(GGᵀ + λ I) α = 1`` per sample, normalised to sum 1, over
     the valid slots (invalid ones get α = 0: their rows and columns are those of the identity,
     right side 0). ``newest``: the slot of the newest pair, used alone if the solve degenerates."""
-    gram = jnp.einsum("ibn,jbn->bij", gs, gs)  # (samples, history, history)
-    v = valid.T  # (samples, history)
-    both = v[:, :, None] & v[:, None, :]
+    both = valid[:, :, None] & valid[:, None, :]
     gram = jnp.where(both, gram, 0.0)
-    scale = jnp.max(jnp.where(v, jnp.diagonal(gram, axis1=1, axis2=2), 0.0), axis=1)
+    scale = jnp.max(jnp.where(valid, jnp.diagonal(gram, axis1=1, axis2=2), 0.0), axis=1)
     scale = jnp.where(scale > 0, scale, 1.0)
-    eye = jnp.eye(gs.shape[0], dtype=gs.dtype)
-    diag = jnp.where(v, reg * scale[:, None], 1.0)
-    gram = gram + eye * diag[:, :, None]
-    rhs = v.astype(gs.dtype)
-    a = jnp.linalg.solve(gram, rhs[..., None])[..., 0]
+    eye = jnp.eye(gram.shape[-1], dtype=gram.dtype)
+    diag = jnp.where(valid, reg * scale[:, None], 1.0)
+    a = _spd_solve(gram + eye * diag[:, :, None], valid.astype(gram.dtype))
     total = jnp.sum(a, axis=1, keepdims=True)
     # a degenerate solve (total ≈ 0 or NaN) falls back to the newest iterate alone
     ok = jnp.isfinite(total) & (jnp.abs(total) > 1e-12)
     only_newest = jnp.broadcast_to(jnp.arange(a.shape[1]) == newest, a.shape).astype(a.dtype)
-    a = jnp.where(ok, a / jnp.where(ok, total, 1.0), only_newest)
-    return a.T
+    return jnp.where(ok, a / jnp.where(ok, total, 1.0), only_newest)
+
+
+def _spd_solve(a: Array, b: Array) -> Array:
+    """Solve the batched symmetric positive definite systems ``a x = b`` (``a``: (batch, m, m),
+    ``b``: (batch, m)) by a Cholesky factorisation unrolled over the small static ``m``: on a
+    CPU, LAPACK's batched solve costs more than the rest of an Anderson step together."""
+    m = a.shape[-1]
+    low = [[None] * m for _ in range(m)]
+    for j in range(m):
+        d = a[:, j, j] - sum((low[j][k] ** 2 for k in range(j)), jnp.zeros_like(a[:, 0, 0]))
+        low[j][j] = jnp.sqrt(jnp.maximum(d, jnp.finfo(a.dtype).tiny))
+        for i in range(j + 1, m):
+            off = a[:, i, j] - sum((low[i][k] * low[j][k] for k in range(j)),
+                                   jnp.zeros_like(d))
+            low[i][j] = off / low[j][j]
+    y = []
+    for i in range(m):
+        y.append((b[:, i] - sum((low[i][k] * y[k] for k in range(i)), jnp.zeros_like(b[:, 0])))
+                 / low[i][i])
+    x = [None] * m
+    for i in reversed(range(m)):
+        back = sum((low[k][i] * x[k] for k in range(i + 1, m)), jnp.zeros_like(y[i]))
+        x[i] = (y[i] - back) / low[i][i]
+    return jnp.stack(x, axis=-1)
 
 
 # ------------------------------------------------------------------ linear solves
@@ -271,12 +295,12 @@ class Neumann(lx.AbstractLinearSolver):
     way with ``Mᵀ``, whose spectrum is that of ``M``.
     """
 
-    rtol: float = 1e-5
+    rtol: float = 1e-4
     atol: float = 1e-9
-    max_steps: int = eqx.field(static=True, default=50)
+    max_steps: int = eqx.field(static=True, default=100)
     damping: float = 1.0
-    fallback: lx.AbstractLinearSolver | None = lx.GMRES(rtol=1e-5, atol=1e-9, restart=20,
-                                                        stagnation_iters=20, max_steps=2000)
+    fallback: lx.AbstractLinearSolver | None = lx.GMRES(rtol=1e-6, atol=1e-10, restart=20,
+                                                        stagnation_iters=20, max_steps=1000)
     batch_ndim: int = eqx.field(static=True, default=0)
 
     def init(self, operator, options):
@@ -303,14 +327,19 @@ class Neumann(lx.AbstractLinearSolver):
         fb = self.fallback
 
         def krylov(v):
-            st = fb.init(operator, {})
-            sol, res, stats = fb.compute(st, vector, {"y0": v})
-            return sol, res, jnp.asarray(stats.get("num_steps", -1), jnp.int32)
+            # the Krylov solver's own verdict is not used: lineax's GMRES reports "breakdown"
+            # on these systems even with residuals far below tolerance; the per-sample test is
+            # the same as the iteration's
+            sol, _, stats = fb.compute(fb.init(operator, {}), vector, {"y0": v})
+            r = jax.tree.map(lambda av, bb: av - bb, operator.mv(sol), vector)
+            ok = _sample_rms(r, self.batch_ndim) <= tol_fn(vector)
+            return sol, jnp.all(ok), jnp.asarray(stats.get("num_steps", -1), jnp.int32)
 
         def done(v):
-            return v, lx.RESULTS.successful, jnp.asarray(0, jnp.int32)
+            return v, jnp.asarray(True), jnp.asarray(0, jnp.int32)
 
-        v, result, fb_steps = jax.lax.cond(all_ok, done, krylov, v)
+        v, ok, fb_steps = jax.lax.cond(all_ok, done, krylov, v)
+        result = lx.RESULTS.where(ok, lx.RESULTS.successful, lx.RESULTS.max_steps_reached)
         return v, result, {"num_steps": steps, "fallback_steps": fb_steps}
 
     def transpose(self, state, options):
