@@ -841,9 +841,12 @@ def _steady_forward(dyn, x_free, cfg):
         # never differentiated here: relax differentiates at the steady state (_at_steady_state)
         sol = optx.fixed_point(_fixed_point_map, solver, x_free, args=(dyn, x_free),
                                max_steps=max_steps, throw=False)
-        steps = sol.stats["num_steps"]
-        return sol.value, dict(steps=steps, num_steps=steps, evaluations=steps,
-                               t_final=jnp.asarray(jnp.nan), result=_optx_result(sol))
+        x, ode_evals, ode_ok = _finish_by_ode(dyn, sol.value, x_free, stop, max_steps)
+        n = sol.stats["num_steps"] + ode_evals
+        result = diffrax.RESULTS.where(ode_ok, _optx_result(sol),
+                                       diffrax.RESULTS.max_steps_reached)
+        return x, dict(steps=n, num_steps=n, evaluations=n, t_final=jnp.asarray(jnp.nan),
+                       result=result)
     if kind == "root":
         sol = optx.root_find(lambda y, d: d(y), optx.Newton(rtol=1e-6, atol=stop.atol * 1e-2),
                              x_free, args=dyn, max_steps=max_steps, throw=False,
@@ -866,6 +869,38 @@ def _steady_forward(dyn, x_free, cfg):
     steps = sol.stats["num_steps"]
     return x, dict(steps=steps, num_steps=steps, evaluations=jnp.asarray(-1),
                    t_final=jnp.asarray(jnp.nan), result=_optx_result(sol))
+
+
+def _finish_by_ode(dyn, x, x_init, stop: SteadyState, max_steps: int):
+    """``(x, evaluations, ok)``: samples an iteration left above tolerance (but finite) relaxed
+    on by the dynamics (Tsit5, adaptive, to the same ``stop``) from where the iteration left
+    them; ``ok`` is False when that solve ran out of steps. The synchronous update can cycle
+    between the linear pieces of a ReLU network where the ODE settles. The samples already
+    converged are frozen meanwhile: left free, those sitting just under the tolerance drift
+    above it and back, and the batch took 3× the steps (107 against 38, digits, 359 samples).
+    Runs only when some sample needs it."""
+    res = _rms(dyn, _steady_force(dyn, x, x_init))
+    fine = (res <= stop.atol + stop.rtol * _rms(dyn, x)) | ~jnp.isfinite(res)
+
+    def ode(x):
+        inner, masks = (dyn.dyn, dyn.masks) if isinstance(dyn, Frozen) else (dyn, {})
+        nb = _batch_ndim(dyn, x)
+        hold = {n: masks.get(n, False) | fine.reshape(fine.shape + (1,) * (v.ndim - nb))
+                for n, v in x.items()}
+        held = Frozen(inner, {n: jnp.broadcast_to(m, x[n].shape) for n, m in hold.items()})
+        controller = diffrax.PIDController(rtol=0.1 * stop.rtol, atol=0.1 * stop.atol,
+                                           norm=PerSampleRMS(nb))
+        solver = diffrax.Tsit5()
+        sol = _solve(held, x, solver, controller, stop, diffrax.RecursiveCheckpointAdjoint(),
+                     0.1, max_steps, diffrax.SaveAt(t1=True), False)
+        final = jax.tree.map(lambda v: v[-1], sol.ys)
+        evals = _evaluations(solver, sol.stats["num_steps"], steady_test=True)
+        return final, jnp.asarray(evals, jnp.int32), sol.result != diffrax.RESULTS.max_steps_reached
+
+    def keep(x):
+        return x, jnp.asarray(0, jnp.int32), jnp.asarray(True)
+
+    return jax.lax.cond(jnp.all(fine), keep, ode, x)
 
 
 def _optx_result(sol) -> diffrax.RESULTS:

@@ -74,11 +74,12 @@ class _AndersonState(eqx.Module):
     gram: Array  # (samples, history, history): g_i · g_j, one row and column new per step
     count: Array  # (samples,) how many of the newest history slots are valid
     slot: Array  # () where the next pair is written (a ring buffer)
-    best_res: Array  # (samples,) smallest residual seen since the last restart
+    best_res: Array  # (samples,) smallest residual seen
     best_x: Array  # (samples, features)
     best_g: Array
-    since_best: Array  # (samples,) iterations since best_res last improved
-    done: Array  # (samples,) converged (or non-finite): held where it is
+    mark_res: Array  # (samples,) best_res when the current window of `patience` steps began
+    since: Array  # (samples,) iterations into the current window
+    done: Array  # (samples,) converged, non-finite or given up: held where it is
     residual: Array  # (samples,) rms residual at the current iterate
     restarts: Array  # (samples,) safeguard restarts taken
 
@@ -96,11 +97,15 @@ class Anderson(optx.AbstractFixedPointSolver):
 
     A sample has converged when ``rms(f(x) − x) ≤ atol + rtol · rms(x)`` (root-mean-square over
     its features); it is then held where it is while the others go on. Safeguard: when a
-    sample's residual exceeds ``safeguard`` times the best it reached, or has not improved on it
-    for ``patience`` iterations, its history is cleared and it restarts with a plain damped step
-    from its best iterate (Anderson's extrapolation can stall or blow up far from the solution;
-    the plain step is what the acceleration falls back to). A non-finite sample counts as done
-    and keeps its non-finite value, so the caller sees it.
+    sample's residual exceeds ``safeguard`` times the best it reached, or ``patience``
+    iterations did not halve its best residual, its history is cleared and it restarts with a
+    plain damped step from its best iterate (Anderson's extrapolation can stall or blow up far from the solution;
+    the plain step is what the acceleration falls back to). A sample that needs more than
+    ``max_restarts`` restarts is given up (an iteration can cycle between the linear pieces of a
+    ReLU network where the dynamics settle): it is held where it is, unconverged, so that the
+    others can finish and the caller can finish it otherwise (:func:`hamjax.relax` runs the ODE
+    from there). A non-finite sample counts as done and keeps its non-finite value, so the
+    caller sees it.
 
     ``batch_ndim``: the leading axes of every leaf that index independent samples (0: one
     problem). :func:`hamjax.relax` sets it, and the tolerances from its ``SteadyState``.
@@ -113,6 +118,7 @@ class Anderson(optx.AbstractFixedPointSolver):
     regularisation: float = 1e-5
     safeguard: float = 100.0
     patience: int = eqx.field(static=True, default=20)
+    max_restarts: int = eqx.field(static=True, default=1)
     batch_ndim: int = eqx.field(static=True, default=0)
     # optimistix's solvers carry a norm; the test here is the per-sample rms above
     norm: Callable = optx.max_norm
@@ -139,7 +145,7 @@ class Anderson(optx.AbstractFixedPointSolver):
         return _AndersonState(
             xs=hist, gs=hist, gram=jnp.zeros((b, self.history, self.history), x.dtype),
             count=zero_i, slot=jnp.asarray(0, jnp.int32), best_res=inf,
-            best_x=x, best_g=jnp.zeros_like(x), since_best=zero_i,
+            best_x=x, best_g=jnp.zeros_like(x), mark_res=inf, since=zero_i,
             done=jnp.zeros((b,), bool), residual=inf, restarts=zero_i,
         )
 
@@ -151,17 +157,22 @@ class Anderson(optx.AbstractFixedPointSolver):
         res = _rms_rows(g)
         finite = jnp.isfinite(res) & jnp.all(jnp.isfinite(x), axis=1)
         converged = finite & (res <= self._tol(x))
-        done = state.done | converged | ~finite
+        give_up = ~state.done & ~converged & finite & (state.restarts > self.max_restarts)
+        done = state.done | converged | ~finite | give_up
 
-        # safeguard: blow-up or stagnation since the best iterate → restart from the best
+        # safeguard: a blow-up, or a window of `patience` steps that did not halve the best
+        # residual (stagnation, or a cycle) → restart from the best iterate
         improved = res < state.best_res
-        since = jnp.where(improved, 0, state.since_best + 1)
-        restart = ~done & ~improved & ((res > self.safeguard * state.best_res)
-                                       | (since > self.patience))
         best_res = jnp.where(improved, res, state.best_res)
         best_x = jnp.where(improved[:, None], x, state.best_x)
         best_g = jnp.where(improved[:, None], g, state.best_g)
-        since = jnp.where(restart, 0, since)
+        since = state.since + 1
+        window_end = since >= self.patience
+        stalled = window_end & (best_res > 0.5 * state.mark_res)
+        restart = ~done & ((res > self.safeguard * best_res) | stalled)
+        new_window = window_end | restart
+        mark_res = jnp.where(new_window, best_res, state.mark_res)
+        since = jnp.where(new_window, 0, since)
 
         # push (x, g) into the ring buffer; a restarting sample's history is emptied
         xs = state.xs.at[:, state.slot].set(x)
@@ -178,11 +189,13 @@ class Anderson(optx.AbstractFixedPointSolver):
         mixed = (jnp.einsum("bh,bhn->bn", alpha, xs)
                  + self.mixing * jnp.einsum("bh,bhn->bn", alpha, gs))
         plain = best_x + self.mixing * best_g
-        new_x = jnp.where(done[:, None], x, jnp.where(restart[:, None], plain, mixed))
+        # a sample given up is left at its best iterate, the closest it came
+        held = jnp.where(give_up[:, None], best_x, x)
+        new_x = jnp.where(done[:, None], held, jnp.where(restart[:, None], plain, mixed))
 
         new_state = _AndersonState(
             xs=xs, gs=gs, gram=gram, count=count, slot=slot, best_res=best_res, best_x=best_x,
-            best_g=best_g, since_best=since, done=done, residual=res,
+            best_g=best_g, mark_res=mark_res, since=since, done=done, residual=res,
             restarts=state.restarts + restart.astype(jnp.int32),
         )
         return _unflat(new_x, y), new_state, aux

@@ -78,8 +78,8 @@ def _flat(tree):
 METHODS = {
     "bptt": T.BPTT(steps=None, solver="tsit5", atol=ATOL, max_steps=MAX_STEPS),
     "implicit": T.Implicit(atol=ATOL, max_steps=MAX_STEPS),
-    "eqprop": T.EqProp(beta=BETA, symmetric=True, atol=ATOL, max_steps=MAX_STEPS),
-    "eqprop_one_sided": T.EqProp(beta=BETA, symmetric=False, atol=ATOL, max_steps=MAX_STEPS),
+    "eqprop": T.EqProp(beta=BETA, variant="symmetric", atol=ATOL, max_steps=MAX_STEPS),
+    "eqprop_one_sided": T.EqProp(beta=BETA, variant="one_sided", atol=ATOL, max_steps=MAX_STEPS),
 }
 TRAIN_STEPS = 4
 
@@ -300,9 +300,9 @@ def test_denoising_fit_lowers_loss_and_compiles_one_step(memory_net, digits, mon
     fit_module = sys.modules["hamjax.train.fit"]
     real_step, signatures = fit_module.train_step, []
 
-    def spy(net, opt_state, batch, *rest):
+    def spy(net, opt_state, batch, *rest, **kw):
         signatures.append(_signature((net, opt_state, batch)))
-        return real_step(net, opt_state, batch, *rest)
+        return real_step(net, opt_state, batch, *rest, **kw)
 
     monkeypatch.setattr(fit_module, "train_step", spy)
     data = dataclasses.replace(digits, x_train=digits.x_train[:48], y_train=digits.y_train[:48],
@@ -495,9 +495,8 @@ def test_evaluate_accuracy_is_a_hand_count_and_padding_is_ignored(two_epochs, ti
     net = two_epochs[0]
     x, y = tiny.x_test, tiny.y_test
     b = {k: jnp.asarray(v) for k, v in CLS.prepare(x, y, None, train=False).items()}
-    # the method's own relaxation, forward only (its implicit adjoint matters only under grad)
-    kw = {**FIT_METHOD.relax_kwargs(), "adjoint": "recursive"}
-    sol = relax(net, CLS.initial_state(net, b), clamp=CLS.clamp, **kw)
+    # the method's own relaxation
+    sol = relax(net, CLS.initial_state(net, b), clamp=CLS.clamp, **FIT_METHOD.relax_kwargs())
     pred = np.argmax(np.asarray(sol.state["label"]), axis=-1)
     hand = float(np.mean(pred == y))
     hand_loss = float(np.mean(CLS.loss(net, sol.state, b)))

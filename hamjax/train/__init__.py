@@ -2,7 +2,14 @@
 differentiation, equilibrium propagation), checkpoints and the ``fit`` loop."""
 
 from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint_meta, save_checkpoint
-from .fit import evaluate, fit, train_step
+from .fit import (
+    ConvergenceWarning,
+    check_task,
+    default_task,
+    evaluate,
+    fit,
+    train_step,
+)
 from .methods import BPTT, EqProp, GradientMethod, Implicit, Nudge
 from .tasks import Classification, Completion, Denoising, Storage, Task
 
@@ -10,6 +17,7 @@ __all__ = [
     "BPTT",
     "CheckpointError",
     "Classification",
+    "ConvergenceWarning",
     "Completion",
     "Denoising",
     "EqProp",
@@ -18,6 +26,8 @@ __all__ = [
     "Nudge",
     "Storage",
     "Task",
+    "check_task",
+    "default_task",
     "evaluate",
     "fit",
     "load_checkpoint",

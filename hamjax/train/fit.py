@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,9 +24,38 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .methods import BPTT, GradientMethod
 from .tasks import Classification, Task
 
-__all__ = ["fit", "train_step", "evaluate", "History"]
+__all__ = ["fit", "train_step", "evaluate", "History", "ConvergenceWarning", "check_task",
+           "default_task"]
 
 History = list  # one dict per epoch
+
+
+class ConvergenceWarning(UserWarning):
+    """Training relaxations of a steady-state gradient method did not converge."""
+
+
+def check_task(net: HAM, task: Task) -> None:
+    """Raise a ValueError naming the layers when ``task`` reads or clamps a layer ``net`` lacks."""
+    names = {"input_layer": task.input_layer, "output_layer": task.output_layer}
+    for what, name in names.items():
+        if name not in net.layers:
+            raise ValueError(
+                f"{type(task).__name__}.{what} is {name!r}, but the HAM's layers are "
+                f"{list(net.layers)}: pass task={type(task).__name__}(input_layer=..., "
+                "output_layer=...) naming its layers")
+
+
+def default_task(net: HAM, num_classes: int) -> Classification:
+    """Classification of layer ``"image"`` into layer ``"label"``, with the loss that suits the
+    label layer: ``"nll"`` (−log g_y) when its activations are already probabilities (a Softmax
+    Lagrangian), ``"ce"`` (the activations as logits) otherwise."""
+    from ..lagrangians import Softmax
+
+    task = Classification(num_classes=num_classes)
+    check_task(net, task)
+    if isinstance(net.layers[task.output_layer].lagrangian, Softmax):
+        task = Classification(num_classes=num_classes, loss_kind="nll")
+    return task
 
 
 def _strongly_typed(tree):
@@ -37,9 +67,11 @@ def _strongly_typed(tree):
 
 
 @eqx.filter_jit
-def train_step(net: HAM, opt_state, batch: dict, task: Task, method: GradientMethod, optimizer):
-    """One optimiser step: ``(net, opt_state, loss, per-sample metrics)``."""
-    loss, grads, metrics = method.loss_and_grad(net, task, batch)
+def train_step(net: HAM, opt_state, batch: dict, task: Task, method: GradientMethod, optimizer,
+               key=None):
+    """One optimiser step: ``(net, opt_state, loss, per-sample metrics)``. ``key``: a PRNG key
+    for the methods that draw random numbers (``method.needs_key``)."""
+    loss, grads, metrics = method.loss_and_grad(net, task, batch, key=key)
     params = eqx.filter(net, eqx.is_inexact_array)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return eqx.apply_updates(net, updates), opt_state, loss, metrics
@@ -124,7 +156,8 @@ def fit(
     be a multiple of the device count); the jitted step is unchanged, XLA all-reduces the
     gradient, and the result equals the single-device run to float tolerance.
     """
-    task = Classification(num_classes=data.num_classes) if task is None else task
+    task = default_task(net, data.num_classes) if task is None else task
+    check_task(net, task)
     method = BPTT() if method is None else method
     optimizer = optax.adam(1e-3) if optimizer is None else optimizer
     if epochs < 0 or batch_size < 1:
@@ -148,18 +181,22 @@ def fit(
         net, opt_state = replicate(net, mesh), replicate(opt_state, mesh)
 
     steps_per_epoch = data.num_train // batch_size
+    base_key = jax.random.PRNGKey(seed)
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
         rng = np.random.default_rng((seed, epoch))
         losses, mains = [], []
+        conv: dict[str, list[float]] = {}
         bar = _bar(progress, steps_per_epoch, f"epoch {epoch + 1}/{epochs}")
         for xb, yb in hd.batches(data.x_train, data.y_train, batch_size, seed=seed, epoch=epoch,
                                  drop_last=True):
             batch = _to_jax(task.prepare(xb, yb, rng))
             if mesh is not None:
                 batch = shard_batch(batch, mesh)
+            key = (jax.random.fold_in(base_key, epoch * steps_per_epoch + len(losses))
+                   if method.needs_key else None)
             net, opt_state, loss, metrics = train_step(net, opt_state, batch, task, method,
-                                                        optimizer)
+                                                        optimizer, key=key)
             loss = float(loss)
             if not np.isfinite(loss):
                 raise FloatingPointError(
@@ -169,6 +206,9 @@ def fit(
             losses.append(loss)
             key = "correct" if "correct" in metrics else task.main_metric
             mains.append(float(jnp.mean(metrics[key])))
+            for name in ("converged", "converged_nudged", "used"):
+                if name in metrics:
+                    conv.setdefault(name, []).append(float(jnp.mean(metrics[name])))
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{np.mean(losses):.4f}",
@@ -183,10 +223,12 @@ def fit(
             "train_loss": float(np.mean(losses)) if losses else float("nan"),
             f"train_{_label(key) if losses else task.main_metric}": float(np.mean(mains))
             if mains else float("nan"),
+            **{f"train_{k}": float(np.mean(v)) for k, v in conv.items()},
             **{f"test_{k}": v for k, v in test.items()},
             "epoch_seconds": train_seconds,
         }
         history.append(record)
+        _warn_unconverged(record, method, epoch)
         if verbose:
             shown = {k: round(v, 4) for k, v in record.items() if k.startswith("test_")}
             print(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}, {shown}", flush=True)
@@ -196,6 +238,22 @@ def fit(
         if on_epoch is not None:
             on_epoch(record, net)
     return net, history
+
+
+def _warn_unconverged(record: dict, method: GradientMethod, epoch: int) -> None:
+    """A steady-state method's gradient leaves out the samples whose relaxations did not
+    converge: when many do not, training is running on a fraction of the data. Say so."""
+    if not method.steady_state:
+        return
+    used = record.get("train_used", record.get("train_converged"))
+    if used is not None and used < 0.9:
+        parts = [f"{record[k]:.0%} {k.removeprefix('train_').replace('_', ' ')}"
+                 for k in ("train_converged", "train_converged_nudged") if k in record]
+        warnings.warn(
+            f"epoch {epoch + 1}: only {used:.0%} of the training samples reached a steady state "
+            f"within residual {method.tolerance:g} in every phase ({', '.join(parts)}); the others "
+            "were left out of the gradient. Lower the learning rate, or raise max_steps",
+            ConvergenceWarning, stacklevel=3)
 
 
 def _label(key: str) -> str:

@@ -2,16 +2,24 @@
 
 * :class:`BPTT`: backpropagation through the solver's steps (``RecursiveCheckpointAdjoint``).
 * :class:`Implicit`: implicit function theorem at the steady state ``F(x*; θ) = 0``:
-  ``dℓ/dθ = −(∂ℓ/∂x*) (∂F/∂x)⁻¹ ∂F/∂θ``; memory independent of the number of steps.
+  ``dℓ/dθ = −(∂ℓ/∂x*) (∂F/∂x)⁻¹ ∂F/∂θ``; memory independent of the number of steps. The
+  steady state is found by Anderson acceleration and the adjoint system by a fixed-point
+  (Neumann) iteration: both contract in a few steps at a stable steady state.
 * :class:`EqProp`: equilibrium propagation (Scellier & Bengio 2017). Relax freely to ``x⁰``,
   then with the cost added to the energy, ``E + β C``, to ``x^β`` (and ``x^{−β}``):
-  ``dℓ/dθ ≈ [∂E/∂θ(x^β) − ∂E/∂θ(x^{−β})] / (2β)`` (symmetric nudging, error O(β²)), or
-  ``[∂E/∂θ(x^β) − ∂E/∂θ(x⁰)] / β`` (one-sided). Only energies are differentiated: no backward
-  pass through the dynamics.
+  ``dℓ/dθ ≈ [∂E/∂θ(x^β) − ∂E/∂θ(x^{−β})] / (2β)`` (symmetric nudging, error O(β²)),
+  ``[∂E/∂θ(x^β) − ∂E/∂θ(x⁰)] / β`` (one-sided), or the one-sided estimate with a random sign of
+  β per sample (Laborieux et al. 2021: unbiased at first order in expectation, one nudged
+  phase). Only energies are differentiated: no backward pass through the dynamics.
+
+Both steady-state methods leave a sample whose relaxation (any phase) did not converge out of
+the gradient and report it in the metrics (``converged``, ``converged_nudged``, ``used``): a
+gradient computed at a state that is not a steady state is not the gradient asked for.
 
 Each method provides ``relax(net, task, batch)`` (its inference relaxation) and
-``loss_and_grad(net, task, batch) -> (loss, grads, per-sample metrics)``; grads have the
-structure of ``eqx.filter(net, eqx.is_inexact_array)``.
+``loss_and_grad(net, task, batch, key=None) -> (loss, grads, per-sample metrics)``; grads have
+the structure of ``eqx.filter(net, eqx.is_inexact_array)``; ``key`` (a PRNG key) is used by the
+randomised methods only (``needs_key``).
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from ..ham import HAM
-from ..relax import FixedSteps, SteadyState, relax
+from ..relax import FixedSteps, ImplicitSteadyState, SteadyState, relax
 from ..synapses import Synapse
 from .tasks import Task
 
@@ -47,6 +55,29 @@ def _mean_loss_and_metrics(net, task, batch, sol, residual_penalty=0.0):
     return loss, ev
 
 
+_STEADY = ("anderson", "fixed_point", "ode")
+
+
+def _steady_kwargs(m) -> dict:
+    """``relax`` keywords of a steady-state method ``m`` (fields ``method``, ``atol``,
+    ``max_steps``, ``solver``, ``dt``)."""
+    kw = dict(method=m.method, stop=SteadyState(atol=m.atol), max_steps=m.max_steps)
+    if m.method == "ode":
+        kw.update(solver=m.solver or "tsit5", dt0=0.25 if m.dt is None else m.dt)
+    return kw
+
+
+def _check_steady(m) -> None:
+    name = type(m).__name__
+    if m.method not in _STEADY:
+        raise ValueError(f"{name}(method=...) must be one of {_STEADY}, got {m.method!r}")
+    if m.method != "ode" and (m.solver is not None or m.dt is not None):
+        raise ValueError(f"{name}(solver=..., dt=...) apply to method='ode' only; "
+                         f"method={m.method!r} iterates the steady-state equations")
+    if not m.atol > 0:
+        raise ValueError(f"{name}(atol=...) must be positive, got {m.atol}")
+
+
 class GradientMethod(eqx.Module):
     """Base class: a relaxation recipe plus a way to differentiate through it."""
 
@@ -57,22 +88,37 @@ class GradientMethod(eqx.Module):
     def relax(self, net: HAM, task: Task, batch: dict):
         return _relaxation(net, task, batch, **self.relax_kwargs())
 
+    @property
+    def tolerance(self) -> float:
+        """The residual tolerance by which this method's relaxations are judged converged."""
+        return self.atol
+
+    @property
+    def steady_state(self) -> bool:
+        """Whether the gradient is only valid at a converged steady state."""
+        return False
+
+    @property
+    def needs_key(self) -> bool:
+        return False
+
     @abc.abstractmethod
-    def loss_and_grad(self, net: HAM, task: Task, batch: dict):
+    def loss_and_grad(self, net: HAM, task: Task, batch: dict, key=None):
         """``(mean loss, grads, per-sample metrics)``."""
 
 
 class BPTT(GradientMethod):
     """Backpropagation through time: ``steps`` steps of ``solver`` with step ``dt``; with
     ``steps=None``, an adaptive solve to a steady state (``atol``), still backpropagated
-    through every step. ``residual_penalty`` ρ adds ``ρ·mean|τẋ|²`` at the final state to the
-    loss, so that a fixed number of steps ends at (near) a fixed point: without it the network
-    can learn to classify with a transient that later diverges."""
+    through every step. ``atol`` also judges ``converged`` after fixed steps.
+    ``residual_penalty`` ρ adds ``ρ·mean|τẋ|²`` at the final state to the loss, so that a fixed
+    number of steps ends at (near) a fixed point: without it the network can learn to classify
+    with a transient that later diverges."""
 
     steps: int | None = eqx.field(static=True, default=20)
     dt: float = eqx.field(static=True, default=0.25)
     solver: str = eqx.field(static=True, default="euler")
-    atol: float = eqx.field(static=True, default=1e-3)
+    atol: float = eqx.field(static=True, default=1e-4)
     max_steps: int = eqx.field(static=True, default=256)
     residual_penalty: float = eqx.field(static=True, default=0.0)
 
@@ -80,10 +126,10 @@ class BPTT(GradientMethod):
         if self.steps is None:
             return dict(solver=self.solver, dt0=self.dt, stop=SteadyState(atol=self.atol),
                         max_steps=self.max_steps, adjoint="recursive")
-        return dict(solver=self.solver, dt0=self.dt, stop=FixedSteps(self.steps),
+        return dict(solver=self.solver, dt0=self.dt, stop=FixedSteps(self.steps, atol=self.atol),
                     adjoint="recursive")
 
-    def loss_and_grad(self, net, task, batch):
+    def loss_and_grad(self, net, task, batch, key=None):
         def f(net):
             sol = self.relax(net, task, batch)
             return _mean_loss_and_metrics(net, task, batch, sol, self.residual_penalty)
@@ -93,31 +139,56 @@ class BPTT(GradientMethod):
 
 
 class Implicit(GradientMethod):
-    """Implicit differentiation at the steady state reached by an adaptive solve (``atol``)."""
+    """Implicit differentiation at the steady state (residual ``atol``).
+
+    ``method``: how the steady state is found: ``"anderson"`` (default: Anderson acceleration,
+    the fastest measured, ``python -m benchmarks --only steady_state``), ``"fixed_point"`` or
+    ``"ode"`` (the adaptive ``solver``, default Tsit5, from step ``dt``: the dynamics' own
+    path, for when the iteration's attractor might differ). ``max_steps`` bounds the
+    iterations (or ODE steps). ``adjoint``: how the adjoint system is solved: ``"implicit"``
+    (default: :class:`hamjax.solvers.Neumann` with a GMRES fallback), ``"phantom"`` (a truncated
+    series: cheaper, approximate), ``"implicit_dense"`` or an :class:`ImplicitSteadyState`.
+
+    Samples whose relaxation did not converge are left out of the gradient (``used`` in the
+    metrics) and of nothing else: the loss reported is the mean over all samples."""
 
     atol: float = eqx.field(static=True, default=1e-4)
-    solver: str = eqx.field(static=True, default="tsit5")
-    dt: float = eqx.field(static=True, default=0.25)
+    method: str = eqx.field(static=True, default="anderson")
+    solver: str | None = eqx.field(static=True, default=None)
+    dt: float | None = eqx.field(static=True, default=None)
     max_steps: int = eqx.field(static=True, default=1024)
-    dense: bool = eqx.field(static=True, default=False)
+    adjoint: ImplicitSteadyState | str = "implicit"
+
+    def __check_init__(self):
+        _check_steady(self)
+
+    @property
+    def steady_state(self):
+        return True
 
     def relax_kwargs(self):
-        return dict(solver=self.solver, dt0=self.dt, stop=SteadyState(atol=self.atol),
-                    max_steps=self.max_steps,
-                    adjoint="implicit_dense" if self.dense else "implicit")
+        return dict(_steady_kwargs(self), adjoint=self.adjoint)
 
-    def loss_and_grad(self, net, task, batch):
+    def loss_and_grad(self, net, task, batch, key=None):
         def f(net):
             sol = self.relax(net, task, batch)
-            return _mean_loss_and_metrics(net, task, batch, sol)
+            ev = task.evaluate(net, sol.state, batch)
+            used = sol.converged
+            # a non-converged sample's loss is not differentiated: where (not a product), so
+            # that a NaN sample cannot reach the gradient
+            objective = jnp.sum(jnp.where(used, ev["loss"], 0.0)) / used.shape[0]
+            ev["converged"] = used.astype(jnp.float32)
+            ev["used"] = ev["converged"]
+            return objective, (jnp.mean(ev["loss"]), ev)
 
-        (loss, metrics), grads = eqx.filter_value_and_grad(f, has_aux=True)(net)
+        (_, (loss, metrics)), grads = eqx.filter_value_and_grad(f, has_aux=True)(net)
         return loss, grads, metrics
 
 
 class Nudge(Synapse):
     """``E = β · cost(g)``: the cost of a task as an energy term on the output layer, so that the
-    nudged dynamics receive the current ``−β ∂cost/∂g`` (equilibrium propagation)."""
+    nudged dynamics receive the current ``−β ∂cost/∂g`` (equilibrium propagation). ``beta`` is
+    a scalar or one value per sample."""
 
     beta: jax.Array
     batch: dict
@@ -131,48 +202,126 @@ class Nudge(Synapse):
         return (self.shape,)
 
 
-def _nudged(net: HAM, task: Task, batch: dict, beta) -> HAM:
+def _linear_cost(g, batch):
+    """``⟨∂C/∂g(g⁰), g⟩`` per sample: the cost linearised at the free state's activations."""
+    d = batch["_cost_gradient"]
+    return jnp.sum((d * g).reshape(g.shape[0], -1), axis=-1)
+
+
+def _nudged(net: HAM, task: Task, batch: dict, beta, linear_at=None) -> HAM:
     out = task.output_layer
-    nudge = Nudge(jnp.asarray(beta, jnp.float32), batch, task.cost, net.layers[out].shape)
+    cost = task.cost
+    if linear_at is not None:
+        # ∂C/∂g at the free state, per sample (the cost is a sum of per-sample terms)
+        grad = jax.grad(lambda g: jnp.sum(task.cost(g, batch)))(linear_at)
+        batch, cost = {**batch, "_cost_gradient": grad}, _linear_cost
+    nudge = Nudge(jnp.asarray(beta, jnp.float32), batch, cost, net.layers[out].shape)
     return HAM(net.layers, {**net.synapses, "_nudge": nudge}, {**net.edges, "_nudge": (out,)})
 
 
 class EqProp(GradientMethod):
-    """Equilibrium propagation with nudging strength ``beta``; ``symmetric=True`` nudges both
-    ways (±β) and cancels the O(β) bias of the one-sided estimate. Each phase relaxes to a
-    steady state (``atol``) with an adaptive solver; the nudged phases start from the free
-    steady state."""
+    """Equilibrium propagation with nudging strength ``beta``.
+
+    ``variant``: ``"symmetric"`` (default: nudge by +β and −β, bias O(β²)), ``"one_sided"``
+    (+β against the free state, bias O(β), one nudged phase) or ``"random_sign"`` (one-sided
+    with the sign of β drawn per sample, Laborieux et al. 2021: the O(β) bias cancels in
+    expectation; needs ``key``).
+
+    ``nudge``: the cost added to the energy. ``"cost"``: the task's cost itself; ``"linear"``:
+    the cost linearised at the free state, ``β ⟨∂C/∂g(g⁰), g⟩``, a constant current into the
+    output layer, which gives the same gradient estimate to first order in β; ``"auto"``
+    (default): linear for the negative log-likelihood (``Classification(loss_kind="nll")``),
+    whose ``−β · (−log g_y)`` makes the energy unbounded below as ``g_y → 0`` (the −β phase
+    runs away: measured 0 % converged), the cost itself otherwise (cross-entropy on the label
+    activations and squared errors stay bounded below for both signs on the presets' bounded or
+    quadratic output layers).
+
+    Every phase relaxes to a steady state (``atol``) by ``method`` (as :class:`Implicit`); the
+    nudged phases start from the free steady state. A sample any of whose needed phases did
+    not converge is left out of the gradient; ``converged`` (free phase), ``converged_nudged``
+    and ``used`` report it per sample."""
 
     beta: float = eqx.field(static=True, default=0.1)
-    symmetric: bool = eqx.field(static=True, default=True)
+    variant: str = eqx.field(static=True, default="symmetric")
+    nudge: str = eqx.field(static=True, default="auto")
     atol: float = eqx.field(static=True, default=1e-4)
-    solver: str = eqx.field(static=True, default="tsit5")
-    dt: float = eqx.field(static=True, default=0.25)
+    method: str = eqx.field(static=True, default="anderson")
+    solver: str | None = eqx.field(static=True, default=None)
+    dt: float | None = eqx.field(static=True, default=None)
     max_steps: int = eqx.field(static=True, default=1024)
 
-    def relax_kwargs(self):
-        return dict(solver=self.solver, dt0=self.dt, stop=SteadyState(atol=self.atol),
-                    max_steps=self.max_steps)
+    def __check_init__(self):
+        _check_steady(self)
+        if self.variant not in ("symmetric", "one_sided", "random_sign"):
+            raise ValueError("EqProp variant must be 'symmetric', 'one_sided' or 'random_sign',"
+                             f" got {self.variant!r}")
+        if self.nudge not in ("auto", "cost", "linear"):
+            raise ValueError(f"EqProp nudge must be 'auto', 'cost' or 'linear', got "
+                             f"{self.nudge!r}")
+        if not self.beta > 0:
+            raise ValueError(f"EqProp beta must be positive, got {self.beta}")
 
-    def loss_and_grad(self, net, task, batch):
+    @property
+    def steady_state(self):
+        return True
+
+    @property
+    def needs_key(self):
+        return self.variant == "random_sign"
+
+    def relax_kwargs(self):
+        return _steady_kwargs(self)
+
+    def _linear(self, task: Task) -> bool:
+        if self.nudge == "auto":
+            return getattr(task, "loss_kind", None) == "nll"
+        return self.nudge == "linear"
+
+    def loss_and_grad(self, net, task, batch, key=None):
         net = jax.lax.stop_gradient(net)
         free = self.relax(net, task, batch)
-        loss, metrics = _mean_loss_and_metrics(net, task, batch, free)
+        ev = task.evaluate(net, free.state, batch)
+        loss = jnp.mean(ev["loss"])
+        n = free.converged.shape[0]
+        out = task.output_layer
+        linear_at = (net.layers[out].activation(free.state[out]) if self._linear(task)
+                     else None)
 
         def phase(beta):
-            nudged = _nudged(net, task, batch, beta)
+            nudged = _nudged(net, task, batch, beta, linear_at)
             return relax(nudged, free.state, clamp=task.clamp, freeze=task.frozen(batch),
-                         on_nonfinite="flag", **self.relax_kwargs()).state
+                         on_nonfinite="flag", **self.relax_kwargs())
 
-        def energy_grad(state):
-            return eqx.filter_grad(lambda n: jnp.mean(n.energy(state)))(net)
-
-        g_plus = energy_grad(phase(self.beta))
-        if self.symmetric:
-            g_minus = energy_grad(phase(-self.beta))
-            scale = 1.0 / (2.0 * self.beta)
+        if self.variant == "symmetric":
+            plus, minus = phase(self.beta), phase(-self.beta)
+            nudged_ok = plus.converged & minus.converged
+            used = nudged_ok
+            coef = used / (2.0 * self.beta * n)
+            states = (plus.state, minus.state)
         else:
-            g_minus = energy_grad(free.state)
-            scale = 1.0 / self.beta
-        grads = jax.tree.map(lambda a, b: (a - b) * scale, g_plus, g_minus)
-        return loss, grads, metrics
+            if self.variant == "random_sign":
+                if key is None:
+                    raise ValueError("EqProp(variant='random_sign') draws the sign of β per "
+                                     "sample: pass key= (fit and train_step do)")
+                beta = self.beta * jax.random.rademacher(key, (n,), jnp.float32)
+            else:
+                beta = jnp.full((n,), self.beta, jnp.float32)
+            plus = phase(beta)
+            nudged_ok = plus.converged
+            used = nudged_ok & free.converged
+            coef = used / (beta * n)
+            states = (plus.state, free.state)
+
+        def estimate(m):
+            # Σ_i coef_i [E_i(x_a) − E_i(x_b)]: one backward pass for both energies; a sample
+            # left out has coef 0 and its states replaced (a NaN times 0 is still NaN)
+            keep = used.reshape((n,))
+            safe = [{k: jnp.where(keep.reshape((n,) + (1,) * (v.ndim - 1)), v, 0.0)
+                     for k, v in s.items()} for s in states]
+            return jnp.sum(coef * (m.energy(safe[0]) - m.energy(safe[1])))
+
+        grads = eqx.filter_grad(estimate)(net)
+        ev["converged"] = free.converged.astype(jnp.float32)
+        ev["converged_nudged"] = nudged_ok.astype(jnp.float32)
+        ev["used"] = used.astype(jnp.float32)
+        return loss, grads, ev
