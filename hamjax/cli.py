@@ -371,9 +371,10 @@ def _check_out(out: Path) -> None:
                           "continue it or choose another --out")
 
 
-def _claim(out: Path | None, cfg: dict) -> tuple[Path, bool]:
-    """Create the run folder (if needed) and its config.json, exclusively: ``(folder, whether
-    this command created the folder)``. Every failure is a one-line error."""
+def _claim(out: Path | None, cfg: dict) -> tuple[Path, bool, int | None]:
+    """Create the run folder (if needed), lock it (:func:`_lock`) and create its config.json,
+    exclusively: ``(folder, whether this command created it, the lock)``. Every failure is a
+    one-line error."""
     if out is None:
         out, created = _new_folder(cfg), True
     else:
@@ -382,15 +383,20 @@ def _claim(out: Path | None, cfg: dict) -> tuple[Path, bool]:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise _UsageError(f"cannot create the run folder {out}: {e.strerror}") from None
+    lock = _lock(out)
     try:
         _create_exclusive(out / "config.json", json.dumps(cfg, indent=2))
-    except FileExistsError:
-        raise _UsageError(f"{out} already holds a run; pass --resume to continue it or "
-                          "choose another --out") from None
-    except OSError as e:
-        _release(out, created, [])
-        raise _UsageError(f"cannot write to the run folder {out}: {e.strerror}") from None
-    return out, created
+    except BaseException as e:
+        if lock is not None:
+            os.close(lock)
+        if isinstance(e, FileExistsError):
+            raise _UsageError(f"{out} already holds a run; pass --resume to continue it or "
+                              "choose another --out") from None
+        if isinstance(e, OSError):
+            _release(out, created, [])
+            raise _UsageError(f"cannot write to the run folder {out}: {e.strerror}") from None
+        raise
+    return out, created, lock
 
 
 def _release(out: Path, created: bool, written) -> None:
@@ -410,6 +416,25 @@ class _suppress_oserror:
 
     def __exit__(self, kind, value, tb):
         return kind is not None and issubclass(kind, OSError)
+
+
+def _lock(out: Path):
+    """Hold an exclusive lock on the run folder while this command trains in it, so a second
+    ``train --resume`` of the same folder cannot interleave its checkpoints with ours. The lock
+    is ``flock`` on the folder itself (no lock file to clean up) and dies with the process,
+    kill -9 included. Returns the descriptor to keep open; None where there is no flock."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks on folders
+        return None
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise _UsageError(f"{out} is being trained by another hamjax command; wait for it to "
+                          "finish or choose another --out") from None
+    return fd
 
 
 def _saved_config(out: Path) -> tuple[dict, dict] | None:
@@ -436,9 +461,10 @@ def _saved_config(out: Path) -> tuple[dict, dict] | None:
     return None
 
 
-def _resumed_config(saved: dict, args, given: set[str], out: Path, meta: dict) -> dict:
-    """The saved config with what ``--resume`` may change applied; a flag that contradicts the
-    run is an error naming both values."""
+def _resumed_config(saved: dict, args, given: set[str], out: Path,
+                    meta: dict) -> tuple[dict, list[str]]:
+    """The saved config with what ``--resume`` may change applied, and notes for the user; a
+    flag that contradicts the run is an error naming both values."""
     new = {k: _normalised(k, v) for k, v in vars(args).items() if k not in _NOT_CONFIG}
     clash = [d for d in sorted(given) if d in new and d not in _RESUMABLE
              and new[d] != saved.get(d)]
@@ -452,6 +478,7 @@ def _resumed_config(saved: dict, args, given: set[str], out: Path, meta: dict) -
         if d in given:
             cfg[d] = new[d]
     planned = _schedule_ends(saved)
+    notes = []
     if cfg["epochs"] < saved["epochs"]:
         raise _UsageError(f"--epochs {cfg['epochs']} is fewer than the {saved['epochs']} the run "
                           f"in {out} was planned for; drop --epochs to finish it")
@@ -460,12 +487,11 @@ def _resumed_config(saved: dict, args, given: set[str], out: Path, meta: dict) -
         done = int(meta.get("finished_epoch", -1)) + 1
         extra = (f"epoch {cfg['epochs']} follows" if cfg["epochs"] == planned[-1] + 1
                  else f"epochs {planned[-1] + 1}-{cfg['epochs']} follow")
-        print(f"hamjax train: note: --epochs {cfg['epochs']} extends the {planned[-1]}-epoch "
-              f"run in {out} ({done} done): its cosine learning rate reaches 0 at epoch "
-              f"{planned[-1]}; {extra} a new cosine from "
-              f"--lr {cfg['lr']} (a warm restart, not the same as training "
-              f"{cfg['epochs']} epochs from the start)", file=sys.stderr)
-    return cfg
+        notes.append(f"--epochs {cfg['epochs']} extends the {planned[-1]}-epoch run in {out} "
+                     f"({done} done): its cosine learning rate reaches 0 at epoch "
+                     f"{planned[-1]}; {extra} a new cosine from --lr {cfg['lr']} (a warm "
+                     f"restart, not the same as training {cfg['epochs']} epochs from the start)")
+    return cfg, notes
 
 
 def _schedule_ends(cfg: dict) -> list[int]:
@@ -476,10 +502,9 @@ def _schedule_ends(cfg: dict) -> list[int]:
 
 # ---------------------------------------------------------------------------------- commands
 def _train(args, given: set[str]) -> int:
-    from . import train as T
-
     out = args.out
     saved = None
+    notes = []  # printed once every check has passed: a refused command prints one line
     if args.resume:
         if out is None:
             raise _UsageError("--resume needs --out RUN_DIR")
@@ -487,11 +512,10 @@ def _train(args, given: set[str]) -> int:
             raise _UsageError(f"--out {out} is a file, not a folder")
         saved = _saved_config(out)
         if saved is None:
-            print(f"hamjax train: note: --resume: {out} holds no run; starting a new one",
-                  file=sys.stderr)
+            notes.append(f"--resume: {out} holds no run; starting a new one")
         elif not saved[1]:
-            print(f"hamjax train: note: --resume: no epoch of the run in {out} had finished; "
-                  "starting it from the beginning", file=sys.stderr)
+            notes.append(f"--resume: no epoch of the run in {out} had finished; starting it "
+                         "from the beginning")
     elif out is not None:
         _check_out(out)
     if saved is None:
@@ -499,36 +523,54 @@ def _train(args, given: set[str]) -> int:
         cfg = _defaults(fresh)
         cfg["schedule"] = [cfg["epochs"]]
     else:
-        cfg = _resumed_config(saved[0], args, given, out, saved[1])
+        cfg, more = _resumed_config(saved[0], args, given, out, saved[1])
+        notes += more
     data, net, task, method, mesh = _prepare(cfg)
 
     # everything is checked: only now is anything written
     if saved is None:
-        out, created = _claim(out, cfg)
+        out, created, lock = _claim(out, cfg)
     else:
-        created = False
-        try:
-            _write_atomic(out / "config.json", json.dumps(cfg, indent=2))
-        except OSError as e:
-            raise _UsageError(f"cannot write to the run folder {out}: {e.strerror}") from None
+        created, lock = False, _lock(out)
+    for note in notes:
+        print(f"hamjax train: note: {note}", file=sys.stderr)
+    try:
+        if saved is not None:
+            try:
+                _write_atomic(out / "config.json", json.dumps(cfg, indent=2))
+            except OSError as e:
+                raise _UsageError(f"cannot write to the run folder {out}: {e.strerror}"
+                                  ) from None
+        _train_in(out, created, cfg, data, net, task, method, mesh,
+                  resume=saved is not None, progress=not args.no_progress)
+    finally:
+        if lock is not None:
+            os.close(lock)  # closing the descriptor releases the lock
+    return 0
+
+
+def _train_in(out: Path, created: bool, cfg: dict, data, net, task, method, mesh, *,
+              resume: bool, progress: bool) -> None:
+    """Train in the claimed folder ``out``, then write its results."""
+    from . import train as T
+
     ckpt = out / "checkpoint.eqx"
     print(f"hamjax: {cfg['task']} on {data.name} ({data.num_train} train / {data.num_test} test) "
           f"with a {cfg['model']} HAM, {cfg['method']}, {cfg['epochs']} epochs -> {out}",
           flush=True)
+    # the untrained model's test loss: the yardstick for "did this run learn anything"
     initial = T.evaluate(net, data.x_test, data.y_test, task, method, seed=cfg["seed"])
     t0 = time.perf_counter()
     try:
         net, history = T.fit(
             net, data, task=task, method=method, optimizer=_optimizer(cfg, data),
             epochs=cfg["epochs"], batch_size=cfg["batch_size"], seed=cfg["seed"],
-            checkpoint=ckpt, resume=saved is not None, config=cfg,
-            progress=not args.no_progress, mesh=mesh,
+            checkpoint=ckpt, resume=resume, config=cfg, progress=progress, mesh=mesh,
         )
     except (FloatingPointError, T.CheckpointError) as e:
         raise _UsageError(_failed(e, out, ckpt, cfg, created)) from None
     train_seconds = time.perf_counter() - t0
     _finish(out, net, history, initial, train_seconds, task, method, data, cfg)
-    return 0
 
 
 def _prepare(cfg: dict):

@@ -329,11 +329,30 @@ def test_default_run_folders_are_unique(tmp_path, monkeypatch):
     assert len(set(made)) == 3 and all(p.is_dir() for p in made)
     assert [p.name for p in made] == [f"digits-classify-dense-bptt-20260101-000000{s}"
                                       for s in ("", "-2", "-3")]
-    # two commands claiming one --out: the second finds config.json and stops
-    cli._claim(tmp_path / "shared", dict(cfg, epochs=1))
+    # two commands claiming one --out: while the first trains, its lock stops the second;
+    # after it, its config.json does
+    _, created, lock = cli._claim(tmp_path / "shared", dict(cfg, epochs=1))
+    assert created
+    with pytest.raises(cli._UsageError, match="being trained by another hamjax command"):
+        cli._claim(tmp_path / "shared", dict(cfg, epochs=2))
+    os.close(lock)
     with pytest.raises(cli._UsageError, match="already holds a run"):
         cli._claim(tmp_path / "shared", dict(cfg, epochs=2))
     assert json.loads((tmp_path / "shared" / "config.json").read_text())["epochs"] == 1
+
+
+def test_resume_of_a_folder_in_training_is_refused(run, tmp_path, capsys):
+    """A second `train --resume` of a folder another command is training in would interleave
+    checkpoints; the folder lock refuses it, and nothing is written."""
+    copy = _copy(run, tmp_path)
+    before = _snapshot(copy)
+    lock = cli._lock(copy)
+    try:
+        _, msg = _fails(["train", "--out", str(copy), "--resume", "--epochs", "2"], capsys)
+    finally:
+        os.close(lock)
+    assert f"{copy} is being trained by another hamjax command" in msg
+    assert _snapshot(copy) == before
 
 
 @pytest.mark.parametrize("damage, word", [("flip", "is corrupt"), ("cut", "is truncated")])
@@ -355,6 +374,37 @@ def test_a_damaged_checkpoint_is_named_by_eval_and_resume(run, tmp_path, capsys,
     _, msg = _fails(["train", "--out", str(copy), "--resume", "--epochs", "2"], capsys)
     assert word in msg
     assert _snapshot(copy) == before
+
+
+def test_resume_with_fewer_epochs_than_planned_is_refused(tmp_path):
+    """--epochs below the run's own would end it mid-schedule: refused, naming both."""
+    saved = cli._defaults({"dataset": "digits", "task": "classify", "model": None,
+                           "epochs": 5, "hidden": None, "steps": None, "dt": None,
+                           "noise": None, "lr": 1e-3})
+    args = cli.build_parser().parse_args(["train", "--epochs", "3", "--resume"])
+    with pytest.raises(cli._UsageError, match="--epochs 3 is fewer than the 5 the run"):
+        cli._resumed_config(saved, args, {"epochs", "resume"}, tmp_path, {})
+    cfg, notes = cli._resumed_config(saved, cli.build_parser().parse_args(
+        ["train", "--epochs", "8", "--resume"]), {"epochs", "resume"}, tmp_path, {})
+    assert cfg["schedule"] == [5, 8] and "epochs 6-8 follow a new cosine" in notes[0]
+
+
+def test_eval_of_a_run_whose_data_folder_moved_is_one_line(run, tmp_path, capsys):
+    """Runs used to record --data-dir as written: a relative folder that eval, run from
+    elsewhere, does not find. Simulated by pointing an (MNIST) run's checkpoint config at a
+    relative folder: eval names it and says to pass --data-dir."""
+    from hamjax import train as T
+
+    copy = _copy(run, tmp_path)
+    ckpt = copy / "checkpoint.eqx"
+    raw = ckpt.read_bytes()
+    cut = raw.index(b"\n")
+    meta = json.loads(raw[:cut])
+    meta["config"].update(dataset="mnist", data_dir="data/mnist")
+    ckpt.write_bytes(json.dumps(meta).encode() + raw[cut:])
+    T.verify_checkpoint(ckpt)  # the weights' checksum still holds: only the folder is wrong
+    _, msg = _fails(["eval", str(copy)], capsys)
+    assert "data/mnist" in msg and "pass --data-dir DIR" in msg
 
 
 def test_mistakes_are_one_line_and_write_nothing(run, tmp_path, capsys):
