@@ -645,14 +645,20 @@ def _finish(out, net, history, initial, train_seconds, task, method, data, cfg) 
 
 def _stalled(metrics: dict, initial: dict, cfg: dict) -> str | None:
     """A warning when the run learned nothing: the test loss did not fall below the untrained
-    model's and no test relaxation converged (e.g. --lr 10: chance accuracy, exit 0)."""
-    loss = metrics.get("test_loss")
+    model's and no test relaxation converged (e.g. --lr 10: chance accuracy, exit 0). A loss
+    that rose points at the learning rate; a flat one at too little training as well."""
+    loss, before = metrics.get("test_loss"), initial["loss"]
     if loss is None or metrics.get("test_converged", 1.0) > 0:
         return None
-    if math.isfinite(loss) and loss < initial["loss"] * (1 - 1e-3):
+    if math.isfinite(loss) and loss < before * (1 - 1e-3):
         return None
-    return (f"the run did not learn: test loss {loss:.4g} (untrained: {initial['loss']:.4g}) "
-            f"and no test relaxation converged; lower --lr (now {cfg['lr']:g})")
+    head = "the run did not learn (no test relaxation converged): "
+    if not math.isfinite(loss) or loss > before * (1 + 1e-3):
+        return (head + f"the test loss rose from {before:.4g} untrained to {loss:.4g}; lower "
+                f"--lr (now {cfg['lr']:g})")
+    return (head + f"the test loss stayed at {loss:.4g} ({before:.4g} untrained) after "
+            f"{metrics['steps']} steps; train longer (--epochs) or change --lr "
+            f"(now {cfg['lr']:g})")
 
 
 def _mesh(cfg: dict):
@@ -719,9 +725,9 @@ def _load_run(run_dir: Path, data_dir=None):
     from . import train as T
     from .data import DataError
 
-    if not run_dir.is_dir() or not any((run_dir / f).exists() for f in _RUN_FILES):
+    saved = _saved_config(run_dir) if run_dir.is_dir() else None
+    if saved is None:  # e.g. a checkpoint written by hamjax.train.fit without a config
         raise _UsageError(f"{run_dir} is not a run folder (no config.json)")
-    saved = _saved_config(run_dir)
     cfg = saved[0]
     if data_dir is not None:
         cfg["data_dir"] = _normalised("data_dir", data_dir)

@@ -236,9 +236,22 @@ def test_inconsistent_flags_error(argv, words, capsys):
         assert w in msg, (w, msg)
 
 
-def test_eval_of_a_folder_that_is_not_a_run_errors(tmp_path, capsys):
+def test_eval_of_a_folder_that_is_not_a_run_errors(run, tmp_path, capsys):
     _, msg = _fails(["eval", str(tmp_path)], capsys)
     assert "not a run folder" in msg and str(tmp_path) in msg
+    # a checkpoint without a config (hamjax.train.fit's own, config=None) is not a run either
+    from hamjax import train as T
+
+    cfg, data, net, task, method, _ = cli._load_run(run)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    opt = cli._optimizer(cfg, data)
+    import equinox as eqx
+
+    T.save_checkpoint(bare / "checkpoint.eqx", net,
+                      opt.init(eqx.filter(net, eqx.is_inexact_array)), {"finished_epoch": 0})
+    _, msg = _fails(["eval", str(bare)], capsys)
+    assert "not a run folder" in msg and str(bare) in msg
 
 
 # ------------------------------------------------------------------------------------------
@@ -487,8 +500,23 @@ def test_a_stalled_run_says_so(tmp_path, capsys):
     assert f"--resume: {out} holds no run; starting a new one" in err
     assert "warning: the run did not learn" in err and "lower --lr (now 10)" in err
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["test_loss"] >= metrics["initial_test_loss"] * 0.999
-    assert "did not learn" in metrics["warning"]
+    assert metrics["test_loss"] > metrics["initial_test_loss"] * 1.001
+    assert "did not learn" in metrics["warning"] and "rose" in metrics["warning"]
+
+
+def test_stall_warning_cases():
+    """Rose (learning rate), flat (too little training), fell (no warning), and any converged
+    relaxation (no warning)."""
+    cfg, before = {"lr": 0.5}, {"loss": 2.0}
+    rose = cli._stalled({"test_loss": 9.0, "test_converged": 0.0, "steps": 4}, before, cfg)
+    assert "rose from 2 untrained to 9" in rose and "lower --lr (now 0.5)" in rose
+    nan = cli._stalled({"test_loss": float("nan"), "test_converged": 0.0, "steps": 4}, before,
+                       cfg)
+    assert "rose" in nan
+    flat = cli._stalled({"test_loss": 1.9995, "test_converged": 0.0, "steps": 4}, before, cfg)
+    assert "stayed at 2" in flat and "after 4 steps" in flat and "--epochs" in flat
+    assert cli._stalled({"test_loss": 1.9, "test_converged": 0.0, "steps": 4}, before, cfg) is None
+    assert cli._stalled({"test_loss": 9.0, "test_converged": 0.1, "steps": 4}, before, cfg) is None
 
 
 def test_the_tiny_run_has_no_stall_warning(run, run_output):
