@@ -440,11 +440,12 @@ def _lock(out: Path):
 def _saved_config(out: Path) -> tuple[dict, dict] | None:
     """``(config, checkpoint header)`` of the run in ``out``: the config comes from the
     checkpoint (what the weights were trained with), or from config.json when no epoch has
-    finished yet (header ``{}``); None when ``out`` holds no run. The checkpoint's checksum is
+    finished yet (header ``{}`` when there is no checkpoint); None when ``out`` holds no run. The checkpoint's checksum is
     verified here, so a corrupt file is reported before anything is written."""
     from . import train as T
 
     ckpt = out / "checkpoint.eqx"
+    meta = {}
     if ckpt.exists():
         try:
             meta = T.read_checkpoint_meta(ckpt, verify=True)
@@ -455,7 +456,7 @@ def _saved_config(out: Path) -> tuple[dict, dict] | None:
     cfg_path = out / "config.json"
     if cfg_path.is_file():
         try:
-            return json.loads(cfg_path.read_text()), {}
+            return json.loads(cfg_path.read_text()), meta
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise _UsageError(f"{cfg_path} is not valid JSON (edited by hand?)") from None
     return None
@@ -568,7 +569,7 @@ def _train_in(out: Path, created: bool, cfg: dict, data, net, task, method, mesh
             checkpoint=ckpt, resume=resume, config=cfg, progress=progress, mesh=mesh,
         )
     except (FloatingPointError, T.CheckpointError) as e:
-        raise _UsageError(_failed(e, out, ckpt, cfg, created)) from None
+        raise _UsageError(_failed(e, out, ckpt, cfg, created, not resume)) from None
     train_seconds = time.perf_counter() - t0
     _finish(out, net, history, initial, train_seconds, task, method, data, cfg)
 
@@ -598,16 +599,17 @@ def _prepare(cfg: dict):
     return data, net, task, method, mesh
 
 
-def _failed(e: Exception, out: Path, ckpt: Path, cfg: dict, created: bool) -> str:
+def _failed(e: Exception, out: Path, ckpt: Path, cfg: dict, created: bool, fresh: bool) -> str:
     """The one-line message for a run that stopped (diverged, or a checkpoint that does not
-    fit); a new run that saved nothing is removed, so no half-written folder stays behind."""
+    fit); a new run (``fresh``: its config.json is this command's) that saved nothing is
+    removed, so no half-written folder stays behind."""
     if ckpt.exists():
         from . import train as T
 
         done = int(T.read_checkpoint_meta(ckpt).get("finished_epoch", -1)) + 1
         kept = f"the checkpoint of epoch {done} in {out} is kept"
     else:
-        _release(out, created, ["config.json"] if created else [])
+        _release(out, created, ["config.json"] if fresh else [])
         kept = "nothing was saved" + (f" ({out} removed)" if not out.exists() else "")
     if isinstance(e, FloatingPointError):
         return (f"training diverged: {str(e).split(';')[0]}; {kept}; start a new run with a "

@@ -463,6 +463,12 @@ def test_a_diverged_run_is_one_line_and_removes_its_folder(tmp_path, capsys):
                     capsys)
     assert "training diverged" in msg and "nan" in msg and "--lr" in msg
     assert "nothing was saved" in msg and not out.exists()
+    # into an existing empty folder: the folder is the user's and stays, config.json goes
+    out.mkdir()
+    _, msg = _fails(["train", "--epochs", "1", *TINY, "--lr", "1e30", "--out", str(out)],
+                    capsys)
+    assert "nothing was saved" in msg and "removed" not in msg
+    assert out.is_dir() and list(out.iterdir()) == []
 
 
 def test_divergence_after_an_epoch_keeps_its_checkpoint(run, tmp_path, capsys, monkeypatch):
