@@ -570,6 +570,12 @@ def _train_in(out: Path, created: bool, cfg: dict, data, net, task, method, mesh
         )
     except (FloatingPointError, T.CheckpointError) as e:
         raise _UsageError(_failed(e, out, ckpt, cfg, created, not resume)) from None
+    except KeyboardInterrupt:
+        # Ctrl-C is how a run is paused: say how to continue, not where Python was
+        kept = _kept(out, ckpt) if ckpt.exists() else "no epoch had finished"
+        print(f"\nhamjax train: interrupted; {kept}; hamjax train --out {out} --resume "
+              "continues it", file=sys.stderr)
+        raise SystemExit(130) from None
     train_seconds = time.perf_counter() - t0
     _finish(out, net, history, initial, train_seconds, task, method, data, cfg)
 
@@ -599,15 +605,20 @@ def _prepare(cfg: dict):
     return data, net, task, method, mesh
 
 
+def _kept(out: Path, ckpt: Path) -> str:
+    """Which checkpoint a stopped run leaves behind."""
+    from . import train as T
+
+    done = int(T.read_checkpoint_meta(ckpt).get("finished_epoch", -1)) + 1
+    return f"the checkpoint of epoch {done} in {out} is kept"
+
+
 def _failed(e: Exception, out: Path, ckpt: Path, cfg: dict, created: bool, fresh: bool) -> str:
     """The one-line message for a run that stopped (diverged, or a checkpoint that does not
     fit); a new run (``fresh``: its config.json is this command's) that saved nothing is
     removed, so no half-written folder stays behind."""
     if ckpt.exists():
-        from . import train as T
-
-        done = int(T.read_checkpoint_meta(ckpt).get("finished_epoch", -1)) + 1
-        kept = f"the checkpoint of epoch {done} in {out} is kept"
+        kept = _kept(out, ckpt)
     else:
         _release(out, created, ["config.json"] if fresh else [])
         kept = "nothing was saved" + (f" ({out} removed)" if not out.exists() else "")

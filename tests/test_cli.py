@@ -495,6 +495,26 @@ def test_divergence_after_an_epoch_keeps_its_checkpoint(run, tmp_path, capsys, m
     assert (copy / "checkpoint.eqx").read_bytes() == before
 
 
+def test_ctrl_c_says_how_to_continue(run, tmp_path, capsys, monkeypatch):
+    """Ctrl-C during training: exit 130 and a line naming the kept checkpoint and the resume
+    command, instead of a KeyboardInterrupt traceback."""
+    from hamjax import train as T
+
+    copy = _copy(run, tmp_path)
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "fit", interrupted)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--out", str(copy), "--resume", "--epochs", "2"])
+    assert e.value.code == 130
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == (f"hamjax train: interrupted; the checkpoint of epoch 1 in {copy} is kept; "
+                    f"hamjax train --out {copy} --resume continues it")
+
+
 def test_a_stalled_run_says_so(tmp_path, capsys):
     """--lr 10 trains to chance with no relaxation converging and exit 0; now a warning says
     the run did not learn (and metrics.json records it). --resume into a folder that does not
