@@ -21,6 +21,7 @@ from typing import ClassVar
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jaxtyping import Array, ArrayLike, PRNGKeyArray
 
@@ -56,6 +57,41 @@ def _images(g: Array) -> tuple[Array, tuple[int, ...]]:
     """Bring a batch of any leading shape of NHWC feature maps to one batch axis."""
     batch = g.shape[:-3]
     return g.reshape((-1,) + g.shape[-3:]), batch
+
+
+def _check_key(key, who: str) -> None:
+    """Reject a first argument that is not a PRNG key with a message that says so. A common slip
+    is ``Dense(0, 4, 3)`` (a seed, or the sizes shifted by one), which otherwise fails deep in
+    ``jax.random`` with a message about key data."""
+    if key is None:
+        return
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and (jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+                              or (dtype == jnp.uint32 and key.shape[-1:] in ((2,), (4,)))):
+        return
+    raise ValueError(
+        f"{who} takes a PRNG key first (e.g. jax.random.PRNGKey(0)), then its sizes; "
+        f"got {key!r} ({type(key).__name__}) as the key"
+    )
+
+
+def _size(v, name: str, who: str) -> int:
+    """``v`` as a positive int, or a ValueError naming the argument."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{who} needs {name} to be a positive integer, got {v!r}")
+    return int(v)
+
+
+def _shape(v, name: str, who: str) -> Shape:
+    """An int or a sequence of ints as a shape of positive sizes, or a ValueError naming it."""
+    items = (v,) if not isinstance(v, Sequence) or isinstance(v, str) else tuple(v)
+    if not items:
+        raise ValueError(f"{who} needs {name} to be a positive integer or a shape, got {v!r}")
+    for i in items:
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or i < 1:
+            raise ValueError(
+                f"{who} needs {name} to be a positive integer or a shape of them, got {v!r}")
+    return as_shape(tuple(int(i) for i in items))
 
 
 def _pair(v: int | Sequence[int]) -> tuple[int, int]:
@@ -118,8 +154,9 @@ class Dense(Synapse):
         scale: float | None = None,
         weight: ArrayLike | None = None,
     ):
-        self.in_shape = as_shape(in_features)
-        self.out_shape = as_shape(out_features)
+        _check_key(key, "Dense")
+        self.in_shape = _shape(in_features, "in_features", "Dense")
+        self.out_shape = _shape(out_features, "out_features", "Dense")
         n_in, n_out = math.prod(self.in_shape), math.prod(self.out_shape)
         if weight is not None:
             weight = jnp.asarray(weight, dtype=jnp.result_type(float))
@@ -156,7 +193,8 @@ class Bias(Synapse):
     def __init__(
         self, shape: int | Sequence[int], key: PRNGKeyArray | None = None, *, scale: float = 0.0
     ):
-        self.shape = as_shape(shape)
+        _check_key(key, "Bias")
+        self.shape = _shape(shape, "shape", "Bias")
         if key is None or scale == 0.0:
             self.bias = jnp.zeros(self.shape)
         else:
@@ -187,7 +225,8 @@ class Lateral(Synapse):
         scale: float | None = None,
         weight: ArrayLike | None = None,
     ):
-        self.shape = as_shape(features)
+        _check_key(key, "Lateral")
+        self.shape = _shape(features, "features", "Lateral")
         n = math.prod(self.shape)
         if weight is not None:
             # a given matrix, e.g. the Hebbian W = (1/N) Σ_μ ξ_μ ξ_μᵀ of a classical Hopfield net
@@ -240,8 +279,13 @@ class Conv2D(Synapse):
         *,
         scale: float | None = None,
     ):
+        _check_key(key, "Conv2D")
+        in_channels = _size(in_channels, "in_channels", "Conv2D")
+        out_channels = _size(out_channels, "out_channels", "Conv2D")
         kh, kw = _pair(kernel_size)
+        _shape((kh, kw), "kernel_size", "Conv2D")
         self.stride = _pair(stride)
+        _shape(self.stride, "stride", "Conv2D")
         self.padding = _padding(padding)
         fan_in = kh * kw * in_channels
         scale = 1.0 / math.sqrt(fan_in) if scale is None else scale
@@ -301,8 +345,9 @@ class AvgPool2D(Synapse):
         stride: int | Sequence[int] | None = None,
         padding: str | int | Sequence = "VALID",
     ):
-        self.window = _pair(window)
-        self.stride = self.window if stride is None else _pair(stride)
+        self.window = _shape(_pair(window), "window", "AvgPool2D")
+        self.stride = self.window if stride is None else _shape(_pair(stride), "stride",
+                                                                "AvgPool2D")
         self.padding = _padding(padding)
 
     def pool(self, g_in: Array) -> Array:
@@ -377,8 +422,10 @@ class Memory(Synapse):
     ):
         if similarity not in ("dot", "distance"):
             raise ValueError(f"Memory similarity must be 'dot' or 'distance', got {similarity!r}")
+        _check_key(key, "Memory")
+        num_memories = _size(num_memories, "num_memories", "Memory")
         self.similarity = similarity
-        self.shape = as_shape(features)
+        self.shape = _shape(features, "features", "Memory")
         n = math.prod(self.shape)
         if memories is not None:
             memories = jnp.asarray(memories, dtype=jnp.result_type(float))
@@ -441,7 +488,10 @@ class Attention(Synapse):
         key_weight: ArrayLike | None = None,
         query_weight: ArrayLike | None = None,
     ):
-        self.dim = int(dim)
+        _check_key(key, "Attention")
+        self.dim = _size(dim, "dim", "Attention")
+        num_heads = _size(num_heads, "num_heads", "Attention")
+        head_dim = _size(head_dim, "head_dim", "Attention")
         shape = (num_heads, head_dim, self.dim)
         scale = 1.0 / math.sqrt(self.dim) if scale is None else scale
         kk, kq = jax.random.split(key) if key is not None else (None, None)
@@ -509,7 +559,9 @@ class TokenMemory(Synapse):
     ):
         from .lagrangians import ReLU
 
-        self.dim = int(dim)
+        _check_key(key, "TokenMemory")
+        self.dim = _size(dim, "dim", "TokenMemory")
+        num_memories = _size(num_memories, "num_memories", "TokenMemory")
         if memories is not None:
             memories = jnp.asarray(memories, dtype=jnp.result_type(float))
             if memories.shape != (num_memories, self.dim):

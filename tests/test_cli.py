@@ -12,6 +12,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -171,16 +172,17 @@ def test_tiny_mnist_run(tmp_path, capsys):
 
 
 def _fails(argv, capsys):
-    """Run ``argv``; it must exit with a non-zero status. Returns (status, message): argparse
-    prints its message on stderr and exits 2; the command's own checks raise SystemExit with
-    the message (which Python prints on stderr, exit status 1)."""
+    """Run ``argv``; it must exit with status 2 and one line on stderr, no traceback (argparse's
+    checks and the command's own alike). Returns (status, that line)."""
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
         cli.main(argv)
     code = e.value.code
-    assert code not in (0, None)
     err = capsys.readouterr().err
-    return code, code if isinstance(code, str) else err
+    assert code == 2, (code, err)
+    assert err.count("\n") == 1 and err.endswith("\n"), err
+    assert err.startswith("hamjax") and "error: " in err and "Traceback" not in err, err
+    return code, err
 
 
 @pytest.mark.parametrize("argv, flag", [
@@ -193,6 +195,13 @@ def _fails(argv, capsys):
     (["train", "--weight-decay", "-0.1"], "--weight-decay"),
     (["train", "--shift", "-1"], "--shift"),
     (["train", "--rotate", "-5"], "--rotate"),
+    (["train", "--lr", "inf"], "--lr"),  # passes `v > 0`, then trains to NaN
+    (["train", "--lr", "nan"], "--lr"),
+    (["train", "--dt", "inf"], "--dt"),
+    (["train", "--noise", "-1"], "--noise"),
+    (["train", "--residual-penalty", "-1"], "--residual-penalty"),
+    (["train", "--epochs", "0"], "--epochs"),  # trained nothing, then claimed to have written
+    (["analyze", "r", "--samples", "0"], "--samples"),
     (["frobnicate"], "frobnicate"),
     ([], "command"),
     (["eval"], "run_dir"),
@@ -200,8 +209,7 @@ def _fails(argv, capsys):
 def test_bad_flags_are_argparse_errors(argv, flag, capsys):
     code, err = _fails(argv, capsys)
     assert code == 2
-    assert err.startswith("usage: hamjax")
-    assert "error:" in err and flag in err
+    assert "error:" in err and flag in err and "--help" in err
 
 
 def test_mnist_without_data_dir_errors(capsys, tmp_path):
@@ -228,6 +236,415 @@ def test_inconsistent_flags_error(argv, words, capsys):
         assert w in msg, (w, msg)
 
 
-def test_eval_of_a_folder_that_is_not_a_run_errors(tmp_path, capsys):
+def test_eval_of_a_folder_that_is_not_a_run_errors(run, tmp_path, capsys):
     _, msg = _fails(["eval", str(tmp_path)], capsys)
     assert "not a run folder" in msg and str(tmp_path) in msg
+    # a checkpoint without a config (hamjax.train.fit's own, config=None) is not a run either
+    from hamjax import train as T
+
+    cfg, data, net, task, method, _ = cli._load_run(run)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    opt = cli._optimizer(cfg, data)
+    import equinox as eqx
+
+    T.save_checkpoint(bare / "checkpoint.eqx", net,
+                      opt.init(eqx.filter(net, eqx.is_inexact_array)), {"finished_epoch": 0})
+    _, msg = _fails(["eval", str(bare)], capsys)
+    assert "not a run folder" in msg and str(bare) in msg
+
+
+# ------------------------------------------------------------------------------------------
+# issue 14: a run is never lost, a mistake is one line, a silent failure is named
+
+
+def _copy(run: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    return copy
+
+
+def _snapshot(folder: Path) -> dict:
+    """Every file of ``folder`` and its bytes: to show a command changed nothing."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("flags, words, absent", [
+    (["--model", "deep"], ["--model dense", "--model deep"], []),
+    (["--hidden", "16", "--lr", "0.01"], ["--hidden 8", "--lr 0.001", "--hidden 16", "--lr 0.01"],
+     ["--model"]),
+    (["--model", "dense", "--hidden", "9"], ["--hidden 8", "--hidden 9"], ["--model"]),
+])
+def test_resume_with_conflicting_flags_changes_nothing(run, tmp_path, capsys, flags, words,
+                                                       absent):
+    """A failed --resume used to overwrite config.json first, breaking eval and analyze of the
+    folder. Now the checkpoint's config is the run's, and a flag that contradicts it is refused
+    before anything is written (--model dense counts although it is the default)."""
+    copy = _copy(run, tmp_path)
+    before = _snapshot(copy)
+    _, msg = _fails(["train", "--out", str(copy), "--resume", "--no-progress", *flags], capsys)
+    for w in words:
+        assert w in msg, (w, msg)
+    for w in absent:  # a flag that agrees with the run is not named
+        assert w not in msg, (w, msg)
+    assert _snapshot(copy) == before
+
+
+def test_resume_takes_the_config_from_the_checkpoint(run, tmp_path, capsys):
+    """`train --out DIR --resume --epochs 2` with none of the run's flags (it was trained with
+    --hidden 8, --steps 5, --limit-* ...): the model is rebuilt from the checkpoint's config;
+    extending the run says that the learning-rate schedule restarts."""
+    copy = _copy(run, tmp_path)
+    assert cli.main(["train", "--out", str(copy), "--resume", "--epochs", "2",
+                     "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "epoch 1:" not in captured.out and "epoch 2:" in captured.out
+    assert "extends the 1-epoch run" in captured.err and "warm restart" in captured.err
+    cfg = json.loads((copy / "config.json").read_text())
+    assert (cfg["hidden"], cfg["steps"], cfg["limit_train"], cfg["epochs"]) == ([8], 5, 128, 2)
+    assert cfg["schedule"] == [1, 2]
+    assert [r["epoch"] for r in _history(copy)] == ["1", "2"]
+    assert cli.main(["eval", str(copy)]) == 0  # the folder still evaluates
+
+
+def test_an_extended_run_restarts_the_cosine_schedule_and_keeps_the_first():
+    """The schedule of a run extended from 3 to 5 epochs: identical to the 3-epoch cosine for
+    the first 3 epochs (so an interrupted run resumes bit for bit), then a new cosine from
+    --lr over epochs 4-5 (documented by the note checked above, not a silent jump)."""
+    import jax.numpy as jnp
+    import optax
+
+    data = hd.load_digits(seed=0)
+    per_epoch = data.num_train // 32
+    cfg = {"lr": 1e-3, "batch_size": 32, "epochs": 5, "schedule": [3, 5]}
+    opt = cli._optimizer(cfg, data)
+    plain = optax.cosine_decay_schedule(1e-3, 3 * per_epoch)
+    lrs = []
+    params = {"w": jnp.zeros(())}
+    state = opt.init(params)
+    for _ in range(5 * per_epoch):  # Adam's step is -lr·sign(g) on its first steps: read lr
+        upd, state = opt.update({"w": jnp.ones(())}, state, params)
+        lrs.append(-float(upd["w"]))
+    lrs = np.array(lrs)
+    first = np.array([float(plain(i)) for i in range(3 * per_epoch)])
+    np.testing.assert_allclose(lrs[: 3 * per_epoch], first, rtol=1e-4, atol=1e-12)
+    assert lrs[3 * per_epoch - 1] < 1e-5 and lrs[3 * per_epoch] == pytest.approx(1e-3, rel=1e-3)
+    assert lrs[-1] < 1e-5
+
+
+def test_default_run_folders_are_unique(tmp_path, monkeypatch):
+    """Names have one-second resolution: runs started in the same second get -2, -3 ... and
+    the folder is created by mkdir (atomic), never shared."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli.time, "strftime", lambda fmt: "20260101-000000")
+    cfg = {"dataset": "digits", "task": "classify", "model": "dense", "method": "bptt"}
+    made = [cli._new_folder(cfg) for _ in range(3)]
+    assert len(set(made)) == 3 and all(p.is_dir() for p in made)
+    assert [p.name for p in made] == [f"digits-classify-dense-bptt-20260101-000000{s}"
+                                      for s in ("", "-2", "-3")]
+    # two commands claiming one --out: while the first trains, its lock stops the second;
+    # after it, its config.json does
+    _, created, lock = cli._claim(tmp_path / "shared", dict(cfg, epochs=1))
+    assert created
+    with pytest.raises(cli._UsageError, match="being trained by another hamjax command"):
+        cli._claim(tmp_path / "shared", dict(cfg, epochs=2))
+    os.close(lock)
+    with pytest.raises(cli._UsageError, match="already holds a run"):
+        cli._claim(tmp_path / "shared", dict(cfg, epochs=2))
+    assert json.loads((tmp_path / "shared" / "config.json").read_text())["epochs"] == 1
+
+
+def test_resume_of_a_folder_in_training_is_refused(run, tmp_path, capsys):
+    """A second `train --resume` of a folder another command is training in would interleave
+    checkpoints; the folder lock refuses it, and nothing is written."""
+    copy = _copy(run, tmp_path)
+    before = _snapshot(copy)
+    lock = cli._lock(copy)
+    try:
+        _, msg = _fails(["train", "--out", str(copy), "--resume", "--epochs", "2"], capsys)
+    finally:
+        os.close(lock)
+    assert f"{copy} is being trained by another hamjax command" in msg
+    assert _snapshot(copy) == before
+
+
+@pytest.mark.parametrize("damage, word", [("flip", "is corrupt"), ("cut", "is truncated")])
+def test_a_damaged_checkpoint_is_named_by_eval_and_resume(run, tmp_path, capsys, damage, word):
+    """Flipped bytes in the weights evaluated to a NaN loss with exit 0; a cut-off file gave a
+    TreePathError blaming the config. Both are now named, and --resume writes nothing."""
+    copy = _copy(run, tmp_path)
+    ckpt = copy / "checkpoint.eqx"
+    raw = bytearray(ckpt.read_bytes())
+    start = raw.index(b"\n") + 100
+    if damage == "flip":
+        raw[start : start + 64] = bytes(b ^ 0x5A for b in raw[start : start + 64])
+    else:
+        raw = raw[:start]
+    ckpt.write_bytes(bytes(raw))
+    before = _snapshot(copy)
+    _, msg = _fails(["eval", str(copy)], capsys)
+    assert word in msg and str(ckpt) in msg
+    _, msg = _fails(["train", "--out", str(copy), "--resume", "--epochs", "2"], capsys)
+    assert word in msg
+    assert _snapshot(copy) == before
+
+
+def test_resume_with_fewer_epochs_than_planned_is_refused(tmp_path):
+    """--epochs below the run's own would end it mid-schedule: refused, naming both."""
+    saved = cli._defaults({"dataset": "digits", "task": "classify", "model": None,
+                           "epochs": 5, "hidden": None, "steps": None, "dt": None,
+                           "noise": None, "lr": 1e-3})
+    args = cli.build_parser().parse_args(["train", "--epochs", "3", "--resume"])
+    with pytest.raises(cli._UsageError, match="--epochs 3 is fewer than the 5 the run"):
+        cli._resumed_config(saved, args, {"epochs", "resume"}, tmp_path, {})
+    cfg, notes = cli._resumed_config(saved, cli.build_parser().parse_args(
+        ["train", "--epochs", "8", "--resume"]), {"epochs", "resume"}, tmp_path, {})
+    assert cfg["schedule"] == [5, 8] and "epochs 6-8 follow a new cosine" in notes[0]
+
+
+def test_eval_of_a_run_whose_data_folder_moved_is_one_line(run, tmp_path, capsys):
+    """Runs used to record --data-dir as written: a relative folder that eval, run from
+    elsewhere, does not find. Simulated by pointing an (MNIST) run's checkpoint config at a
+    relative folder: eval names it and says to pass --data-dir."""
+    from hamjax import train as T
+
+    copy = _copy(run, tmp_path)
+    ckpt = copy / "checkpoint.eqx"
+    raw = ckpt.read_bytes()
+    cut = raw.index(b"\n")
+    meta = json.loads(raw[:cut])
+    meta["config"].update(dataset="mnist", data_dir="data/mnist")
+    ckpt.write_bytes(json.dumps(meta).encode() + raw[cut:])
+    T.verify_checkpoint(ckpt)  # the weights' checksum still holds: only the folder is wrong
+    _, msg = _fails(["eval", str(copy)], capsys)
+    assert "data/mnist" in msg and "pass --data-dir DIR" in msg
+
+
+def test_mistakes_are_one_line_and_write_nothing(run, tmp_path, capsys):
+    """Each ordinary mistake: exit 2, one line naming the problem, no folder or file made."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    out = tmp_path / "new"
+    cases = [
+        (["--batch-size", "200", "--out", str(out)],
+         ["--batch-size 200 exceeds the 128 training images", "at most 128"]),
+        (["--task", "denoise", "--hidden", "200", "--out", str(out)],
+         ["--hidden 200", "there are 128", "--hidden 128 or fewer"]),
+        (["--out", str(a_file)], [str(a_file), "is a file"]),
+        (["--out", str(a_file / "run")], ["cannot create the run folder", str(a_file)]),
+        (["--out", str(run)], ["already holds a run", "--resume"]),
+    ]
+    for flags, words in cases:
+        _, msg = _fails(["train", "--epochs", "1", *TINY, *flags], capsys)
+        for w in words:
+            assert w in msg, (w, msg)
+        assert not out.exists(), flags
+    assert a_file.read_text() == "not a folder"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_out_folder_is_one_line(tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        _, msg = _fails(["train", "--epochs", "1", *TINY, "--out", str(ro)], capsys)
+        assert "cannot write to the run folder" in msg and str(ro) in msg
+        assert list(ro.iterdir()) == []
+    finally:
+        ro.chmod(0o755)
+
+
+def test_a_diverged_run_is_one_line_and_removes_its_folder(tmp_path, capsys):
+    """--lr 1e30: the loss is NaN in the first epoch. One line says so (no FloatingPointError
+    traceback) and the new folder, which held only config.json, is removed."""
+    out = tmp_path / "diverged"
+    _, msg = _fails(["train", "--epochs", "1", *TINY, "--lr", "1e30", "--out", str(out)],
+                    capsys)
+    assert "training diverged" in msg and "nan" in msg and "--lr" in msg
+    assert "nothing was saved" in msg and not out.exists()
+    # into an existing empty folder: the folder is the user's and stays, config.json goes
+    out.mkdir()
+    _, msg = _fails(["train", "--epochs", "1", *TINY, "--lr", "1e30", "--out", str(out)],
+                    capsys)
+    assert "nothing was saved" in msg and "removed" not in msg
+    assert out.is_dir() and list(out.iterdir()) == []
+
+
+def test_divergence_after_an_epoch_keeps_its_checkpoint(run, tmp_path, capsys, monkeypatch):
+    """A loss that turns NaN in epoch 2 of a resumed run: the message names the checkpoint
+    that is kept (epoch 1), and that checkpoint is untouched."""
+    from hamjax import train as T
+
+    copy = _copy(run, tmp_path)
+    before = (copy / "checkpoint.eqx").read_bytes()
+
+    def nan_in_epoch_2(*a, **kw):
+        raise FloatingPointError("training loss became nan at epoch 2, step 3; lower the "
+                                 "learning rate or the relaxation step")
+
+    monkeypatch.setattr(T, "fit", nan_in_epoch_2)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--out", str(copy), "--resume", "--epochs", "2"])
+    assert e.value.code == 2
+    note, msg = capsys.readouterr().err.splitlines()  # the extension note, then the error
+    assert "extends the 1-epoch run" in note and msg.startswith("hamjax train: error: ")
+    assert "training diverged: training loss became nan at epoch 2, step 3" in msg
+    assert f"the checkpoint of epoch 1 in {copy} is kept" in msg
+    assert (copy / "checkpoint.eqx").read_bytes() == before
+
+
+def test_ctrl_c_says_how_to_continue(run, tmp_path, capsys, monkeypatch):
+    """Ctrl-C during training: exit 130 and a line naming the kept checkpoint and the resume
+    command, instead of a KeyboardInterrupt traceback."""
+    from hamjax import train as T
+
+    copy = _copy(run, tmp_path)
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "fit", interrupted)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--out", str(copy), "--resume", "--epochs", "2"])
+    assert e.value.code == 130
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == (f"hamjax train: interrupted; the checkpoint of epoch 1 in {copy} is kept; "
+                    f"hamjax train --out {copy} --resume continues it")
+
+
+def test_a_stalled_run_says_so(tmp_path, capsys):
+    """--lr 10 trains to chance with no relaxation converging and exit 0; now a warning says
+    the run did not learn (and metrics.json records it). --resume into a folder that does not
+    exist says it starts a new run."""
+    out = tmp_path / "stalled"
+    assert cli.main(["train", "--epochs", "1", *TINY, "--lr", "10", "--out", str(out),
+                     "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert f"--resume: {out} holds no run; starting a new one" in err
+    assert "warning: the run did not learn" in err and "lower --lr (now 10)" in err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test_loss"] > metrics["initial_test_loss"] * 1.001
+    assert "did not learn" in metrics["warning"] and "rose" in metrics["warning"]
+
+
+def test_stall_warning_cases():
+    """Rose (learning rate), flat (too little training), fell (no warning), and any converged
+    relaxation (no warning)."""
+    cfg, before = {"lr": 0.5}, {"loss": 2.0}
+    rose = cli._stalled({"test_loss": 9.0, "test_converged": 0.0, "steps": 4}, before, cfg)
+    assert "rose from 2 untrained to 9" in rose and "lower --lr (now 0.5)" in rose
+    nan = cli._stalled({"test_loss": float("nan"), "test_converged": 0.0, "steps": 4}, before,
+                       cfg)
+    assert "rose" in nan
+    flat = cli._stalled({"test_loss": 1.9995, "test_converged": 0.0, "steps": 4}, before, cfg)
+    assert "stayed at 2" in flat and "after 4 steps" in flat and "--epochs" in flat
+    assert cli._stalled({"test_loss": 1.9, "test_converged": 0.0, "steps": 4}, before, cfg) is None
+    assert cli._stalled({"test_loss": 9.0, "test_converged": 0.1, "steps": 4}, before, cfg) is None
+
+
+def test_the_tiny_run_has_no_stall_warning(run, run_output):
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test_loss"] < metrics["initial_test_loss"] and "warning" not in metrics
+
+
+def test_few_test_images_and_a_relative_data_dir(tmp_path, capsys, monkeypatch):
+    """--limit-test 2 crashed drawing ten pictures after training and lost metrics.json; the
+    data folder is recorded absolute (eval from elsewhere finds it); analyze refuses more
+    samples than test images and prints a readable summary, its JSON in the run folder."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    assert cli.main(["train", "--epochs", "1", "--hidden", "8", "--steps", "5",
+                     "--limit-train", "64", "--limit-test", "2", "--no-progress",
+                     "--data-dir", "data", "--out", "small"]) == 0
+    out = tmp_path / "small"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["data_dir"] == str(tmp_path / "data")
+    _check_pngs(out, metrics["pictures"])
+    assert "64 train / 2 test" in capsys.readouterr().out
+    _, msg = _fails(["analyze", "small", "--samples", "3"], capsys)
+    assert "--samples 3 exceeds the 2 test images" in msg
+    assert not (out / "stability.json").exists()
+
+
+def test_analyze_prints_a_readable_summary(run, tmp_path, capsys):
+    """One line per sample (verdict, convergence, dead neurons, spectrum) and its reason, in
+    place of raw JSON with an escaped τ; the JSON goes to the run folder."""
+    copy = _copy(run, tmp_path)
+    capsys.readouterr()
+    assert cli.main(["analyze", str(copy), "--samples", "2"]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((copy / "stability.json").read_text(encoding="utf-8"))
+    assert [r["sample"] for r in report] == [0, 1]
+    for r in report:
+        assert f"sample {r['sample']}: {r['verdict']}, " in printed
+        assert r["reason"] in printed
+    assert "{" not in printed and "\\u" not in printed
+    assert f"details: {copy / 'stability.json'}" in printed
+    if any("τ" in r["reason"] for r in report):
+        assert "τ" in (copy / "stability.json").read_text(encoding="utf-8")
+
+
+def test_help_shows_defaults_and_describes_every_option():
+    text = cli.build_parser().commands["train"].format_help()
+    flat = " ".join(text.split())
+    for default in ("--batch-size BATCH_SIZE training images per step (at most the training set) "
+                    "(default: 32)", "(default: 0.001)", "(default: digits)", "(default: bptt)"):
+        assert default in flat, default
+    assert "--limit-train N use only the first N training images" in flat
+    assert "--limit-test N evaluate on only the first N test images" in flat
+    for action in cli.build_parser().commands["train"]._actions:
+        assert action.help, action.dest
+
+
+def test_weights_figure_shows_the_most_active_units(run):
+    """weights.png: the receptive fields of the most active hidden units, most active first,
+    each captioned with its unit and mean activation, on one colour scale."""
+    cfg, data, net, task, method, _ = cli._load_run(run)
+    import jax.numpy as jnp
+
+    from hamjax.relax import relax
+
+    batch = {k: jnp.asarray(v) for k, v in
+             task.prepare(data.x_test[:10], data.y_test[:10], None, train=False).items()}
+    sol = relax(net, task.initial_state(net, batch), clamp=task.clamp, on_nonfinite="flag",
+                **{**method.relax_kwargs(), "adjoint": "recursive"})
+    imgs, caps, title, label, cmap, symmetric = cli._receptive_fields(net, cfg, data, sol)
+    act = np.asarray(net.layers["hidden"].activation(sol.state["hidden"])).mean(0)
+    order = np.argsort(-act)
+    assert [int(c.split()[1]) for c in caps] == list(order[: len(caps)])
+    w = np.asarray(net.synapses["w1"].weight).reshape(-1, 8, 8)
+    np.testing.assert_array_equal(imgs, w[order[: len(caps)]])
+    assert "most active" in title and label and symmetric
+
+
+def test_energy_baseline_is_the_steady_state(run):
+    """energy.png measures E(t) against the steady state of an adaptive solve: the tiny run's
+    5 Euler steps end well above it (none converged), where the old baseline, E at the last
+    step, made every curve end at 0."""
+    import jax.numpy as jnp
+
+    from hamjax.relax import relax
+
+    cfg, data, net, task, method, _ = cli._load_run(run)
+    batch = {k: jnp.asarray(v) for k, v in
+             task.prepare(data.x_test[:10], data.y_test[:10], None, train=False).items()}
+    x0 = task.initial_state(net, batch)
+    kw = method.relax_kwargs()
+    kw.pop("adjoint", None)  # as energy.png relaxes them: its compiled solves are reused
+    sol = relax(net, x0, clamp=task.clamp, freeze=task.frozen(batch), save="energy",
+                on_nonfinite="flag", **kw)
+    ts, gap, ok, found = cli._energy_gaps(net, task, batch, x0, sol)
+    assert found.all() and not ok.any()
+    assert np.all(gap[-1] > 1e-4)  # not converged: visibly above the steady state
+    assert np.all(np.diff(gap, axis=0) <= 1e-6)  # and falling (a Lyapunov function)
+    assert len(ts) == len(gap) and ts[-1] == pytest.approx(5 * cfg["dt"])
+
+
+def test_reconstructions_title_names_the_task_and_psnr():
+    ev = {"psnr": np.array([15.0, 17.0]), "psnr_input": np.array([12.0, 13.0])}
+    title = cli._reconstructions_title(ev, {"task": "denoise", "noise": 0.3}, 2)
+    assert title == ("denoise (level 0.3) on 2 test images: mean PSNR 12.5 dB corrupted → "
+                     "16.0 dB restored")

@@ -403,3 +403,33 @@ def test_multilinear_flags():
     flags = {name: syn.multilinear for name, syn, _ in SYN_CASES}
     assert flags == {"dense": True, "bias": True, "lateral": False, "conv": True, "pool": True,
                      "memory": False, "memory_repu": False}
+
+
+# --------------------------------------------------------------------- argument errors
+@pytest.mark.parametrize("make, words", [
+    (lambda k: S.Dense(0, 4, 3), ["Dense", "PRNG key first", "got 0"]),
+    (lambda k: S.Dense(k, 0, 3), ["Dense", "in_features", "positive", "got 0"]),
+    (lambda k: S.Dense(k, 4, (3, -1)), ["Dense", "out_features", "(3, -1)"]),
+    (lambda k: S.Dense(k, 4.0, 3), ["Dense", "in_features", "4.0"]),
+    (lambda k: S.Conv2D(k, 0, 3, 3), ["Conv2D", "in_channels", "got 0"]),
+    (lambda k: S.Conv2D(k, 1, 3, 0), ["Conv2D", "kernel_size"]),
+    (lambda k: S.Memory(k, 4, 0), ["Memory", "num_memories", "got 0"]),
+    (lambda k: S.Memory(7, 4, 2), ["Memory", "PRNG key first", "got 7"]),
+    (lambda k: S.Lateral(k, 0), ["Lateral", "features"]),
+    (lambda k: S.Bias(0), ["Bias", "shape"]),
+    (lambda k: S.Attention(k, 8, num_heads=0), ["Attention", "num_heads"]),
+    (lambda k: S.TokenMemory(k, 8, -2), ["TokenMemory", "num_memories", "-2"]),
+    (lambda k: S.AvgPool2D(0), ["AvgPool2D", "window"]),
+])
+def test_bad_sizes_and_keys_are_named(make, words):
+    """A slip in a constructor's arguments is a ValueError naming the class and the argument,
+    not JAX's message about PRNG key data or a division by zero."""
+    with pytest.raises(ValueError) as e:
+        make(_keys(1)[0])
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))
+
+
+def test_new_style_and_legacy_keys_are_accepted():
+    for k in (jax.random.PRNGKey(0), jax.random.key(0)):
+        assert S.Dense(k, 4, 3).weight.shape == (3, 4)

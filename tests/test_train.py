@@ -394,6 +394,33 @@ def test_checkpoint_errors(tmp_path, trained_state):
         T.load_checkpoint(path, bigger, ADAM.init(eqx.filter(bigger, eqx.is_inexact_array)))
 
 
+def test_checkpoint_corruption_is_detected(tmp_path, trained_state):
+    """Flipped bytes inside the weights and a cut-off file are named as such (the checksum and
+    length in the header), instead of loading NaN weights or blaming the config."""
+    net, opt_state = trained_state
+    path = T.save_checkpoint(tmp_path / "ck.eqx", net, opt_state, {"finished_epoch": 0})
+    good = path.read_bytes()
+    header_end = good.index(b"\n") + 1
+    T.verify_checkpoint(path)  # a sound file passes
+    flipped = bytearray(good)
+    for i in range(header_end + 40, header_end + 56):  # inside the first weight matrix
+        flipped[i] ^= 0xFF
+    path.write_bytes(bytes(flipped))
+    with pytest.raises(T.CheckpointError, match="is corrupt"):
+        T.load_checkpoint(path, net, opt_state)
+    with pytest.raises(T.CheckpointError, match="is corrupt"):
+        T.read_checkpoint_meta(path, verify=True)
+    assert T.read_checkpoint_meta(path)["finished_epoch"] == 0  # the header alone still reads
+    path.write_bytes(good[: (len(good) + header_end) // 2])
+    with pytest.raises(T.CheckpointError, match=r"is truncated: \d+ of \d+ bytes"):
+        T.load_checkpoint(path, net, opt_state)
+    path.write_bytes(good + b"extra")
+    with pytest.raises(T.CheckpointError, match="is corrupt"):
+        T.load_checkpoint(path, net, opt_state)
+    with pytest.raises(ValueError, match="reserved"):
+        T.save_checkpoint(path, net, opt_state, {"payload_sha256": "x"})
+
+
 # ------------------------------------------------------------------------------------------
 # fit, resume and evaluate
 #

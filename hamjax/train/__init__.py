@@ -1,7 +1,13 @@
 """Training HAMs: tasks (what the relaxed state must do), gradient methods (BPTT, implicit
 differentiation, equilibrium propagation), checkpoints and the ``fit`` loop."""
 
-from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint_meta, save_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    read_checkpoint_meta,
+    save_checkpoint,
+    verify_checkpoint,
+)
 from .fit import (
     ConvergenceWarning,
     check_task,
@@ -34,4 +40,5 @@ __all__ = [
     "read_checkpoint_meta",
     "save_checkpoint",
     "train_step",
+    "verify_checkpoint",
 ]

@@ -1,8 +1,13 @@
 """Checkpoints: model, optimiser state, epoch and config in one file, written atomically.
 
-Layout: one line of JSON (``{"format": "hamjax-checkpoint", "version": 1, ...meta}``), then the
-leaves of ``(model, opt_state)`` as written by ``eqx.tree_serialise_leaves``. Reading needs a
-skeleton of the same structure (the model rebuilt from its config, ``optimizer.init`` of it).
+Layout: one line of JSON (``{"format": "hamjax-checkpoint", "version": 2, "payload_bytes": n,
+"payload_sha256": h, ...meta}``), then the leaves of ``(model, opt_state)`` as written by
+``eqx.tree_serialise_leaves``. Reading needs a skeleton of the same structure (the model rebuilt
+from its config, ``optimizer.init`` of it).
+
+The header records the length and SHA-256 of the leaves: a truncated file or flipped bytes are
+reported as such (:class:`CheckpointError`) instead of loading NaN weights or failing inside
+equinox with a message that blames the config. Version 1 files (no checksum) still load.
 
 Writes go to a temporary file in the same folder, are flushed and fsynced, then renamed over the
 target (``os.replace`` is atomic on POSIX): a run killed mid-write leaves the previous checkpoint
@@ -11,6 +16,8 @@ intact.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import tempfile
@@ -18,9 +25,13 @@ from pathlib import Path
 
 import equinox as eqx
 
-__all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint_meta", "CheckpointError"]
+__all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint_meta", "verify_checkpoint",
+           "CheckpointError"]
 
 _FORMAT = "hamjax-checkpoint"
+_VERSION = 2
+# header keys the file format owns; a caller's meta may not use them
+_RESERVED = ("format", "version", "payload_bytes", "payload_sha256")
 
 
 class CheckpointError(ValueError):
@@ -30,13 +41,23 @@ class CheckpointError(ValueError):
 def save_checkpoint(path, model, opt_state, meta: dict) -> Path:
     """Atomically write ``(model, opt_state)`` and the JSON-serialisable ``meta`` to ``path``."""
     path = Path(path)
+    clash = [k for k in _RESERVED if k in meta]
+    if clash:
+        raise ValueError(f"checkpoint meta may not use the reserved keys {clash}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    header = json.dumps({"format": _FORMAT, "version": 1, **meta}, sort_keys=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            # serialised in memory first: the header, written first, holds the payload's checksum
+            buf = io.BytesIO()
+            eqx.tree_serialise_leaves(buf, (model, opt_state))
+            payload = buf.getvalue()
+            header = json.dumps({"format": _FORMAT, "version": _VERSION,
+                                 "payload_bytes": len(payload),
+                                 "payload_sha256": hashlib.sha256(payload).hexdigest(), **meta},
+                                sort_keys=True)
             f.write(header.encode() + b"\n")
-            eqx.tree_serialise_leaves(f, (model, opt_state))
+            f.write(payload)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; a checkpoint is an ordinary output file
@@ -48,8 +69,9 @@ def save_checkpoint(path, model, opt_state, meta: dict) -> Path:
     return path
 
 
-def read_checkpoint_meta(path) -> dict:
-    """The JSON header of a checkpoint."""
+def read_checkpoint_meta(path, verify: bool = False) -> dict:
+    """The JSON header of a checkpoint; with ``verify``, also check the leaves against the
+    header's length and checksum (:func:`verify_checkpoint`)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
@@ -61,12 +83,38 @@ def read_checkpoint_meta(path) -> dict:
         raise CheckpointError(f"{path} is not a hamjax checkpoint (bad header)") from None
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
         raise CheckpointError(f"{path} is not a hamjax checkpoint (format {meta!r:.60})")
+    if verify:
+        verify_checkpoint(path, meta)
     return meta
+
+
+def _payload(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        f.readline()
+        return f.read()
+
+
+def verify_checkpoint(path, meta: dict | None = None) -> None:
+    """Raise :class:`CheckpointError` ("truncated" or "corrupt") when the leaves of ``path`` do
+    not have the length and SHA-256 its header records. Version 1 files carry no checksum and
+    pass unchecked."""
+    path = Path(path)
+    meta = read_checkpoint_meta(path) if meta is None else meta
+    if "payload_sha256" not in meta:
+        return
+    payload = _payload(path)
+    want = int(meta.get("payload_bytes", -1))
+    if len(payload) < want:
+        raise CheckpointError(f"checkpoint {path} is truncated: {len(payload)} of {want} bytes "
+                              "of weights (an interrupted copy?)")
+    if len(payload) != want or hashlib.sha256(payload).hexdigest() != meta["payload_sha256"]:
+        raise CheckpointError(f"checkpoint {path} is corrupt: its weights do not match the "
+                              "checksum in its header")
 
 
 def load_checkpoint(path, model_like, opt_state_like):
     """Read ``(model, opt_state, meta)`` from ``path`` into skeletons of the same structure."""
-    meta = read_checkpoint_meta(path)
+    meta = read_checkpoint_meta(path, verify=True)
     with open(path, "rb") as f:
         f.readline()
         try:
