@@ -8,6 +8,7 @@ from . import (
     lagrangians,
     presets,
     sharding,
+    solvers,
     synapses,
     train,
 )
@@ -16,6 +17,7 @@ from .layers import Layer
 from .relax import (
     FixedSteps,
     FixedTime,
+    ImplicitSteadyState,
     NonFiniteStateError,
     Relaxation,
     SteadyState,
@@ -32,6 +34,7 @@ __all__ = [
     "StateError",
     "FixedSteps",
     "FixedTime",
+    "ImplicitSteadyState",
     "NonFiniteStateError",
     "Relaxation",
     "SteadyState",
@@ -43,6 +46,7 @@ __all__ = [
     "lagrangians",
     "presets",
     "sharding",
+    "solvers",
     "train",
     "synapses",
 ]

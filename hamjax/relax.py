@@ -362,12 +362,15 @@ def relax(
         method: how to reach the end state.
 
             * ``"ode"`` (default): integrate the dynamics with a diffrax ``solver``.
+            * ``"fixed_point"``: the iteration ``x_A ← c_A + I_A`` of all layers at once (Euler
+              with ``dt = τ``; ``Anderson(history=1)``), per sample. It converges only to
+              stable steady states (it repels the others); where it cycles or diverges (a
+              synchronous update can, where the ODE settles) it gives the sample up and the
+              ODE (Tsit5) finishes it from there.
             * ``"anderson"``: Anderson acceleration (:class:`hamjax.solvers.Anderson`) of the
-              steady-state equations ``x_A ← c_A + I_A``, per sample with a safeguard; the
-              fastest way to a steady state here (``python -m benchmarks --only steady_state``).
-            * ``"fixed_point"``: the plain iteration ``x_A ← c_A + I_A`` of all layers at once
-              (Euler with ``dt = τ``; ``Anderson(history=1)``). A synchronous update may cycle
-              where the ODE settles: check ``converged``.
+              same iteration, same fallback: fewer iterations, but its extrapolation can land
+              on an unstable steady state (a saddle of the energy) that the dynamics would
+              leave; check with :mod:`hamjax.analysis` where that matters.
             * ``"root"``: optimistix's Newton method on the vector field (dense Jacobian: small
               nets, cross-checks).
             * ``"minimise"``: BFGS on the energy, then one fixed-point step ``x_A ← c_A + I_A``

@@ -386,3 +386,189 @@ def test_residual_gradient_finite_at_an_exact_fixed_point():
     assert float(penalty(net)) == 0.0
     g = eqx.filter_grad(penalty)(net)
     assert all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(g))
+
+
+# ------------------------------------------------------------------ steady-state methods
+
+
+def test_anderson_reaches_the_ode_steady_state_in_fewer_evaluations(net, x0, steady):
+    an = hj.relax(net, x0, clamp="image", method="anderson", stop=hj.SteadyState(atol=1e-6))
+    fp = hj.relax(net, x0, clamp="image", method="fixed_point", stop=hj.SteadyState(atol=1e-6))
+    assert bool(jnp.all(an.converged)) and float(jnp.max(an.residual)) <= 1e-6
+    for name in ("hidden", "label"):
+        np.testing.assert_allclose(an.state[name], steady.state[name], atol=1e-5)
+    assert int(an.evaluations) < int(fp.evaluations) < int(steady.evaluations)
+    np.testing.assert_allclose(an.tolerance, 1e-6)
+
+
+def _frozen_loss(net, x0, mask, **kw):
+    """A completion-style loss: hidden neurons partly frozen, label read out."""
+    def loss(n, x):
+        sol = hj.relax(n, x, clamp="image", freeze={"hidden": mask},
+                       stop=hj.SteadyState(atol=1e-7), **kw)
+        return jnp.sum(sol.state["label"] * jnp.arange(N_OUT)) + jnp.sum(sol.state["hidden"] ** 2)
+
+    return loss
+
+
+@pytest.mark.parametrize("kw", [dict(adjoint="implicit"), dict(method="fixed_point"),
+                                dict(method="anderson")], ids=["ode", "fixed_point", "anderson"])
+def test_frozen_neurons_differentiate_at_the_steady_state(net, x0, kw):
+    """Freezing makes ``τẋ`` zero on the frozen rows whatever the state, so the implicit
+    function theorem on it is singular; on ``F = x₀ − x`` there it is not. The implicit
+    gradients (parameters, and the frozen values themselves) equal BPTT through the ODE to the
+    same steady state, which finite differences confirm."""
+    mask = jnp.zeros((4, N_HID), bool).at[:, :2].set(True)
+    loss = _frozen_loss(net, x0, mask, **kw)
+    ref = _frozen_loss(net, x0, mask, max_steps=4096)  # recursive adjoint through Tsit5
+    g = eqx.filter_grad(loss)(net, x0)
+    g_ref = eqx.filter_grad(ref)(net, x0)
+    for u, v in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref), strict=True):
+        assert bool(jnp.all(jnp.isfinite(u)))
+        np.testing.assert_allclose(u, v, rtol=5e-3, atol=5e-5)
+    gx = jax.grad(loss, argnums=1)(net, x0)["hidden"]
+    gx_ref = jax.grad(ref, argnums=1)(net, x0)["hidden"]
+    np.testing.assert_allclose(gx, gx_ref, rtol=5e-3, atol=5e-5)
+    assert float(jnp.max(jnp.abs(gx[:, :2]))) > 1e-3  # the frozen values do matter
+    np.testing.assert_allclose(gx[:, 2:], 0.0, atol=1e-4)  # where a free neuron began does not
+    # central difference on one frozen value
+    eps = 1e-2
+    bump = jnp.zeros_like(x0["hidden"]).at[1, 0].set(eps)
+    fd = (loss(net, {**x0, "hidden": x0["hidden"] + bump})
+          - loss(net, {**x0, "hidden": x0["hidden"] - bump})) / (2 * eps)
+    np.testing.assert_allclose(gx[1, 0], fd, rtol=2e-2, atol=1e-3)
+
+
+def test_implicit_gradient_is_right_at_dead_neurons():
+    """ReLU hidden units driven below zero are dead (H = 0 there): the energy Hessian is
+    singular but ``CH − I`` is not. Neumann (default) and a dense least-squares solve of the
+    adjoint give the gradient of BPTT through the ODE to the same steady state (the
+    adjoint tolerance is relative: compared in norm)."""
+    net = chain(jax.random.PRNGKey(3), hidden=ReLU())
+    net = eqx.tree_at(lambda n: n.layers["hidden"].bias, net,
+                      jnp.array([-5.0, -5.0, 0.3, 0.2, 0.1]))
+    x = net.init_state(batch=(4,))
+    x["image"] = jax.random.uniform(jax.random.PRNGKey(4), (4, N_IN))
+
+    def loss(n, adjoint, method="ode"):
+        sol = hj.relax(n, x, clamp="image", method=method, adjoint=adjoint,
+                       stop=hj.SteadyState(atol=1e-7))
+        return jnp.sum(sol.state["label"] * jnp.arange(N_OUT)), sol
+
+    _, sol = loss(net, "recursive")
+    assert bool(jnp.all(sol.state["hidden"][:, :2] < 0))  # dead
+    # the fixed-point iteration settles where the dynamics do (this net has a saddle that
+    # Anderson's extrapolation can land on instead: see hamjax.solvers.Anderson)
+    _, fp = loss(net, "implicit", "fixed_point")
+    np.testing.assert_allclose(fp.state["label"], sol.state["label"], atol=1e-5)
+    flat = lambda g: np.concatenate([np.ravel(v) for v in jax.tree.leaves(g)])  # noqa: E731
+    ref = flat(eqx.filter_grad(lambda n: loss(n, "recursive")[0])(net))
+    for adjoint, method in (("implicit", "ode"), ("implicit", "fixed_point"),
+                            ("implicit_dense", "ode"), ("implicit_dense", "fixed_point")):
+        g = flat(eqx.filter_grad(lambda n, a=adjoint, m=method: loss(n, a, m)[0])(net))
+        rel = np.linalg.norm(g - ref) / np.linalg.norm(ref)
+        assert rel < 1e-4, (adjoint, method, rel)
+    # the phantom gradient approximates it
+    g = flat(eqx.filter_grad(lambda n: loss(n, "phantom", "fixed_point")[0])(net))
+    assert np.dot(g, ref) / (np.linalg.norm(g) * np.linalg.norm(ref)) > 0.99
+
+
+def test_relax_under_a_users_jit_with_x0_closed_over(net, x0, steady):
+    """x0 is a constant of the traced function and the net a tracer: relax must not try to
+    read a traced value (the non-finite check) and must give the eager answer, under grad and
+    vmap too."""
+    for method in ("ode", "anderson"):
+        @jax.jit
+        def run(n, method=method):
+            return hj.relax(n, x0, clamp="image", method=method,
+                            stop=hj.SteadyState(atol=1e-6)).state["label"]
+
+        np.testing.assert_allclose(run(net), steady.state["label"], atol=2e-5)
+        g = jax.jit(jax.grad(lambda n: jnp.sum(run(n))))(net)
+        assert all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(g))
+        per = jax.vmap(lambda img: hj.relax(net, {**{k: v[0] for k, v in x0.items()},
+                                                   "image": img}, clamp="image", method=method,
+                                            stop=hj.SteadyState(atol=1e-6)).state["label"])(
+            x0["image"])
+        np.testing.assert_allclose(per, steady.state["label"], atol=2e-5)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(solver="euler", dt0=0.2, max_steps=2000),
+                                dict(method="anderson")], ids=["tsit5", "euler", "anderson"])
+def test_a_nan_sample_is_flagged_and_the_others_relax(net, x0, steady, kw):
+    """Under jit (no eager check can run), one sample with a NaN pixel: it is reported not
+    finite, not converged, with a NaN residual (never 0); the healthy samples relax to the
+    same steady states as without it."""
+    bad = {**x0, "image": x0["image"].at[1, 2].set(jnp.nan)}
+
+    @jax.jit
+    def run(x):
+        return hj.relax(net, x, clamp="image", stop=hj.SteadyState(atol=1e-6), **kw)
+
+    sol = run(bad)
+    assert not bool(sol.finite[1]) and not bool(sol.converged[1])
+    assert bool(jnp.isnan(sol.residual[1]))
+    ok = np.array([0, 2, 3])
+    assert bool(jnp.all(sol.converged[ok])) and bool(jnp.all(sol.finite[ok]))
+    np.testing.assert_allclose(sol.state["label"][ok], steady.state["label"][ok], atol=1e-4)
+    assert bool(jnp.isnan(sol.state["image"][1, 2]))
+
+
+def test_fixed_steps_carry_their_tolerance(net, x0):
+    loose = hj.relax(net, x0, clamp="image", solver="euler", dt0=0.2,
+                     stop=hj.FixedSteps(30, atol=1e-2))
+    tight = hj.relax(net, x0, clamp="image", solver="euler", dt0=0.2, stop=hj.FixedSteps(30))
+    np.testing.assert_allclose(loose.tolerance, 1e-2)
+    np.testing.assert_allclose(tight.tolerance, 1e-4)
+    np.testing.assert_array_equal(loose.converged, loose.residual <= 1e-2)
+    np.testing.assert_array_equal(tight.converged, tight.residual <= 1e-4)
+    assert int(jnp.sum(loose.converged)) > int(jnp.sum(tight.converged))
+
+
+def test_fixed_point_falls_back_to_the_ode_where_the_iteration_diverges():
+    """Three neurons inhibiting each other (lateral weights −0.75, identity Lagrangian):
+    ``x ← Wx + b`` has an eigenvalue −1.5 and oscillates away from its fixed point, while the
+    dynamics ``τẋ = (W − I)x + b`` (eigenvalues −2.5, −0.25) settle. The iteration gives the
+    samples up and the ODE finishes them."""
+    w = -0.75 * (jnp.ones((3, 3)) - jnp.eye(3))
+    b = jnp.array([3.0, -3.0, 1.5])
+    net = hj.HAM(layers={"x": hj.Layer(3, Identity(), bias=True)},
+                 synapses={"lat": hj.synapses.Lateral(jax.random.PRNGKey(0), 3)},
+                 edges={"lat": ("x",)})
+    net = eqx.tree_at(lambda n: (n.synapses["lat"].weight, n.layers["x"].bias), net, (w, b))
+    x = {"x": jnp.zeros((2, 3)).at[1].set(0.1)}
+    expected = np.linalg.solve(np.eye(3) - np.asarray(w), np.asarray(b))
+    sol = hj.relax(net, x, method="fixed_point", stop=hj.SteadyState(atol=1e-5))
+    assert bool(jnp.all(sol.converged))
+    np.testing.assert_allclose(sol.state["x"], np.broadcast_to(expected, (2, 3)), atol=1e-4)
+    # the ODE's evaluations (7 a Tsit5 step with its test) are counted beyond the iterations
+    assert int(sol.evaluations) > 20
+    # Anderson extrapolates a linear map to its fixed point without the ODE
+    an = hj.relax(net, x, method="anderson", stop=hj.SteadyState(atol=1e-5))
+    assert bool(jnp.all(an.converged)) and int(an.evaluations) < 10
+
+
+def test_every_keyword_takes_effect_or_is_refused(net, x0):
+    ode_only = dict(solver="euler", dt0=0.2, save="energy", save_ts=jnp.linspace(0, 1, 3),
+                    progress=True, stepsize_controller=diffrax.ConstantStepSize())
+    for k, v in ode_only.items():
+        with pytest.raises(ValueError, match=f"{k} applies to method='ode' only"):
+            hj.relax(net, x0, clamp="image", method="anderson", **{k: v})
+    with pytest.raises(ValueError, match="use stop=SteadyState"):
+        hj.relax(net, x0, clamp="image", method="fixed_point", stop=hj.FixedSteps(3))
+    with pytest.raises(ValueError, match="t_max"):
+        hj.relax(net, x0, clamp="image", method="anderson", stop=hj.SteadyState(t_max=5.0))
+    with pytest.raises(ValueError, match="differentiated at its steady state"):
+        hj.relax(net, x0, clamp="image", method="anderson", adjoint="recursive")
+    with pytest.raises(ValueError, match="give the tolerance once"):
+        hj.relax(net, x0, clamp="image", method=hj.solvers.Anderson(atol=1e-3))
+    with pytest.raises(ValueError, match="freeze works with"):
+        hj.relax(net, x0, clamp="image", method="root", freeze={"hidden": True})
+    with pytest.raises(ValueError, match="max_steps"):
+        hj.relax(net, x0, clamp="image", max_steps=0)
+    # a strategy object takes its own settings
+    damped = hj.relax(net, x0, clamp="image", stop=hj.SteadyState(atol=1e-6),
+                      method=hj.solvers.Anderson(history=1, mixing=0.5))
+    plain = hj.relax(net, x0, clamp="image", stop=hj.SteadyState(atol=1e-6),
+                     method="fixed_point")
+    assert bool(jnp.all(damped.converged)) and int(damped.steps) != int(plain.steps)

@@ -3,8 +3,9 @@
 * :class:`BPTT`: backpropagation through the solver's steps (``RecursiveCheckpointAdjoint``).
 * :class:`Implicit`: implicit function theorem at the steady state ``F(x*; θ) = 0``:
   ``dℓ/dθ = −(∂ℓ/∂x*) (∂F/∂x)⁻¹ ∂F/∂θ``; memory independent of the number of steps. The
-  steady state is found by Anderson acceleration and the adjoint system by a fixed-point
-  (Neumann) iteration: both contract in a few steps at a stable steady state.
+  steady state is found by the fixed-point iteration ``x ← c + I`` (ODE fallback) and the
+  adjoint system by a fixed-point (Neumann) iteration: both contract in a few steps at a
+  stable steady state, and neither can settle on an unstable one.
 * :class:`EqProp`: equilibrium propagation (Scellier & Bengio 2017). Relax freely to ``x⁰``,
   then with the cost added to the energy, ``E + β C``, to ``x^β`` (and ``x^{−β}``):
   ``dℓ/dθ ≈ [∂E/∂θ(x^β) − ∂E/∂θ(x^{−β})] / (2β)`` (symmetric nudging, error O(β²)),
@@ -141,10 +142,13 @@ class BPTT(GradientMethod):
 class Implicit(GradientMethod):
     """Implicit differentiation at the steady state (residual ``atol``).
 
-    ``method``: how the steady state is found: ``"anderson"`` (default: Anderson acceleration,
-    the fastest measured, ``python -m benchmarks --only steady_state``), ``"fixed_point"`` or
-    ``"ode"`` (the adaptive ``solver``, default Tsit5, from step ``dt``: the dynamics' own
-    path, for when the iteration's attractor might differ). ``max_steps`` bounds the
+    ``method``: how the steady state is found: ``"fixed_point"`` (default: ``x ← c + I``, which
+    converges only to stable steady states, the ODE finishing samples it cannot: measured 5×
+    faster than the adaptive ODE, ``python -m benchmarks --only steady_state``),
+    ``"anderson"`` (fewer iterations, but its extrapolation can land on an unstable steady
+    state, a saddle of the energy that the dynamics would leave: see
+    :class:`hamjax.solvers.Anderson`) or ``"ode"`` (the adaptive ``solver``, default Tsit5,
+    from step ``dt``: the dynamics' own path). ``max_steps`` bounds the
     iterations (or ODE steps). ``adjoint``: how the adjoint system is solved: ``"implicit"``
     (default: :class:`hamjax.solvers.Neumann` with a GMRES fallback), ``"phantom"`` (a truncated
     series: cheaper, approximate), ``"implicit_dense"`` or an :class:`ImplicitSteadyState`.
@@ -153,7 +157,7 @@ class Implicit(GradientMethod):
     metrics) and of nothing else: the loss reported is the mean over all samples."""
 
     atol: float = eqx.field(static=True, default=1e-4)
-    method: str = eqx.field(static=True, default="anderson")
+    method: str = eqx.field(static=True, default="fixed_point")
     solver: str | None = eqx.field(static=True, default=None)
     dt: float | None = eqx.field(static=True, default=None)
     max_steps: int = eqx.field(static=True, default=1024)
@@ -245,7 +249,7 @@ class EqProp(GradientMethod):
     variant: str = eqx.field(static=True, default="symmetric")
     nudge: str = eqx.field(static=True, default="auto")
     atol: float = eqx.field(static=True, default=1e-4)
-    method: str = eqx.field(static=True, default="anderson")
+    method: str = eqx.field(static=True, default="fixed_point")
     solver: str | None = eqx.field(static=True, default=None)
     dt: float | None = eqx.field(static=True, default=None)
     max_steps: int = eqx.field(static=True, default=1024)
