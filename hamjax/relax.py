@@ -502,7 +502,10 @@ def relax(
     finite = _finite(dyn, final) & jnp.isfinite(residual)
     if batch:
         finite = finite & alive0
-        state = {n: jnp.where(_rows(alive0, v, net.layers[n].ndim), v, x_orig[n])
+        # a sample set aside keeps its given (non-finite) clamped values and has no relaxed
+        # state: NaN, so that nothing computed from it passes for a result
+        state = {n: jnp.where(_rows(alive0, v, net.layers[n].ndim), v,
+                              x_orig[n] if n in dyn.clamped_state else jnp.nan)
                  for n, v in dyn.full_state(final).items()}
         residual = jnp.where(alive0, residual, jnp.nan)
     else:
@@ -809,15 +812,26 @@ def _at_steady_state(forward, dyn, x_init, cfg, adjoint: ImplicitSteadyState, ba
     """``forward(dyn, x_init, cfg) -> (x*, extras)``, differentiated by the implicit function
     theorem on ``F(x*; dyn, x_init) = 0`` (:func:`_steady_force`) with the adjoint's linear
     solver; the forward itself is never differentiated. ``x_init`` matters only where neurons
-    are frozen (elsewhere a steady state does not depend on where it began)."""
+    are frozen (elsewhere a steady state does not depend on where it began).
+
+    A sample whose forward ended non-finite is linearised at its (finite) start instead and
+    returned as NaN: the adjoint system is block diagonal, so a NaN row would otherwise turn
+    every sample's gradient NaN through ``∂F/∂θ``, even with a zero cotangent (0·NaN)."""
     linear_solver = with_batch_ndim(adjoint.linear_solver, batch_ndim)
-    return optxi.implicit_jvp(_implicit_primal, _implicit_rewrite, (dyn, x_init, (forward, cfg)),
-                              frozenset(), linear_solver)
+    root, (extras, bad) = optxi.implicit_jvp(
+        _implicit_primal, _implicit_rewrite, (dyn, x_init, (forward, cfg, batch_ndim)),
+        frozenset(), linear_solver)
+    root = {n: jnp.where(_rows(bad, v, v.ndim - batch_ndim), jnp.nan, v) for n, v in root.items()}
+    return root, extras
 
 
 def _implicit_primal(inputs):
-    dyn, x_init, (forward, cfg) = inputs
-    return forward(dyn, x_init, cfg)
+    dyn, x_init, (forward, cfg, batch_ndim) = inputs
+    final, extras = forward(dyn, x_init, cfg)
+    bad = ~_finite(dyn, final)
+    final = {n: jnp.where(_rows(bad, v, v.ndim - batch_ndim), x_init[n], v)
+             for n, v in final.items()}
+    return final, (extras, bad)
 
 
 def _implicit_rewrite(root, _extras, inputs):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -37,7 +38,12 @@ import lineax as lx
 import optimistix as optx
 from jaxtyping import Array, PyTree
 
-__all__ = ["Anderson", "Neumann", "PhantomGradient"]
+__all__ = ["Anderson", "Neumann", "PhantomGradient", "LinearSolveWarning"]
+
+
+class LinearSolveWarning(RuntimeWarning):
+    """Some samples of a linear solve did not meet its tolerance, and were given a zero
+    solution (they drop out of a gradient) instead of failing the whole batch."""
 
 
 # ------------------------------------------------------------------ per-sample flattening
@@ -310,6 +316,10 @@ class Neumann(lx.AbstractLinearSolver):
     get there in ``max_steps`` iterations, or its residual grows (``M`` does not contract),
     the solve falls back to ``fallback`` (GMRES with restart 20 by default; ``None`` to fail
     instead), started from the iterate reached. One matrix-vector product per iteration.
+    Samples that meet the tolerance neither way get, with ``on_failure="zero"`` (default), a
+    zero solution and a :class:`LinearSolveWarning` (in a gradient they drop out, and the rest
+    of the batch stands: the samples of a relaxation are independent systems); with
+    ``"raise"`` the solve fails (lineax raises under its default ``throw=True``).
 
     The transposed system (what reverse-mode differentiation solves) is iterated the same
     way with ``Mᵀ``, whose spectrum is that of ``M``.
@@ -321,7 +331,13 @@ class Neumann(lx.AbstractLinearSolver):
     damping: float = 1.0
     fallback: lx.AbstractLinearSolver | None = lx.GMRES(rtol=1e-6, atol=1e-10, restart=20,
                                                         stagnation_iters=20, max_steps=1000)
+    on_failure: str = eqx.field(static=True, default="zero")
     batch_ndim: int = eqx.field(static=True, default=0)
+
+    def __check_init__(self):
+        if self.on_failure not in ("zero", "raise"):
+            raise ValueError(f"Neumann on_failure must be 'zero' or 'raise', got "
+                             f"{self.on_failure!r}")
 
     def init(self, operator, options):
         del options
@@ -336,9 +352,9 @@ class Neumann(lx.AbstractLinearSolver):
         def tol_fn(b):
             return self.atol + self.rtol * _sample_rms(b, self.batch_ndim)
 
-        v, ok, steps = _richardson(operator, vector, v0, self.damping, self.max_steps, tol_fn,
-                                   self.batch_ndim, until_converged=True)
-        all_ok = jnp.all(ok)
+        v, ok0, steps = _richardson(operator, vector, v0, self.damping, self.max_steps, tol_fn,
+                                    self.batch_ndim, until_converged=True)
+        all_ok = jnp.all(ok0)
         if self.fallback is None:
             result = lx.RESULTS.where(all_ok, lx.RESULTS.successful,
                                       lx.RESULTS.max_steps_reached)
@@ -351,8 +367,21 @@ class Neumann(lx.AbstractLinearSolver):
             # on these systems even with residuals far below tolerance; the per-sample test is
             # the same as the iteration's
             sol, _, stats = fb.compute(fb.init(operator, {}), vector, {"y0": v})
+            # samples the iteration solved keep its solution: the Krylov solve treats the batch
+            # as one system, where one hard sample can spoil the others
+            sol = jax.tree.map(lambda a, b, k: jnp.where(k, b, a), sol, v,
+                               _broadcast_rows(ok0, sol, self.batch_ndim))
             r = jax.tree.map(lambda av, bb: av - bb, operator.mv(sol), vector)
             ok = _sample_rms(r, self.batch_ndim) <= tol_fn(vector)
+            if self.on_failure == "zero":
+                # samples are independent: give those that failed a zero solution (they drop
+                # out of a gradient) and say so, rather than fail the whole batch
+                sol = jax.tree.map(lambda a, k: jnp.where(k, a, 0.0), sol,
+                                   _broadcast_rows(ok, sol, self.batch_ndim))
+                jax.lax.cond(jnp.all(ok), lambda n: None,
+                             lambda n: jax.debug.callback(_warn_failed, n),
+                             jnp.sum(~ok))
+                ok = jnp.ones_like(ok)
             return sol, jnp.all(ok), jnp.asarray(stats.get("num_steps", -1), jnp.int32)
 
         def done(v):
@@ -405,6 +434,12 @@ class PhantomGradient(lx.AbstractLinearSolver):
 
     def assume_full_rank(self):
         return True
+
+
+def _warn_failed(n):
+    warnings.warn(f"{int(n)} sample(s) of an adjoint linear solve did not reach its tolerance "
+                  "(their steady state may be unstable or nearly so); they were left out of the "
+                  "gradient", LinearSolveWarning, stacklevel=2)
 
 
 def with_batch_ndim(solver: Any, batch_ndim: int) -> Any:

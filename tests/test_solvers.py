@@ -9,7 +9,7 @@ import numpy as np
 import optimistix as optx
 import pytest
 
-from hamjax.solvers import Anderson, Neumann, PhantomGradient
+from hamjax.solvers import Anderson, LinearSolveWarning, Neumann, PhantomGradient
 
 N = 12
 
@@ -153,3 +153,19 @@ def test_bad_settings_are_refused():
         Anderson(mixing=1.5)
     with pytest.raises(ValueError, match="steps"):
         PhantomGradient(steps=0)
+
+
+def test_neumann_gives_failed_samples_a_zero_solution_and_warns():
+    """Two independent 1-d systems: ``(0.5 − 1) v = b₀`` contracts; ``0 · v = b₁`` has no
+    solution. The first is solved, the second gets 0 and a LinearSolveWarning (in a gradient
+    it drops out instead of failing the batch); ``on_failure="raise"`` fails the solve."""
+    m = jnp.array([[0.5], [1.0]])  # A = M − I per sample: −0.5 and 0
+    b = jnp.array([[1.0], [1.0]])
+    op = lx.FunctionLinearOperator(lambda v: m * v - v, jax.eval_shape(lambda: b))
+    fb = lx.GMRES(rtol=1e-6, atol=1e-10, restart=2, stagnation_iters=2, max_steps=20)
+    with pytest.warns(LinearSolveWarning, match="1 sample"):
+        v = lx.linear_solve(op, b, Neumann(batch_ndim=1, fallback=fb)).value
+        jax.effects_barrier()
+    np.testing.assert_allclose(v, [[-2.0], [0.0]], rtol=2e-4)  # rtol 1e-4 on the residual
+    with pytest.raises(Exception, match="maximum number of solver steps"):
+        lx.linear_solve(op, b, Neumann(batch_ndim=1, fallback=fb, on_failure="raise"))

@@ -24,6 +24,7 @@ import pytest
 from hamjax import data as hd
 from hamjax import lagrangians as L
 from hamjax import presets
+from hamjax import solvers as hj_solvers
 from hamjax import train as T
 from hamjax.relax import SteadyState, relax
 
@@ -534,3 +535,138 @@ def test_evaluate_accuracy_is_a_hand_count_and_padding_is_ignored(two_epochs, ti
         assert r["accuracy"] == pytest.approx(hand, abs=1e-9), bs
         # the steady-state stop is shared by a batch: states agree to the tolerance, not bits
         assert r["loss"] == pytest.approx(hand_loss, rel=1e-4), bs
+
+
+# ------------------------------------------------------------------------------------------
+# steady-state methods: nudging, variants, samples left out, fit's defaults
+
+
+def _softmax_classifier(seed=0):
+    """The presets' default classifier (ReLU hidden, Softmax label: probabilities, so the
+    negative log-likelihood is the loss), 64-16-10."""
+    net = presets.dense_classifier(jax.random.PRNGKey(seed), (8, 8, 1), 10, hidden=16)
+    return jax.tree.map(lambda v: jnp.asarray(v, v.dtype) if eqx.is_array(v) else v, net)
+
+
+NLL = T.Classification(num_classes=10, loss_kind="nll")
+
+
+def _grad(method, net, task, batch, key=None):
+    loss, grads, metrics = method.loss_and_grad(net, task, batch, key=key)
+    return _flat(grads), metrics
+
+
+def test_nll_nudge_is_bounded_for_both_signs(batch):
+    """−β·(−log g_y) makes the energy unbounded below as g_y → 0: the −β phase with the cost
+    itself runs away (samples do not converge, and are left out). The default nudge for the
+    NLL, the squared error of the label probabilities, converges for both signs, and its
+    symmetric estimate is the implicit gradient of that squared error to O(β²)."""
+    net = _softmax_classifier()
+    raw = T.EqProp(beta=0.5, nudge="cost", max_steps=64)
+    _, m = _grad(raw, net, NLL, batch)
+    assert float(jnp.mean(m["converged_nudged"])) < 0.5
+    assert float(jnp.mean(m["used"])) == float(jnp.mean(m["converged_nudged"]))
+    ep = T.EqProp(beta=0.01, atol=1e-6)
+    g_ep, m = _grad(ep, net, NLL, batch)
+    assert float(jnp.min(m["converged_nudged"])) == 1.0 and float(jnp.min(m["used"])) == 1.0
+    mse = T.Classification(num_classes=10, loss_kind="mse")
+    g_imp, _ = _grad(T.Implicit(atol=1e-6), net, mse, batch)
+    assert _cos(g_ep, g_imp) > 0.999 and _rel(g_ep, g_imp) < 3e-2
+    # the linearised NLL is bounded too (a constant current), if far from small here
+    _, m = _grad(T.EqProp(beta=0.01, atol=1e-6, nudge="linear"), net, NLL, batch)
+    assert float(jnp.min(m["converged_nudged"])) == 1.0
+
+
+def test_random_sign_eqprop(net, batch):
+    """With one sample, random_sign is the one-sided estimate with β or −β as its key draws;
+    and the mean of the +β and −β one-sided estimates is exactly the symmetric estimate
+    (their O(β) biases cancel)."""
+    one = {k: v[:1] for k, v in batch.items()}
+    rs = T.EqProp(beta=BETA, variant="random_sign", atol=ATOL, max_steps=MAX_STEPS)
+    assert rs.needs_key and not METHODS["eqprop"].needs_key
+    with pytest.raises(ValueError, match="key"):
+        rs.loss_and_grad(net, CLS, one)
+    keys = [jax.random.PRNGKey(i) for i in range(8)]
+    signs = [float(jax.random.rademacher(k, (1,), jnp.float32)[0]) for k in keys]
+    k_plus, k_minus = keys[signs.index(1.0)], keys[signs.index(-1.0)]
+    g_plus, _ = _grad(rs, net, CLS, one, k_plus)
+    g_minus, _ = _grad(rs, net, CLS, one, k_minus)
+    g_one, _ = _grad(METHODS["eqprop_one_sided"], net, CLS, one)
+    np.testing.assert_allclose(g_plus, g_one, rtol=1e-5, atol=1e-7)
+    g_sym, _ = _grad(METHODS["eqprop"], net, CLS, one)
+    np.testing.assert_allclose((g_plus + g_minus) / 2, g_sym, rtol=2e-3, atol=1e-5)
+    assert _rel(g_plus, g_minus) > 1e-3  # the two one-sided estimates do differ
+
+
+def test_unconverged_and_nonfinite_samples_are_left_out(net, batch):
+    """A NaN image: its sample is reported (converged 0, used 0) and the gradient is that of
+    the other samples (finite, equal to their batch's gradient times 7/8); the loss reported
+    is still the mean over all, NaN included, so the fault is visible."""
+    bad = {**batch, "input": batch["input"].at[3, 5].set(jnp.nan)}
+    keep = np.array([0, 1, 2, 4, 5, 6, 7])
+    good = {k: v[keep] for k, v in batch.items()}
+    for method in (T.Implicit(atol=ATOL, max_steps=MAX_STEPS), METHODS["eqprop"]):
+        loss, grads, m = method.loss_and_grad(net, CLS, bad)
+        g = _flat(grads)
+        assert np.all(np.isfinite(g)) and not np.isfinite(float(loss))
+        assert float(m["used"][3]) == 0.0 and float(m["converged"][3]) == 0.0
+        assert float(jnp.sum(m["used"])) == 7.0
+        g_good, _ = _grad(method, net, CLS, good)
+        np.testing.assert_allclose(g, g_good * 7 / 8, rtol=1e-3, atol=1e-6)
+    # too few iterations for anyone: nothing is used, the gradient is zero, and it says so
+    _, grads, m = T.Implicit(atol=1e-8, max_steps=1).loss_and_grad(net, CLS, batch)
+    assert float(jnp.sum(m["used"])) == 0.0 and not np.any(_flat(grads))
+
+
+def test_method_settings_are_checked():
+    with pytest.raises(ValueError, match="method='ode' only"):
+        T.Implicit(dt=0.5)
+    with pytest.raises(ValueError, match="method='ode' only"):
+        T.EqProp(solver="euler")
+    with pytest.raises(ValueError, match="variant"):
+        T.EqProp(variant="both")
+    with pytest.raises(ValueError, match="nudge"):
+        T.EqProp(nudge="quadratic")
+    with pytest.raises(ValueError, match="on_failure"):
+        hj_solvers.Neumann(on_failure="ignore")
+    with pytest.raises(ValueError, match="method"):
+        T.Implicit(method="newton")
+    T.Implicit(method="ode", solver="euler", dt=0.1)  # the ODE takes them
+
+
+def test_fit_default_task_follows_the_label_layer(digits):
+    soft = _softmax_classifier()
+    assert T.default_task(soft, 10).loss_kind == "nll"
+    assert T.default_task(_classifier(), 10).loss_kind == "ce"  # identity label: logits
+
+
+def test_fit_checks_layer_names_up_front_and_takes_other_names(digits):
+    net = _softmax_classifier()
+    renamed = hj_rename(net, {"image": "pixels", "label": "digit"})
+    tiny = dataclasses.replace(digits, x_train=digits.x_train[:16], y_train=digits.y_train[:16],
+                               x_test=digits.x_test[:8], y_test=digits.y_test[:8])
+    with pytest.raises(ValueError, match=r"input_layer is 'image', but the HAM's layers are "
+                                         r"\[.*'pixels'.*\]: pass task="):
+        T.fit(renamed, tiny, epochs=1, batch_size=8, progress=False, verbose=False)
+    task = T.Classification(input_layer="pixels", output_layer="digit", loss_kind="nll")
+    _, hist = T.fit(renamed, tiny, task=task, method=T.BPTT(steps=4), epochs=1, batch_size=8,
+                    progress=False, verbose=False)
+    assert np.isfinite(hist[0]["train_loss"]) and 0 <= hist[0]["test_accuracy"] <= 1
+
+
+def hj_rename(net, names):
+    """The same HAM with layers renamed."""
+    from hamjax import HAM
+
+    layers = {names.get(n, n): la for n, la in net.layers.items()}
+    edges = {s: tuple(names.get(n, n) for n in conn) for s, conn in net.edges.items()}
+    return HAM(layers, net.synapses, edges)
+
+
+def test_fit_warns_when_training_relaxations_do_not_converge(digits):
+    tiny = dataclasses.replace(digits, x_train=digits.x_train[:16], y_train=digits.y_train[:16],
+                               x_test=digits.x_test[:8], y_test=digits.y_test[:8])
+    with pytest.warns(T.ConvergenceWarning, match=r"only 0% of the training samples"):
+        _, hist = T.fit(_classifier(), tiny, method=T.Implicit(atol=1e-8, max_steps=1),
+                        epochs=1, batch_size=8, progress=False, verbose=False)
+    assert hist[0]["train_used"] == 0.0 and hist[0]["train_converged"] == 0.0
