@@ -12,7 +12,8 @@ from pathlib import Path
 
 from . import common as C
 
-SECTIONS = ("dynamics", "training", "solvers", "scaling", "end_to_end", "capacity", "sharding")
+SECTIONS = ("dynamics", "training", "solvers", "steady_state", "scaling", "end_to_end", "capacity",
+            "sharding")
 
 
 def build_parser() -> argparse.ArgumentParser:

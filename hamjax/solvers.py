@@ -88,6 +88,7 @@ class _AndersonState(eqx.Module):
     done: Array  # (samples,) converged, non-finite or given up: held where it is
     residual: Array  # (samples,) rms residual at the current iterate
     restarts: Array  # (samples,) safeguard restarts taken
+    mix: Array  # (samples,) the mixing in use: halved at every restart
 
 
 class Anderson(optx.AbstractFixedPointSolver):
@@ -104,8 +105,8 @@ class Anderson(optx.AbstractFixedPointSolver):
     A sample has converged when ``rms(f(x) − x) ≤ atol + rtol · rms(x)`` (root-mean-square over
     its features); it is then held where it is while the others go on. Safeguard: when a
     sample's residual exceeds ``safeguard`` times the best it reached, or ``patience``
-    iterations did not halve its best residual, its history is cleared and it restarts with a
-    plain damped step from its best iterate (Anderson's extrapolation can stall or blow up far from the solution;
+    iterations did not halve its best residual, its history is cleared, its mixing halved, and
+    it restarts with a plain damped step from its best iterate (Anderson's extrapolation can stall or blow up far from the solution;
     the plain step is what the acceleration falls back to). A sample that needs more than
     ``max_restarts`` restarts is given up (an iteration can cycle between the linear pieces of a
     ReLU network where the dynamics settle): it is held where it is, unconverged, so that the
@@ -130,8 +131,8 @@ class Anderson(optx.AbstractFixedPointSolver):
     mixing: float = 1.0
     regularisation: float = 1e-5
     safeguard: float = 100.0
-    patience: int = eqx.field(static=True, default=20)
-    max_restarts: int = eqx.field(static=True, default=1)
+    patience: int = eqx.field(static=True, default=10)
+    max_restarts: int = eqx.field(static=True, default=3)
     batch_ndim: int = eqx.field(static=True, default=0)
     # optimistix's solvers carry a norm; the test here is the per-sample rms above
     norm: Callable = optx.max_norm
@@ -160,6 +161,7 @@ class Anderson(optx.AbstractFixedPointSolver):
             count=zero_i, slot=jnp.asarray(0, jnp.int32), best_res=inf,
             best_x=x, best_g=jnp.zeros_like(x), mark_res=inf, since=zero_i,
             done=jnp.zeros((b,), bool), residual=inf, restarts=zero_i,
+            mix=jnp.full((b,), self.mixing, x.dtype),
         )
 
     def step(self, fn, y, args, options, state: _AndersonState, tags):
@@ -200,8 +202,12 @@ class Anderson(optx.AbstractFixedPointSolver):
         valid = age[None, :] < count[:, None]  # (samples, history)
         alpha = _anderson_weights(gram, valid, state.slot, self.regularisation)
         mixed = (jnp.einsum("bh,bhn->bn", alpha, xs)
-                 + self.mixing * jnp.einsum("bh,bhn->bn", alpha, gs))
-        plain = best_x + self.mixing * best_g
+                 + state.mix[:, None] * jnp.einsum("bh,bhn->bn", alpha, gs))
+        # a restart halves the sample's mixing: the damped step x + β g is Euler with step βτ,
+        # which settles wherever the dynamics do once β is small enough (a cycle of the
+        # synchronous update has an eigenvalue of CH below −1; β < 2/(1 − λ) removes it)
+        mix = jnp.where(restart, 0.5 * state.mix, state.mix)
+        plain = best_x + mix[:, None] * best_g
         # a sample given up is left at its best iterate, the closest it came
         held = jnp.where(give_up[:, None], best_x, x)
         new_x = jnp.where(done[:, None], held, jnp.where(restart[:, None], plain, mixed))
@@ -209,7 +215,7 @@ class Anderson(optx.AbstractFixedPointSolver):
         new_state = _AndersonState(
             xs=xs, gs=gs, gram=gram, count=count, slot=slot, best_res=best_res, best_x=best_x,
             best_g=best_g, mark_res=mark_res, since=since, done=done, residual=res,
-            restarts=state.restarts + restart.astype(jnp.int32),
+            restarts=state.restarts + restart.astype(jnp.int32), mix=mix,
         )
         return _unflat(new_x, y), new_state, aux
 

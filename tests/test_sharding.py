@@ -204,16 +204,18 @@ def test_shard_make_mesh_in_process():
     assert placed["tag"] == "keep" and tuple(placed["x"].sharding.spec) == ("batch",)
 
 
-def test_shard_cli_devices_errors(capsys):
+def test_shard_cli_devices_errors(capsys, tmp_path):
     n = len(jax.devices())
+    out = tmp_path / "should-not-be-created"
     # input errors exit with status 2 and the message on stderr, as argparse's own do
     with pytest.raises(SystemExit) as exc:
         cli_main(["train", "--devices", str(n + 1), "--batch-size", str(4 * (n + 1)),
-                  "--out", "/nonexistent/should-not-be-created", "--epochs", "0"])
+                  "--out", str(out), "--epochs", "1"])
     assert exc.value.code == 2
     assert f"--devices {n + 1}: asked for {n + 1} devices" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
-        cli_main(["train", "--devices", "3", "--batch-size", "8", "--epochs", "0",
-                  "--out", "/nonexistent/should-not-be-created"])
+        cli_main(["train", "--devices", "3", "--batch-size", "8", "--epochs", "1",
+                  "--out", str(out)])
     assert exc.value.code == 2
     assert "not divisible by --devices 3" in capsys.readouterr().err
+    assert not out.exists()

@@ -1,0 +1,233 @@
+"""8. Training at the steady state: one optax step of each gradient method, the forward solve to
+the steady state and the adjoint linear solve, side by side.
+
+A ``784-512-10`` dense classifier (ReLU hidden, Softmax label, the presets' default; NLL loss)
+on a batch of 64 MNIST digits, at initialisation and after some training (``Implicit`` steps,
+the regime a training run spends its time in):
+
+(a) ``hj.train.train_step`` (Adam) with ``BPTT(steps=40, dt=0.25)``, ``Implicit()`` and
+    ``EqProp(beta=0.2)`` — and, for the record, the configurations these replaced: the
+    adaptive ODE forward with GMRES (restart 100) for the adjoint, and EqProp with the ODE and
+    the NLL itself as the nudge. Ratios are per repeat against the BPTT step timed beside it;
+    a target is met when the upper quartile of the ratio meets it (implicit ≤ 3×, EqProp ≤ 4×).
+(b) The forward solve to residual 1e-4: the adaptive ODE (Tsit5), the fixed-point iteration
+    and Anderson acceleration; evaluations, time, whether every sample converged, and whether
+    each reached the same steady state as the ODE (Anderson can settle on an unstable one).
+(c) The adjoint system at that steady state, ``(CH − I)ᵀ v = ∂ℓ/∂x``: matrix-vector products
+    and time for GMRES with restart 100 (the former default), restart 20 and the Neumann
+    iteration (the default), and their difference from a tight reference solve.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import lineax as lx
+import numpy as np
+import optax
+
+import hamjax as hj
+from hamjax import data as hd
+from hamjax import presets
+from hamjax import train as T
+from hamjax.relax import _steady_force
+
+from . import common as C
+
+NAME = "steady_state"
+TARGETS = {"implicit": 3.0, "eqprop": 4.0}
+
+
+def _data(cfg: C.Config):
+    if cfg.tier == "tiny":
+        return hd.load_digits().flat()
+    d = cfg.data_dir or C.default_data_dir()
+    if d is None:
+        return None
+    return hd.load_mnist(d, limit_train=cfg.pick(0, 4096, 22699), limit_test=256).flat()
+
+
+def _methods(cfg: C.Config) -> dict:
+    old_gmres = hj.ImplicitSteadyState(lx.GMRES(rtol=1e-5, atol=1e-6, restart=100,
+                                                stagnation_iters=100))
+    ms = {
+        "BPTT 40 steps": T.BPTT(steps=40, dt=0.25),
+        "implicit": T.Implicit(),
+        "eqprop": T.EqProp(beta=0.2),
+        "implicit, before (Tsit5 + GMRES 100)": T.Implicit(method="ode", dt=0.25,
+                                                           adjoint=old_gmres),
+        "eqprop, before (Tsit5, NLL nudge)": T.EqProp(beta=0.2, method="ode", dt=0.25,
+                                                      nudge="cost"),
+    }
+    if cfg.tier == "tiny":
+        ms = {k: v for k, v in ms.items() if "before" not in k}
+    return ms
+
+
+def _batch(task, data, n, seed):
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(data.num_train, n, replace=False)
+    b = task.prepare(data.x_train[idx], data.y_train[idx], rng, train=False)
+    return {k: jnp.asarray(v) for k, v in b.items()}
+
+
+def _models(cfg, data, task, hidden):
+    net = presets.dense_classifier(jax.random.PRNGKey(0), (data.num_features,),
+                                   data.num_classes, hidden=hidden)
+    out = [("initial", net, None)]
+    epochs = cfg.pick(0, 1, 3)
+    if epochs:
+        trained, hist = T.fit(net, data, task=task, method=T.Implicit(),
+                              optimizer=optax.adam(1e-3), epochs=epochs, batch_size=64,
+                              progress=False, verbose=False)
+        out.append(("trained", trained, hist[-1]))
+    return out
+
+
+def train_steps(cfg, models, task, batch):
+    opt = optax.adam(1e-3)
+    methods = _methods(cfg)
+    rows, data = [], {}
+    for label, net, _ in models:
+        opt_state = opt.init(eqx.filter(net, eqx.is_inexact_array))
+        comps, metrics = [], {}
+        for name, m in methods.items():
+            def f(net, opt_state, batch, m=m):
+                _, _, loss, mets = T.train_step(net, opt_state, batch, task, m, opt)
+                return loss, {k: jnp.mean(v) for k, v in mets.items()}
+
+            comps.append(C.compile_fn(name, f, net, opt_state, batch))
+            loss, mets = comps[-1].call()
+            metrics[name] = {"loss": float(loss), **{k: float(v) for k, v in mets.items()}}
+        times = C.time_side_by_side(comps, cfg, repeats=max(3, cfg.repeats // 2))
+        ref = "BPTT 40 steps"
+        data[label] = {"times": times, "metrics": metrics, "ratios": {}}
+        for name in methods:
+            r = C.ratio(times, name, ref)
+            data[label]["ratios"][name] = r
+            key = name.split(",")[0]
+            target = TARGETS.get(key) if "before" not in name else None
+            met = "" if target is None else ("met" if r["q75"] <= target else "MISSED")
+            mt = metrics[name]
+            conv = f"{mt.get('converged', float('nan')):.2f}"
+            if "converged_nudged" in mt:
+                conv += f" / {mt['converged_nudged']:.2f}"
+            rows.append([label, name, C.fmt_time(times[name]["median_s"]), C.fmt_ratio(r),
+                         "" if target is None else f"≤ {target:g}", met, conv])
+    tab = C.table("One Adam step on a batch of MNIST digits (784-512-10, NLL): time and ratio to "
+                  "the 40-step BPTT step timed beside it",
+                  ["model", "method", "time", "ratio to BPTT [IQR]", "target", "",
+                   "converged (free / nudged)"], rows)
+    return tab, data
+
+
+def _relax(method, **kw):
+    def f(net, x0):
+        s = hj.relax(net, x0, clamp="image", method=method, stop=hj.SteadyState(atol=1e-4),
+                     on_nonfinite="flag", **kw)
+        return (s.state, s.evaluations, s.steps, jnp.all(s.converged), jnp.max(s.residual))
+
+    return f
+
+
+def forward(cfg, models, task, batch):
+    rows, data = [], {}
+    kinds = {"adaptive ODE (Tsit5)": _relax("ode", dt0=0.25),
+             "fixed point": _relax("fixed_point"),
+             "Anderson (m=5)": _relax("anderson")}
+    for label, net, _ in models:
+        x0 = task.initial_state(net, batch)
+        comps = [C.compile_fn(n, f, net, x0) for n, f in kinds.items()]
+        outs = {c.name: c.call() for c in comps}
+        times = C.time_side_by_side(comps, cfg, repeats=max(3, cfg.repeats // 2))
+        ode_state = outs["adaptive ODE (Tsit5)"][0]
+        data[label] = {"times": times, "runs": {}}
+        for name, (state, ev, st, conv, res) in outs.items():
+            # a sample reached another steady state than the dynamics when its label or hidden
+            # state is far off the ODE's (both within the residual tolerance of their own)
+            diff = jnp.maximum(*(jnp.max(jnp.abs(state[n] - ode_state[n]), axis=-1)
+                                 for n in ("hidden", "label")))
+            other = int(jnp.sum(diff > 1e-2))
+            rec = {"evaluations": int(ev), "steps": int(st), "all_converged": bool(conv),
+                   "max_residual": float(res), "samples_at_another_steady_state": other}
+            data[label]["runs"][name] = rec
+            rows.append([label, name, rec["evaluations"], C.fmt_time(times[name]["median_s"]),
+                         f"{times[name]['median_s'] / times['adaptive ODE (Tsit5)']['median_s']:.2f}",
+                         "yes" if rec["all_converged"] else "NO", f"{rec['max_residual']:.1e}",
+                         other])
+    tab = C.table(f"Forward to residual ≤ 1e-4 (batch {len(batch['target'])})",
+                  ["model", "solver", "evaluations", "time", "time / ODE", "all converged",
+                   "max residual", "samples at another steady state than the ODE"], rows)
+    return tab, data
+
+
+def adjoint(cfg, models, task, batch):
+    rows, data = [], {}
+    solvers = {
+        "GMRES restart 100 (former default)": lx.GMRES(rtol=1e-5, atol=1e-6, restart=100,
+                                                       stagnation_iters=100),
+        "GMRES restart 20": lx.GMRES(rtol=1e-5, atol=1e-6, restart=20, stagnation_iters=20),
+        "Neumann (default)": hj.solvers.Neumann(batch_ndim=1),
+    }
+    for label, net, _ in models:
+        x0 = task.initial_state(net, batch)
+        sol = hj.relax(net, x0, clamp="image", method="fixed_point",
+                       stop=hj.SteadyState(atol=1e-5))
+        dyn = net.dynamics(x0, "image")
+        xs, xi = dyn.free_state(sol.state), dyn.free_state(x0)
+        b = jax.grad(lambda x: jnp.mean(task.loss(net, dyn.full_state(x), batch)))(xs)
+
+        def solve_with(s):
+            def f(xs, b):
+                op = lx.JacobianLinearOperator(lambda x, _: _steady_force(dyn, x, xi), xs)
+                out = lx.linear_solve(op.transpose(), b, s, throw=False)
+                return out.value, out.stats["num_steps"]
+
+            return f
+
+        ref_op = lx.JacobianLinearOperator(lambda x, _: _steady_force(dyn, x, xi), xs)
+        ref = lx.linear_solve(ref_op.transpose(), b,
+                              lx.GMRES(rtol=1e-7, atol=1e-12, restart=200,
+                                       stagnation_iters=200), throw=False).value
+        comps = [C.compile_fn(n, solve_with(s), xs, b) for n, s in solvers.items()]
+        outs = {c.name: c.call() for c in comps}
+        times = C.time_side_by_side(comps, cfg, repeats=max(3, cfg.repeats // 2))
+        flat = lambda t: jnp.concatenate([v.ravel() for v in jax.tree.leaves(t)])  # noqa: E731
+        data[label] = {"times": times, "runs": {}}
+        for name, (v, steps) in outs.items():
+            err = float(jnp.linalg.norm(flat(v) - flat(ref)) / jnp.linalg.norm(flat(ref)))
+            restart = getattr(solvers[name], "restart", None)
+            # GMRES counts restart cycles of `restart` Arnoldi steps (one product each)
+            matvecs = int(steps) * restart if restart else int(steps)
+            data[label]["runs"][name] = {"iterations": int(steps), "matvecs": matvecs,
+                                         "relative_difference": err}
+            rows.append([label, name, int(steps), matvecs, C.fmt_time(times[name]["median_s"]),
+                         f"{err:.1e}"])
+    tab = C.table("The adjoint system at the steady state, (CH − I)ᵀ v = ∂ℓ/∂x",
+                  ["model", "linear solver", "iterations (GMRES: restart cycles)",
+                   "matrix-vector products (at most)", "time",
+                   "relative difference to a tight solve"], rows)
+    return tab, data
+
+
+def run(cfg: C.Config) -> dict:
+    data = _data(cfg)
+    if data is None:
+        return C.section(notes=["MNIST not found: pass --data-dir (steady_state skipped)"])
+    task = T.Classification(num_classes=data.num_classes, loss_kind="nll")
+    hidden = cfg.pick(32, 512, 512)
+    batch = _batch(task, data, cfg.pick(8, 64, 64), seed=0)
+    models = _models(cfg, data, task, hidden)
+    notes = [f"{data.name}: {data.num_features}-{hidden}-{data.num_classes} dense classifier, "
+             f"batch {len(batch['target'])}"]
+    for label, _, rec in models:
+        if rec is not None:
+            notes.append(f"'{label}': {rec['epoch']} epoch(s) of Implicit training on "
+                         f"{data.num_train} images, test accuracy {rec['test_accuracy']:.3f}")
+    t1, d1 = train_steps(cfg, models, task, batch)
+    t2, d2 = forward(cfg, models, task, batch)
+    t3, d3 = adjoint(cfg, models, task, batch)
+    notes.append("a GMRES cycle builds a Krylov space of `restart` vectors, one matrix-vector "
+                 "product each; a Neumann iteration is one product")
+    return C.section([t1, t2, t3], {"train_steps": d1, "forward": d2, "adjoint": d3}, notes)
