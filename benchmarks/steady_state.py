@@ -152,8 +152,9 @@ def forward(cfg, models, task, batch):
             rec = {"evaluations": int(ev), "steps": int(st), "all_converged": bool(conv),
                    "max_residual": float(res), "samples_at_another_steady_state": other}
             data[label]["runs"][name] = rec
+            rel = times[name]["median_s"] / times["adaptive ODE (Tsit5)"]["median_s"]
             rows.append([label, name, rec["evaluations"], C.fmt_time(times[name]["median_s"]),
-                         f"{times[name]['median_s'] / times['adaptive ODE (Tsit5)']['median_s']:.2f}",
+                         f"{rel:.2f}",
                          "yes" if rec["all_converged"] else "NO", f"{rec['max_residual']:.1e}",
                          other])
     tab = C.table(f"Forward to residual ≤ 1e-4 (batch {len(batch['target'])})",
@@ -171,28 +172,7 @@ def adjoint(cfg, models, task, batch):
         "Neumann (default)": hj.solvers.Neumann(batch_ndim=1),
     }
     for label, net, _ in models:
-        x0 = task.initial_state(net, batch)
-        sol = hj.relax(net, x0, clamp="image", method="fixed_point",
-                       stop=hj.SteadyState(atol=1e-5))
-        dyn = net.dynamics(x0, "image")
-        xs, xi = dyn.free_state(sol.state), dyn.free_state(x0)
-        b = jax.grad(lambda x: jnp.mean(task.loss(net, dyn.full_state(x), batch)))(xs)
-
-        def solve_with(s):
-            def f(xs, b):
-                op = lx.JacobianLinearOperator(lambda x, _: _steady_force(dyn, x, xi), xs)
-                out = lx.linear_solve(op.transpose(), b, s, throw=False)
-                return out.value, out.stats["num_steps"]
-
-            return f
-
-        ref_op = lx.JacobianLinearOperator(lambda x, _: _steady_force(dyn, x, xi), xs)
-        ref = lx.linear_solve(ref_op.transpose(), b,
-                              lx.GMRES(rtol=1e-7, atol=1e-12, restart=200,
-                                       stagnation_iters=200), throw=False).value
-        comps = [C.compile_fn(n, solve_with(s), xs, b) for n, s in solvers.items()]
-        outs = {c.name: c.call() for c in comps}
-        times = C.time_side_by_side(comps, cfg, repeats=max(3, cfg.repeats // 2))
+        times, outs, ref = _adjoint_runs(cfg, net, task, batch, solvers)
         flat = lambda t: jnp.concatenate([v.ravel() for v in jax.tree.leaves(t)])  # noqa: E731
         data[label] = {"times": times, "runs": {}}
         for name, (v, steps) in outs.items():
@@ -209,6 +189,33 @@ def adjoint(cfg, models, task, batch):
                    "matrix-vector products (at most)", "time",
                    "relative difference to a tight solve"], rows)
     return tab, data
+
+
+def _adjoint_runs(cfg, net, task, batch, solvers):
+    """``(times, {solver: (v, iterations)}, reference v)`` for the adjoint system of ``net``'s
+    steady state on ``batch`` (the fixed-point iteration to residual 1e-5)."""
+    x0 = task.initial_state(net, batch)
+    sol = hj.relax(net, x0, clamp="image", method="fixed_point", stop=hj.SteadyState(atol=1e-5))
+    dyn = net.dynamics(x0, "image")
+    xs, xi = dyn.free_state(sol.state), dyn.free_state(x0)
+    b = jax.grad(lambda x: jnp.mean(task.loss(net, dyn.full_state(x), batch)))(xs)
+
+    def operator(xs):
+        return lx.JacobianLinearOperator(lambda x, _: _steady_force(dyn, x, xi), xs).transpose()
+
+    def solve_with(s):
+        def f(xs, b):
+            out = lx.linear_solve(operator(xs), b, s, throw=False)
+            return out.value, out.stats["num_steps"]
+
+        return f
+
+    tight = lx.GMRES(rtol=1e-7, atol=1e-12, restart=200, stagnation_iters=200)
+    ref = lx.linear_solve(operator(xs), b, tight, throw=False).value
+    comps = [C.compile_fn(n, solve_with(s), xs, b) for n, s in solvers.items()]
+    outs = {c.name: c.call() for c in comps}
+    times = C.time_side_by_side(comps, cfg, repeats=max(3, cfg.repeats // 2))
+    return times, outs, ref
 
 
 def run(cfg: C.Config) -> dict:

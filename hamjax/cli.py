@@ -441,8 +441,9 @@ def _lock(out: Path):
 def _saved_config(out: Path) -> tuple[dict, dict] | None:
     """``(config, checkpoint header)`` of the run in ``out``: the config comes from the
     checkpoint (what the weights were trained with), or from config.json when no epoch has
-    finished yet (header ``{}`` when there is no checkpoint); None when ``out`` holds no run. The checkpoint's checksum is
-    verified here, so a corrupt file is reported before anything is written."""
+    finished yet (header ``{}`` when there is no checkpoint); None when ``out`` holds no run.
+    The checkpoint's checksum is verified here, so a corrupt file is reported before anything
+    is written."""
     from . import train as T
 
     ckpt = out / "checkpoint.eqx"

@@ -106,8 +106,9 @@ class Anderson(optx.AbstractFixedPointSolver):
     its features); it is then held where it is while the others go on. Safeguard: when a
     sample's residual exceeds ``safeguard`` times the best it reached, or ``patience``
     iterations did not halve its best residual, its history is cleared, its mixing halved, and
-    it restarts with a plain damped step from its best iterate (Anderson's extrapolation can stall or blow up far from the solution;
-    the plain step is what the acceleration falls back to). A sample that needs more than
+    it restarts with a plain damped step from its best iterate (Anderson's extrapolation can
+    stall or blow up far from the solution; the plain step is what the acceleration falls back
+    to). A sample that needs more than
     ``max_restarts`` restarts is given up (an iteration can cycle between the linear pieces of a
     ReLU network where the dynamics settle): it is held where it is, unconverged, so that the
     others can finish and the caller can finish it otherwise (:func:`hamjax.relax` runs the ODE

@@ -47,3 +47,20 @@ def test_cli_bench_dispatches_to_the_runner(monkeypatch):
     monkeypatch.setattr(benchmarks, "main", lambda argv: seen.setdefault("argv", argv) and 0)
     assert cli.main(["bench", "--tiny", "--only", "scaling"]) == 0
     assert seen["argv"] == ["--tiny", "--only", "scaling"]
+
+
+def test_tiny_steady_state_section_measures_every_method(tmp_path):
+    rc = benchmarks.main(["--tiny", "--only", "steady_state", "--out", str(tmp_path),
+                          "--repeats", "2"])
+    assert rc == 0
+    sec = json.loads((tmp_path / "results.json").read_text())["sections"]["steady_state"]
+    assert "error" not in sec
+    steps = sec["data"]["train_steps"]["initial"]
+    assert {"BPTT 40 steps", "implicit", "eqprop"} <= set(steps["ratios"])
+    for r in steps["ratios"].values():
+        assert math.isfinite(r["median"]) and r["median"] > 0
+    assert steps["metrics"]["implicit"]["used"] == 1.0
+    fwd = sec["data"]["forward"]["initial"]["runs"]
+    assert all(r["all_converged"] for r in fwd.values())
+    adj = sec["data"]["adjoint"]["initial"]["runs"]
+    assert adj["Neumann (default)"]["relative_difference"] < 1e-3

@@ -323,7 +323,8 @@ def test_nonfinite_paths():
         edges={"w": ("a", "b")},
     )
     x = {"a": jnp.ones(3), "b": jnp.ones(3)}
-    with pytest.raises(hj.NonFiniteStateError, match=r"layer\(s\) \[.*'(a|b)'.*\] \(stopped at step"):
+    with pytest.raises(hj.NonFiniteStateError,
+                       match=r"layer\(s\) \[.*'(a|b)'.*\] \(stopped at step"):
         hj.relax(net, x, solver="euler", dt0=0.5)
     xb = {
         "a": jnp.stack([jnp.ones(3), jnp.zeros(3)]),
@@ -486,10 +487,12 @@ def test_relax_under_a_users_jit_with_x0_closed_over(net, x0, steady):
         np.testing.assert_allclose(run(net), steady.state["label"], atol=2e-5)
         g = jax.jit(jax.grad(lambda n: jnp.sum(run(n))))(net)
         assert all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(g))
-        per = jax.vmap(lambda img: hj.relax(net, {**{k: v[0] for k, v in x0.items()},
-                                                   "image": img}, clamp="image", method=method,
-                                            stop=hj.SteadyState(atol=1e-6)).state["label"])(
-            x0["image"])
+        def one(img, method=method):
+            x = {**{k: v[0] for k, v in x0.items()}, "image": img}
+            return hj.relax(net, x, clamp="image", method=method,
+                            stop=hj.SteadyState(atol=1e-6)).state["label"]
+
+        per = jax.vmap(one)(x0["image"])
         np.testing.assert_allclose(per, steady.state["label"], atol=2e-5)
 
 
