@@ -272,7 +272,7 @@ def _build(cfg: dict, data):
                                residual_penalty=cfg.get("residual_penalty", 1.0)),
         # both relax to residual 1e-4 by Anderson acceleration (see hj.train.Implicit/EqProp)
         "implicit": lambda: T.Implicit(),
-        "eqprop": lambda: T.EqProp(beta=0.2),
+        "eqprop": lambda: T.EqProp(),
     }[cfg["method"]]()
     return net, task, method
 

@@ -456,16 +456,21 @@ def relax(
         raise StateError("every layer is clamped: there is nothing to relax")
     raise_nonfinite = on_nonfinite == "raise" or (on_nonfinite == "auto" and not batch)
 
-    # A sample that starts non-finite (a NaN pixel, say) can only stay so: set it aside (it
-    # relaxes from zeros, invisibly) so that it neither stops nor stalls the others, and put
-    # its values back at the end, flagged.
-    alive0 = _finite_samples(net, x0)
-    if not isinstance(alive0, jax.core.Tracer) and not bool(jnp.all(alive0)):
-        if raise_nonfinite:
-            bad = [n for n, v in x0.items() if not bool(jnp.all(jnp.isfinite(v)))]
+    concrete = not any(isinstance(v, jax.core.Tracer) for v in jax.tree.leaves(x0))
+    if raise_nonfinite and concrete:
+        bad = [n for n, v in x0.items() if not bool(jnp.all(jnp.isfinite(v)))]
+        if bad:
             raise NonFiniteStateError(f"x0[{bad[0]!r}] contains NaN or infinite values")
+    # A sample that starts non-finite (a NaN pixel, say) can only stay so. Where it would stall
+    # the others (an adaptive step-size control rejects every step of a NaN sample) or spoil
+    # their gradients (the implicit adjoint multiplies its NaN currents by 0), it is set aside:
+    # relaxed from zeros, invisibly, and put back at the end, flagged. Fixed steps need no such
+    # care (samples do not interact there), and BPTT through them is the hot path.
+    aside = bool(batch) and (kind != "ode" or isinstance(adjoint, ImplicitSteadyState)
+                             or _adaptive(solver, stop, stepsize_controller))
     x_orig = x0
-    if batch:
+    if aside:
+        alive0 = _finite_samples(net, x0)
         x0 = {n: jnp.where(_rows(alive0, v, net.layers[n].ndim), v, 0.0) for n, v in x0.items()}
 
     dyn = net.dynamics(x0, clamp)
@@ -500,7 +505,7 @@ def relax(
     residual = residual_norm(dyn, final)
     tolerance = stop.atol + stop.rtol * _rms(dyn, final)
     finite = _finite(dyn, final) & jnp.isfinite(residual)
-    if batch:
+    if aside:
         finite = finite & alive0
         # a sample set aside keeps its given (non-finite) clamped values and has no relaxed
         # state: NaN, so that nothing computed from it passes for a result
@@ -532,6 +537,14 @@ def relax(
     return out
 
 
+def _adaptive(solver, stop, controller) -> bool:
+    """Whether ``method="ode"`` with these settings controls its step size."""
+    return (isinstance(_solver("tsit5" if solver is None else solver),
+                       diffrax.AbstractAdaptiveSolver)
+            and not isinstance(stop, FixedSteps)
+            and not isinstance(controller, diffrax.ConstantStepSize))
+
+
 def _rows(flags: Array, v: Array, layer_ndim: int) -> Array:
     """A per-sample flag broadcast against a layer's batched state."""
     return flags.reshape(flags.shape + (1,) * layer_ndim)
@@ -561,9 +574,7 @@ def _relax_ode(dyn, x_free, stop, adjoint, max_steps, *, solver, dt0, stepsize_c
     save = "final" if save is None else save
     progress = bool(progress)
     controller = stepsize_controller
-    adaptive = isinstance(solver, diffrax.AbstractAdaptiveSolver) and not isinstance(
-        stop, FixedSteps
-    )
+    adaptive = _adaptive(solver, stop, controller)
     if controller is None:
         if not adaptive:
             controller = diffrax.ConstantStepSize()
