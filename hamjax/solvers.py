@@ -89,6 +89,7 @@ class _AndersonState(eqx.Module):
     residual: Array  # (samples,) rms residual at the current iterate
     restarts: Array  # (samples,) safeguard restarts taken
     mix: Array  # (samples,) the mixing in use: halved at every restart
+    stalls: Array  # (samples,) windows in a row without progress
 
 
 class Anderson(optx.AbstractFixedPointSolver):
@@ -103,17 +104,17 @@ class Anderson(optx.AbstractFixedPointSolver):
     ``history=1`` is the damped fixed-point iteration ``x ← x + β (f(x) − x)``.
 
     A sample has converged when ``rms(f(x) − x) ≤ atol + rtol · rms(x)`` (root-mean-square over
-    its features); it is then held where it is while the others go on. Safeguard: when a
-    sample's residual exceeds ``safeguard`` times the best it reached, or ``patience``
-    iterations did not halve its best residual, its history is cleared, its mixing halved, and
-    it restarts with a plain damped step from its best iterate (Anderson's extrapolation can
-    stall or blow up far from the solution; the plain step is what the acceleration falls back
-    to). A sample that needs more than
-    ``max_restarts`` restarts is given up (an iteration can cycle between the linear pieces of a
-    ReLU network where the dynamics settle): it is held where it is, unconverged, so that the
-    others can finish and the caller can finish it otherwise (:func:`hamjax.relax` runs the ODE
-    from there). A non-finite sample counts as done and keeps its non-finite value, so the
-    caller sees it.
+    its features); it is then held where it is while the others go on. Safeguards, per sample:
+    a residual above ``safeguard`` times the best it reached (a blow-up) sends the sample back
+    to its best iterate with its mixing halved and its history cleared; a window of
+    ``patience`` iterations that takes less than 1 % off its best residual (a stall: a cycle,
+    or a transient the plain update climbs through before converging) clears its history and
+    goes on from where it is. A sample with more than ``max_restarts`` blow-ups, or
+    ``max_stalls`` stalled windows in a row, is given up (an iteration can cycle between the
+    linear pieces of a ReLU network where the dynamics settle): held at its best iterate,
+    unconverged, so that the others can finish and the caller can finish it otherwise
+    (:func:`hamjax.relax` runs the ODE from there). A non-finite sample counts as done and keeps
+    its non-finite value, so the caller sees it.
 
     Anderson acceleration converges to *a* fixed point, not necessarily one the plain
     iteration (or the dynamics) would reach: its extrapolation can land on an unstable fixed
@@ -134,6 +135,7 @@ class Anderson(optx.AbstractFixedPointSolver):
     safeguard: float = 100.0
     patience: int = eqx.field(static=True, default=10)
     max_restarts: int = eqx.field(static=True, default=3)
+    max_stalls: int = eqx.field(static=True, default=10)
     batch_ndim: int = eqx.field(static=True, default=0)
     # optimistix's solvers carry a norm; the test here is the per-sample rms above
     norm: Callable = optx.max_norm
@@ -162,7 +164,7 @@ class Anderson(optx.AbstractFixedPointSolver):
             count=zero_i, slot=jnp.asarray(0, jnp.int32), best_res=inf,
             best_x=x, best_g=jnp.zeros_like(x), mark_res=inf, since=zero_i,
             done=jnp.zeros((b,), bool), residual=inf, restarts=zero_i,
-            mix=jnp.full((b,), self.mixing, x.dtype),
+            mix=jnp.full((b,), self.mixing, x.dtype), stalls=zero_i,
         )
 
     def step(self, fn, y, args, options, state: _AndersonState, tags):
@@ -173,29 +175,40 @@ class Anderson(optx.AbstractFixedPointSolver):
         res = _rms_rows(g)
         finite = jnp.isfinite(res) & jnp.all(jnp.isfinite(x), axis=1)
         converged = finite & (res <= self._tol(x))
-        give_up = ~state.done & ~converged & finite & (state.restarts > self.max_restarts)
+        give_up = ~state.done & ~converged & finite & (
+            (state.restarts > self.max_restarts) | (state.stalls >= self.max_stalls))
         done = state.done | converged | ~finite | give_up
 
-        # safeguard: a blow-up, or a window of `patience` steps that did not halve the best
-        # residual (stagnation, or a cycle) → restart from the best iterate
         improved = res < state.best_res
         best_res = jnp.where(improved, res, state.best_res)
         best_x = jnp.where(improved[:, None], x, state.best_x)
         best_g = jnp.where(improved[:, None], g, state.best_g)
+        # a blow-up: back to the best iterate with half the step (the damped step x + β g is
+        # Euler with step βτ, which settles wherever the dynamics do once β is small enough: a
+        # divergent synchronous update has an eigenvalue of CH below −1, and β < 2/(1 − λ)
+        # removes it)
+        blowup = ~done & (res > self.safeguard * best_res)
+        # a stall: a window of `patience` steps that took less than 1 % off the best residual
+        # (a cycle, or a transient: the plain update can climb for a while and then converge).
+        # Anderson's history is cleared and the iteration goes on from where it is;
+        # `max_stalls` windows in a row without progress give the sample up
         since = state.since + 1
         window_end = since >= self.patience
-        stalled = window_end & (best_res > 0.5 * state.mark_res)
-        restart = ~done & ((res > self.safeguard * best_res) | stalled)
-        new_window = window_end | restart
+        progress = best_res <= 0.99 * state.mark_res
+        stalled = ~done & window_end & ~progress
+        stalls = jnp.where(window_end, jnp.where(progress, 0, state.stalls + 1), state.stalls)
+        new_window = window_end | blowup
         mark_res = jnp.where(new_window, best_res, state.mark_res)
         since = jnp.where(new_window, 0, since)
 
-        # push (x, g) into the ring buffer; a restarting sample's history is emptied
+        # push (x, g) into the ring buffer; a blow-up empties the history, a stall keeps only
+        # the newest pair (a plain step from here)
         xs = state.xs.at[:, state.slot].set(x)
         gs = state.gs.at[:, state.slot].set(g)
         dots = jnp.einsum("bhn,bn->bh", gs, g)
         gram = state.gram.at[:, state.slot, :].set(dots).at[:, :, state.slot].set(dots)
-        count = jnp.where(restart, 0, jnp.minimum(state.count + 1, self.history))
+        count = jnp.minimum(state.count + 1, self.history)
+        count = jnp.where(blowup, 0, jnp.where(stalled, 1, count))
         slot = (state.slot + 1) % self.history
 
         # which slots hold one of each sample's `count` newest pairs
@@ -204,19 +217,16 @@ class Anderson(optx.AbstractFixedPointSolver):
         alpha = _anderson_weights(gram, valid, state.slot, self.regularisation)
         mixed = (jnp.einsum("bh,bhn->bn", alpha, xs)
                  + state.mix[:, None] * jnp.einsum("bh,bhn->bn", alpha, gs))
-        # a restart halves the sample's mixing: the damped step x + β g is Euler with step βτ,
-        # which settles wherever the dynamics do once β is small enough (a cycle of the
-        # synchronous update has an eigenvalue of CH below −1; β < 2/(1 − λ) removes it)
-        mix = jnp.where(restart, 0.5 * state.mix, state.mix)
+        mix = jnp.where(blowup, 0.5 * state.mix, state.mix)
         plain = best_x + mix[:, None] * best_g
         # a sample given up is left at its best iterate, the closest it came
         held = jnp.where(give_up[:, None], best_x, x)
-        new_x = jnp.where(done[:, None], held, jnp.where(restart[:, None], plain, mixed))
+        new_x = jnp.where(done[:, None], held, jnp.where(blowup[:, None], plain, mixed))
 
         new_state = _AndersonState(
             xs=xs, gs=gs, gram=gram, count=count, slot=slot, best_res=best_res, best_x=best_x,
             best_g=best_g, mark_res=mark_res, since=since, done=done, residual=res,
-            restarts=state.restarts + restart.astype(jnp.int32), mix=mix,
+            restarts=state.restarts + blowup.astype(jnp.int32), mix=mix, stalls=stalls,
         )
         return _unflat(new_x, y), new_state, aux
 
