@@ -163,7 +163,7 @@ def test_tiny_mnist_run(tmp_path, capsys):
     assert "256 train / 128 test" in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= metrics["test_accuracy"] <= 1.0
-    assert metrics["config"]["data_dir"] == str(MNIST_DIR)
+    assert Path(metrics["config"]["data_dir"]) == Path(MNIST_DIR).resolve()  # absolute
     _check_pngs(out, metrics["pictures"])
 
 
