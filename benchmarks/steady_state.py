@@ -9,8 +9,9 @@ the regime a training run spends its time in):
     ``EqProp()`` (β = 0.05; β = 0.2 too) — and, for the record, the configurations these
     replaced: the adaptive ODE forward with GMRES (restart 100) for the adjoint, and EqProp
     (β = 0.2) with the ODE and the NLL itself as the nudge. The step's outputs are the new
-    parameters and optimiser state, so nothing of it can be compiled away. Ratios are per repeat against the BPTT step timed beside it;
-    a target is met when the upper quartile of the ratio meets it (implicit ≤ 3×, EqProp ≤ 4×).
+    parameters and optimiser state, so nothing of it can be compiled away. Ratios are per
+    repeat against the BPTT step timed beside it; a target is met when the upper quartile of
+    the ratio meets it (implicit ≤ 3×, EqProp ≤ 4×).
 (b) The forward solve to residual 1e-4: the adaptive ODE (Tsit5), the fixed-point iteration
     and Anderson acceleration; evaluations, time, whether every sample converged, and whether
     each reached the same steady state as the ODE (Anderson can settle on an unstable one).
