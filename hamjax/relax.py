@@ -579,19 +579,7 @@ def _relax_ode(dyn, x_free, stop, adjoint, max_steps, *, solver, dt0, stepsize_c
         if not adaptive:
             controller = diffrax.ConstantStepSize()
         elif isinstance(stop, SteadyState):
-            # The residual an adaptive solver can reach is ~ its error tolerance: a looser
-            # controller (rtol 1e-3, say) stalls at |dx/dt| ~ 1e-3·|x| and never stops. Tie the
-            # two, as diffrax's steady_state_event does the other way round.
-            # The error norm is the worst sample's RMS, not the RMS over the whole batch: with
-            # the latter one sample's local error may be √batch times the tolerance, and a
-            # batch of 128 stalls at residuals ~3e-3 while the stopping test asks 1e-4 of each.
-            # A local-error tolerance a tenth of the residual asked for: at 1× the solver can sit
-            # at its stability limit with residuals hovering around atol; at 0.1× it rejects
-            # fewer steps and, measured on a 784-512-10 HAM, needs ~10 % fewer evaluations.
-            controller = diffrax.PIDController(
-                rtol=0.1 * stop.rtol, atol=0.1 * stop.atol,
-                norm=PerSampleRMS(_batch_ndim(dyn, x_free)),
-            )
+            controller = _steady_controller(stop, _batch_ndim(dyn, x_free))
         else:
             controller = diffrax.PIDController(
                 rtol=1e-3, atol=1e-6, norm=PerSampleRMS(_batch_ndim(dyn, x_free))
@@ -662,6 +650,26 @@ def _relax_ode(dyn, x_free, stop, adjoint, max_steps, *, solver, dt0, stepsize_c
     return final, extras
 
 
+def _steady_controller(stop: SteadyState, batch_ndim: int) -> diffrax.PIDController:
+    """The step-size control of an adaptive solve to a steady state.
+
+    The residual an adaptive solver can reach is ~ its error tolerance: a looser controller
+    (rtol 1e-3, say) stalls at |dx/dt| ~ 1e-3·|x| and never stops. Tie the two, as diffrax's
+    steady_state_event does the other way round. The error norm is the worst sample's RMS, not
+    the RMS over the whole batch: with the latter one sample's local error may be √batch times
+    the tolerance, and a batch of 128 stalls at residuals ~3e-3 while the stopping test asks
+    1e-4 of each. A local-error tolerance a tenth of the residual asked for: at 1× the solver
+    can sit at its stability limit with residuals hovering around atol; at 0.1× it rejects
+    fewer steps and, measured on a 784-512-10 HAM, needs ~10 % fewer evaluations."""
+    return diffrax.PIDController(rtol=0.1 * stop.rtol, atol=0.1 * stop.atol,
+                                 norm=PerSampleRMS(batch_ndim))
+
+
+def _within(dyn, force, x, stop) -> Array:
+    """Per sample: ``rms(force) ≤ atol + rtol·rms(x)`` (False for a NaN residual)."""
+    return _rms(dyn, force) <= stop.atol + stop.rtol * _rms(dyn, x)
+
+
 def _recorder(save):
     """``(record(y, dyn) -> dict, want_x, want_e)``: what a saved step keeps."""
     if save not in ("final", "trajectory", "energy", "both"):
@@ -706,8 +714,7 @@ def _solve(dyn, x_free, solver, controller, stop, adjoint, dt0, max_steps, savea
         t1 = stop.t_max
 
         def cond_fn(t, y, d, **kwargs):
-            ok = _rms(d, _force(d, d(y))) <= stop.atol + stop.rtol * _rms(d, y)
-            return jnp.all(ok | ~_finite(d, y))
+            return jnp.all(_within(d, _force(d, d(y)), y, stop) | ~_finite(d, y))
 
         event = diffrax.Event(cond_fn)
     else:
@@ -907,8 +914,8 @@ def _finish_by_ode(dyn, x, x_init, stop: SteadyState, max_steps: int):
     converged are frozen meanwhile: left free, those sitting just under the tolerance drift
     above it and back, and the batch took 3× the steps (107 against 38, digits, 359 samples).
     Runs only when some sample needs it."""
-    res = _rms(dyn, _steady_force(dyn, x, x_init))
-    fine = (res <= stop.atol + stop.rtol * _rms(dyn, x)) | ~jnp.isfinite(res)
+    force = _steady_force(dyn, x, x_init)
+    fine = _within(dyn, force, x, stop) | ~_finite(dyn, force)
 
     def ode(x):
         inner, masks = (dyn.dyn, dyn.masks) if isinstance(dyn, Frozen) else (dyn, {})
@@ -916,8 +923,7 @@ def _finish_by_ode(dyn, x, x_init, stop: SteadyState, max_steps: int):
         hold = {n: masks.get(n, False) | fine.reshape(fine.shape + (1,) * (v.ndim - nb))
                 for n, v in x.items()}
         held = Frozen(inner, {n: jnp.broadcast_to(m, x[n].shape) for n, m in hold.items()})
-        controller = diffrax.PIDController(rtol=0.1 * stop.rtol, atol=0.1 * stop.atol,
-                                           norm=PerSampleRMS(nb))
+        controller = _steady_controller(stop, nb)
         solver = diffrax.Tsit5()
         sol = _solve(held, x, solver, controller, stop, diffrax.RecursiveCheckpointAdjoint(),
                      0.1, max_steps, diffrax.SaveAt(t1=True), False)

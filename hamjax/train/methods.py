@@ -26,6 +26,7 @@ randomised methods only (``needs_key``).
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Callable
 
 import equinox as eqx
@@ -212,19 +213,18 @@ def _linear_cost(g, batch):
     return jnp.sum((d * g).reshape(g.shape[0], -1), axis=-1)
 
 
-def _squared_error(g, batch):
-    """``½ |g − onehot(y)|²`` per sample, on the label activations."""
-    flat = g.reshape(g.shape[0], -1)
-    onehot = jax.nn.one_hot(batch["target"], flat.shape[-1], dtype=flat.dtype)
-    return 0.5 * jnp.sum((flat - onehot) ** 2, axis=-1)
-
-
 def _nudged(net: HAM, task: Task, batch: dict, beta, kind: str = "cost",
             linear_at=None) -> HAM:
     """``net`` with ``β · cost`` on the task's output layer (``kind``: ``"cost"``,
     ``"squared_error"`` or ``"linear"``, the latter at the activations ``linear_at``)."""
     out = task.output_layer
-    cost = {"cost": task.cost, "squared_error": _squared_error}.get(kind)
+    cost = task.cost
+    if kind == "squared_error":
+        if not hasattr(task, "loss_kind"):
+            raise ValueError(f"nudge='squared_error' needs a Classification task, got "
+                             f"{type(task).__name__}")
+        # the task's own squared error of the label activations, ½|g − onehot(y)|²
+        cost = dataclasses.replace(task, loss_kind="mse").cost
     if kind == "linear":
         # ∂C/∂g at the free state, per sample (the cost is a sum of per-sample terms)
         grad = jax.grad(lambda g: jnp.sum(task.cost(g, batch)))(linear_at)
