@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import hamjax as hj
 from hamjax import lagrangians as L
 from hamjax import presets
-from hamjax.relax import FixedSteps
+from hamjax import FixedSteps
 
 
 # ------------------------------------------------------------------------------ hamjax

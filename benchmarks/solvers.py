@@ -30,7 +30,7 @@ import optax
 
 import hamjax as hj
 from hamjax import data as hd
-from hamjax.relax import residual_norm
+from hamjax._relax import residual_norm
 
 from . import common as C
 from . import models as M

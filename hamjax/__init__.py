@@ -4,7 +4,6 @@ from . import (
     analysis,
     capacity,
     data,
-    dead_neurons,
     lagrangians,
     presets,
     sharding,
@@ -12,9 +11,9 @@ from . import (
     synapses,
     train,
 )
-from .ham import HAM, ClampedDynamics, GraphError, StateError
-from .layers import Layer
-from .relax import (
+from ._ham import HAM, ClampedDynamics, GraphError, StateError
+from ._layer import Layer
+from ._relax import (
     FixedSteps,
     FixedTime,
     ImplicitSteadyState,
@@ -42,7 +41,6 @@ __all__ = [
     "analysis",
     "capacity",
     "data",
-    "dead_neurons",
     "lagrangians",
     "presets",
     "sharding",

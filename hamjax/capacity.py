@@ -132,7 +132,7 @@ def relax_retrieve(net, x0: Array, *, layer: str = "image", binarize: bool = Tru
     """Retrieve with a continuous HAM: relax ``net`` (:func:`hamjax.relax`, diffrax) from
     ``x0`` placed in ``layer`` (other layers start at zero) and read out the sign of that
     layer's activation (or the activation itself when ``binarize`` is False)."""
-    from .relax import relax
+    from ._relax import relax
 
     x0 = jnp.asarray(x0, dtype=jnp.float32)
     batch = x0.shape[: x0.ndim - net.layers[layer].ndim]

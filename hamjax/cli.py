@@ -784,7 +784,7 @@ def _analyze(args) -> int:
     import numpy as np
 
     from . import analysis
-    from .relax import SteadyState, relax
+    from ._relax import SteadyState, relax
 
     cfg, data, net, task, method, meta = _load_run(args.run_dir, args.data_dir)
     if args.samples > data.num_test:
@@ -850,7 +850,7 @@ def _pictures(out: Path, net, task, method, data, cfg) -> list[str]:
     import numpy as np
 
     matplotlib.use("Agg")
-    from .relax import SteadyState, relax
+    from ._relax import SteadyState, relax
 
     # --limit-test may leave fewer than ten test images: show what there is
     k = min(_SHOWN, data.num_test)
@@ -974,7 +974,7 @@ def _predictions_figure(path, net, task, data, xb, yb, sol, kw) -> None:
     import numpy as np
 
     from . import data as hd
-    from .relax import relax
+    from ._relax import relax
 
     k = len(xb)
     noisy = hd.gaussian_noise(xb, 0.3, np.random.default_rng(1)).images
@@ -1043,7 +1043,7 @@ def _energy_gaps(net, task, batch, x0, sol):
     would make every curve plunge to zero and an unconverged relaxation look converged."""
     import numpy as np
 
-    from .relax import SteadyState, relax
+    from ._relax import SteadyState, relax
 
     steady = relax(net, x0, clamp=task.clamp, freeze=task.frozen(batch),
                    stop=SteadyState(atol=1e-4), max_steps=20000, on_nonfinite="flag")

@@ -32,8 +32,8 @@ import jax.numpy as jnp
 from jaxtyping import Array
 
 from . import lagrangians as L
-from .ham import HAM
-from .layers import Layer
+from ._ham import HAM
+from ._layer import Layer
 from .synapses import Attention, AvgPool2D, Conv2D, Dense, Lateral, Memory, TokenMemory
 
 __all__ = [

@@ -26,7 +26,7 @@ from jax import lax
 from jaxtyping import Array, ArrayLike, PRNGKeyArray
 
 from .lagrangians import Lagrangian, Softmax
-from .layers import as_shape
+from ._layer import as_shape
 
 __all__ = [
     "Synapse",

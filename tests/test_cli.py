@@ -605,7 +605,7 @@ def test_weights_figure_shows_the_most_active_units(run):
     cfg, data, net, task, method, _ = cli._load_run(run)
     import jax.numpy as jnp
 
-    from hamjax.relax import relax
+    from hamjax import relax
 
     batch = {k: jnp.asarray(v) for k, v in
              task.prepare(data.x_test[:10], data.y_test[:10], None, train=False).items()}
@@ -626,7 +626,7 @@ def test_energy_baseline_is_the_steady_state(run):
     step, made every curve end at 0."""
     import jax.numpy as jnp
 
-    from hamjax.relax import relax
+    from hamjax import relax
 
     cfg, data, net, task, method, _ = cli._load_run(run)
     batch = {k: jnp.asarray(v) for k, v in

@@ -2,8 +2,8 @@
 steady states (with dead neurons told apart from genuine flat directions), steady-state recovery
 from energy minimisers, and Lyapunov diagnostics (MATH.md §4, Fanaskov & Oseledets 2025)."""
 
-from .dead_neurons import DeadNeurons, dead_neurons, energy_along, is_flat, layer_spectrum
-from .hessians import (
+from ._dead_neurons import DeadNeurons, dead_neurons, energy_along, is_flat, layer_spectrum
+from ._hessians import (
     FlatIndex,
     FlatSystem,
     coupling,
@@ -15,8 +15,20 @@ from .hessians import (
     lagrangian_hessian,
     lanczos,
 )
-from .lyapunov import LyapunovCheck, check_lyapunov, energy_rates, max_energy_increase, simulate
-from .stability import (
+from ._lyapunov import LyapunovCheck, check_lyapunov, energy_rates, max_energy_increase, simulate
+from ._post_activation import (
+    HAMPostActivation,
+    MatrixPostActivation,
+    PostActivationDynamics,
+    derivative_bound,
+    layered_weights,
+    numerical_abscissa,
+    post_activation,
+    residual_energy,
+    residual_energy_abscissa,
+    spectral_rescale,
+)
+from ._stability import (
     RecoveredState,
     StabilityReport,
     minimise_energy,
@@ -28,12 +40,16 @@ __all__ = [
     "DeadNeurons",
     "FlatIndex",
     "FlatSystem",
+    "HAMPostActivation",
     "LyapunovCheck",
+    "MatrixPostActivation",
+    "PostActivationDynamics",
     "RecoveredState",
     "StabilityReport",
     "check_lyapunov",
     "coupling",
     "dead_neurons",
+    "derivative_bound",
     "energy_along",
     "energy_hessian",
     "energy_rates",
@@ -45,9 +61,15 @@ __all__ = [
     "lagrangian_hessian",
     "lanczos",
     "layer_spectrum",
+    "layered_weights",
     "max_energy_increase",
     "minimise_energy",
+    "numerical_abscissa",
+    "post_activation",
     "recover_steady_state",
+    "residual_energy",
+    "residual_energy_abscissa",
     "simulate",
+    "spectral_rescale",
     "stability",
 ]

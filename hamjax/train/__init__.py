@@ -1,14 +1,14 @@
 """Training HAMs: tasks (what the relaxed state must do), gradient methods (BPTT, implicit
 differentiation, equilibrium propagation), checkpoints and the ``fit`` loop."""
 
-from .checkpoint import (
+from ._checkpoint import (
     CheckpointError,
     load_checkpoint,
     read_checkpoint_meta,
     save_checkpoint,
     verify_checkpoint,
 )
-from .fit import (
+from ._fit import (
     ConvergenceWarning,
     check_task,
     default_task,
@@ -16,8 +16,8 @@ from .fit import (
     fit,
     train_step,
 )
-from .methods import BPTT, EqProp, GradientMethod, Implicit, Nudge
-from .tasks import Classification, Completion, Denoising, Storage, Task
+from ._methods import BPTT, EqProp, GradientMethod, Implicit, Nudge
+from ._tasks import Classification, Completion, Denoising, Storage, Task
 
 __all__ = [
     "BPTT",

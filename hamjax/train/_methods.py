@@ -33,10 +33,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ..ham import HAM
-from ..relax import FixedSteps, ImplicitSteadyState, SteadyState, relax
+from .._ham import HAM
+from .._relax import FixedSteps, ImplicitSteadyState, SteadyState, relax
 from ..synapses import Synapse
-from .tasks import Task
+from ._tasks import Task
 
 __all__ = ["GradientMethod", "BPTT", "Implicit", "EqProp", "Nudge"]
 

@@ -1,4 +1,4 @@
-"""The modified dynamics of DN §4 (hamjax.dead_neurons, MATH.md §4.7–4.8): properties of our
+"""The modified dynamics of DN §4 (hamjax.analysis post-activation systems, MATH.md §4.7–4.8): properties of our
 reconstruction — same steady states, energies non-increasing, no flat directions, eq. (12)."""
 
 import jax
@@ -8,7 +8,7 @@ import pytest
 
 import hamjax as hj
 from hamjax import analysis as an
-from hamjax import dead_neurons as dn
+from hamjax import analysis as dn
 
 L = hj.lagrangians
 

@@ -31,7 +31,7 @@ import lineax as lx
 import numpy as np
 from jaxtyping import Array, Float
 
-from ..ham import HAM
+from .._ham import HAM
 from ..lagrangians import ElementwiseLagrangian
 
 __all__ = [

@@ -33,7 +33,7 @@ import optimistix as optx
 import optimistix.internal as optxi  # implicit_jvp: the same machinery diffrax.ImplicitAdjoint uses
 from jaxtyping import Array
 
-from .ham import HAM, ClampedDynamics, StateError
+from ._ham import HAM, ClampedDynamics, StateError
 from .solvers import Anderson, Neumann, PhantomGradient, with_batch_ndim
 
 __all__ = [

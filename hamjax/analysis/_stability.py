@@ -29,10 +29,10 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array
 
-from ..ham import HAM
+from .._ham import HAM
 from ..lagrangians import ElementwiseLagrangian
-from .dead_neurons import DeadNeurons, dead_neurons
-from .hessians import (
+from ._dead_neurons import DeadNeurons, dead_neurons
+from ._hessians import (
     FlatIndex,
     _call,
     _jacfwd,

@@ -18,11 +18,11 @@ import numpy as np
 import optax
 
 from .. import data as hd
-from ..ham import HAM
+from .._ham import HAM
 from ..sharding import ShardingError, replicate, shard_batch
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .methods import BPTT, GradientMethod
-from .tasks import Classification, Task
+from ._checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ._methods import BPTT, GradientMethod
+from ._tasks import Classification, Task
 
 __all__ = ["fit", "train_step", "evaluate", "History", "ConvergenceWarning", "check_task",
            "default_task"]

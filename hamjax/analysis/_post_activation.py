@@ -38,9 +38,9 @@ import lineax as lx
 import numpy as np
 from jaxtyping import Array, Float
 
-from .analysis.hessians import FlatIndex, coupling, flat_system, lagrangian_hessian
-from .ham import HAM
-from .lagrangians import Identity, Lagrangian, ReLU, Sigmoid, SmoothLeakyReLU, Tanh
+from ._hessians import FlatIndex, coupling, flat_system, lagrangian_hessian
+from .._ham import HAM
+from ..lagrangians import Identity, Lagrangian, ReLU, Sigmoid, SmoothLeakyReLU, Tanh
 
 __all__ = [
     "PostActivationDynamics",

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
-from ..ham import HAM
+from .._ham import HAM
 
 __all__ = [
     "energy_rates",

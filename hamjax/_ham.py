@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from .layers import Layer
+from ._layer import Layer
 from .synapses import Synapse
 
 __all__ = ["HAM", "ClampedDynamics", "GraphError", "StateError"]

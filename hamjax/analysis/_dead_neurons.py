@@ -21,9 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
-from ..ham import HAM
+from .._ham import HAM
 from ..lagrangians import ElementwiseLagrangian
-from .hessians import FlatIndex, _call, _layer_hessian_dense, flat_system
+from ._hessians import FlatIndex, _call, _layer_hessian_dense, flat_system
 
 __all__ = ["DeadNeurons", "layer_spectrum", "dead_neurons", "energy_along", "is_flat"]
 
