@@ -33,7 +33,7 @@ import hamjax as hj
 from hamjax import data as hd
 from hamjax import presets
 from hamjax import train as T
-from hamjax import _steady_force
+from hamjax._relax import _steady_force
 
 from . import common as C
 
