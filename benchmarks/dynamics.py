@@ -24,7 +24,7 @@ NAME = "dynamics"
 
 
 def _field_loop(net, x0, steps, dt):
-    dyn = net.dynamics(x0, "image")
+    dyn = net.dynamics(x0, clamp="image")
     x = dyn.free_state(x0)
 
     def body(_, x):

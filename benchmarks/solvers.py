@@ -65,7 +65,7 @@ def _relax_fn(tol, **kw):
 
 def _euler_loop(tol, dt, max_steps):
     def f(net, x0):
-        dyn = net.dynamics(x0, "image")
+        dyn = net.dynamics(x0, clamp="image")
 
         def cond(c):
             i, _, r = c

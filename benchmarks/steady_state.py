@@ -201,7 +201,7 @@ def _adjoint_runs(cfg, net, task, batch, solvers):
     steady state on ``batch`` (the fixed-point iteration to residual 1e-5)."""
     x0 = task.initial_state(net, batch)
     sol = hj.relax(net, x0, clamp="image", method="fixed_point", stop=hj.SteadyState(atol=1e-5))
-    dyn = net.dynamics(x0, "image")
+    dyn = net.dynamics(x0, clamp="image")
     xs, xi = dyn.free_state(sol.state), dyn.free_state(x0)
     b = jax.grad(lambda x: jnp.mean(task.loss(net, dyn.full_state(x), batch)))(xs)
 

@@ -11,17 +11,11 @@ from . import (
     synapses,
     train,
 )
+from ._convergence import FixedSteps, FixedTime, NonFiniteStateError, SteadyState, residual_norm
 from ._ham import HAM, ClampedDynamics, GraphError, StateError
+from ._implicit import ImplicitSteadyState
 from ._layer import Layer
-from ._relax import (
-    FixedSteps,
-    FixedTime,
-    ImplicitSteadyState,
-    NonFiniteStateError,
-    Relaxation,
-    SteadyState,
-    relax,
-)
+from ._relax import Relaxation, relax
 
 __version__ = "0.1.0"
 
@@ -38,6 +32,7 @@ __all__ = [
     "Relaxation",
     "SteadyState",
     "relax",
+    "residual_norm",
     "analysis",
     "capacity",
     "data",

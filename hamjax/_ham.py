@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
+from ._axes import sum_trailing
 from ._layer import Layer
 from .synapses import Synapse
 
@@ -53,8 +54,13 @@ class HAM(eqx.Module):
     synapse ``synapses[name]`` connects. The graph is validated when it is built.
     """
 
-    layers: dict[str, Layer]
-    synapses: dict[str, Synapse]
+    # Layers and synapses are kept as tuples in the order they were given, their names static:
+    # a dict field would come back from every jax.tree.map with its keys sorted, and the layer
+    # order (FlatIndex rows, init_state draws) would depend on whether the net was ever mapped.
+    layer_names: tuple[str, ...] = eqx.field(static=True)
+    layer_list: tuple[Layer, ...]
+    synapse_names: tuple[str, ...] = eqx.field(static=True)
+    synapse_list: tuple[Synapse, ...]
     edge_list: tuple[tuple[str, tuple[str, ...]], ...] = eqx.field(static=True)
 
     def __init__(
@@ -111,11 +117,21 @@ class HAM(eqx.Module):
                         f"(argument {i}) to have shape {_fmt_shape(exp)}, "
                         f"but layer {lname!r} has shape {_fmt_shape(act)}"
                     )
-        self.layers = layers
-        self.synapses = synapses
+        self.layer_names, self.layer_list = tuple(layers), tuple(layers.values())
+        self.synapse_names, self.synapse_list = tuple(synapses), tuple(synapses.values())
         self.edge_list = tuple(edge_list)
 
     # ------------------------------------------------------------------ graph
+    @property
+    def layers(self) -> dict[str, Layer]:
+        """``{name: Layer}`` in the order the layers were given."""
+        return dict(zip(self.layer_names, self.layer_list, strict=True))
+
+    @property
+    def synapses(self) -> dict[str, Synapse]:
+        """``{name: Synapse}`` in the order the synapses were given."""
+        return dict(zip(self.synapse_names, self.synapse_list, strict=True))
+
     @property
     def edges(self) -> dict[str, tuple[str, ...]]:
         return dict(self.edge_list)
@@ -205,36 +221,39 @@ class HAM(eqx.Module):
         return sum(terms["layers"].values()) + sum(terms["synapses"].values(), 0.0)
 
     # --------------------------------------------------------------- dynamics
-    def dynamics(self, x: Mapping[str, Array], clamp: Iterable[str] | str = ()) -> ClampedDynamics:
+    def dynamics(self, x: Mapping[str, Array], *, clamp: Iterable[str] | str = ()) -> ClampedDynamics:
         """The vector field on the free (unclamped) layers, with the clamped layers of ``x`` held
         fixed. Currents that the clamped layers send through multilinear synapses are computed
         here, once; calling the result only recomputes what the free layers change."""
         self.check_state(x)
         return ClampedDynamics(self, x, self.check_clamp(clamp))
 
-    def vector_field(self, x: Mapping[str, Array], clamp: Iterable[str] | str = ()) -> State:
+    def vector_field(self, x: Mapping[str, Array], *, clamp: Iterable[str] | str = ()) -> State:
         """``dx_A/dt = (−∂E/∂g_A)/τ_A`` for every layer; zero on clamped layers."""
-        dyn = self.dynamics(x, clamp)
+        dyn = self.dynamics(x, clamp=clamp)
         dx = dyn(dyn.free_state(x))
         return {n: dx[n] if n in dx else jnp.zeros_like(x[n]) for n in self.layers}
 
-    def energy_rate(self, x: Mapping[str, Array], clamp: Iterable[str] | str = ()) -> Array:
+    def energy_rate(self, x: Mapping[str, Array], *, clamp: Iterable[str] | str = ()) -> Array:
         """``dE/dt = −Σ_A τ_A ẋ_Aᵀ H_A ẋ_A`` per sample (MATH.md eq. 9), with ``H_A ẋ_A`` a
         Jacobian-vector product of the activation (no Hessian is formed)."""
-        dx = self.vector_field(x, clamp)
+        dx = self.vector_field(x, clamp=clamp)
         rate = 0.0
         for n, layer in self.layers.items():
             _, h_dx = jax.jvp(layer.activation, (x[n],), (dx[n],))
-            rate = rate - layer.tau * layer._sum(dx[n] * h_dx)
+            rate = rate - layer.tau * sum_trailing(dx[n] * h_dx, layer.ndim)
         return rate
 
 
 class ClampedDynamics(eqx.Module):
-    """``τ_A ẋ_A = c_A + I_A − x_A`` on the free layers of a HAM whose clamped layers are fixed.
+    """``τ_A ẋ_A = c_A + I_A − x_A`` on the free layers of a HAM whose clamped layers are fixed:
+    the one implementation of a HAM's currents, used by :func:`hamjax.relax`, by
+    :class:`hamjax.analysis.FlatSystem` and the post-activation systems.
 
-    The currents ``c_A`` split into constant ones (from multilinear synapses whose other layers
-    are all clamped, computed once at construction) and dynamic ones (autodiff of the remaining
-    synapse energies with respect to the free activations only)."""
+    The currents ``c_A = −Σ_s ∂E_s/∂g_A`` split into constant ones (from multilinear synapses
+    whose other layers are all clamped, computed once at construction) and dynamic ones (autodiff
+    of the remaining synapse energies with respect to the free activations only). States are
+    dicts over the free layers, ``(*batch, *shape)`` each."""
 
     net: HAM
     clamped_state: dict[str, Array]
@@ -278,10 +297,14 @@ class ClampedDynamics(eqx.Module):
         """Free states joined with the clamped ones, in the HAM's layer order."""
         return {n: x_free[n] if n in x_free else self.clamped_state[n] for n in self.net.layers}
 
-    def currents(self, x_free: Mapping[str, Array]) -> State:
-        """``c_A = −Σ_s ∂E_s/∂g_A`` for every free layer (bias excluded)."""
+    def activations(self, x_free: Mapping[str, Array]) -> State:
+        """``g_A = ∇L_A(x_A)`` of the free layers."""
+        return {n: self.net.layers[n].activation(x_free[n]) for n in self.free}
+
+    def currents(self, g_free: Mapping[str, Array]) -> State:
+        """``c_A(g) = −Σ_s ∂E_s/∂g_A`` for every free layer (bias excluded), given the free
+        layers' activations ``g_free``."""
         net = self.net
-        g_free = {n: net.layers[n].activation(x_free[n]) for n in self.free}
         out = {n: self.constant_currents.get(n) for n in self.free}
         if self.dynamic_synapses:
             touched = sorted(
@@ -297,15 +320,28 @@ class ClampedDynamics(eqx.Module):
             grads = jax.grad(e)({n: g_free[n] for n in touched})
             for n, gr in grads.items():
                 out[n] = -gr if out[n] is None else out[n] - gr
-        return {n: jnp.zeros_like(x_free[n]) if c is None else c for n, c in out.items()}
+        return {n: jnp.zeros_like(g_free[n]) if c is None else c for n, c in out.items()}
+
+    def drive(self, g_free: Mapping[str, Array]) -> State:
+        """``c_A(g) + I_A``: where the activations ``g`` drive each free layer's state; a steady
+        state is ``x_A = drive_A(g(x))``."""
+        c = self.currents(g_free)
+        return {n: c[n] if self.net.layers[n].bias is None else c[n] + self.net.layers[n].bias
+                for n in self.free}
+
+    def fixed_point_map(self, x_free: Mapping[str, Array]) -> State:
+        """``x_A ← c_A + I_A``: the synchronous update whose fixed points are the steady states
+        (an Euler step of the dynamics with ``dt = τ_A``)."""
+        return self.drive(self.activations(x_free))
+
+    def residual(self, x_free: Mapping[str, Array]) -> State:
+        """``F_A(x) = τ_A ẋ_A = c_A + I_A − x_A``: how far each free layer is from its
+        steady-state equation (independent of the time constants)."""
+        target = self.fixed_point_map(x_free)
+        return {n: target[n] - x_free[n] for n in self.free}
 
     def __call__(self, x_free: Mapping[str, Array]) -> State:
-        c = self.currents(x_free)
-        out = {}
-        for n in self.free:
-            layer = self.net.layers[n]
-            drive = c[n] - x_free[n]
-            if layer.bias is not None:
-                drive = drive + layer.bias
-            out[n] = drive / layer.tau if layer.tau != 1.0 else drive
-        return out
+        """``ẋ_A = F_A(x) / τ_A``."""
+        f = self.residual(x_free)
+        return {n: f[n] / self.net.layers[n].tau if self.net.layers[n].tau != 1.0 else f[n]
+                for n in self.free}

@@ -9,6 +9,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike
 
+from ._axes import sum_trailing
 from .lagrangians import Identity, Lagrangian
 
 __all__ = ["Layer"]
@@ -93,13 +94,10 @@ class Layer(eqx.Module):
         """``L(x)`` per sample."""
         return self.lagrangian(x, self.ndim)
 
-    def _sum(self, v: Array) -> Array:
-        return jnp.sum(v, axis=tuple(range(v.ndim - self.ndim, v.ndim)))
-
     def energy(self, x: Array, g: Array | None = None) -> Array:
         """``x·g − L(x) − I·g`` per sample; ``g`` defaults to the activation of ``x``."""
         g = self.activation(x) if g is None else g
-        e = self._sum(x * g) - self.lagrangian_value(x)
+        e = sum_trailing(x * g, self.ndim) - self.lagrangian_value(x)
         if self.bias is not None:
-            e = e - self._sum(self.bias * g)
+            e = e - sum_trailing(self.bias * g, self.ndim)
         return e

@@ -23,6 +23,8 @@ import jax.numpy as jnp
 from jax.scipy.special import erf
 from jaxtyping import Array, ArrayLike
 
+from ._axes import sum_trailing
+
 __all__ = [
     "Lagrangian",
     "ElementwiseLagrangian",
@@ -47,15 +49,6 @@ def _param(value: ArrayLike) -> Array:
     # strongly typed: a weakly typed Python-float parameter turns strong after the first optax
     # update, and every jitted step that sees both compiles again
     return jnp.asarray(value, dtype=value.dtype)
-
-
-def _sum_layer_axes(v: Array, ndim: int | None) -> Array:
-    """Sum the last ``ndim`` axes of ``v`` (all axes when None): one value per sample."""
-    if ndim is None:
-        return jnp.sum(v)
-    if ndim == 0:
-        return v
-    return jnp.sum(v, axis=tuple(range(v.ndim - ndim, v.ndim)))
 
 
 def _absolute_axis(axis: int, x: Array, ndim: int | None) -> int:
@@ -105,7 +98,7 @@ class ElementwiseLagrangian(Lagrangian):
         """``f'(x)``: the diagonal of the Lagrangian Hessian."""
 
     def __call__(self, x: Array, ndim: int | None = None) -> Array:
-        return _sum_layer_axes(self.elementwise(x), ndim)
+        return sum_trailing(self.elementwise(x), ndim)
 
 
 class Identity(ElementwiseLagrangian):
@@ -222,7 +215,7 @@ class Softmax(Lagrangian):
     def __call__(self, x, ndim=None):
         axis = _absolute_axis(self.axis, x, ndim)
         lse = jax.nn.logsumexp(self.beta * x, axis=axis) / self.beta
-        return _sum_layer_axes(lse, None if ndim is None else ndim - 1)
+        return sum_trailing(lse, None if ndim is None else ndim - 1)
 
     def activation(self, x, ndim=None):
         return jax.nn.softmax(self.beta * x, axis=_absolute_axis(self.axis, x, ndim))
@@ -247,7 +240,7 @@ class LayerNorm(Lagrangian):
         var = jnp.mean(xc * xc, axis=axis)
         norm_term = self.gamma * d * jnp.sqrt(var + self.eps)
         bias_term = jnp.sum(_along(self.delta, x, axis) * x, axis=axis)
-        return _sum_layer_axes(norm_term + bias_term, None if ndim is None else ndim - 1)
+        return sum_trailing(norm_term + bias_term, None if ndim is None else ndim - 1)
 
     def activation(self, x, ndim=None):
         axis = _absolute_axis(self.axis, x, ndim)
@@ -269,7 +262,7 @@ class SphericalNorm(Lagrangian):
         axis = _absolute_axis(self.axis, x, ndim)
         norm_term = self.gamma * jnp.sqrt(jnp.sum(x * x, axis=axis) + self.eps)
         bias_term = jnp.sum(_along(self.delta, x, axis) * x, axis=axis)
-        return _sum_layer_axes(norm_term + bias_term, None if ndim is None else ndim - 1)
+        return sum_trailing(norm_term + bias_term, None if ndim is None else ndim - 1)
 
     def activation(self, x, ndim=None):
         axis = _absolute_axis(self.axis, x, ndim)

@@ -365,7 +365,7 @@ def _lyapunov_quantities(net, x, clamp=()):
     ref = _chain_reference(net, x)
     # with some layers clamped
     dxc = net.vector_field(x, clamp=clamp)
-    rate_c = net.energy_rate(x, clamp)
+    rate_c = net.energy_rate(x, clamp=clamp)
     _, rate_c_jvp = jax.jvp(net.energy, (x,), (dxc,))
     return dict(e=e, dx=dx, rate=rate, rate_jvp=rate_jvp, rate_fd=rate_fd, trace=trace, ref=ref,
                 dxc=dxc, rate_c=rate_c, rate_c_jvp=rate_c_jvp)

@@ -31,7 +31,7 @@ import lineax as lx
 import numpy as np
 from jaxtyping import Array, Float
 
-from .._ham import HAM
+from .._ham import HAM, ClampedDynamics
 from ..lagrangians import ElementwiseLagrangian
 
 __all__ = [
@@ -123,52 +123,54 @@ class FlatSystem(eqx.Module):
     """A HAM at a state, seen as the flat Krotov–Hopfield system ``dx/dt = T⁻¹(c(g(x)) + b − x)``
     on its free layers (clamped layers fixed at their values in ``x``).
 
-    Built by :func:`flat_system`; every method takes and returns flat vectors over ``index``.
-    A PyTree (``eqx.Module``), so the module-level jitted helpers reuse their compilation for
-    every state of the same network.
+    The currents are those of :class:`hamjax.ClampedDynamics` (``dynamics``), read through
+    :class:`FlatIndex`: every method takes and returns flat vectors over ``index``. A PyTree
+    (``eqx.Module``), so the module-level jitted helpers reuse their compilation for every state
+    of the same network.
     """
 
-    net: HAM
+    dynamics: ClampedDynamics
     state: dict[str, Array]
     x: Array
     tau: Array
     bias: Array
     clamp: tuple[str, ...] = eqx.field(static=True)
-    free: tuple[str, ...] = eqx.field(static=True)
     index: FlatIndex = eqx.field(static=True)
 
     def __init__(self, net: HAM, x: Mapping[str, Array], clamp: Iterable[str] | str = ()):
         _single_sample(net, x)
         clamp = net.check_clamp(clamp)
-        self.net = net
-        self.clamp = clamp
-        self.free = tuple(n for n in net.layers if n not in clamp)
-        if not self.free:
+        if len(clamp) == len(net.layers):
             raise ValueError("every layer is clamped: nothing to analyse")
-        self.index = FlatIndex(self.free, tuple(net.layers[n].shape for n in self.free))
         self.state = {n: jnp.asarray(x[n]) for n in net.layers}
+        self.dynamics = net.dynamics(self.state, clamp=clamp)
+        self.clamp = clamp
+        free = self.dynamics.free
+        self.index = FlatIndex(free, tuple(net.layers[n].shape for n in free))
         self.x = self.index.flatten(self.state)
         dtype = self.x.dtype
         self.tau = jnp.asarray(
-            np.concatenate([np.full(net.layers[n].size, net.layers[n].tau) for n in self.free]),
-            dtype,
-        )
+            np.concatenate([np.full(net.layers[n].size, net.layers[n].tau) for n in free]), dtype)
         self.bias = jnp.concatenate(
             [
                 jnp.zeros((net.layers[n].size,), dtype)
                 if net.layers[n].bias is None
                 else jnp.reshape(net.layers[n].bias, (-1,)).astype(dtype)
-                for n in self.free
+                for n in free
             ]
         )
 
     @property
-    def clamped_state(self) -> State:
-        return {n: self.state[n] for n in self.clamp}
+    def net(self) -> HAM:
+        return self.dynamics.net
 
     @property
-    def g_clamped(self) -> State:
-        return {n: self.net.layers[n].activation(self.state[n]) for n in self.clamp}
+    def free(self) -> tuple[str, ...]:
+        return self.dynamics.free
+
+    @property
+    def clamped_state(self) -> State:
+        return {n: self.state[n] for n in self.clamp}
 
     # ------------------------------------------------------------ functions of flat vectors
     @property
@@ -177,13 +179,11 @@ class FlatSystem(eqx.Module):
 
     def full_state(self, z: Float[Array, " n"]) -> State:
         """The full dict state: free layers from ``z``, clamped ones as given."""
-        free = self.index.unflatten(z)
-        return {n: free[n] if n in free else self.clamped_state[n] for n in self.net.layers}
+        return self.dynamics.full_state(self.index.unflatten(z))
 
     def activation(self, z: Float[Array, " n"]) -> Float[Array, " n"]:
         """``g(x)`` of the free layers."""
-        s = self.index.unflatten(z)
-        return self.index.flatten({n: self.net.layers[n].activation(s[n]) for n in self.free})
+        return self.index.flatten(self.dynamics.activations(self.index.unflatten(z)))
 
     def lagrangian(self, z: Float[Array, " n"]) -> Array:
         """``Σ_A L_A(x_A)`` over free layers."""
@@ -192,16 +192,24 @@ class FlatSystem(eqx.Module):
 
     def synapse_energy(self, gz: Float[Array, " n"]) -> Array:
         """``E_syn(g)`` with the free activations ``gz`` and the clamped ones fixed."""
-        g = {**self.g_clamped, **self.index.unflatten(gz)}
+        g = {**self.dynamics.clamped_activations, **self.index.unflatten(gz)}
         return sum((self.net.synapse_energy(s, g) for s, _ in self.net.edge_list), jnp.zeros(()))
 
     def currents(self, gz: Float[Array, " n"]) -> Float[Array, " n"]:
         """``c(g) = −∂E_syn/∂g``: the input currents of the free layers (bias excluded)."""
-        return -jax.grad(self.synapse_energy)(gz)
+        return self.index.flatten(self.dynamics.currents(self.index.unflatten(gz)))
+
+    def drive(self, gz: Float[Array, " n"]) -> Float[Array, " n"]:
+        """``c(g) + b``: where the activations ``g`` drive the free states."""
+        return self.index.flatten(self.dynamics.drive(self.index.unflatten(gz)))
+
+    def fixed_point_map(self, z: Float[Array, " n"]) -> Float[Array, " n"]:
+        """``x ← c(g(x)) + b``; its fixed points are the steady states."""
+        return self.index.flatten(self.dynamics.fixed_point_map(self.index.unflatten(z)))
 
     def residual(self, z: Float[Array, " n"]) -> Float[Array, " n"]:
         """``F(x) = c(g(x)) + b − x`` (the field times τ); zero exactly at steady states."""
-        return self.currents(self.activation(z)) + self.bias - z
+        return self.index.flatten(self.dynamics.residual(self.index.unflatten(z)))
 
     def field(self, z: Float[Array, " n"]) -> Float[Array, " n"]:
         """``dx/dt = T⁻¹ F(x)`` (equal to ``net.vector_field`` on the free layers)."""
@@ -394,6 +402,10 @@ def lanczos(op, steps: int, key=None) -> tuple[Array, Array]:
     reorthogonalisation the extremal Ritz values converge to the extremal eigenvalues without the
     ghost copies plain Lanczos makes; on breakdown (an invariant subspace found) the iteration
     restarts from a fresh random vector orthogonal to the basis, so ``steps = n`` is exact.
+
+    Written here rather than taken from a library: lineax has no eigensolver, and SciPy's
+    ARPACK (``eigsh`` on a ``LinearOperator``) iterates on the host, one device round trip per
+    product; this loop is compiled whole and runs where the operator lives.
     """
     op = _as_operator(op)
     n = math.prod(op.in_structure().shape)

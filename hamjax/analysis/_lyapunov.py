@@ -17,7 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
+from .._convergence import FixedTime
 from .._ham import HAM
+from .._relax import relax
 
 __all__ = [
     "energy_rates",
@@ -28,11 +30,11 @@ __all__ = [
 ]
 
 
-def energy_rates(net: HAM, xs: Mapping[str, Array], clamp: Iterable[str] | str = ()) -> Array:
+def energy_rates(net: HAM, xs: Mapping[str, Array], *, clamp: Iterable[str] | str = ()) -> Array:
     """``dE/dt`` (eq. 9) at every state of a trajectory ``xs`` (dict of arrays with a leading time
     axis, then any batch axes); the dynamics are batch-native, so time is just another batch axis.
     """
-    return net.energy_rate(dict(xs), clamp)
+    return net.energy_rate(dict(xs), clamp=clamp)
 
 
 def max_energy_increase(energies: Array, axis: int = 0) -> Array:
@@ -52,27 +54,15 @@ def simulate(
     atol: float = 1e-6,
     max_steps: int = 100_000,
 ) -> tuple[Array, dict[str, Array]]:
-    """Integrate ``τ_A ẋ_A = −∂E/∂g_A`` from ``x0`` to ``t1`` with diffrax (Tsit5, adaptive),
-    clamped layers fixed; returns the save times and the states (leading time axis, clamped layers
-    repeated). A plain trajectory for diagnostics; ``hj.relax`` is the steady-state solver."""
-    dyn = net.dynamics(x0, clamp)
+    """The trajectory of ``τ_A ẋ_A = −∂E/∂g_A`` from ``x0`` over ``[0, t1]`` at ``n_save`` evenly
+    spaced times: :func:`hamjax.relax` with ``FixedTime(t1)``, Tsit5 and an ``rtol``/``atol``
+    step-size control. Returns the save times and the states (leading time axis, clamped
+    layers repeated)."""
     ts = jnp.linspace(0.0, t1, n_save)
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(lambda t, y, args: dyn(y)),
-        diffrax.Tsit5(),
-        t0=0.0,
-        t1=t1,
-        dt0=None,
-        y0=dyn.free_state(x0),
-        saveat=diffrax.SaveAt(ts=ts),
-        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-        max_steps=max_steps,
-    )
-    xs = {
-        n: sol.ys[n] if n in sol.ys else jnp.broadcast_to(x0[n], (n_save,) + jnp.shape(x0[n]))
-        for n in net.layers
-    }
-    return ts, xs
+    sol = relax(net, x0, clamp=clamp, stop=FixedTime(t1), save="trajectory", save_ts=ts,
+                stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+                max_steps=max_steps)
+    return ts, sol.trajectory
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +107,7 @@ def check_lyapunov(
     else:
         ts, xs = trajectory
     energies = net.energy(dict(xs))
-    rates = energy_rates(net, xs, clamp)
+    rates = energy_rates(net, xs, clamp=clamp)
     tolerance = atol + rtol * float(jnp.max(jnp.abs(energies)))
     inc = float(jnp.max(max_energy_increase(energies)))
     rate = float(jnp.max(rates))

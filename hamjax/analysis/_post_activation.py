@@ -27,7 +27,6 @@ directions and decreases along ``dx/dt = F`` whenever ``ω(C H − I) ≤ 0`` (n
 from __future__ import annotations
 
 import abc
-import math
 from collections.abc import Iterable, Mapping, Sequence
 
 import diffrax
@@ -38,9 +37,10 @@ import lineax as lx
 import numpy as np
 from jaxtyping import Array, Float
 
-from ._hessians import FlatIndex, coupling, flat_system, lagrangian_hessian
+from .._axes import sum_trailing
 from .._ham import HAM
 from ..lagrangians import Identity, Lagrangian, ReLU, Sigmoid, SmoothLeakyReLU, Tanh
+from ._hessians import FlatIndex, FlatSystem, coupling, flat_system, lagrangian_hessian
 
 __all__ = [
     "PostActivationDynamics",
@@ -224,6 +224,8 @@ class PostActivationDynamics(eqx.Module):
 
 @eqx.filter_jit
 def _solve(system, y0, t1, m, alpha, beta, n_save, rtol, atol, max_steps):
+    # (9) is an ODE in the activations y with a mobility M, not the dynamics of a HAM, so it is
+    # integrated here and not by hj.relax (whose states are a HAM's layer states)
     ts = jnp.linspace(0.0, 1.0, n_save) * t1
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(lambda t, y, args: args.field(y, m, alpha, beta)),
@@ -290,28 +292,24 @@ class MatrixPostActivation(PostActivationDynamics):
 class HAMPostActivation(PostActivationDynamics):
     """(9)–(14) for a HAM: ``y`` are the activations of its free layers (flattened in
     :class:`hamjax.analysis.FlatIndex` order), ``c(y) = −∂E_syn/∂y`` its synaptic currents with the
-    clamped layers fixed, ``b`` its layer biases. Works for any synapse (for nonlinear ones such as
-    Memory, ``C(y)`` is the synapse Hessian and ``E_1`` is still exact). ``E_1(y*)`` equals the
-    HAM energy of ``x* = c(y*) + b`` less the constant Legendre terms of the clamped layers."""
+    clamped layers fixed, ``b`` its layer biases: the HAM's :class:`FlatSystem`, read in the
+    post-activation variable. Works for any synapse (for nonlinear ones such as Memory, ``C(y)``
+    is the synapse Hessian and ``E_1`` is still exact). ``E_1(y*)`` equals the HAM energy of
+    ``x* = c(y*) + b`` less the constant Legendre terms of the clamped layers."""
 
-    net: HAM
-    clamped_state: dict[str, Array]
-    free: tuple[str, ...] = eqx.field(static=True)
-    shapes: tuple[tuple[int, ...], ...] = eqx.field(static=True)
+    system: FlatSystem
 
     def __init__(self, net: HAM, x: Mapping[str, Array] | None = None,
                  clamp: Iterable[str] | str = ()):
         clamp = net.check_clamp(clamp)
         if clamp and x is None:
             raise ValueError("clamped layers need a state x to hold them at")
-        self.net = net
-        self.clamped_state = {n: jnp.asarray(x[n]) for n in clamp}
-        self.free = tuple(n for n in net.layers if n not in clamp)
-        self.shapes = tuple(net.layers[n].shape for n in self.free)
+        # the free layers' values in x do not matter: every method takes y
+        self.system = FlatSystem(net, net.init_state() if x is None else x, clamp)
 
     @property
-    def index(self):
-        return FlatIndex(self.free, self.shapes)
+    def index(self) -> FlatIndex:
+        return self.system.index
 
     def unflatten(self, v: Vector) -> dict[str, Array]:
         return self.index.unflatten(v)
@@ -319,32 +317,24 @@ class HAMPostActivation(PostActivationDynamics):
     def flatten(self, state: Mapping[str, Array]) -> Vector:
         return self.index.flatten(state)
 
-    def _synapse_energy(self, y: Vector) -> Array:
-        g = {n: self.net.layers[n].activation(v) for n, v in self.clamped_state.items()}
-        g.update(self.unflatten(y))
-        return sum((self.net.synapse_energy(s, g) for s, _ in self.net.edge_list), jnp.zeros(()))
-
     def currents(self, y):
-        return -jax.grad(self._synapse_energy)(y)
+        return self.system.currents(y)
+
+    def to_x(self, y):
+        return self.system.drive(y)
 
     @property
     def bias(self):
-        parts = []
-        for n, shape in zip(self.free, self.shapes, strict=True):
-            b = self.net.layers[n].bias
-            parts.append(jnp.zeros(math.prod(shape)) if b is None else jnp.reshape(b, (-1,)))
-        return jnp.concatenate(parts)
+        return self.system.bias
 
     def activation(self, x):
-        s = self.unflatten(x)
-        return self.flatten({n: self.net.layers[n].activation(s[n]) for n in self.free})
+        return self.system.activation(x)
 
     def lagrangian(self, x):
-        s = self.unflatten(x)
-        return sum(self.net.layers[n].lagrangian_value(s[n]) for n in self.free)
+        return self.system.lagrangian(x)
 
     def interaction(self, y):
-        return jnp.vdot(y, self.currents(y)) + self._synapse_energy(y)
+        return jnp.vdot(y, self.currents(y)) + self.system.synapse_energy(y)
 
 
 def post_activation(net_or_weight, bias=None, lagrangian: Lagrangian | None = None, *,
@@ -359,19 +349,13 @@ def post_activation(net_or_weight, bias=None, lagrangian: Lagrangian | None = No
 
 
 # ------------------------------------------------------------------------- helpers
-def residual_energy(net: HAM, x: Mapping[str, Array], clamp: Iterable[str] | str = ()) -> Array:
+def residual_energy(net: HAM, x: Mapping[str, Array], *, clamp: Iterable[str] | str = ()) -> Array:
     """``½ Σ_A |F_A(x)|²`` per sample, ``F_A = τ_A ẋ_A = c_A + I_A − x_A`` (MATH.md eq. 14 with
     α = 0, β = 1): a diagnostic energy of the original dynamics without dead-neuron flat
     directions. Batch-native."""
-    dx = net.vector_field(x, clamp)
-    clamp = net.check_clamp(clamp)
-    out = 0.0
-    for n, layer in net.layers.items():
-        if n in clamp:
-            continue
-        f = layer.tau * dx[n]
-        out = out + 0.5 * layer._sum(f * f)
-    return out
+    dyn = net.dynamics(x, clamp=clamp)
+    f = dyn.residual(dyn.free_state(x))
+    return sum(0.5 * sum_trailing(v * v, net.layers[n].ndim) for n, v in f.items())
 
 
 def numerical_abscissa(a: Array) -> Array:
@@ -380,7 +364,7 @@ def numerical_abscissa(a: Array) -> Array:
     return jnp.linalg.eigvalsh(0.5 * (a + a.T))[-1]
 
 
-def residual_energy_abscissa(net: HAM, x: Mapping[str, Array],
+def residual_energy_abscissa(net: HAM, x: Mapping[str, Array], *,
                              clamp: Iterable[str] | str = ()) -> Array:
     """``ω((C H − I) T⁻¹)`` at ``x``: where it is ``≤ 0``,
     ``d(½|F|²)/dt = Fᵀ(C H − I)T⁻¹F ≤ 0``, so the residual energy is a Lyapunov function there

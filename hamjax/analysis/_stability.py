@@ -30,6 +30,7 @@ import optimistix as optx
 from jaxtyping import Array
 
 from .._ham import HAM
+from .._steady import minimise_energy as _minimise
 from ..lagrangians import ElementwiseLagrangian
 from ._dead_neurons import DeadNeurons, dead_neurons
 from ._hessians import (
@@ -50,25 +51,26 @@ __all__ = [
 ]
 
 
+_WORDS = {True: "stable", False: "unstable", None: "undecided"}
+
+
 @dataclasses.dataclass(frozen=True)
 class StabilityReport:
     """The verdict on a steady state and the evidence for it.
 
-    * ``stable``: True, False, or None when undecided (``verdict`` says the same in words:
-      "stable", "unstable" or "undecided"; ``reason`` says why).
+    * ``stable``: True, False, or None when undecided; ``reason`` says why.
     * ``spectrum``: eigenvalues of the Jacobian restricted to ``range(H)`` (real when ``H ⪰ 0``),
-      largest real part first. With ``method="lanczos"`` the top Ritz values of the symmetrised
+      largest real part first. With ``dense=False`` the top Ritz values of the symmetrised
       Jacobian, which include ``−1/τ`` for dead directions.
-    * ``energy_spectrum``: eigenvalues of ``Aᵀ(H − H C H)A`` (ascending; dense method only).
+    * ``energy_spectrum``: eigenvalues of ``Aᵀ(H − H C H)A`` (ascending; ``dense=True`` only).
     * ``n_dead``: dead neurons per free layer; ``dead`` the full :class:`DeadNeurons`.
     * ``flat_directions``: ``(N, m)`` flat directions of the energy in ``range(H)`` (not dead
       neurons), flat over the free layers; ``index`` maps rows back to layers and neurons.
     * ``residual``: ``max|F(x*)|``, how far ``x*`` is from being a steady state.
-    * ``jacobian_spectrum``: all eigenvalues of the full Jacobian (dense method only).
+    * ``jacobian_spectrum``: all eigenvalues of the full Jacobian (``dense=True`` only).
     """
 
     stable: bool | None
-    verdict: str
     reason: str
     spectrum: np.ndarray
     energy_spectrum: np.ndarray | None
@@ -84,7 +86,7 @@ class StabilityReport:
         dead = ", ".join(f"{k}: {v}" for k, v in self.n_dead.items())
         top = np.real(self.spectrum[0]) if len(self.spectrum) else float("nan")
         return (
-            f"{self.verdict}: {self.reason}\n"
+            f"{_WORDS[self.stable]}: {self.reason}\n"
             f"  dead neurons per layer: {dead}\n"
             f"  largest Re λ on range(H): {top:.4g}; other flat directions: "
             f"{self.flat_directions.shape[1]}; residual |F| = {self.residual:.3g}"
@@ -100,7 +102,7 @@ def stability(
     x_star: Mapping[str, Array],
     *,
     clamp: Iterable[str] | str = (),
-    method: str = "dense",
+    dense: bool = True,
     rtol: float = 1e-5,
     tol: float = 1e-5,
     steady_tol: float = 1e-4,
@@ -111,7 +113,7 @@ def stability(
     ``rtol`` is the dead-neuron tolerance (:func:`dead_neurons`); ``tol`` the relative size below
     which an eigenvalue counts as zero (relative to ``max(1/τ, |spectrum|)``); ``steady_tol``
     bounds ``max|F(x*)| / (1 + max|x*|)`` for ``x_star`` to count as a steady state.
-    ``method="lanczos"`` never forms an ``N×N`` matrix: it finds the largest eigenvalues of the
+    ``dense=False`` never forms an ``N×N`` matrix: it finds the largest eigenvalues of the
     symmetrised Jacobian ``T^{-1/2}(H^{1/2} C H^{1/2} − I)T^{-1/2}`` matrix-free (needs ``H ⪰ 0``).
     """
     sys = flat_system(net, x_star, clamp)
@@ -122,87 +124,26 @@ def stability(
     lam = np.concatenate([dn.live_eigenvalues[n] for n in dn.index.names])
     psd = bool(np.all(lam > 0))
     gz = _call(sys, "activation", sys.x)
-    k = dn.total
-    notes = []
-    if not psd:
-        notes.append("H has negative eigenvalues, so E is not a Lyapunov function here; "
-                     "the verdict rests on the linearisation alone")
-
-    energy_spectrum = None
-    jac_spectrum = None
+    energy_spectrum = jac_spectrum = None
     flat = np.zeros((sys.n, 0))
-    if method == "dense":
-        a = dn.live_basis()
-        c = np.asarray(_jacfwd(sys, "currents", gz), dtype=np.float64)
-        s = a.T @ c @ a
-        tau_a = _column_taus(net, dn, dn.live)
-        e_r = np.diag(lam) - lam[:, None] * s * lam[None, :]  # Aᵀ(H − HCH)A, MATH eq. (6)
-        if len(lam) and psd:
-            r = np.sqrt(lam)
-            n_sym = r[:, None] * s * r[None, :] - np.eye(len(lam))
-            spec = np.linalg.eigvalsh(n_sym / np.sqrt(np.outer(tau_a, tau_a)))[::-1]
-        elif len(lam):
-            j_a = (s * lam[None, :] - np.eye(len(lam))) / tau_a[:, None]
-            spec = np.linalg.eigvals(j_a)
-            spec = spec[np.argsort(-spec.real)]
-        else:
-            spec = np.zeros(0)
-        if len(lam):
-            eh, ev = np.linalg.eigh(0.5 * (e_r + e_r.T))
-        else:
-            eh, ev = np.zeros(0), np.zeros((0, 0))
-        energy_spectrum = eh
-        jac_spectrum = np.linalg.eigvals(np.asarray(_jacfwd(sys, "field", sys.x), np.float64))
-        jac_spectrum = jac_spectrum[np.argsort(-jac_spectrum.real)]
-    elif method == "lanczos":
-        if not psd:
-            raise ValueError("method='lanczos' needs PSD Lagrangian Hessians; use method='dense'")
-        spec = _lanczos_spectrum(net, sys, dn, gz)
+    if dense:
+        spec, energy_spectrum, ev, jac_spectrum = _dense_spectra(net, sys, dn, gz, lam, psd)
+        if len(energy_spectrum):
+            e_scale = max(1.0, float(np.max(np.abs(energy_spectrum))))
+            flat = dn.live_basis() @ ev[:, np.abs(energy_spectrum) <= tol * e_scale]
     else:
-        raise ValueError(f"method must be 'dense' or 'lanczos', got {method!r}")
-
+        if not psd:
+            raise ValueError("dense=False (Lanczos) needs PSD Lagrangian Hessians; use dense=True")
+        spec = _lanczos_spectrum(net, sys, dn, gz)
     scale = max(1.0 / min(layer.tau for layer in net.layers.values()),
                 float(np.max(np.abs(spec), initial=0.0)))
-    zero = tol * scale
-    if energy_spectrum is not None and len(energy_spectrum):
-        e_scale = max(1.0, float(np.max(np.abs(energy_spectrum))))
-        mask = np.abs(energy_spectrum) <= tol * e_scale
-        flat = dn.live_basis() @ ev[:, mask]
-    top = float(np.max(spec.real)) if len(spec) else -np.inf
-    n_live = sys.n - k
-
-    if not steady:
-        stable, verdict = None, "undecided"
-        reason = (f"not a steady state: max|F(x)| = {residual:.3g}; relax further, or use "
-                  "recover_steady_state() on an energy minimiser")
-    elif n_live == 0:
-        stable, verdict = True, "stable"
-        reason = ("every neuron is dead: the currents are constant near x*, and every direction "
-                  "decays at rate 1/τ")
-    elif top > zero:
-        stable, verdict = False, "unstable"
-        reason = (f"the Jacobian restricted to range(H) has an eigenvalue with real part {top:.4g} "
-                  f"> 0 (an unstable direction of the {n_live} live ones)")
-        if energy_spectrum is not None and len(energy_spectrum) and psd:
-            reason += (f"; the energy Hessian on range(H) has eigenvalue "
-                       f"{energy_spectrum[0]:.4g} < 0")
-    elif top < -zero:
-        stable, verdict = True, "stable"
-        reason = (f"all {n_live} eigenvalues of the Jacobian restricted to range(H) have negative "
-                  f"real part (largest {top:.4g})")
-        if k:
-            reason += (f"; the {k} dead direction(s) are harmless zero modes of the energy Hessian "
-                       "and decay at rate 1/τ, so the whole flat region is in the basin")
-    else:
-        stable, verdict = None, "undecided"
-        reason = (f"the largest eigenvalue on range(H) is {top:.3g} ≈ 0: the energy has "
-                  f"{max(flat.shape[1], 1)} flat direction(s) that are not dead neurons, and "
-                  "linearisation cannot decide")
-    if notes and steady:
-        reason += "; " + "; ".join(notes)
+    stable, reason = _verdict(spec, tol * scale, steady, residual, sys.n - dn.total, dn.total,
+                              flat, energy_spectrum if psd else None)
+    if not psd and steady:
+        reason += ("; H has negative eigenvalues, so E is not a Lyapunov function here; "
+                   "the verdict rests on the linearisation alone")
     return StabilityReport(
         stable=stable,
-        verdict=verdict,
         reason=reason,
         spectrum=np.asarray(spec),
         energy_spectrum=energy_spectrum,
@@ -214,6 +155,61 @@ def stability(
         index=dn.index,
         jacobian_spectrum=jac_spectrum,
     )
+
+
+def _dense_spectra(net, sys, dn: DeadNeurons, gz, lam, psd):
+    """``(spectrum on range(H), energy spectrum on range(H), its eigenvectors, full Jacobian
+    spectrum)`` from dense matrices, in the live basis ``A`` of the dead-neuron split."""
+    a = dn.live_basis()
+    c = np.asarray(_jacfwd(sys, "currents", gz), dtype=np.float64)
+    s = a.T @ c @ a
+    tau_a = _column_taus(net, dn, dn.live)
+    e_r = np.diag(lam) - lam[:, None] * s * lam[None, :]  # Aᵀ(H − HCH)A, MATH eq. (6)
+    if len(lam) and psd:
+        r = np.sqrt(lam)
+        n_sym = r[:, None] * s * r[None, :] - np.eye(len(lam))
+        spec = np.linalg.eigvalsh(n_sym / np.sqrt(np.outer(tau_a, tau_a)))[::-1]
+    elif len(lam):
+        j_a = (s * lam[None, :] - np.eye(len(lam))) / tau_a[:, None]
+        spec = np.linalg.eigvals(j_a)
+        spec = spec[np.argsort(-spec.real)]
+    else:
+        spec = np.zeros(0)
+    if len(lam):
+        eh, ev = np.linalg.eigh(0.5 * (e_r + e_r.T))
+    else:
+        eh, ev = np.zeros(0), np.zeros((0, 0))
+    jac = np.linalg.eigvals(np.asarray(_jacfwd(sys, "field", sys.x), np.float64))
+    return spec, eh, ev, jac[np.argsort(-jac.real)]
+
+
+def _verdict(spec, zero, steady, residual, n_live, k, flat, energy_spectrum):
+    """``(stable, reason)`` from the spectrum on range(H): unstable above ``zero``, stable below
+    ``−zero``, undecided in between or away from a steady state."""
+    top = float(np.max(spec.real)) if len(spec) else -np.inf
+    if not steady:
+        return None, (f"not a steady state: max|F(x)| = {residual:.3g}; relax further, or use "
+                      "recover_steady_state() on an energy minimiser")
+    if n_live == 0:
+        return True, ("every neuron is dead: the currents are constant near x*, and every "
+                      "direction decays at rate 1/τ")
+    if top > zero:
+        reason = (f"the Jacobian restricted to range(H) has an eigenvalue with real part {top:.4g} "
+                  f"> 0 (an unstable direction of the {n_live} live ones)")
+        if energy_spectrum is not None and len(energy_spectrum):
+            reason += (f"; the energy Hessian on range(H) has eigenvalue "
+                       f"{energy_spectrum[0]:.4g} < 0")
+        return False, reason
+    if top < -zero:
+        reason = (f"all {n_live} eigenvalues of the Jacobian restricted to range(H) have negative "
+                  f"real part (largest {top:.4g})")
+        if k:
+            reason += (f"; the {k} dead direction(s) are harmless zero modes of the energy Hessian "
+                       "and decay at rate 1/τ, so the whole flat region is in the basin")
+        return True, reason
+    return None, (f"the largest eigenvalue on range(H) is {top:.3g} ≈ 0: the energy has "
+                  f"{max(flat.shape[1], 1)} flat direction(s) that are not dead neurons, and "
+                  "linearisation cannot decide")
 
 
 def _lanczos_spectrum(net: HAM, sys, dn: DeadNeurons, gz: Array, num: int = 6) -> np.ndarray:
@@ -280,7 +276,7 @@ def recover_steady_state(
     ``g(x*) = g(x̃)``."""
     sys = flat_system(net, x_tilde, clamp)
     dn = dead_neurons(net, x_tilde, clamp=clamp, rtol=rtol)
-    target = _call(sys, "currents", _call(sys, "activation", sys.x)) + sys.bias
+    target = _call(sys, "fixed_point_map", sys.x)
     p = dn.projector()
     pj = jnp.asarray(p, sys.x.dtype)
     projected = sys.x - pj @ sys.x + pj @ target
@@ -307,8 +303,7 @@ def minimise_energy(
     """A local minimiser of ``E`` over the free layers, found directly with optimistix (BFGS by
     default) from ``x0``. Dead coordinates have zero gradient, so they stay where ``x0`` put them:
     follow with :func:`recover_steady_state` to get the dynamical steady state."""
-    sys = flat_system(net, x0, clamp)
+    dyn = net.dynamics(x0, clamp=clamp)
     solver = optx.BFGS(rtol=rtol, atol=atol) if solver is None else solver
-    sol = optx.minimise(lambda z, _: sys.energy(z), solver, sys.x, max_steps=max_steps,
-                        throw=False)
-    return sys.full_state(sol.value)
+    sol = _minimise(dyn, dyn.free_state(x0), solver, max_steps)
+    return dyn.full_state(sol.value)

@@ -34,7 +34,9 @@ import jax
 import jax.numpy as jnp
 
 from .._ham import HAM
-from .._relax import FixedSteps, ImplicitSteadyState, SteadyState, relax
+from .._convergence import FixedSteps, SteadyState
+from .._implicit import ImplicitSteadyState
+from .._relax import relax
 from ..synapses import Synapse
 from ._tasks import Task
 

@@ -1,0 +1,139 @@
+"""When a relaxation stops and whether it converged.
+
+Convergence is judged per sample: sample ``i`` has converged when the root-mean-square over the
+free neurons of ``F_A = τ_A ẋ_A = c_A + I_A − x_A`` (the residual of the steady-state equations,
+:meth:`hamjax.ClampedDynamics.residual`) is at most ``atol + rtol·rms(x_i)``. Every stopping rule
+carries the ``atol``/``rtol`` it is judged by.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array
+
+from ._axes import all_trailing, sum_trailing
+from ._ham import HAM, ClampedDynamics
+
+__all__ = ["FixedSteps", "FixedTime", "NonFiniteStateError", "SteadyState", "residual_norm"]
+
+
+class NonFiniteStateError(FloatingPointError):
+    """A relaxation produced (or was given) a NaN or infinite state."""
+
+
+# ------------------------------------------------------------------ stopping rules
+class SteadyState(eqx.Module):
+    """Stop once every sample's residual ``rms(τ dx/dt) ≤ atol + rtol·rms(x)``, or at ``t_max``
+    (model time; ``method="ode"`` only)."""
+
+    atol: float = 1e-4
+    rtol: float = 0.0
+    t_max: float = math.inf
+
+class FixedTime(eqx.Module):
+    """Integrate from 0 to ``t1`` (model time, in units of the layers' ``tau``). ``atol`` and
+    ``rtol`` only judge :attr:`Relaxation.converged` at the end."""
+
+    t1: float
+    atol: float = 1e-4
+    rtol: float = 0.0
+
+class FixedSteps(eqx.Module):
+    """Take exactly ``n`` steps of size ``dt0`` (constant step size): the classic unrolled loop.
+    ``atol`` and ``rtol`` only judge :attr:`Relaxation.converged` at the end."""
+
+    n: int
+    atol: float = 1e-4
+    rtol: float = 0.0
+
+Stop = SteadyState | FixedTime | FixedSteps
+
+
+def _stop(stop) -> Stop:
+    if isinstance(stop, SteadyState | FixedTime | FixedSteps):
+        return stop
+    if stop == "steady_state":
+        return SteadyState()
+    raise ValueError(
+        f"unknown stopping rule {stop!r}; use SteadyState(...), FixedTime(t1), FixedSteps(n) "
+        "or 'steady_state'"
+    )
+
+
+# ------------------------------------------------------------------ per-sample tests
+def _batch_ndim(dyn: ClampedDynamics, x_free: Mapping[str, Array]) -> int:
+    n = dyn.free[0]
+    return x_free[n].ndim - dyn.net.layers[n].ndim
+
+
+def _per_sample_sq(dyn: ClampedDynamics, tree: Mapping[str, Array]) -> Array:
+    return sum(sum_trailing(v * v, dyn.net.layers[n].ndim) for n, v in tree.items())
+
+
+def _num_free(dyn: ClampedDynamics) -> int:
+    return sum(dyn.net.layers[n].size for n in dyn.free)
+
+
+def residual_norm(dyn: ClampedDynamics, x_free: Mapping[str, Array]) -> Array:
+    """Per-sample root-mean-square over the free neurons of ``F = τ ẋ = c + I − x``: the
+    residual of the steady-state equations, independent of the time constants. NaN for a
+    non-finite sample."""
+    return _rms(dyn, dyn.residual(x_free))
+
+
+def _rms(dyn, tree):
+    ms = _per_sample_sq(dyn, tree) / _num_free(dyn)
+    # sqrt with a zero gradient at zero: a memory model lands exactly on a stored pattern (a
+    # hard softmax in float32), where d sqrt = inf would turn a residual penalty's gradient NaN.
+    # A NaN stays NaN (a non-finite sample must never read as residual 0).
+    pos = ms > 0
+    return jnp.where(pos, jnp.sqrt(jnp.where(pos, ms, 1.0)), jnp.where(ms == 0, 0.0, ms))
+
+
+
+def _finite(dyn, tree) -> Array:
+    """Per sample: every free layer of ``tree`` finite."""
+    out = None
+    for n, v in tree.items():
+        f = all_trailing(jnp.isfinite(v), dyn.net.layers[n].ndim)
+        out = f if out is None else out & f
+    return out
+
+
+def _finite_samples(net: HAM, x: Mapping[str, Array]) -> Array:
+    """Per sample: every layer of ``x`` (clamped ones too) finite."""
+    out = None
+    for n, layer in net.layers.items():
+        f = all_trailing(jnp.isfinite(x[n]), layer.ndim)
+        out = f if out is None else out & f
+    return out
+
+
+def _within(dyn, force, x, stop) -> Array:
+    """Per sample: ``rms(force) ≤ atol + rtol·rms(x)`` (False for a NaN residual)."""
+    return _rms(dyn, force) <= stop.atol + stop.rtol * _rms(dyn, x)
+
+
+def _rows(flags: Array, v: Array, layer_ndim: int) -> Array:
+    """A per-sample flag broadcast against a layer's batched state."""
+    return flags.reshape(flags.shape + (1,) * layer_ndim)
+
+
+class PerSampleRMS(eqx.Module):
+    """``max_i sqrt(mean_j v_ij²)``: the largest per-sample root-mean-square of a batched
+    PyTree (samples along the first ``batch_ndim`` axes of every leaf). An error norm for
+    step-size control that holds each sample, not the batch on average, to the tolerance."""
+
+    batch_ndim: int = eqx.field(static=True)
+
+    def __call__(self, tree) -> Array:
+        leaves = jax.tree_util.tree_leaves(tree)
+        nb = self.batch_ndim
+        sq = sum(jnp.sum(jnp.abs(v) ** 2, axis=tuple(range(nb, v.ndim))) for v in leaves)
+        n = sum(math.prod(v.shape[nb:]) for v in leaves)
+        return jnp.max(jnp.sqrt(sq / n))

@@ -1,0 +1,321 @@
+"""The ODE path of :func:`hamjax.relax`: integrate ``τ_A ẋ_A = c_A + I_A − x_A`` with diffrax
+(any solver, stopping rule, saved trajectory or energies), or step it a fixed number of times by a
+scan for backpropagation through time."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array
+
+from ._convergence import (
+    FixedSteps,
+    FixedTime,
+    PerSampleRMS,
+    SteadyState,
+    _batch_ndim,
+    _finite,
+    _within,
+)
+from ._ham import ClampedDynamics
+from ._implicit import ImplicitSteadyState, _at_steady_state
+
+_SOLVERS = {
+    "euler": diffrax.Euler,
+    "heun": diffrax.Heun,
+    "midpoint": diffrax.Midpoint,
+    "ralston": diffrax.Ralston,
+    "bosh3": diffrax.Bosh3,
+    "tsit5": diffrax.Tsit5,
+    "dopri5": diffrax.Dopri5,
+    "dopri8": diffrax.Dopri8,
+}
+
+_EVALS_PER_STEP = {
+    diffrax.Euler: 1,
+    diffrax.Heun: 2,
+    diffrax.Midpoint: 2,
+    diffrax.Ralston: 2,
+    diffrax.Bosh3: 3,
+    diffrax.Tsit5: 6,
+    diffrax.Dopri5: 6,
+    diffrax.Dopri8: 12,
+}
+
+_FSAL = (diffrax.Bosh3, diffrax.Tsit5, diffrax.Dopri5, diffrax.Dopri8)
+
+
+def _solver(solver) -> diffrax.AbstractSolver:
+    if isinstance(solver, diffrax.AbstractSolver):
+        return solver
+    if isinstance(solver, str) and solver.lower() in _SOLVERS:
+        return _SOLVERS[solver.lower()]()
+    raise ValueError(
+        f"unknown solver {solver!r}; use a diffrax solver or one of {sorted(_SOLVERS)}"
+    )
+
+
+def _adaptive(solver, stop, controller) -> bool:
+    """Whether ``method="ode"`` with these settings controls its step size."""
+    return (isinstance(_solver("tsit5" if solver is None else solver),
+                       diffrax.AbstractAdaptiveSolver)
+            and not isinstance(stop, FixedSteps)
+            and not isinstance(controller, diffrax.ConstantStepSize))
+
+
+def _controller(controller, solver, stop, batch_ndim: int):
+    """The step-size controller: the given one, or constant steps for a non-adaptive solve,
+    :func:`_steady_controller` towards a steady state, a per-sample PID controller otherwise."""
+    if controller is not None:
+        return controller
+    if not _adaptive(solver, stop, None):
+        return diffrax.ConstantStepSize()
+    if isinstance(stop, SteadyState):
+        return _steady_controller(stop, batch_ndim)
+    return diffrax.PIDController(rtol=1e-3, atol=1e-6, norm=PerSampleRMS(batch_ndim))
+
+
+def _check_ode(stop, adjoint, controller, save, save_ts):
+    """Reject combinations of stopping rule, adjoint and saving that cannot work, and return
+    the adjoint to use (the recursive adjoint keeps every step of a ``FixedSteps`` solve)."""
+    if isinstance(stop, FixedSteps):
+        if not isinstance(controller, diffrax.ConstantStepSize):
+            raise ValueError("FixedSteps takes a constant step size; drop stepsize_controller")
+        if stop.n < 1:
+            raise ValueError(f"FixedSteps needs n >= 1, got {stop.n}")
+        if isinstance(adjoint, diffrax.RecursiveCheckpointAdjoint) and adjoint.checkpoints is None:
+            # The step count is known: keep every step for the backward pass, as a hand-written
+            # scan does, instead of diffrax's O(√n) checkpoints that recompute the forward pass
+            # (n states is what any BPTT through n steps stores anyway).
+            adjoint = diffrax.RecursiveCheckpointAdjoint(checkpoints=stop.n)
+    if isinstance(adjoint, diffrax.ImplicitAdjoint | ImplicitSteadyState):
+        if not isinstance(stop, SteadyState):
+            raise ValueError(
+                "the implicit adjoint differentiates at a steady state: use SteadyState"
+            )
+        if save != "final":
+            raise ValueError("the implicit adjoint only supports save='final'")
+    if isinstance(stop, SteadyState) and math.isinf(stop.t_max) and save_ts is not None:
+        raise ValueError("save_ts needs a finite end time: give SteadyState a t_max")
+    return adjoint
+
+
+def _relax_ode(dyn, x_free, stop, adjoint, max_steps, *, solver, dt0, stepsize_controller,
+               save, save_ts, progress):
+    """``(final free state, extras for Relaxation)`` of ``method="ode"``."""
+    solver = _solver("tsit5" if solver is None else solver)
+    dt0 = 0.1 if dt0 is None else dt0
+    save = "final" if save is None else save
+    progress = bool(progress)
+    nb = _batch_ndim(dyn, x_free)
+    controller = _controller(stepsize_controller, solver, stop, nb)
+    adjoint = _check_ode(stop, adjoint, controller, save, save_ts)
+    if isinstance(stop, FixedSteps):
+        max_steps = stop.n
+        if (type(adjoint) is diffrax.RecursiveCheckpointAdjoint
+                and adjoint.checkpoints == stop.n and save_ts is None and not progress):
+            return _fixed_steps(dyn, x_free, solver, stop.n, dt0, save)
+    saveat, want_x, want_e = _save_spec(save, save_ts)
+    if isinstance(adjoint, ImplicitSteadyState):
+        cfg = (solver, controller, stop, dt0, max_steps, saveat, progress)
+        final, sol = _at_steady_state(_ode_forward, dyn, x_free, cfg, adjoint, nb)
+        sol = eqx.tree_at(
+            lambda s: s.ys, sol, jax.tree.map(lambda v: v[None], final), is_leaf=lambda v: v is None
+        )
+    else:
+        sol = _solve(dyn, x_free, solver, controller, stop, adjoint, dt0, max_steps, saveat,
+                     progress)
+    if save == "final":
+        final = jax.tree.map(lambda v: v[-1], sol.ys)
+        ts = traj = energies = None
+    else:
+        final = jax.tree.map(lambda v: v[-1], sol.ys[0])
+        ts = sol.ts[1]
+        traj = _full_trajectory(dyn, sol.ys[1]["x"]) if want_x else None
+        energies = sol.ys[1]["energy"] if want_e else None
+    num_steps = sol.stats["num_steps"]
+    return final, dict(
+        steps=sol.stats["num_accepted_steps"],
+        num_steps=num_steps,
+        evaluations=_evaluations(solver, num_steps, steady_test=isinstance(stop, SteadyState)),
+        t_final=sol.ts[0][-1] if save != "final" else sol.ts[-1],
+        result=sol.result,
+        ts=ts,
+        trajectory=traj,
+        energies=energies,
+    )
+
+
+def _steady_controller(stop: SteadyState, batch_ndim: int) -> diffrax.PIDController:
+    """The step-size control of an adaptive solve to a steady state.
+
+    The residual an adaptive solver can reach is ~ its error tolerance: a looser controller
+    (rtol 1e-3, say) stalls at |dx/dt| ~ 1e-3·|x| and never stops. Tie the two, as diffrax's
+    steady_state_event does the other way round. The error norm is the worst sample's RMS, not
+    the RMS over the whole batch: with the latter one sample's local error may be √batch times
+    the tolerance, and a batch of 128 stalls at residuals ~3e-3 while the stopping test asks
+    1e-4 of each. The local-error tolerance is a tenth of the residual asked for: at the same
+    size the solver can sit at its stability limit with residuals hovering around atol,
+    rejecting steps."""
+    return diffrax.PIDController(rtol=0.1 * stop.rtol, atol=0.1 * stop.atol,
+                                 norm=PerSampleRMS(batch_ndim))
+
+
+def _recorder(save):
+    """``(record(y, dyn) -> dict, want_x, want_e)``: what a saved step keeps."""
+    if save not in ("final", "trajectory", "energy", "both"):
+        raise ValueError(f"save must be 'final', 'trajectory', 'energy' or 'both', got {save!r}")
+    want_x = save in ("trajectory", "both")
+    want_e = save in ("energy", "both")
+
+    def record(y, dyn):
+        out = {}
+        if want_x:
+            out["x"] = y
+        if want_e:
+            out["energy"] = dyn.net.energy(dyn.full_state(y))
+        return out
+
+    return record, want_x, want_e
+
+
+def _save_spec(save, ts):
+    record, want_x, want_e = _recorder(save)
+    if save == "final":
+        return diffrax.SaveAt(t1=True), False, False
+
+    def fn(t, y, dyn):
+        return record(y, dyn)
+
+    sub = (
+        diffrax.SubSaveAt(ts=ts, fn=fn)
+        if ts is not None
+        else diffrax.SubSaveAt(t0=True, steps=True, fn=fn)
+    )
+    return diffrax.SaveAt(subs=[diffrax.SubSaveAt(t1=True), sub]), want_x, want_e
+
+
+@eqx.filter_jit
+def _solve(dyn, x_free, solver, controller, stop, adjoint, dt0, max_steps, saveat, progress):
+    term = diffrax.ODETerm(lambda t, y, d: d(y))
+
+    # Samples are independent: the solve stops when every sample has converged or gone
+    # non-finite (one NaN sample neither stops the batch nor counts as converged).
+    if isinstance(stop, SteadyState):
+        t1 = stop.t_max
+
+        def cond_fn(t, y, d, **kwargs):
+            return jnp.all(_within(d, d.residual(y), y, stop) | ~_finite(d, y))
+
+        event = diffrax.Event(cond_fn)
+    else:
+        t1 = stop.t1 if isinstance(stop, FixedTime) else stop.n * dt0
+
+        def cond_fn(t, y, d, **kwargs):
+            return jnp.all(~_finite(d, y))
+
+        # ImplicitAdjoint needs a steady-state event; other stops get only the NaN guard
+        event = None if isinstance(adjoint, diffrax.ImplicitAdjoint) else diffrax.Event(cond_fn)
+
+    sol = diffrax.diffeqsolve(
+        term,
+        solver,
+        t0=0.0,
+        t1=t1,
+        dt0=dt0,
+        y0=x_free,
+        args=dyn,
+        saveat=saveat,
+        stepsize_controller=controller,
+        adjoint=adjoint,
+        event=event,
+        max_steps=max_steps,
+        throw=False,
+        progress_meter=diffrax.TqdmProgressMeter() if progress else diffrax.NoProgressMeter(),
+    )
+    return sol
+
+
+def _ode_forward(dyn, x_free, cfg):
+    """The ODE solve as the (undifferentiated) forward of :func:`_at_steady_state`."""
+    solver, controller, stop, dt0, max_steps, saveat, progress = cfg
+    sol = _solve(dyn, x_free, solver, controller, stop, diffrax.RecursiveCheckpointAdjoint(),
+                 dt0, max_steps, saveat, progress)
+    final = jax.tree.map(lambda v: v[-1], sol.ys)
+    return final, eqx.tree_at(lambda s: s.ys, sol, None)
+
+
+@eqx.filter_jit
+def _fixed_steps(dyn, x_free, solver, n, dt0, save):
+    """``n`` constant steps of a diffrax solver, driven by ``jax.lax.scan`` (diffrax's manual
+    stepping: ``solver.init`` / ``solver.step``), for ``FixedSteps`` with the recursive adjoint.
+
+    Why not ``diffeqsolve``: its loop is a while loop with a data-dependent stop, which reverse
+    mode can only differentiate by storing each step's input and recomputing the step in the
+    backward pass (``checkpointed_while_loop``), and every step also pays for the step-size and
+    event machinery. With the step count known, a scan lets JAX keep each step's residuals as a
+    hand-written BPTT loop does (``python -m benchmarks --only training`` compares the two). The
+    numbers are the same steps of the same solver. A non-finite state is not stopped at (a scan
+    cannot stop), it stays non-finite and is flagged; ``num_steps`` counts the steps up to the
+    first non-finite state."""
+    term = diffrax.ODETerm(lambda t, y, d: d(y))
+    dt = jnp.asarray(dt0, jnp.result_type(float))
+    record, want_x, want_e = _recorder(save)
+
+    def body(carry, i):
+        y, state, ok_steps = carry
+        t0 = i * dt
+        y1, _, _, state, _ = solver.step(term, t0, t0 + dt, y, dyn, state, made_jump=False)
+        # steps taken while the state was finite, the one that broke it included
+        ok_steps = ok_steps + jnp.all(_finite(dyn, y)).astype(ok_steps.dtype)
+        return (y1, state, ok_steps), record(y1, dyn)
+
+    state0 = solver.init(term, dt * 0, dt, x_free, dyn)
+    carry = (x_free, state0, jnp.asarray(0, jnp.int32))
+    (final, _, ok_steps), ys = jax.lax.scan(body, carry, jnp.arange(n))
+    finite = jnp.all(_finite(dyn, final))
+    num_steps = jnp.where(finite, n, ok_steps)
+    evals = _evaluations(solver, num_steps, steady_test=False)
+    ts = traj = energies = None
+    if save != "final":
+        ts = jnp.arange(n + 1) * dt
+        first = record(x_free, dyn)
+        ys = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, ys)
+        traj = _full_trajectory(dyn, ys["x"]) if want_x else None
+        energies = ys["energy"] if want_e else None
+    result = diffrax.RESULTS.where(finite, diffrax.RESULTS.successful,
+                                   diffrax.RESULTS.event_occurred)
+    extras = dict(steps=num_steps, num_steps=num_steps, evaluations=evals,
+                  t_final=num_steps * dt, result=result, ts=ts, trajectory=traj,
+                  energies=energies)
+    return final, extras
+
+
+def _evaluations(solver, num_steps, steady_test: bool):
+    """Vector-field evaluations of ``num_steps`` attempted steps (−1 for an unknown solver); FSAL
+    solvers evaluate once more at the start, and a steady-state test once a step and at t0."""
+    per = _EVALS_PER_STEP.get(type(solver))
+    if per is None:
+        return jnp.asarray(-1)
+    evals = per * num_steps + (1 if isinstance(solver, _FSAL) else 0)
+    if steady_test:
+        evals = evals + num_steps + 1
+    return evals
+
+
+def _full_trajectory(dyn: ClampedDynamics, traj: Mapping[str, Array]) -> dict[str, Array]:
+    """Add the (constant) clamped layers to a saved trajectory of free states."""
+    n_saved = next(iter(traj.values())).shape[0]
+    out = {}
+    for n in dyn.net.layers:
+        if n in traj:
+            out[n] = traj[n]
+        else:
+            v = dyn.clamped_state[n]
+            out[n] = jnp.broadcast_to(v, (n_saved,) + v.shape)
+    return out
