@@ -25,6 +25,7 @@ import pytest  # noqa: E402
 
 from hamjax import cli  # noqa: E402
 from hamjax import data as hd  # noqa: E402
+from hamjax.cli import _commands, _figures, _parser, _runs  # noqa: E402
 
 MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 HAVE_MNIST = MNIST_DIR.is_dir() and all(
@@ -90,7 +91,7 @@ def test_train_writes_a_complete_run_folder(run):
     assert metrics["steps"] == 128 // 32  # one epoch of the default batch size 32
     cfg = metrics["config"]
     assert cfg == json.loads((run / "config.json").read_text())
-    assert (cfg["dataset"], cfg["model"], cfg["task"], cfg["method"]) == (
+    assert (cfg["dataset"], cfg["model"], cfg["task"], cfg["gradient"]) == (
         "digits", "dense", "classify", "bptt")
     assert (cfg["hidden"], cfg["steps"], cfg["epochs"], cfg["limit_train"]) == ([8], 5, 1, 128)
     rows = _history(run)
@@ -200,7 +201,9 @@ def _fails(argv, capsys):
     (["train", "--dt", "inf"], "--dt"),
     (["train", "--noise", "-1"], "--noise"),
     (["train", "--residual-penalty", "-1"], "--residual-penalty"),
-    (["train", "--epochs", "0"], "--epochs"),  # trained nothing, then claimed to have written
+    (["train", "--epochs", "0"], "--epochs"),  # would train nothing yet write a run
+    (["train", "--method", "bptt"], "--gradient"),  # the flag that chooses the estimator
+    (["train", "--method=implicit"], "--gradient"),
     (["analyze", "r", "--samples", "0"], "--samples"),
     (["frobnicate"], "frobnicate"),
     ([], "command"),
@@ -229,6 +232,8 @@ def test_mnist_with_a_missing_data_dir_names_it(capsys, tmp_path):
     (["train", "--model", "memory"], ["--model memory", "--task"]),
     (["train", "--task", "denoise", "--model", "dense"], ["--task denoise", "--model memory"]),
     (["train", "--resume"], ["--resume", "--out"]),
+    (["train", "--gradient", "implicit", "--steps", "5"],
+     ["--steps", "--gradient bptt", "--gradient implicit"]),
 ])
 def test_inconsistent_flags_error(argv, words, capsys):
     _, msg = _fails(argv, capsys)
@@ -242,10 +247,10 @@ def test_eval_of_a_folder_that_is_not_a_run_errors(run, tmp_path, capsys):
     # a checkpoint without a config (hamjax.train.fit's own, config=None) is not a run either
     from hamjax import train as T
 
-    cfg, data, net, task, method, _ = cli._load_run(run)
+    cfg, data, net, task, gradient, _ = _commands.load_run(run)
     bare = tmp_path / "bare"
     bare.mkdir()
-    opt = cli._optimizer(cfg, data)
+    opt = _commands.optimizer(cfg, data)
     import equinox as eqx
 
     T.save_checkpoint(bare / "checkpoint.eqx", net,
@@ -255,7 +260,7 @@ def test_eval_of_a_folder_that_is_not_a_run_errors(run, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------
-# issue 14: a run is never lost, a mistake is one line, a silent failure is named
+# a run is never lost, a mistake is one line, a silent failure is named
 
 
 def _copy(run: Path, tmp_path: Path) -> Path:
@@ -277,9 +282,9 @@ def _snapshot(folder: Path) -> dict:
 ])
 def test_resume_with_conflicting_flags_changes_nothing(run, tmp_path, capsys, flags, words,
                                                        absent):
-    """A failed --resume used to overwrite config.json first, breaking eval and analyze of the
-    folder. Now the checkpoint's config is the run's, and a flag that contradicts it is refused
-    before anything is written (--model dense counts although it is the default)."""
+    """The checkpoint's config is the run's, and a --resume flag that contradicts it is
+    refused before anything is written, so eval and analyze of the folder keep working
+    (--model dense counts although it is the default)."""
     copy = _copy(run, tmp_path)
     before = _snapshot(copy)
     _, msg = _fails(["train", "--out", str(copy), "--resume", "--no-progress", *flags], capsys)
@@ -317,7 +322,7 @@ def test_an_extended_run_restarts_the_cosine_schedule_and_keeps_the_first():
     data = hd.load_digits(seed=0)
     per_epoch = data.num_train // 32
     cfg = {"lr": 1e-3, "batch_size": 32, "epochs": 5, "schedule": [3, 5]}
-    opt = cli._optimizer(cfg, data)
+    opt = _commands.optimizer(cfg, data)
     plain = optax.cosine_decay_schedule(1e-3, 3 * per_epoch)
     lrs = []
     params = {"w": jnp.zeros(())}
@@ -336,21 +341,21 @@ def test_default_run_folders_are_unique(tmp_path, monkeypatch):
     """Names have one-second resolution: runs started in the same second get -2, -3 ... and
     the folder is created by mkdir (atomic), never shared."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(cli.time, "strftime", lambda fmt: "20260101-000000")
-    cfg = {"dataset": "digits", "task": "classify", "model": "dense", "method": "bptt"}
-    made = [cli._new_folder(cfg) for _ in range(3)]
+    monkeypatch.setattr(_runs.time, "strftime", lambda fmt: "20260101-000000")
+    cfg = {"dataset": "digits", "task": "classify", "model": "dense", "gradient": "bptt"}
+    made = [_runs.new_folder(cfg) for _ in range(3)]
     assert len(set(made)) == 3 and all(p.is_dir() for p in made)
     assert [p.name for p in made] == [f"digits-classify-dense-bptt-20260101-000000{s}"
                                       for s in ("", "-2", "-3")]
     # two commands claiming one --out: while the first trains, its lock stops the second;
     # after it, its config.json does
-    _, created, lock = cli._claim(tmp_path / "shared", dict(cfg, epochs=1))
+    _, created, lock = _runs.claim(tmp_path / "shared", dict(cfg, epochs=1))
     assert created
-    with pytest.raises(cli._UsageError, match="being trained by another hamjax command"):
-        cli._claim(tmp_path / "shared", dict(cfg, epochs=2))
+    with pytest.raises(_parser.UsageError, match="being trained by another hamjax command"):
+        _runs.claim(tmp_path / "shared", dict(cfg, epochs=2))
     os.close(lock)
-    with pytest.raises(cli._UsageError, match="already holds a run"):
-        cli._claim(tmp_path / "shared", dict(cfg, epochs=2))
+    with pytest.raises(_parser.UsageError, match="already holds a run"):
+        _runs.claim(tmp_path / "shared", dict(cfg, epochs=2))
     assert json.loads((tmp_path / "shared" / "config.json").read_text())["epochs"] == 1
 
 
@@ -359,7 +364,7 @@ def test_resume_of_a_folder_in_training_is_refused(run, tmp_path, capsys):
     checkpoints; the folder lock refuses it, and nothing is written."""
     copy = _copy(run, tmp_path)
     before = _snapshot(copy)
-    lock = cli._lock(copy)
+    lock = _runs.lock(copy)
     try:
         _, msg = _fails(["train", "--out", str(copy), "--resume", "--epochs", "2"], capsys)
     finally:
@@ -370,8 +375,8 @@ def test_resume_of_a_folder_in_training_is_refused(run, tmp_path, capsys):
 
 @pytest.mark.parametrize("damage, word", [("flip", "is corrupt"), ("cut", "is truncated")])
 def test_a_damaged_checkpoint_is_named_by_eval_and_resume(run, tmp_path, capsys, damage, word):
-    """Flipped bytes in the weights evaluated to a NaN loss with exit 0; a cut-off file gave a
-    TreePathError blaming the config. Both are now named, and --resume writes nothing."""
+    """Flipped bytes in the weights and a cut-off file are each named as such by eval (not a
+    NaN loss with exit 0, nor an error blaming the config), and --resume writes nothing."""
     copy = _copy(run, tmp_path)
     ckpt = copy / "checkpoint.eqx"
     raw = bytearray(ckpt.read_bytes())
@@ -391,21 +396,56 @@ def test_a_damaged_checkpoint_is_named_by_eval_and_resume(run, tmp_path, capsys,
 
 def test_resume_with_fewer_epochs_than_planned_is_refused(tmp_path):
     """--epochs below the run's own would end it mid-schedule: refused, naming both."""
-    saved = cli._defaults({"dataset": "digits", "task": "classify", "model": None,
+    saved = _parser.defaults({"dataset": "digits", "task": "classify", "model": None,
                            "epochs": 5, "hidden": None, "steps": None, "dt": None,
                            "noise": None, "lr": 1e-3})
-    args = cli.build_parser().parse_args(["train", "--epochs", "3", "--resume"])
-    with pytest.raises(cli._UsageError, match="--epochs 3 is fewer than the 5 the run"):
-        cli._resumed_config(saved, args, {"epochs", "resume"}, tmp_path, {})
-    cfg, notes = cli._resumed_config(saved, cli.build_parser().parse_args(
+    args = _parser.build_parser().parse_args(["train", "--epochs", "3", "--resume"])
+    with pytest.raises(_parser.UsageError, match="--epochs 3 is fewer than the 5 the run"):
+        _runs.resumed_config(saved, args, {"epochs", "resume"}, tmp_path, {})
+    cfg, notes = _runs.resumed_config(saved, _parser.build_parser().parse_args(
         ["train", "--epochs", "8", "--resume"]), {"epochs", "resume"}, tmp_path, {})
     assert cfg["schedule"] == [5, 8] and "epochs 6-8 follow a new cosine" in notes[0]
 
 
+def test_a_run_that_records_method_reads_as_gradient(run, tmp_path, capsys):
+    """Run folders written before the flag --gradient record the estimator as ``method``: the
+    saved config reads it as ``gradient``, so eval works and --resume compares it with
+    --gradient."""
+    from hamjax import train as T
+
+    copy = _copy(run, tmp_path)
+    ckpt = copy / "checkpoint.eqx"
+    raw = ckpt.read_bytes()
+    cut = raw.index(b"\n")
+    meta = json.loads(raw[:cut])
+    meta["config"]["method"] = meta["config"].pop("gradient")
+    ckpt.write_bytes(json.dumps(meta).encode() + raw[cut:])
+    T.verify_checkpoint(ckpt)
+    cfg, _ = _runs.saved_config(copy)
+    assert cfg["gradient"] == "bptt" and "method" not in cfg
+    _, msg = _fails(["train", "--out", str(copy), "--resume", "--gradient", "eqprop"], capsys)
+    assert "was trained with --gradient bptt" in msg and "drop --gradient eqprop" in msg
+    assert cli.main(["eval", str(copy)]) == 0
+
+
+def test_python_m_hamjax_cli_runs_the_command():
+    """``python -m hamjax.cli`` is the ``hamjax`` command (here: its one-line usage error)."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "hamjax.cli", "train", "--method", "eqprop"],
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(Path(cli.__file__).parents[2])})
+    assert r.returncode == 2 and r.stdout == "", r
+    assert r.stderr == ("hamjax train: error: unrecognized argument --method; the gradient "
+                        "estimator is chosen by --gradient {bptt,implicit,eqprop} (see hamjax "
+                        "train --help)\n")
+
+
 def test_eval_of_a_run_whose_data_folder_moved_is_one_line(run, tmp_path, capsys):
-    """Runs used to record --data-dir as written: a relative folder that eval, run from
-    elsewhere, does not find. Simulated by pointing an (MNIST) run's checkpoint config at a
-    relative folder: eval names it and says to pass --data-dir."""
+    """A run whose recorded data folder is not found (a relative folder, seen from elsewhere):
+    simulated by pointing an (MNIST) run's checkpoint config at a relative folder, eval names
+    it and says to pass --data-dir."""
     from hamjax import train as T
 
     copy = _copy(run, tmp_path)
@@ -516,9 +556,9 @@ def test_ctrl_c_says_how_to_continue(run, tmp_path, capsys, monkeypatch):
 
 
 def test_a_stalled_run_says_so(tmp_path, capsys):
-    """--lr 10 trains to chance with no relaxation converging and exit 0; now a warning says
-    the run did not learn (and metrics.json records it). --resume into a folder that does not
-    exist says it starts a new run."""
+    """--lr 10 trains to chance with no relaxation converging: a warning says the run did not
+    learn (and metrics.json records it), though the exit status is 0. --resume into a folder
+    that does not exist says it starts a new run."""
     out = tmp_path / "stalled"
     assert cli.main(["train", "--epochs", "1", *TINY, "--lr", "10", "--out", str(out),
                      "--resume"]) == 0
@@ -534,15 +574,17 @@ def test_stall_warning_cases():
     """Rose (learning rate), flat (too little training), fell (no warning), and any converged
     relaxation (no warning)."""
     cfg, before = {"lr": 0.5}, {"loss": 2.0}
-    rose = cli._stalled({"test_loss": 9.0, "test_converged": 0.0, "steps": 4}, before, cfg)
+    rose = _commands.stalled({"test_loss": 9.0, "test_converged": 0.0, "steps": 4}, before, cfg)
     assert "rose from 2 untrained to 9" in rose and "lower --lr (now 0.5)" in rose
-    nan = cli._stalled({"test_loss": float("nan"), "test_converged": 0.0, "steps": 4}, before,
+    nan = _commands.stalled({"test_loss": float("nan"), "test_converged": 0.0, "steps": 4}, before,
                        cfg)
     assert "rose" in nan
-    flat = cli._stalled({"test_loss": 1.9995, "test_converged": 0.0, "steps": 4}, before, cfg)
+    flat = _commands.stalled({"test_loss": 1.9995, "test_converged": 0.0, "steps": 4}, before, cfg)
     assert "stayed at 2" in flat and "after 4 steps" in flat and "--epochs" in flat
-    assert cli._stalled({"test_loss": 1.9, "test_converged": 0.0, "steps": 4}, before, cfg) is None
-    assert cli._stalled({"test_loss": 9.0, "test_converged": 0.1, "steps": 4}, before, cfg) is None
+    fell = {"test_loss": 1.9, "test_converged": 0.0, "steps": 4}
+    assert _commands.stalled(fell, before, cfg) is None
+    converged = {"test_loss": 9.0, "test_converged": 0.1, "steps": 4}
+    assert _commands.stalled(converged, before, cfg) is None
 
 
 def test_the_tiny_run_has_no_stall_warning(run, run_output):
@@ -551,9 +593,9 @@ def test_the_tiny_run_has_no_stall_warning(run, run_output):
 
 
 def test_few_test_images_and_a_relative_data_dir(tmp_path, capsys, monkeypatch):
-    """--limit-test 2 crashed drawing ten pictures after training and lost metrics.json; the
-    data folder is recorded absolute (eval from elsewhere finds it); analyze refuses more
-    samples than test images and prints a readable summary, its JSON in the run folder."""
+    """--limit-test 2: the pictures show the two test images there are; the data folder is
+    recorded absolute (eval from elsewhere finds it); analyze refuses more samples than test
+    images."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data").mkdir()
     assert cli.main(["train", "--epochs", "1", "--hidden", "8", "--steps", "5",
@@ -570,8 +612,8 @@ def test_few_test_images_and_a_relative_data_dir(tmp_path, capsys, monkeypatch):
 
 
 def test_analyze_prints_a_readable_summary(run, tmp_path, capsys):
-    """One line per sample (verdict, convergence, dead neurons, spectrum) and its reason, in
-    place of raw JSON with an escaped τ; the JSON goes to the run folder."""
+    """One line per sample (verdict, convergence, dead neurons, spectrum) and its reason, not
+    raw JSON with an escaped τ; the JSON goes to the run folder."""
     copy = _copy(run, tmp_path)
     capsys.readouterr()
     assert cli.main(["analyze", str(copy), "--samples", "2"]) == 0
@@ -588,21 +630,21 @@ def test_analyze_prints_a_readable_summary(run, tmp_path, capsys):
 
 
 def test_help_shows_defaults_and_describes_every_option():
-    text = cli.build_parser().commands["train"].format_help()
+    text = _parser.build_parser().commands["train"].format_help()
     flat = " ".join(text.split())
     for default in ("--batch-size BATCH_SIZE training images per step (at most the training set) "
                     "(default: 32)", "(default: 0.001)", "(default: digits)", "(default: bptt)"):
         assert default in flat, default
     assert "--limit-train N use only the first N training images" in flat
     assert "--limit-test N evaluate on only the first N test images" in flat
-    for action in cli.build_parser().commands["train"]._actions:
+    for action in _parser.build_parser().commands["train"]._actions:
         assert action.help, action.dest
 
 
 def test_weights_figure_shows_the_most_active_units(run):
     """weights.png: the receptive fields of the most active hidden units, most active first,
     each captioned with its unit and mean activation, on one colour scale."""
-    cfg, data, net, task, method, _ = cli._load_run(run)
+    cfg, data, net, task, gradient, _ = _commands.load_run(run)
     import jax.numpy as jnp
 
     from hamjax import relax
@@ -610,8 +652,8 @@ def test_weights_figure_shows_the_most_active_units(run):
     batch = {k: jnp.asarray(v) for k, v in
              task.prepare(data.x_test[:10], data.y_test[:10], None, train=False).items()}
     sol = relax(net, task.initial_state(net, batch), clamp=task.clamp, on_nonfinite="flag",
-                **{**method.relax_kwargs(), "adjoint": "recursive"})
-    imgs, caps, title, label, cmap, symmetric = cli._receptive_fields(net, cfg, data, sol)
+                **{**gradient.relax_kwargs(), "adjoint": "recursive"})
+    imgs, caps, title, label, cmap, symmetric = _figures.receptive_fields(net, cfg, data, sol)
     act = np.asarray(net.layers["hidden"].activation(sol.state["hidden"])).mean(0)
     order = np.argsort(-act)
     assert [int(c.split()[1]) for c in caps] == list(order[: len(caps)])
@@ -622,21 +664,21 @@ def test_weights_figure_shows_the_most_active_units(run):
 
 def test_energy_baseline_is_the_steady_state(run):
     """energy.png measures E(t) against the steady state of an adaptive solve: the tiny run's
-    5 Euler steps end well above it (none converged), where the old baseline, E at the last
-    step, made every curve end at 0."""
+    5 Euler steps end well above it (none converged); measured against E at the last step,
+    every curve would end at 0."""
     import jax.numpy as jnp
 
     from hamjax import relax
 
-    cfg, data, net, task, method, _ = cli._load_run(run)
+    cfg, data, net, task, gradient, _ = _commands.load_run(run)
     batch = {k: jnp.asarray(v) for k, v in
              task.prepare(data.x_test[:10], data.y_test[:10], None, train=False).items()}
     x0 = task.initial_state(net, batch)
-    kw = method.relax_kwargs()
+    kw = gradient.relax_kwargs()
     kw.pop("adjoint", None)  # as energy.png relaxes them: its compiled solves are reused
     sol = relax(net, x0, clamp=task.clamp, freeze=task.frozen(batch), save="energy",
                 on_nonfinite="flag", **kw)
-    ts, gap, ok, found = cli._energy_gaps(net, task, batch, x0, sol)
+    ts, gap, ok, found = _figures.energy_gaps(net, task, batch, x0, sol)
     assert found.all() and not ok.any()
     assert np.all(gap[-1] > 1e-4)  # not converged: visibly above the steady state
     assert np.all(np.diff(gap, axis=0) <= 1e-6)  # and falling (a Lyapunov function)
@@ -645,6 +687,6 @@ def test_energy_baseline_is_the_steady_state(run):
 
 def test_reconstructions_title_names_the_task_and_psnr():
     ev = {"psnr": np.array([15.0, 17.0]), "psnr_input": np.array([12.0, 13.0])}
-    title = cli._reconstructions_title(ev, {"task": "denoise", "noise": 0.3}, 2)
+    title = _figures.reconstructions_title(ev, {"task": "denoise", "noise": 0.3}, 2)
     assert title == ("denoise (level 0.3) on 2 test images: mean PSNR 12.5 dB corrupted → "
                      "16.0 dB restored")

@@ -1,0 +1,478 @@
+"""The commands ``train``, ``eval``, ``analyze`` and ``bench``: a config builds the data, the
+model, the task, the gradient estimator and the optimiser, and :mod:`hamjax.train` runs them.
+Every call into :mod:`hamjax.train` and :mod:`hamjax.presets` is in this module."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+from ._figures import pictures
+from ._parser import UsageError, defaults
+from ._runs import (
+    check_out,
+    claim,
+    config_of,
+    lock,
+    normalised,
+    release,
+    resumed_config,
+    saved_config,
+    schedule_ends,
+    write_atomic,
+    write_history,
+)
+
+
+# ---------------------------------------------------------------------------------- building
+def load_data(cfg: dict, data_dir=None):
+    """The dataset ``cfg`` names, cut to ``--limit-train`` / ``--limit-test``."""
+    from .. import data as hd
+
+    if cfg["dataset"] == "digits":
+        d = hd.load_digits(seed=cfg["seed"])
+    else:
+        d = hd.load_mnist(data_dir or cfg.get("data_dir"), limit_train=cfg.get("limit_train"),
+                          limit_test=cfg.get("limit_test"))
+    if cfg["dataset"] == "digits" and (cfg.get("limit_train") or cfg.get("limit_test")):
+        import dataclasses
+
+        d = dataclasses.replace(
+            d, x_train=d.x_train[: cfg.get("limit_train")], y_train=d.y_train[: cfg.get(
+                "limit_train")], x_test=d.x_test[: cfg.get("limit_test")],
+            y_test=d.y_test[: cfg.get("limit_test")])
+    return d
+
+
+def build(cfg: dict, data):
+    """``(net, task, gradient estimator)`` for ``cfg`` on ``data``."""
+    return _model(cfg, data), _task(cfg, data), _gradient(cfg)
+
+
+def _model(cfg: dict, data):
+    import jax
+
+    from .. import presets
+
+    key = jax.random.PRNGKey(cfg["seed"])
+    h = cfg["hidden"]
+    if cfg["model"] == "dense":
+        return presets.dense_classifier(key, data.image_shape, data.num_classes, hidden=h[0])
+    if cfg["model"] == "deep":
+        from ..lagrangians import Tanh
+
+        # bounded hidden activations: two ReLU layers coupled by −g₁ᵀWg₂ make the energy
+        # unbounded below once ‖W‖ > 1, and a trained relaxation can run away; with tanh the
+        # energy is bounded below and every relaxation settles
+        return presets.deep_dense_classifier(key, data.image_shape, data.num_classes, hidden=h,
+                                             hidden_lagrangian=Tanh())
+    if cfg["model"] == "conv":
+        from ..lagrangians import ReLU
+
+        # ReLU feature maps classify better than the HAM paper's softmax over channels. A 5×5
+        # kernel at stride 2 on 28×28 images (3×3, stride 1, 2×2 pooling on the 8×8 digits)
+        # keeps the feature maps small enough to train on a CPU
+        small = data.image_shape[0] <= 8
+        return presets.conv_classifier(key, data.image_shape, data.num_classes, channels=h[0],
+                                       kernel_size=3 if small else 5, stride=1 if small else 2,
+                                       pool=2 if small else 1, feature_lagrangian=ReLU())
+    # memories start as K training images (a modern Hopfield network storing them); from
+    # small random vectors every softmax is flat and each image relaxes to the global mean
+    import numpy as np
+
+    idx = np.random.default_rng(cfg["seed"]).choice(data.num_train, h[0], replace=False)
+    # Euclidean similarity: the overlap ξ·v grows with a memory's brightness, so the brightest
+    # memories would capture every noisy image; the distance does not favour them
+    return presets.memory_model(key, data.image_shape, num_memories=h[0],
+                                patterns=data.x_train[idx].reshape(h[0], -1),
+                                similarity="distance")
+
+
+def _task(cfg: dict, data):
+    from .. import train as T
+
+    if cfg["task"] == "classify":
+        return T.Classification(num_classes=data.num_classes, noise=cfg["noise"],
+                                loss_kind="nll", shift=cfg.get("shift", 0),
+                                rotate=cfg.get("rotate", 0.0), zoom=cfg.get("zoom", 0.0))
+    return {"denoise": T.Denoising, "complete": T.Completion,
+            "store": T.Storage}[cfg["task"]](level=cfg["noise"])
+
+
+def _gradient(cfg: dict):
+    from .. import train as T
+
+    if cfg["gradient"] == "bptt":
+        return T.BPTT(steps=cfg["steps"], dt=cfg["dt"],
+                      residual_penalty=cfg.get("residual_penalty", 1.0))
+    # both relax to a steady state by their own defaults (see hj.train.Implicit/EqProp)
+    return {"implicit": T.Implicit, "eqprop": T.EqProp}[cfg["gradient"]]()
+
+
+def optimizer(cfg: dict, data):
+    """Adam (AdamW with ``--weight-decay``) on the run's cosine learning-rate schedule."""
+    import optax
+
+    # a cosine decay to zero over the whole run: the last epochs settle instead of wandering
+    # from epoch to epoch. A run extended by --resume gets a second cosine over its new epochs
+    # (the first, finished one is kept exactly, so an interrupted run resumes bit for bit)
+    per_epoch = data.num_train // cfg["batch_size"]
+    ends = schedule_ends(cfg)
+    starts = [0] + ends[:-1]
+    parts = [optax.cosine_decay_schedule(cfg["lr"], max(1, per_epoch * (b - a)))
+             for a, b in zip(starts, ends, strict=True)]
+    schedule = parts[0] if len(parts) == 1 else optax.join_schedules(
+        parts, [per_epoch * e for e in ends[:-1]])
+    wd = cfg.get("weight_decay", 0.0)
+    return optax.adamw(schedule, weight_decay=wd) if wd else optax.adam(schedule)
+
+
+def _mesh(cfg: dict):
+    """The ``--devices N`` mesh (None without the flag), or a clear error."""
+    if cfg.get("devices") is None:
+        return None
+    from ..sharding import ShardingError, make_mesh
+
+    n = cfg["devices"]
+    if cfg["batch_size"] % n:
+        raise UsageError(f"--batch-size {cfg['batch_size']} is not "
+                         f"divisible by --devices {n}; use a multiple of {n}")
+    try:
+        return make_mesh(n)
+    except ShardingError as e:
+        raise UsageError(f"--devices {n}: {e}") from None
+
+
+def _prepare(cfg: dict):
+    """Load the data and build the model for ``cfg``, checking what needs the data: the
+    batch size and the number of memories against the training set."""
+    from ..data import DataError
+
+    if cfg["dataset"] == "mnist" and cfg["data_dir"] is None:
+        raise UsageError("--dataset mnist needs --data-dir DIR (a folder "
+                         "with the four MNIST IDX files); nothing is downloaded")
+    mesh = _mesh(cfg)
+    try:
+        data = load_data(cfg)
+    except DataError as e:
+        raise UsageError(f"{e}") from None
+    limited = " (--limit-train)" if cfg.get("limit_train") else ""
+    if cfg["batch_size"] > data.num_train:
+        raise UsageError(f"--batch-size {cfg['batch_size']} exceeds the {data.num_train} "
+                         f"training images{limited}; use at most {data.num_train}")
+    if cfg["model"] == "memory" and cfg["hidden"][0] > data.num_train:
+        raise UsageError(f"--hidden {cfg['hidden'][0]}: the memory model starts its memories "
+                         f"as distinct training images, and there are {data.num_train}"
+                         f"{limited}; use --hidden {data.num_train} or fewer")
+    net, task, gradient = build(cfg, data)
+    return data, net, task, gradient, mesh
+
+
+# ---------------------------------------------------------------------------------- train
+def train(args, given: set[str]) -> int:
+    """``hamjax train``: check everything, then claim the run folder and train in it."""
+    cfg, saved, notes = _train_config(args, given)
+    data, net, task, gradient, mesh = _prepare(cfg)
+
+    # everything is checked: only now is anything written
+    out = args.out
+    if saved is None:
+        out, created, held = claim(out, cfg)
+    else:
+        created, held = False, lock(out)
+    for note in notes:
+        print(f"hamjax train: note: {note}", file=sys.stderr)
+    try:
+        if saved is not None:
+            try:
+                write_atomic(out / "config.json", json.dumps(cfg, indent=2))
+            except OSError as e:
+                raise UsageError(f"cannot write to the run folder {out}: {e.strerror}"
+                                 ) from None
+        _train_in(out, created, cfg, data, net, task, gradient, mesh,
+                  resume=saved is not None, progress=not args.no_progress)
+    finally:
+        if held is not None:
+            os.close(held)  # closing the descriptor releases the lock
+    return 0
+
+
+def _train_config(args, given: set[str]) -> tuple[dict, tuple | None, list[str]]:
+    """``(config, the saved (config, checkpoint header) when resuming, notes)`` for ``train``:
+    a new run's config from the flags, a resumed run's from its folder. Notes are printed once
+    every check has passed, so a refused command prints one line."""
+    out = args.out
+    saved = None
+    notes = []
+    if args.resume:
+        if out is None:
+            raise UsageError("--resume needs --out RUN_DIR")
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--out {out} is a file, not a folder")
+        saved = saved_config(out)
+        if saved is None:
+            notes.append(f"--resume: {out} holds no run; starting a new one")
+        elif not saved[1]:
+            notes.append(f"--resume: no epoch of the run in {out} had finished; starting it "
+                         "from the beginning")
+    elif out is not None:
+        check_out(out)
+    if saved is None:
+        cfg = defaults(config_of(args))
+        cfg["schedule"] = [cfg["epochs"]]
+    else:
+        cfg, more = resumed_config(saved[0], args, given, out, saved[1])
+        notes += more
+    if cfg["gradient"] != "bptt" and {"steps", "dt"} & given:
+        raise UsageError(f"--steps and --dt set the relaxation of --gradient bptt; --gradient "
+                         f"{cfg['gradient']} relaxes to a steady state (residual 1e-4)")
+    return cfg, saved, notes
+
+
+def _train_in(out: Path, created: bool, cfg: dict, data, net, task, gradient, mesh, *,
+              resume: bool, progress: bool) -> None:
+    """Train in the claimed folder ``out``, then write its results."""
+    from .. import train as T
+
+    ckpt = out / "checkpoint.eqx"
+    print(f"hamjax: {cfg['task']} on {data.name} ({data.num_train} train / {data.num_test} test) "
+          f"with a {cfg['model']} HAM, {cfg['gradient']}, {cfg['epochs']} epochs -> {out}",
+          flush=True)
+    # the untrained model's test loss: the yardstick for "did this run learn anything"
+    initial = T.evaluate(net, data.x_test, data.y_test, task, gradient, seed=cfg["seed"])
+    t0 = time.perf_counter()
+    try:
+        net, history = T.fit(
+            net, data, task=task, method=gradient, optimizer=optimizer(cfg, data),
+            epochs=cfg["epochs"], batch_size=cfg["batch_size"], seed=cfg["seed"],
+            checkpoint=ckpt, resume=resume, config=cfg, progress=progress, mesh=mesh,
+        )
+    except (FloatingPointError, T.CheckpointError) as e:
+        raise UsageError(_failed(e, out, ckpt, cfg, created, not resume)) from None
+    except KeyboardInterrupt:
+        # Ctrl-C is how a run is paused: say how to continue, not where Python was
+        kept = _kept(out, ckpt) if ckpt.exists() else "no epoch had finished"
+        print(f"\nhamjax train: interrupted; {kept}; hamjax train --out {out} --resume "
+              "continues it", file=sys.stderr)
+        raise SystemExit(130) from None
+    train_seconds = time.perf_counter() - t0
+    _finish(out, net, history, initial, train_seconds, task, gradient, data, cfg)
+
+
+def _kept(out: Path, ckpt: Path) -> str:
+    """Which checkpoint a stopped run leaves behind."""
+    from .. import train as T
+
+    done = int(T.read_checkpoint_meta(ckpt).get("finished_epoch", -1)) + 1
+    return f"the checkpoint of epoch {done} in {out} is kept"
+
+
+def _failed(e: Exception, out: Path, ckpt: Path, cfg: dict, created: bool, fresh: bool) -> str:
+    """The one-line message for a run that stopped (diverged, or a checkpoint that does not
+    fit); a new run (``fresh``: its config.json is this command's) that saved nothing is
+    removed, so no half-written folder stays behind."""
+    if ckpt.exists():
+        kept = _kept(out, ckpt)
+    else:
+        release(out, created, ["config.json"] if fresh else [])
+        kept = "nothing was saved" + (f" ({out} removed)" if not out.exists() else "")
+    if isinstance(e, FloatingPointError):
+        return (f"training diverged: {str(e).split(';')[0]}; {kept}; start a new run with a "
+                f"lower --lr (now {cfg['lr']:g}) or --dt (now {cfg['dt']:g})")
+    return f"{e}; {kept}"
+
+
+def _finish(out, net, history, initial, train_seconds, task, gradient, data, cfg) -> None:
+    """Write history.csv and metrics.json (atomically, before the pictures, so a picture that
+    fails loses no numbers), then the pictures, and report."""
+    write_history(out / "history.csv", history)
+    last = history[-1] if history else {}
+    metrics = {k: v for k, v in last.items() if k.startswith("test_")}
+    metrics.update(
+        initial_test_loss=initial["loss"],
+        train_seconds=train_seconds,
+        epochs=cfg["epochs"],
+        steps=(data.num_train // cfg["batch_size"]) * cfg["epochs"],
+        seconds_per_epoch=float(sum(h["epoch_seconds"] for h in history) / max(len(history), 1)),
+        config=cfg,
+    )
+    warning = stalled(metrics, initial, cfg)
+    if warning:
+        metrics["warning"] = warning
+    write_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
+    pics = pictures(out, net, task, gradient, data, cfg)
+    metrics["pictures"] = pics
+    write_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
+    _report(metrics, gradient)
+    if warning:
+        print(f"hamjax train: warning: {warning}", file=sys.stderr)
+    files = [f for f in ("metrics.json", "history.csv", "checkpoint.eqx") if (out / f).is_file()]
+    print(f"run folder: {out} ({', '.join(files + pics)})")
+
+
+def stalled(metrics: dict, initial: dict, cfg: dict) -> str | None:
+    """A warning when the run learned nothing: the test loss did not fall below the untrained
+    model's and no test relaxation converged (e.g. a learning rate so high that the run ends at
+    chance accuracy). A loss that rose points at the learning rate; a flat one at too little
+    training as well."""
+    loss, before = metrics.get("test_loss"), initial["loss"]
+    if loss is None or metrics.get("test_converged", 1.0) > 0:
+        return None
+    if math.isfinite(loss) and loss < before * (1 - 1e-3):
+        return None
+    head = "the run did not learn (no test relaxation converged): "
+    if not math.isfinite(loss) or loss > before * (1 + 1e-3):
+        return (head + f"the test loss rose from {before:.4g} untrained to {loss:.4g}; lower "
+                f"--lr (now {cfg['lr']:g})")
+    return (head + f"the test loss stayed at {loss:.4g} ({before:.4g} untrained) after "
+            f"{metrics['steps']} steps; train longer (--epochs) or change --lr "
+            f"(now {cfg['lr']:g})")
+
+
+def _report(metrics: dict, gradient) -> None:
+    """Print the test metrics a run or an evaluation ended with."""
+    if "test_accuracy" in metrics:
+        print(f"test accuracy: {metrics['test_accuracy']:.4f}")
+    if "test_psnr" in metrics:
+        base = (f"; corrupted input {metrics['test_psnr_input']:.2f} dB"
+                if "test_psnr_input" in metrics else "")
+        print(f"test PSNR: {metrics['test_psnr']:.2f} dB (mse {metrics['test_mse']:.5f}{base})")
+    if "test_converged" in metrics:
+        print(f"relaxations converged (residual <= {gradient.tolerance:g}): "
+              f"{metrics['test_converged']:.3f}")
+
+
+# ---------------------------------------------------------------------------------- eval, analyze
+def load_run(run_dir: Path, data_dir=None):
+    """Rebuild a run's model from the config its checkpoint holds and load the weights:
+    ``(config, data, net, task, gradient estimator, checkpoint header)``."""
+    import equinox as eqx
+
+    from .. import train as T
+    from ..data import DataError
+
+    saved = saved_config(run_dir) if run_dir.is_dir() else None
+    if saved is None:  # e.g. a checkpoint written by hamjax.train.fit without a config
+        raise UsageError(f"{run_dir} is not a run folder (no config.json)")
+    cfg = saved[0]
+    if data_dir is not None:
+        cfg["data_dir"] = normalised("data_dir", data_dir)
+    try:
+        data = load_data(cfg)
+    except DataError as e:
+        raise UsageError(f"{e} (the data folder this run recorded); pass --data-dir DIR"
+                         ) from None
+    net, task, gradient = build(cfg, data)
+    opt = optimizer(cfg, data)
+    try:
+        net, _, meta = T.load_checkpoint(run_dir / "checkpoint.eqx", net,
+                                         opt.init(eqx.filter(net, eqx.is_inexact_array)))
+    except T.CheckpointError as e:
+        raise UsageError(f"{e}") from None
+    return cfg, data, net, task, gradient, meta
+
+
+def evaluate(args) -> int:
+    """``hamjax eval``: the saved run's test metrics, printed and as JSON."""
+    from .. import train as T
+
+    cfg, data, net, task, gradient, meta = load_run(args.run_dir, args.data_dir)
+    t0 = time.perf_counter()
+    res = T.evaluate(net, data.x_test, data.y_test, task, gradient, seed=cfg["seed"])
+    res = {f"test_{k}": v for k, v in res.items()}
+    print(f"run {args.run_dir} (epoch {int(meta['finished_epoch']) + 1}), evaluated in "
+          f"{time.perf_counter() - t0:.1f} s")
+    _report(res, gradient)
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+def analyze(args) -> int:
+    """``hamjax analyze``: relax a few test images to a steady state, then the stability
+    report of each (:func:`hamjax.analysis.stability`); a summary printed, the JSON saved."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from .. import analysis
+    from .._relax import SteadyState, relax
+
+    cfg, data, net, task, gradient, meta = load_run(args.run_dir, args.data_dir)
+    if args.samples > data.num_test:
+        raise UsageError(f"--samples {args.samples} exceeds the {data.num_test} test images of "
+                         f"this run; use at most {data.num_test}")
+    batch = task.prepare(data.x_test[: args.samples], data.y_test[: args.samples],
+                         np.random.default_rng(0), train=False)
+    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    x0 = task.initial_state(net, batch)
+    sol = relax(net, x0, clamp=task.clamp, stop=SteadyState(atol=1e-5), max_steps=20000,
+                on_nonfinite="flag")
+    report = []
+    for i in range(args.samples):
+        xi = {n: v[i] for n, v in sol.state.items()}
+        rep = analysis.stability(net, xi, clamp=task.clamp)
+        report.append(_stability_entry(i, sol, rep))
+    path = args.run_dir / "stability.json"
+    try:
+        write_atomic(path, json.dumps(report, indent=2, ensure_ascii=False))
+    except OSError as e:
+        raise UsageError(f"cannot write {path}: {e.strerror}") from None
+    print(f"run {args.run_dir} (epoch {int(meta['finished_epoch']) + 1}): {args.samples} test "
+          f"images relaxed to residual 1e-5, then the Jacobian at the steady state")
+    for entry in report:
+        print(_stability_line(entry))
+    print(f"details: {path}")
+    return 0
+
+
+def _stability_entry(i: int, sol, rep) -> dict:
+    """Sample ``i``'s record in stability.json: its relaxation and its stability report."""
+    import numpy as np
+
+    dead = {k: int(v) for k, v in rep.n_dead.items()} if hasattr(rep, "n_dead") else {}
+    spec = np.asarray(rep.spectrum)
+    return {
+        "sample": i,
+        "converged": bool(sol.converged[i]),
+        "residual": float(sol.residual[i]),
+        "verdict": rep.verdict,
+        "reason": rep.reason,
+        "dead_neurons": dead,
+        "restricted_spectrum_max_real": float(np.max(np.real(spec))) if spec.size else None,
+        "restricted_spectrum_min_real": float(np.min(np.real(spec))) if spec.size else None,
+        "restricted_spectrum_size": int(spec.size),
+    }
+
+
+def _stability_line(e: dict) -> str:
+    """One readable line per analysed sample."""
+    state = "converged" if e["converged"] else "NOT converged"
+    dead = ", ".join(f"{n} {k}" for k, n in e["dead_neurons"].items()) or "none"
+    spec = ""
+    if e["restricted_spectrum_size"]:
+        spec = (f"; {e['restricted_spectrum_size']} eigenvalues, real parts in "
+                f"[{e['restricted_spectrum_min_real']:.3g}, "
+                f"{e['restricted_spectrum_max_real']:.3g}]")
+    return (f"  sample {e['sample']}: {e['verdict']}, {state} (residual {e['residual']:.2g}); "
+            f"dead neurons: {dead}{spec}\n    {e['reason']}")
+
+
+# ---------------------------------------------------------------------------------- bench
+def bench(argv) -> int:
+    """``hamjax bench``: the benchmarks' own command line (``python -m benchmarks``)."""
+    # benchmarks/ lives beside the package in the source tree, not inside the installed package
+    try:
+        from benchmarks.__main__ import main as bench_main
+    except ImportError:
+        here = Path(__file__).resolve().parents[2]
+        if (here / "benchmarks" / "__main__.py").is_file():
+            sys.path.insert(0, str(here))
+            from benchmarks.__main__ import main as bench_main
+        else:
+            print("hamjax bench: error: the benchmarks are not installed with the package; run "
+                  "it from a source checkout of hamjax (python -m benchmarks)", file=sys.stderr)
+            return 2
+    return bench_main(argv)

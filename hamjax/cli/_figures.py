@@ -1,0 +1,275 @@
+"""The run's pictures (matplotlib, written as PNG files into the run folder): the first layer's
+receptive fields, predictions or reconstructions of test images, and the energy during their
+relaxation."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+SHOWN = 10  # test images in predictions.png, reconstructions.png and energy.png
+
+
+def pictures(out: Path, net, task, gradient, data, cfg) -> list[str]:
+    """Write the run's PNGs into ``out``; return their names."""
+    import jax.numpy as jnp
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    from .._relax import relax
+
+    # --limit-test may leave fewer than ten test images: show what there is
+    k = min(SHOWN, data.num_test)
+    xb, yb = data.x_test[:k], data.y_test[:k]
+    batch = {n: jnp.asarray(v) for n, v in
+             task.prepare(xb, yb, np.random.default_rng(0), train=False).items()}
+    kw, kw_saving = _relax_kwargs(gradient)
+    x0 = task.initial_state(net, batch)
+    sol = relax(net, x0, clamp=task.clamp, freeze=task.frozen(batch), save="energy",
+                on_nonfinite="flag", **kw_saving)
+    names = []
+    if _weights_figure(out / "weights.png", net, cfg, data, sol):
+        names.append("weights.png")
+    if cfg["task"] == "classify":
+        _predictions_figure(out / "predictions.png", net, task, data, xb, yb, sol, kw)
+        names.append("predictions.png")
+    else:
+        _reconstructions_figure(out / "reconstructions.png", net, task, data, xb, batch, sol,
+                                cfg)
+        names.append("reconstructions.png")
+    _energy_figure(out / "energy.png", net, task, batch, x0, sol, cfg)
+    names.append("energy.png")
+    return names
+
+
+def _relax_kwargs(gradient) -> tuple[dict, dict]:
+    """``(kw, kw_saving)``: :func:`hamjax.relax` keywords of the estimator's own relaxation,
+    forward only, and of one that saves the energy along the way."""
+    from .._relax import SteadyState
+
+    kw = dict(gradient.relax_kwargs())
+    kw.pop("adjoint", None)  # forward only: an implicit adjoint matters only under grad
+    if kw.get("method", "ode") == "ode":
+        return kw, kw
+    # the energy picture follows the dynamics in time: the ODE to the same tolerance (a
+    # steady-state method's iterations have no time axis)
+    return kw, dict(stop=SteadyState(atol=gradient.tolerance), max_steps=4096)
+
+
+def _save(fig, path: Path) -> None:
+    """Save through a temporary name renamed over ``path`` (no half-drawn PNG), then close."""
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(path.name + ".tmp.png")
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if tmp.exists():
+            tmp.unlink()
+
+
+def receptive_fields(net, cfg, data, sol):
+    """``(images, captions, title, colour-bar label, colour map, symmetric)`` for weights.png:
+    what the model's first layer responds to, most used first; None for a model without."""
+    if cfg["model"] in ("dense", "deep"):
+        return _dense_fields(net, sol)
+    if cfg["model"] == "conv":
+        return _conv_fields(net, sol)
+    if cfg["model"] == "memory":
+        return _memory_fields(net, data)
+    return None
+
+
+def _dense_fields(net, sol):
+    """The input weights of the 16 most active hidden units."""
+    import numpy as np
+
+    name = "hidden" if "hidden" in net.layers else "hidden1"
+    syn = net.synapses["w1"]
+    w = np.asarray(syn.weight).reshape((-1,) + syn.in_shape)[..., 0]
+    act = np.asarray(net.layers[name].activation(sol.state[name])).reshape(
+        len(sol.state[name]), -1)
+    score = act.mean(0)
+    order = np.argsort(-score)[:16]
+    caps = [f"unit {i}\nḡ={score[i]:.2f}" for i in order]
+    title = (f"input weights of the {len(order)} most active of {w.shape[0]} hidden units "
+             f"(ḡ: mean activation over {len(act)} test images)")
+    return w[order], caps, title, "weight from pixel to unit", "RdBu_r", True
+
+
+def _conv_fields(net, sol):
+    """The kernels of the 16 most active feature maps."""
+    import numpy as np
+
+    k = np.moveaxis(np.asarray(net.synapses["conv"].kernel)[:, :, 0, :], -1, 0)
+    act = np.asarray(net.layers["features"].activation(sol.state["features"]))
+    score = act.reshape(-1, act.shape[-1]).mean(0)
+    order = np.argsort(-score)[:16]
+    caps = [f"map {i}\nḡ={score[i]:.2f}" for i in order]
+    title = (f"kernels of the {len(order)} most active of {k.shape[0]} feature maps "
+             f"(ḡ: mean activation over test images and positions)")
+    return k[order], caps, title, "kernel weight", "RdBu_r", True
+
+
+def _memory_fields(net, data):
+    """The 16 memories nearest to the most test images."""
+    import numpy as np
+
+    syn = net.synapses["memory"]
+    mem = np.asarray(syn.memories)
+    # which memory each test image is nearest to (the one its relaxation is drawn to)
+    x = np.asarray(data.x_test, np.float32).reshape(data.num_test, -1)
+    d = (x ** 2).sum(1)[:, None] - 2 * x @ mem.T + (mem ** 2).sum(1)[None, :]
+    uses = np.bincount(np.argmin(d, 1), minlength=len(mem))
+    order = np.argsort(-uses, kind="stable")[:16]
+    caps = [f"memory {i}\nnearest to {uses[i]}" for i in order]
+    title = (f"the {len(order)} of {len(mem)} memories nearest to most of the "
+             f"{data.num_test} test images")
+    imgs = mem.reshape((-1,) + syn.shape)[..., 0]
+    return imgs[order], caps, title, "pixel value", "gray", False
+
+
+def _weights_figure(path: Path, net, cfg, data, sol) -> bool:
+    """Receptive fields on one shared, labelled colour scale."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fields = receptive_fields(net, cfg, data, sol)
+    if fields is None:
+        return False
+    imgs, caps, title, label, cmap, symmetric = fields
+    cols = min(8, len(imgs))
+    rows = int(np.ceil(len(imgs) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.3 + 1.2, rows * 1.5 + 0.8),
+                             squeeze=False, layout="constrained")
+    # one scale for every field, so their strengths compare; symmetric around 0 for weights
+    hi = float(np.max(np.abs(imgs)) if symmetric else np.max(imgs))
+    lo = -hi if symmetric else float(np.min(imgs))
+    im = None
+    for i, ax in enumerate(axes.ravel()):
+        ax.axis("off")
+        if i < len(imgs):
+            im = ax.imshow(imgs[i], cmap=cmap, vmin=lo, vmax=hi)
+            ax.set_title(caps[i], fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label=label)
+    _save(fig, path)
+    return True
+
+
+def _predictions_figure(path, net, task, data, xb, yb, sol, kw) -> None:
+    """Predicted labels for clean and noisy test images."""
+    import jax.numpy as jnp
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from .. import data as hd
+    from .._relax import relax
+
+    k = len(xb)
+    noisy = hd.gaussian_noise(xb, 0.3, np.random.default_rng(1)).images
+    nb = {"input": jnp.asarray(noisy), "target": jnp.asarray(yb)}
+    sol_noisy = relax(net, task.initial_state(net, nb), clamp=task.clamp, on_nonfinite="flag",
+                      **kw)
+    pred = np.argmax(np.asarray(sol.state["label"]).reshape(k, -1), -1)
+    pred_noisy = np.argmax(np.asarray(sol_noisy.state["label"]).reshape(k, -1), -1)
+    fig, axes = plt.subplots(2, k, figsize=(max(k, 4) * 1.1, 2.8), squeeze=False)
+    for i in range(k):
+        for r, (img, p) in enumerate(((xb[i], pred[i]), (noisy[i], pred_noisy[i]))):
+            ax = axes[r, i]
+            ax.imshow(np.asarray(img).reshape(data.image_shape)[..., 0], cmap="gray", vmin=0,
+                      vmax=1)
+            ax.set_title(f"{p}" + ("" if p == yb[i] else f" ({yb[i]})"),
+                         color="black" if p == yb[i] else "red", fontsize=9)
+            ax.axis("off")
+    axes[0, 0].text(-0.3, 0.5, "clean", transform=axes[0, 0].transAxes, ha="right")
+    axes[1, 0].text(-0.3, 0.5, "noisy", transform=axes[1, 0].transAxes, ha="right")
+    fig.suptitle("predicted label after relaxation (true label in red when wrong)")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _reconstructions_figure(path, net, task, data, xb, batch, sol, cfg) -> None:
+    """Original, corrupted and restored test images, each corrupted and restored one with its
+    PSNR, and the means in the title."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    k = len(xb)
+    ev = {n: np.asarray(v) for n, v in task.evaluate(net, sol.state, batch).items()}
+    restored = np.asarray(net.layers["image"].activation(sol.state["image"]))
+    fig, axes = plt.subplots(3, k, figsize=(max(k, 4) * 1.1, 4.4), squeeze=False)
+    rows = ((xb, None), (np.asarray(batch["input"]), ev.get("psnr_input")),
+            (restored, ev.get("psnr")))
+    for i in range(k):
+        for r, (imgs, psnr) in enumerate(rows):
+            ax = axes[r, i]
+            ax.imshow(np.clip(imgs[i].reshape(data.image_shape)[..., 0], 0, 1), cmap="gray",
+                      vmin=0, vmax=1)
+            ax.axis("off")
+            if psnr is not None:
+                ax.set_title(f"{psnr[i]:.1f} dB", fontsize=8)
+    for r, lab in enumerate(("original", "corrupted", "restored")):
+        axes[r, 0].text(-0.3, 0.5, lab, transform=axes[r, 0].transAxes, ha="right")
+    fig.suptitle(reconstructions_title(ev, cfg, k), fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def reconstructions_title(ev: dict, cfg: dict, k: int) -> str:
+    """The task, its corruption level and the mean PSNR of the corrupted and restored images."""
+    title = f"{cfg['task']} (level {cfg['noise']:g}) on {k} test images"
+    if "psnr_input" in ev:
+        return title + (f": mean PSNR {ev['psnr_input'].mean():.1f} dB corrupted → "
+                        f"{ev['psnr'].mean():.1f} dB restored")
+    return title + f": mean PSNR {ev['psnr'].mean():.1f} dB restored"
+
+
+def energy_gaps(net, task, batch, x0, sol):
+    """``(ts, E(t) − E*, converged, found)``: the energy along the run's own relaxation ``sol``
+    above ``E*``, the energy of the steady state an adaptive solve reaches from the same start
+    ``x0`` (per sample; ``found`` False where that solve did not converge either), and whether
+    ``sol`` itself ended within residual 1e-4. Measuring against the last saved step instead
+    would make every curve plunge to zero and an unconverged relaxation look converged."""
+    import numpy as np
+
+    from .._relax import SteadyState, relax
+
+    steady = relax(net, x0, clamp=task.clamp, freeze=task.frozen(batch),
+                   stop=SteadyState(atol=1e-4), max_steps=20000, on_nonfinite="flag")
+    e_star = np.asarray(net.energy(steady.state))
+    e = sol.energy_trace()  # (saved steps, samples)
+    ts = np.asarray(sol.ts)
+    ts = ts[np.isfinite(ts)][: len(e)]
+    return ts, e - e_star[None, :], np.asarray(sol.converged), np.asarray(steady.converged)
+
+
+def _energy_figure(path, net, task, batch, x0, sol, cfg) -> None:
+    """``E(t) − E*`` per test image (:func:`energy_gaps`); relaxations that end above
+    residual 1e-4 are dotted and counted in the title."""
+    import matplotlib.pyplot as plt
+
+    ts, gap, ok, found = energy_gaps(net, task, batch, x0, sol)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i in range(gap.shape[1]):
+        if found[i]:  # without a steady state there is nothing to measure against
+            ax.plot(ts, gap[:, i], color=f"C{i % 10}", lw=1.2, ls="-" if ok[i] else ":")
+    # E − E* may dip below 0 (the run's Euler relaxation and the adaptive solve land a float
+    # tolerance apart), so a symmetric log scale instead of clipping to a positive floor
+    ax.set_yscale("symlog", linthresh=1e-4)
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set_xlabel("time (units of τ)")
+    ax.set_ylabel("E(t) − E*   (E*: steady-state energy)")
+    n = gap.shape[1]
+    note = [f"{int(ok.sum())} of {n} relaxations reached residual 1e-4 by t = {ts[-1]:.3g}"]
+    if not ok.all():
+        note.append(f"dotted: the {int((~ok).sum())} that did not")
+    if not found.all():
+        note.append(f"{int((~found).sum())} without a steady state (not drawn)")
+    ax.set_title(f"energy during the {cfg['gradient']} relaxation, {n} test images\n"
+                 + "; ".join(note), fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)

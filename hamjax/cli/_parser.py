@@ -1,0 +1,238 @@
+"""The command line: argparse with one-line errors, number parsing, and the defaults that depend
+on the model and task."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+MODELS = ("dense", "deep", "conv", "memory")
+TASKS = ("classify", "denoise", "complete", "store")
+GRADIENTS = ("bptt", "implicit", "eqprop")
+
+
+class UsageError(Exception):
+    """A flag combination or input that argparse cannot check: reported as one line on stderr,
+    exit status 2, before the command writes anything."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error: the problem and where help is, without the usage block
+    (argparse's own two-line form buries the message under a screen of flags)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _Help(argparse.HelpFormatter):
+    """Help that shows each option's default where it has a fixed one (those that depend on
+    the model or task say so in their text and have no default here)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        fixed = action.default not in (None, False, argparse.SUPPRESS)
+        if fixed and action.option_strings and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+class _Unknown(argparse.Action):
+    """A flag this command does not take, named with the one that does what it meant: a usage
+    error (the one-line form of :class:`_Parser`), hidden from the help."""
+
+    def __init__(self, option_strings, dest, instead: str = "", **kw):
+        super().__init__(option_strings, argparse.SUPPRESS, nargs="?", default=argparse.SUPPRESS,
+                         help=argparse.SUPPRESS)
+        self.instead = instead
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"unrecognized argument {option_string}; {self.instead}")
+
+
+def _number(cast, ok, what: str):
+    """An argparse type: ``cast`` the text, then require ``ok(value)``; both failures say
+    ``expected <what>``."""
+
+    def parse(s: str):
+        try:
+            v = cast(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {v}")
+        return v
+
+    return parse
+
+
+# floats must be finite: ``inf`` passes ``v > 0`` and trains to NaN (``nan`` fails every test)
+_positive_int = _number(int, lambda v: v >= 1, "a positive integer")
+_nonneg_int = _number(int, lambda v: v >= 0, "a non-negative integer")
+_positive_float = _number(float, lambda v: 0 < v < math.inf, "a positive finite number")
+_nonneg_float = _number(float, lambda v: 0 <= v < math.inf, "a non-negative finite number")
+
+
+def _sizes(s: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(p) for p in s.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected sizes like 256 or 256,128, got {s!r}"
+        ) from None
+    if not sizes or any(v < 1 for v in sizes):
+        raise argparse.ArgumentTypeError(f"expected positive sizes, got {s!r}")
+    return sizes
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``hamjax`` parser; ``parser.commands`` maps ``train``, ``eval`` and ``analyze`` to
+    their subparsers."""
+    p = _Parser(prog="hamjax", description="Hierarchical Associative Memories")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a HAM (default: a dense classifier on digits)",
+                       formatter_class=_Help)
+    _what_flags(t)
+    _training_flags(t)
+    _data_flags(t)
+    _run_flags(t)
+
+    e = sub.add_parser("eval", help="re-evaluate a saved run", formatter_class=_Help)
+    e.add_argument("run_dir", type=Path)
+    e.add_argument("--data-dir", type=Path, default=None,
+                   help="MNIST folder, when the one the run recorded has moved")
+
+    a = sub.add_parser("analyze", help="stability and dead neurons of a trained run",
+                       formatter_class=_Help)
+    a.add_argument("run_dir", type=Path)
+    a.add_argument("--samples", type=_positive_int, default=3,
+                   help="test images to relax and analyse (at most the test set)")
+    a.add_argument("--data-dir", type=Path, default=None,
+                   help="MNIST folder, when the one the run recorded has moved")
+
+    sub.add_parser("bench", add_help=False,
+                   help="run the benchmarks (python -m benchmarks; needs the source tree): "
+                        "hamjax bench [--quick|--full] [--out DIR] [--only NAME ...]")
+    p.commands = {"train": t, "eval": e, "analyze": a}  # for given_flags
+    return p
+
+
+def _what_flags(t) -> None:
+    """``train``: the data, the model, the task and the gradient estimator."""
+    t.add_argument("--dataset", choices=("digits", "mnist"), default="digits",
+                   help="digits: scikit-learn's 8x8 digits (bundled); mnist: needs --data-dir")
+    t.add_argument("--data-dir", type=Path, default=None,
+                   help="folder with the four MNIST IDX files (gzip or raw)")
+    t.add_argument("--model", choices=MODELS, default=None,
+                   help="dense (default for classify), deep, conv, memory (default otherwise)")
+    t.add_argument("--task", choices=TASKS, default="classify",
+                   help="classify: read the label layer; denoise, complete, store: restore "
+                        "images with a memory model")
+    t.add_argument("--gradient", choices=GRADIENTS, default="bptt",
+                   help="gradient estimator: backprop through time, implicit differentiation "
+                        "at the steady state, or equilibrium propagation")
+    t.add_argument("--method", action=_Unknown,
+                   instead="the gradient estimator is chosen by --gradient "
+                           f"{{{','.join(GRADIENTS)}}}")
+
+
+def _training_flags(t) -> None:
+    """``train``: the optimiser, the seed, the model's size and its relaxation."""
+    t.add_argument("--epochs", type=_positive_int, default=None,
+                   help="passes over the training set (classify: 30, other tasks: 10); with "
+                        "--resume, at least the run's own")
+    t.add_argument("--batch-size", type=_positive_int, default=32,
+                   help="training images per step (at most the training set)")
+    t.add_argument("--lr", type=_positive_float, default=1e-3,
+                   help="peak learning rate of Adam, decayed to 0 by a cosine over the run")
+    t.add_argument("--weight-decay", type=_nonneg_float, default=0.0,
+                   help="decoupled weight decay (AdamW) per unit learning rate")
+    t.add_argument("--seed", type=_nonneg_int, default=0,
+                   help="initial weights, shuffling and noise")
+    t.add_argument("--hidden", type=_sizes, default=None,
+                   help="hidden sizes (dense: 256; deep: 256,128); channels for conv (32); "
+                        "memories for memory (100)")
+    t.add_argument("--steps", type=_positive_int, default=None,
+                   help="relaxation steps for bptt (Euler; dense/conv: 40, deep: 100, memory "
+                        "tasks: 10)")
+    t.add_argument("--dt", type=_positive_float, default=None,
+                   help="relaxation step size (dense/conv: 0.25, deep: 0.5; memory tasks: 1.0, "
+                        "where one Euler step is the modern Hopfield update v <- ξᵀ softmax(β h))")
+    t.add_argument("--residual-penalty", type=_nonneg_float, default=1.0,
+                   help="bptt: weight of mean |τ dx/dt|² at the last step, so the readout sits "
+                        "at a fixed point")
+
+
+def _data_flags(t) -> None:
+    """``train``: augmentation, noise and how much of the data to use."""
+    t.add_argument("--shift", type=_nonneg_int, default=0,
+                   help="classify: translate training images by up to N pixels (augmentation)")
+    t.add_argument("--rotate", type=_nonneg_float, default=0.0, metavar="DEG",
+                   help="classify: rotate training images by up to ±DEG degrees (augmentation)")
+    t.add_argument("--zoom", type=_nonneg_float, default=0.0, metavar="F",
+                   help="classify: scale training images by 1±F (augmentation)")
+    t.add_argument("--noise", type=_nonneg_float, default=None,
+                   help="classify: training input noise std (0.1); denoise: corruption level "
+                        "(0.3); complete: hidden fraction (0.5); store: noise (0.1)")
+    t.add_argument("--limit-train", type=_positive_int, default=None, metavar="N",
+                   help="use only the first N training images (quick trials)")
+    t.add_argument("--limit-test", type=_positive_int, default=None, metavar="N",
+                   help="evaluate on only the first N test images (quick trials)")
+
+
+def _run_flags(t) -> None:
+    """``train``: the run folder, resuming, the progress bar and the devices."""
+    t.add_argument("--out", type=Path, default=None,
+                   help="run folder (default: a new "
+                        "runs/<dataset>-<task>-<model>-<gradient>-<time>)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue --out's run from its checkpoint, with the config it was "
+                        "started with (only --epochs, --data-dir and --devices may change)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--devices", type=_positive_int, default=None, metavar="N",
+                   help="data parallelism over the first N devices: each batch is split over "
+                        "them, parameters replicated (--batch-size must be a multiple of N). "
+                        "On a CPU, create N host devices by setting "
+                        "XLA_FLAGS=--xla_force_host_platform_device_count=N before running")
+
+
+def given_flags(argv) -> set[str]:
+    """The ``train`` options written on the command line (not defaulted): parsed again with
+    every default replaced by a marker, so ``--model dense`` counts even though it is the
+    default."""
+    parser = build_parser()
+    unset = object()
+    train = parser.commands["train"]
+    train.set_defaults(**{a.dest: unset for a in train._actions
+                          if a.dest not in ("help", argparse.SUPPRESS)})
+    return {k for k, v in vars(parser.parse_args(argv)).items() if v is not unset}
+
+
+def defaults(cfg: dict) -> dict:
+    """``cfg`` with the defaults that depend on the model and task filled in; a model that
+    cannot do the task is a :class:`UsageError`."""
+    cfg = dict(cfg)
+    if cfg.get("model") is None:
+        cfg["model"] = "dense" if cfg["task"] == "classify" else "memory"
+    if cfg["task"] == "classify" and cfg["model"] == "memory":
+        raise UsageError("--model memory has no label layer; use it with "
+                         "--task denoise, complete or store")
+    if cfg["task"] != "classify" and cfg["model"] != "memory":
+        raise UsageError(f"--task {cfg['task']} needs --model memory "
+                         "(its image layer is free)")
+    if cfg.get("hidden") is None:
+        cfg["hidden"] = {"dense": (256,), "deep": (256, 128), "conv": (32,),
+                         "memory": (100,)}[cfg["model"]]
+    if cfg.get("epochs") is None:
+        cfg["epochs"] = 30 if cfg["task"] == "classify" else 10
+    # T = steps·dt: a deep chain takes longer to settle, so it gets more and longer steps
+    if cfg.get("steps") is None:
+        cfg["steps"] = {"memory": 10, "deep": 100}.get(cfg["model"], 40)
+    if cfg.get("dt") is None:
+        cfg["dt"] = {"memory": 1.0, "deep": 0.5}.get(cfg["model"], 0.25)
+    if cfg.get("noise") is None:
+        cfg["noise"] = {"classify": 0.1, "denoise": 0.3, "complete": 0.5, "store": 0.1}[
+            cfg["task"]]
+    cfg["hidden"] = list(cfg["hidden"])
+    return cfg
