@@ -398,7 +398,7 @@ def analyze(args) -> int:
     import numpy as np
 
     from .. import analysis
-    from .._relax import SteadyState, relax
+    from .. import SteadyState, relax
 
     cfg, data, net, task, gradient, meta = load_run(args.run_dir, args.data_dir)
     if args.samples > data.num_test:
@@ -438,7 +438,7 @@ def _stability_entry(i: int, sol, rep) -> dict:
         "sample": i,
         "converged": bool(sol.converged[i]),
         "residual": float(sol.residual[i]),
-        "verdict": rep.verdict,
+        "verdict": {True: "stable", False: "unstable", None: "undecided"}[rep.stable],
         "reason": rep.reason,
         "dead_neurons": dead,
         "restricted_spectrum_max_real": float(np.max(np.real(spec))) if spec.size else None,

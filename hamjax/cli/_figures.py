@@ -17,7 +17,7 @@ def pictures(out: Path, net, task, gradient, data, cfg) -> list[str]:
     import numpy as np
 
     matplotlib.use("Agg")
-    from .._relax import relax
+    from .. import relax
 
     # --limit-test may leave fewer than ten test images: show what there is
     k = min(SHOWN, data.num_test)
@@ -46,7 +46,7 @@ def pictures(out: Path, net, task, gradient, data, cfg) -> list[str]:
 def _relax_kwargs(gradient) -> tuple[dict, dict]:
     """``(kw, kw_saving)``: :func:`hamjax.relax` keywords of the estimator's own relaxation,
     forward only, and of one that saves the energy along the way."""
-    from .._relax import SteadyState
+    from .. import SteadyState
 
     kw = dict(gradient.relax_kwargs())
     kw.pop("adjoint", None)  # forward only: an implicit adjoint matters only under grad
@@ -167,7 +167,7 @@ def _predictions_figure(path, net, task, data, xb, yb, sol, kw) -> None:
     import numpy as np
 
     from .. import data as hd
-    from .._relax import relax
+    from .. import relax
 
     k = len(xb)
     noisy = hd.gaussian_noise(xb, 0.3, np.random.default_rng(1)).images
@@ -236,7 +236,7 @@ def energy_gaps(net, task, batch, x0, sol):
     would make every curve plunge to zero and an unconverged relaxation look converged."""
     import numpy as np
 
-    from .._relax import SteadyState, relax
+    from .. import SteadyState, relax
 
     steady = relax(net, x0, clamp=task.clamp, freeze=task.frozen(batch),
                    stop=SteadyState(atol=1e-4), max_steps=20000, on_nonfinite="flag")
