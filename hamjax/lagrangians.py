@@ -221,26 +221,36 @@ class Softmax(Lagrangian):
         return jax.nn.softmax(self.beta * x, axis=_absolute_axis(self.axis, x, ndim))
 
 
-class LayerNorm(Lagrangian):
-    """``L = γ D sqrt(var(x) + ε) + Σ δ·x`` along ``axis`` (D its length), summed over other axes.
-
-    ``g = γ (x − mean x) / sqrt(var(x) + ε) + δ``: layer normalisation as a gradient
-    (the Energy Transformer's token norm). ``γ`` is a learnable scalar gain (a per-neuron gain is
-    not the gradient of any Lagrangian), ``δ`` a learnable bias broadcast along ``axis``."""
+class _Normalisation(Lagrangian):
+    """``L = γ·norm(x) + Σ δ·x`` along ``axis``, summed over the other axes: the shared form of
+    the normalising Lagrangians, whose activation is ``γ ∇norm + δ``."""
 
     gamma: Array = eqx.field(converter=_param, default=1.0)
     delta: Array = eqx.field(converter=_param, default=0.0)
     axis: int = eqx.field(static=True, default=-1)
     eps: float = eqx.field(static=True, default=1e-5)
 
+    @abc.abstractmethod
+    def _norm(self, x: Array, axis: int) -> Array:
+        """The norm along ``axis`` (reduced)."""
+
     def __call__(self, x, ndim=None):
         axis = _absolute_axis(self.axis, x, ndim)
-        d = x.shape[axis]
-        xc = x - jnp.mean(x, axis=axis, keepdims=True)
-        var = jnp.mean(xc * xc, axis=axis)
-        norm_term = self.gamma * d * jnp.sqrt(var + self.eps)
         bias_term = jnp.sum(_along(self.delta, x, axis) * x, axis=axis)
-        return sum_trailing(norm_term + bias_term, None if ndim is None else ndim - 1)
+        return sum_trailing(self.gamma * self._norm(x, axis) + bias_term,
+                            None if ndim is None else ndim - 1)
+
+
+class LayerNorm(_Normalisation):
+    """``L = γ D sqrt(var(x) + ε) + Σ δ·x`` along ``axis`` (D its length), summed over other axes.
+
+    ``g = γ (x − mean x) / sqrt(var(x) + ε) + δ``: layer normalisation as a gradient
+    (the Energy Transformer's token norm). ``γ`` is a learnable scalar gain (a per-neuron gain is
+    not the gradient of any Lagrangian), ``δ`` a learnable bias broadcast along ``axis``."""
+
+    def _norm(self, x, axis):
+        xc = x - jnp.mean(x, axis=axis, keepdims=True)
+        return x.shape[axis] * jnp.sqrt(jnp.mean(xc * xc, axis=axis) + self.eps)
 
     def activation(self, x, ndim=None):
         axis = _absolute_axis(self.axis, x, ndim)
@@ -249,20 +259,12 @@ class LayerNorm(Lagrangian):
         return self.gamma * xc / jnp.sqrt(var + self.eps) + _along(self.delta, x, axis)
 
 
-class SphericalNorm(Lagrangian):
+class SphericalNorm(_Normalisation):
     """``L = γ sqrt(Σ x² + ε) + Σ δ·x`` along ``axis``: divisive normalisation, model C of
     Krotov & Hopfield (MATH.md §1.2); ``g = γ x / sqrt(Σ x² + ε) + δ``."""
 
-    gamma: Array = eqx.field(converter=_param, default=1.0)
-    delta: Array = eqx.field(converter=_param, default=0.0)
-    axis: int = eqx.field(static=True, default=-1)
-    eps: float = eqx.field(static=True, default=1e-5)
-
-    def __call__(self, x, ndim=None):
-        axis = _absolute_axis(self.axis, x, ndim)
-        norm_term = self.gamma * jnp.sqrt(jnp.sum(x * x, axis=axis) + self.eps)
-        bias_term = jnp.sum(_along(self.delta, x, axis) * x, axis=axis)
-        return sum_trailing(norm_term + bias_term, None if ndim is None else ndim - 1)
+    def _norm(self, x, axis):
+        return jnp.sqrt(jnp.sum(x * x, axis=axis) + self.eps)
 
     def activation(self, x, ndim=None):
         axis = _absolute_axis(self.axis, x, ndim)
