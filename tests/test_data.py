@@ -9,6 +9,8 @@ import os
 import tempfile
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -87,6 +89,32 @@ def test_split_indices_partition_and_unstratified():
         hd.split_indices(y, 1.0)
     with pytest.raises(hd.DataError, match="both need at least 1"):
         hd.split_indices(np.arange(3), 0.01)
+
+
+def test_split_indices_deterministic_per_seed_and_shuffled():
+    y = np.repeat(np.arange(4), [7, 11, 13, 19])
+    for stratify in (True, False):
+        a = hd.split_indices(y, 0.25, seed=3, stratify=stratify)
+        b = hd.split_indices(y, 0.25, seed=3, stratify=stratify)
+        c = hd.split_indices(y, 0.25, seed=4, stratify=stratify)
+        for u, v in zip(a, b, strict=True):
+            np.testing.assert_array_equal(u, v)
+            assert u.dtype == np.int64
+        assert not np.array_equal(a[1], c[1])
+        assert len(a[1]) == round(0.25 * 50)
+        assert not np.all(np.diff(a[0]) > 0)  # shuffled, not sorted
+        assert not set(a[0]) & set(a[1])
+
+
+def test_split_indices_stratified_with_rare_classes():
+    # a class of one example, and more classes than test places: the quota is still proportional
+    y = np.array([0, 0, 0, 1, 1, 1, 2])
+    tr, te = hd.split_indices(y, 0.3)
+    np.testing.assert_array_equal(np.sort(np.concatenate([tr, te])), np.arange(7))
+    assert np.all(np.abs(np.bincount(y[te], minlength=3) - np.bincount(y) * 2 / 7) < 1.0)
+    y = np.repeat(np.arange(10), 2)
+    tr, te = hd.split_indices(y, 0.2)
+    assert len(te) == 4 and np.all(np.bincount(y[te], minlength=10) <= 1)
 
 
 # ------------------------------------------------------------------------------------------
@@ -509,6 +537,15 @@ def test_psnr_against_hand_computation():
     np.testing.assert_allclose(hd.psnr(np.zeros(4), np.full(4, 0.1)), 20.0)
     with pytest.raises(hd.DataError, match=r"clean has shape \(3, 2, 2\) but restored \(3, 4\)"):
         hd.psnr(clean, restored.reshape(3, 4))
+
+
+def test_psnr_on_jax_arrays_and_under_jit():
+    clean = np.zeros((2, 4), np.float32)
+    restored = np.stack([np.full(4, 0.1, np.float32), np.full(4, 0.5, np.float32)])
+    want = hd.psnr(clean, restored)
+    np.testing.assert_allclose(want, [20.0, 10 * math.log10(4.0)], rtol=1e-6)
+    np.testing.assert_allclose(hd.psnr(jnp.asarray(clean), jnp.asarray(restored)), want)
+    np.testing.assert_allclose(jax.jit(hd.psnr)(clean, restored), want)
 
 
 def test_psnr_of_digits_noise_roughly_matches_sigma():

@@ -144,8 +144,10 @@ def _image_mse(g_out, target):
     return jnp.mean(d, axis=-1)
 
 
-def _psnr(mse):
-    return 10.0 * jnp.log10(1.0 / jnp.maximum(mse, 1e-12))
+def _image_psnr(g_out, target):
+    """:func:`hamjax.data.psnr` per sample, for images of any shape ``(n, ...)``."""
+    n = target.shape[0]
+    return hd.psnr(target.reshape(n, -1), g_out.reshape(n, -1))
 
 
 class Denoising(Task):
@@ -171,8 +173,8 @@ class Denoising(Task):
     def metrics(self, g_out, batch):
         mse = _image_mse(g_out, batch["target"])
         # the corrupted input's PSNR beside the restored one's: the baseline to beat
-        return {"mse": mse, "psnr": _psnr(mse),
-                "psnr_input": _psnr(_image_mse(batch["input"], batch["target"]))}
+        return {"mse": mse, "psnr": _image_psnr(g_out, batch["target"]),
+                "psnr_input": _image_psnr(batch["input"], batch["target"])}
 
     @property
     def main_metric(self):

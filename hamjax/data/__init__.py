@@ -1,0 +1,74 @@
+"""Datasets, splits, batches, augmentation, corruptions and PSNR (NumPy; PSNR in jax.numpy).
+
+The modules follow the data flow: the errors and argument checks (``_checks``), the
+:class:`Dataset` container and :func:`from_arrays` (``_dataset``), IDX files (``_idx``), the named
+datasets (``_loaders``), train/test splits and batches (``_split``), augmentation (``_augment``),
+corruptions (``_corrupt``) and the restoration score (``_psnr``).
+
+Sources, each returning a :class:`Dataset` of ``float32`` images in ``[0, 1]`` of shape
+``(n, H, W, C)`` (NHWC) and ``int32`` labels in ``[0, num_classes)``; nothing is downloaded:
+
+- :func:`load_digits`: the scikit-learn digits (1,797 8×8 images, bundled with scikit-learn; the
+  default), split into train and test deterministically by seed, stratified by class.
+- :func:`load_mnist`: MNIST from a directory holding the standard four IDX files
+  (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
+  ``t10k-labels-idx1-ubyte``), each gzip-compressed (``.gz``) or raw.
+- :func:`from_arrays`: any NumPy arrays.
+
+Corruptions (:func:`gaussian_noise`, :func:`salt_and_pepper`, :func:`mask_region`,
+:func:`mask_random`, dispatched by :func:`corrupt`) return a :class:`Corrupted` pair
+``(images, mask)`` with ``mask`` ``True`` where a value was corrupted or hidden. Randomness comes
+only from an explicit ``np.random.Generator`` or integer seed. :func:`psnr` scores a restoration.
+
+Bad input raises :class:`DataError` (a ``ValueError``) naming the file or argument and what was
+expected; a missing file or directory raises :class:`DataFileNotFoundError`, which is both a
+``DataError`` and a ``FileNotFoundError``.
+"""
+
+from ._augment import random_affine, random_shift
+from ._checks import DataError, DataFileNotFoundError
+from ._corrupt import (
+    CORRUPTIONS,
+    REGIONS,
+    Corrupted,
+    corrupt,
+    gaussian_noise,
+    mask_random,
+    mask_region,
+    salt_and_pepper,
+)
+from ._dataset import Dataset, flatten, from_arrays, one_hot, unflatten
+from ._idx import read_idx, write_idx
+from ._loaders import DATASETS, MNIST_FILES, load_dataset, load_digits, load_mnist
+from ._psnr import psnr
+from ._split import batches, split_indices
+
+__all__ = [
+    "CORRUPTIONS",
+    "DATASETS",
+    "MNIST_FILES",
+    "REGIONS",
+    "Corrupted",
+    "DataError",
+    "DataFileNotFoundError",
+    "Dataset",
+    "batches",
+    "corrupt",
+    "flatten",
+    "from_arrays",
+    "gaussian_noise",
+    "load_dataset",
+    "load_digits",
+    "load_mnist",
+    "mask_random",
+    "mask_region",
+    "one_hot",
+    "psnr",
+    "random_affine",
+    "random_shift",
+    "read_idx",
+    "salt_and_pepper",
+    "split_indices",
+    "unflatten",
+    "write_idx",
+]
