@@ -41,7 +41,7 @@ SNIPPET = textwrap.dedent(
     batch_np = T.Classification(num_classes=10).prepare(d.x_train[:8], d.y_train[:8],
                                                         np.random.default_rng(0), train=False)
     task = T.Classification(num_classes=10, loss_kind="nll", noise=0.0)
-    method = T.BPTT(steps=6, dt=0.25, residual_penalty=0.5)
+    gradient = T.BPTT(steps=6, dt0=0.25, residual_penalty=0.5)
 
     def stash_gradient():
         # passes the gradient on unchanged and keeps it as its state: train_step's own gradient
@@ -65,12 +65,12 @@ SNIPPET = textwrap.dedent(
             batch = sharding.shard_batch(batch, mesh)
         losses, grads = [], []
         for _ in range(3):
-            net, opt_state, loss, _ = T.train_step(net, opt_state, batch, task, method, opt)
+            net, opt_state, loss, _ = T.train_step(net, opt_state, batch, task, gradient, opt)
             losses.append(float(loss))
             grads.append(flat(opt_state[0]))
         out["seconds"][f"steps_{n}"] = time.perf_counter() - t0
         w = net.synapses["w1"].weight
-        trained, hist = T.fit(net0, tiny, task=task, method=method, optimizer=opt, epochs=1,
+        trained, hist = T.fit(net0, tiny, task=task, gradient=gradient, optimizer=opt, epochs=1,
                               batch_size=8, progress=False, verbose=False, eval_batch_size=8,
                               mesh=mesh)
         out["seconds"][f"fit_{n}"] = time.perf_counter() - t0
@@ -109,7 +109,7 @@ SNIPPET = textwrap.dedent(
         ("relax_indivisible", lambda: hj.relax(net0, task.initial_state(
             net0, {"input": jnp.asarray(batch_np["input"][:6])}), clamp=("image",),
             mesh=mesh4)),
-        ("fit_indivisible", lambda: T.fit(net0, tiny, task=task, method=method, epochs=1,
+        ("fit_indivisible", lambda: T.fit(net0, tiny, task=task, gradient=gradient, epochs=1,
                                           batch_size=6, progress=False, verbose=False,
                                           mesh=mesh4)),
     ):
