@@ -85,6 +85,32 @@ SNIPPET = textwrap.dedent(
 
     mesh4 = sharding.make_mesh(4)
 
+    class OtherSlice:  # a device as JAX describes one of a multi-host (multi-slice) run
+        def __init__(self, device, slice_index):
+            self._device, self.slice_index = device, slice_index
+
+        def __getattr__(self, name):
+            return getattr(self._device, name)
+
+    two_slices = [OtherSlice(d, i // 2) for i, d in enumerate(jax.devices())]
+    real_devices, jax.devices = jax.devices, lambda: two_slices
+    try:
+        try:
+            jax.make_mesh((4,), ("batch",), devices=two_slices)
+            refused = False
+        except ValueError:
+            refused = True
+        multi = sharding.make_mesh()
+    finally:
+        jax.devices = real_devices
+    out["mesh"] = dict(
+        axis_types=[t.name for t in mesh4.axis_types],
+        first_two=[d.id for d in sharding.make_mesh(2).devices.flat],
+        given=[d.id for d in sharding.make_mesh(jax.devices()[::-1]).devices.flat],
+        jax_refuses_two_slices=refused,
+        two_slices=[d.slice_index for d in multi.devices.flat],
+    )
+
     # batched relax: fixed steps and the adaptive steady-state solve (global stopping event)
     x0 = task.initial_state(net0, {"input": jnp.asarray(batch_np["input"])})
     rel = {}
@@ -189,6 +215,18 @@ def test_shard_errors_are_clear(sharded_run):
     for k in ("indivisible", "relax_indivisible", "fit_indivisible"):
         assert e[k][0] == "ShardingError", e[k]
         assert "not divisible by the 4 devices" in e[k][1]
+
+
+def test_shard_make_mesh_layout(sharded_run):
+    """Automatic axes (jit propagates the batch's sharding); ``N`` picks the first ``N``
+    devices, a list is kept in its order, and devices of several slices (several hosts), which
+    ``jax.make_mesh`` refuses, still make a mesh."""
+    m = sharded_run["mesh"]
+    assert m["axis_types"] == ["Auto"]
+    assert sorted(m["first_two"]) == [0, 1]
+    assert m["given"] == [3, 2, 1, 0]
+    assert m["jax_refuses_two_slices"]
+    assert m["two_slices"] == [0, 0, 1, 1]
 
 
 # ------------------------------------------------------------------ in this process (1+ devices)
