@@ -42,7 +42,7 @@ def _worker(n: int, batch: int, width: int, steps: int, repeats: int) -> dict:
     net = presets.dense_classifier(key, (784,), 10, hidden=width)
     net = jax.tree.map(lambda v: jnp.array(v, dtype=v.dtype) if eqx.is_array(v) else v, net)
     task = T.Classification(num_classes=10, loss_kind="nll", noise=0.0)
-    method = T.BPTT(steps=steps, dt=0.25, residual_penalty=1.0)
+    gradient = T.BPTT(steps=steps, dt0=0.25, residual_penalty=1.0)
     opt = optax.adam(1e-3)
     rng = np.random.default_rng(0)
     b = {"input": jnp.asarray(rng.random((batch, 784), dtype=np.float32)),
@@ -72,7 +72,7 @@ def _worker(n: int, batch: int, width: int, steps: int, repeats: int) -> dict:
 
     def step():
         state["net"], state["opt"], loss, _ = T.train_step(state["net"], state["opt"], b, task,
-                                                           method, opt)
+                                                           gradient, opt)
         return loss
 
     step_s, step_compile = timed(step)

@@ -49,7 +49,7 @@ def _data(cfg: C.Config):
 
 def _trained(net, data, cfg):
     task = hj.train.Classification(num_classes=data.num_classes, noise=0.2)
-    net, hist = hj.train.fit(net, data, task=task, method=hj.train.BPTT(steps=20, dt=0.25),
+    net, hist = hj.train.fit(net, data, task=task, gradient=hj.train.BPTT(steps=20, dt0=0.25),
                              optimizer=optax.adam(2e-3), epochs=cfg.pick(1, 2, 5),
                              batch_size=64, progress=False, eval_batch_size=256)
     return net, hist[-1]

@@ -1,11 +1,11 @@
-"""8. Training at the steady state: one optax step of each gradient method, the forward solve to
+"""8. Training at the steady state: one optax step of each gradient estimator, the forward solve to
 the steady state and the adjoint linear solve, side by side.
 
 A ``784-512-10`` dense classifier (ReLU hidden, Softmax label, the presets' default; NLL loss)
 on a batch of 64 MNIST digits, at initialisation and after some training (``Implicit`` steps,
 the regime a training run spends its time in):
 
-(a) ``hj.train.train_step`` (Adam) with ``BPTT(steps=40, dt=0.25)``, ``Implicit()`` and
+(a) ``hj.train.train_step`` (Adam) with ``BPTT(steps=40, dt0=0.25)``, ``Implicit()`` and
     ``EqProp()`` (β = 0.05; β = 0.2 too) — and, for the record, the configurations these
     replaced: the adaptive ODE forward with GMRES (restart 100) for the adjoint, and EqProp
     (β = 0.2) with the ODE and the NLL itself as the nudge. The step's outputs are the new
@@ -50,17 +50,17 @@ def _data(cfg: C.Config):
     return hd.load_mnist(d, limit_train=cfg.pick(0, 4096, 22699), limit_test=256).flat()
 
 
-def _methods(cfg: C.Config) -> dict:
+def _estimators(cfg: C.Config) -> dict:
     old_gmres = hj.ImplicitSteadyState(lx.GMRES(rtol=1e-5, atol=1e-6, restart=100,
                                                 stagnation_iters=100))
     ms = {
-        "BPTT 40 steps": T.BPTT(steps=40, dt=0.25),
+        "BPTT 40 steps": T.BPTT(steps=40, dt0=0.25),
         "implicit": T.Implicit(),
         "eqprop": T.EqProp(),
         "eqprop β = 0.2": T.EqProp(beta=0.2),
-        "implicit, before (Tsit5 + GMRES 100)": T.Implicit(method="ode", dt=0.25,
+        "implicit, before (Tsit5 + GMRES 100)": T.Implicit(method="ode", dt0=0.25,
                                                            adjoint=old_gmres),
-        "eqprop β = 0.2, before (Tsit5, NLL nudge)": T.EqProp(beta=0.2, method="ode", dt=0.25,
+        "eqprop β = 0.2, before (Tsit5, NLL nudge)": T.EqProp(beta=0.2, method="ode", dt0=0.25,
                                                               nudge="cost"),
     }
     if cfg.tier == "tiny":
@@ -81,7 +81,7 @@ def _models(cfg, data, task, hidden):
     out = [("initial", net, None)]
     epochs = cfg.pick(0, 1, 3)
     if epochs:
-        trained, hist = T.fit(net, data, task=task, method=T.Implicit(),
+        trained, hist = T.fit(net, data, task=task, gradient=T.Implicit(),
                               optimizer=optax.adam(1e-3), epochs=epochs, batch_size=64,
                               progress=False, verbose=False)
         out.append(("trained", trained, hist[-1]))
@@ -90,12 +90,12 @@ def _models(cfg, data, task, hidden):
 
 def train_steps(cfg, models, task, batch):
     opt = optax.adam(1e-3)
-    methods = _methods(cfg)
+    estimators = _estimators(cfg)
     rows, data = [], {}
     for label, net, _ in models:
         opt_state = opt.init(eqx.filter(net, eqx.is_inexact_array))
         comps, metrics = [], {}
-        for name, m in methods.items():
+        for name, m in estimators.items():
             def f(net, opt_state, batch, m=m):
                 # the updated parameters and optimiser state are outputs: a step that returned
                 # only its loss and metrics would let XLA drop the whole backward pass
@@ -109,7 +109,7 @@ def train_steps(cfg, models, task, batch):
         times = C.time_side_by_side(comps, cfg, repeats=max(3, cfg.repeats // 2))
         ref = "BPTT 40 steps"
         data[label] = {"times": times, "metrics": metrics, "ratios": {}}
-        for name in methods:
+        for name in estimators:
             r = C.ratio(times, name, ref)
             data[label]["ratios"][name] = r
             target = TARGETS.get(name)

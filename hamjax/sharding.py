@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import equinox as eqx
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 __all__ = ["make_mesh", "shard_batch", "replicate", "initialize_distributed", "ShardingError"]
@@ -34,26 +34,35 @@ class ShardingError(ValueError):
 
 def make_mesh(devices: int | Sequence | None = None, axis: str = "batch") -> Mesh:
     """A one-axis mesh named ``axis`` over ``devices``: all devices (``None``, every host's),
-    the first ``N`` of ``jax.devices()`` (an int), or the given device objects."""
+    the first ``N`` of ``jax.devices()`` (an int), or the given device objects in their order.
+
+    The axis is automatic (``AxisType.Auto``): ``jit`` propagates the batch's sharding through
+    the relaxation and its gradient. Devices that JAX picks are laid out by
+    :func:`jax.make_mesh`, which orders them along their interconnect (a ring on a TPU torus,
+    so that the gradient's all-reduce takes the short links)."""
+    auto = (AxisType.Auto,)
     available = jax.devices()
-    if devices is None:
-        chosen = available
-    elif isinstance(devices, int | np.integer) and not isinstance(devices, bool):
-        n = int(devices)
-        if n < 1:
-            raise ShardingError(f"need at least one device, got devices={n}")
-        if n > len(available):
-            raise ShardingError(
-                f"asked for {n} devices but JAX sees {len(available)} ({_describe(available)}); "
-                "on a CPU, force host devices with "
-                f"XLA_FLAGS=--xla_force_host_platform_device_count={n} set before JAX is imported"
-            )
-        chosen = available[:n]
-    else:
+    count = isinstance(devices, int | np.integer) and not isinstance(devices, bool)
+    if devices is not None and not count:
         chosen = list(devices)
         if not chosen:
             raise ShardingError("need at least one device, got an empty list")
-    return Mesh(np.asarray(chosen, dtype=object), (axis,))
+        return Mesh(np.asarray(chosen, dtype=object), (axis,), axis_types=auto)
+    n = len(available) if devices is None else int(devices)
+    if n < 1:
+        raise ShardingError(f"need at least one device, got devices={n}")
+    if n > len(available):
+        raise ShardingError(
+            f"asked for {n} devices but JAX sees {len(available)} ({_describe(available)}); "
+            "on a CPU, force host devices with "
+            f"XLA_FLAGS=--xla_force_host_platform_device_count={n} set before JAX is imported"
+        )
+    chosen = available[:n]
+    if len({getattr(d, "slice_index", 0) for d in chosen}) > 1:
+        # jax.make_mesh refuses devices of several slices (hosts joined by the data-centre
+        # network, as GPU nodes are); data parallelism is correct in any device order
+        return Mesh(np.asarray(chosen, dtype=object), (axis,), axis_types=auto)
+    return jax.make_mesh((n,), (axis,), axis_types=auto, devices=chosen)
 
 
 def _describe(devs) -> str:

@@ -41,7 +41,7 @@ SNIPPET = textwrap.dedent(
     batch_np = T.Classification(num_classes=10).prepare(d.x_train[:8], d.y_train[:8],
                                                         np.random.default_rng(0), train=False)
     task = T.Classification(num_classes=10, loss_kind="nll", noise=0.0)
-    method = T.BPTT(steps=6, dt=0.25, residual_penalty=0.5)
+    gradient = T.BPTT(steps=6, dt0=0.25, residual_penalty=0.5)
 
     def stash_gradient():
         # passes the gradient on unchanged and keeps it as its state: train_step's own gradient
@@ -65,12 +65,12 @@ SNIPPET = textwrap.dedent(
             batch = sharding.shard_batch(batch, mesh)
         losses, grads = [], []
         for _ in range(3):
-            net, opt_state, loss, _ = T.train_step(net, opt_state, batch, task, method, opt)
+            net, opt_state, loss, _ = T.train_step(net, opt_state, batch, task, gradient, opt)
             losses.append(float(loss))
             grads.append(flat(opt_state[0]))
         out["seconds"][f"steps_{n}"] = time.perf_counter() - t0
         w = net.synapses["w1"].weight
-        trained, hist = T.fit(net0, tiny, task=task, method=method, optimizer=opt, epochs=1,
+        trained, hist = T.fit(net0, tiny, task=task, gradient=gradient, optimizer=opt, epochs=1,
                               batch_size=8, progress=False, verbose=False, eval_batch_size=8,
                               mesh=mesh)
         out["seconds"][f"fit_{n}"] = time.perf_counter() - t0
@@ -84,6 +84,32 @@ SNIPPET = textwrap.dedent(
         )
 
     mesh4 = sharding.make_mesh(4)
+
+    class OtherSlice:  # a device as JAX describes one of a multi-host (multi-slice) run
+        def __init__(self, device, slice_index):
+            self._device, self.slice_index = device, slice_index
+
+        def __getattr__(self, name):
+            return getattr(self._device, name)
+
+    two_slices = [OtherSlice(d, i // 2) for i, d in enumerate(jax.devices())]
+    real_devices, jax.devices = jax.devices, lambda: two_slices
+    try:
+        try:
+            jax.make_mesh((4,), ("batch",), devices=two_slices)
+            refused = False
+        except ValueError:
+            refused = True
+        multi = sharding.make_mesh()
+    finally:
+        jax.devices = real_devices
+    out["mesh"] = dict(
+        axis_types=[t.name for t in mesh4.axis_types],
+        first_two=[d.id for d in sharding.make_mesh(2).devices.flat],
+        given=[d.id for d in sharding.make_mesh(jax.devices()[::-1]).devices.flat],
+        jax_refuses_two_slices=refused,
+        two_slices=[d.slice_index for d in multi.devices.flat],
+    )
 
     # batched relax: fixed steps and the adaptive steady-state solve (global stopping event)
     x0 = task.initial_state(net0, {"input": jnp.asarray(batch_np["input"])})
@@ -109,7 +135,7 @@ SNIPPET = textwrap.dedent(
         ("relax_indivisible", lambda: hj.relax(net0, task.initial_state(
             net0, {"input": jnp.asarray(batch_np["input"][:6])}), clamp=("image",),
             mesh=mesh4)),
-        ("fit_indivisible", lambda: T.fit(net0, tiny, task=task, method=method, epochs=1,
+        ("fit_indivisible", lambda: T.fit(net0, tiny, task=task, gradient=gradient, epochs=1,
                                           batch_size=6, progress=False, verbose=False,
                                           mesh=mesh4)),
     ):
@@ -189,6 +215,18 @@ def test_shard_errors_are_clear(sharded_run):
     for k in ("indivisible", "relax_indivisible", "fit_indivisible"):
         assert e[k][0] == "ShardingError", e[k]
         assert "not divisible by the 4 devices" in e[k][1]
+
+
+def test_shard_make_mesh_layout(sharded_run):
+    """Automatic axes (jit propagates the batch's sharding); ``N`` picks the first ``N``
+    devices, a list is kept in its order, and devices of several slices (several hosts), which
+    ``jax.make_mesh`` refuses, still make a mesh."""
+    m = sharded_run["mesh"]
+    assert m["axis_types"] == ["Auto"]
+    assert sorted(m["first_two"]) == [0, 1]
+    assert m["given"] == [3, 2, 1, 0]
+    assert m["jax_refuses_two_slices"]
+    assert m["two_slices"] == [0, 0, 1, 1]
 
 
 # ------------------------------------------------------------------ in this process (1+ devices)

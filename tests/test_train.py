@@ -1,11 +1,11 @@
-"""Tests for hamjax.train: gradient methods (BPTT, implicit, EqProp) against each other and
+"""Tests for hamjax.train: gradient estimators (BPTT, implicit, EqProp) against each other and
 finite differences, tasks, evaluation, atomic checkpoints, the fit loop and resuming it.
 
 Compiling the relaxations dominates the run time, so every compiled function is built once per
-module: one ``train_step`` per gradient method (with a shared SGD optimiser, which also exposes
+module: one ``train_step`` per gradient estimator (with a shared SGD optimiser, which also exposes
 the gradient as ``(params_before − params_after) / lr``); the fit/resume/evaluate tests reuse the
-implicit method's step (same model structure, optimiser and batch shape); the memory tasks use
-one cheap fixed-step BPTT method.
+implicit estimator's step (same model structure, optimiser and batch shape); the memory tasks use
+one cheap fixed-step BPTT estimator.
 """
 
 from __future__ import annotations
@@ -21,12 +21,11 @@ import numpy as np
 import optax
 import pytest
 
+from hamjax import SteadyState, presets, relax
 from hamjax import data as hd
 from hamjax import lagrangians as L
-from hamjax import presets
 from hamjax import solvers as hj_solvers
 from hamjax import train as T
-from hamjax import SteadyState, relax
 
 # ------------------------------------------------------------------------------------------
 # shared tiny problem: 64-16-10 dense classifier, weights halved, 8 digits
@@ -76,7 +75,7 @@ def _flat(tree):
                            for v in jax.tree.leaves(eqx.filter(tree, eqx.is_inexact_array))])
 
 
-METHODS = {
+GRADIENTS = {
     "bptt": T.BPTT(steps=None, solver="tsit5", atol=ATOL, max_steps=MAX_STEPS),
     "implicit": T.Implicit(atol=ATOL, max_steps=MAX_STEPS),
     "eqprop": T.EqProp(beta=BETA, variant="symmetric", atol=ATOL, max_steps=MAX_STEPS),
@@ -87,17 +86,17 @@ TRAIN_STEPS = 4
 
 @pytest.fixture(scope="module")
 def runs(net, batch):
-    """Per method, computed on first use: the gradient of the mean loss (from the first SGD
+    """Per estimator, computed on first use: the gradient of the mean loss (from the first SGD
     step) and the losses over ``TRAIN_STEPS + 1`` SGD steps on the batch."""
     cache = {}
 
     def get(name):
         if name not in cache:
-            method = METHODS[name]
+            gradient = GRADIENTS[name]
             n, opt_state = net, SGD.init(eqx.filter(net, eqx.is_inexact_array))
             losses, grad = [], None
             for _ in range(TRAIN_STEPS + 1):
-                new, opt_state, loss, metrics = T.train_step(n, opt_state, batch, CLS, method,
+                new, opt_state, loss, metrics = T.train_step(n, opt_state, batch, CLS, gradient,
                                                              SGD)
                 if grad is None:
                     grad = (_flat(n) - _flat(new)) / LR
@@ -163,7 +162,7 @@ def test_one_sided_eqprop_is_biased_more_than_symmetric(runs):
 @pytest.fixture(scope="module")
 def loss_at(net, batch):
     """The mean loss at the steady state (tsit5 to residual 1e-6), as a function of the
-    flattened parameters: the quantity every method differentiates."""
+    flattened parameters: the quantity every estimator differentiates."""
     params, static = eqx.partition(net, eqx.is_inexact_array)
     leaves, treedef = jax.tree.flatten(params)
 
@@ -230,7 +229,7 @@ def test_training_steps_lower_the_loss(runs, name):
 # ------------------------------------------------------------------------------------------
 # memory tasks
 
-MEM_METHOD = T.BPTT(steps=8, dt=0.25)
+MEM_GRADIENT = T.BPTT(steps=8, dt0=0.25)
 ADAM = optax.adam(3e-2)
 
 
@@ -277,7 +276,7 @@ def test_completion_keeps_visible_pixels_exactly(memory_net, images):
     assert (b["input"][~frozen] == 0).all()
     jb = {k: jnp.asarray(v) for k, v in b.items()}
     assert set(task.frozen(jb)) == {"image"}
-    sol = MEM_METHOD.relax(memory_net, task, jb)
+    sol = MEM_GRADIENT.relax(memory_net, task, jb)
     out = np.asarray(sol.state["image"])
     np.testing.assert_array_equal(out[frozen], images[frozen])
     assert np.abs(out[~frozen]).max() > 1e-3  # the hidden pixels did move
@@ -309,14 +308,14 @@ def test_denoising_fit_lowers_loss_and_compiles_one_step(memory_net, digits, mon
     data = dataclasses.replace(digits, x_train=digits.x_train[:48], y_train=digits.y_train[:48],
                                x_test=digits.x_test[:16], y_test=digits.y_test[:16])
     task = T.Denoising(level=0.3)
-    net, history = T.fit(memory_net, data, task=task, method=MEM_METHOD, optimizer=ADAM,
+    net, history = T.fit(memory_net, data, task=task, gradient=MEM_GRADIENT, optimizer=ADAM,
                          epochs=2, batch_size=16, seed=0, progress=False, verbose=False,
                          eval_batch_size=16)
     assert len(signatures) == 6 and all(s == signatures[0] for s in signatures)
     assert {"test_loss", "test_mse", "test_psnr", "train_psnr"} <= set(history[0])
     assert history[1]["train_loss"] < 0.9 * history[0]["train_loss"], history
     assert history[1]["test_mse"] < history[0]["test_mse"], history
-    before = T.evaluate(memory_net, data.x_test, None, task, MEM_METHOD, batch_size=16)
+    before = T.evaluate(memory_net, data.x_test, None, task, MEM_GRADIENT, batch_size=16)
     assert history[1]["test_psnr"] > before["psnr"]
 
 
@@ -425,11 +424,11 @@ def test_checkpoint_corruption_is_detected(tmp_path, trained_state):
 # ------------------------------------------------------------------------------------------
 # fit, resume and evaluate
 #
-# These reuse the gradient tests' compiled step: the same model structure, task, method
+# These reuse the gradient tests' compiled step: the same model structure, task, estimator
 # (implicit), optimiser (SGD) and batch shape (8), so only the evaluation compiles anew.
 
-FIT_METHOD = METHODS["implicit"]
-FIT = dict(task=CLS, method=FIT_METHOD, optimizer=SGD, batch_size=8, seed=7, progress=False,
+FIT_GRADIENT = GRADIENTS["implicit"]
+FIT = dict(task=CLS, gradient=FIT_GRADIENT, optimizer=SGD, batch_size=8, seed=7, progress=False,
            verbose=False, eval_batch_size=8)
 
 
@@ -465,7 +464,7 @@ def test_fit_returns_model_and_history(two_epochs, tiny):
     assert meta["finished_epoch"] == 1 and meta["config"] == {"note": "full"}
     assert _strip_times(meta["history"]) == _strip_times(history)
     # the last epoch's test figures are those of the returned model
-    ev = T.evaluate(net, tiny.x_test, tiny.y_test, CLS, FIT_METHOD, batch_size=8)
+    ev = T.evaluate(net, tiny.x_test, tiny.y_test, CLS, FIT_GRADIENT, batch_size=8)
     assert ev["accuracy"] == history[-1]["test_accuracy"]
     assert ev["loss"] == pytest.approx(history[-1]["test_loss"], rel=1e-6)
 
@@ -523,14 +522,14 @@ def test_evaluate_accuracy_is_a_hand_count_and_padding_is_ignored(two_epochs, ti
     net = two_epochs[0]
     x, y = tiny.x_test, tiny.y_test
     b = {k: jnp.asarray(v) for k, v in CLS.prepare(x, y, None, train=False).items()}
-    # the method's own relaxation
-    sol = relax(net, CLS.initial_state(net, b), clamp=CLS.clamp, **FIT_METHOD.relax_kwargs())
+    # the estimator's own relaxation
+    sol = relax(net, CLS.initial_state(net, b), clamp=CLS.clamp, **FIT_GRADIENT.relax_kwargs())
     pred = np.argmax(np.asarray(sol.state["label"]), axis=-1)
     hand = float(np.mean(pred == y))
     hand_loss = float(np.mean(CLS.loss(net, sol.state, b)))
     assert 0 < hand < 1  # right and wrong answers: a count that can be off
     for bs in (10, 8):
-        r = T.evaluate(net, x, y, CLS, FIT_METHOD, batch_size=bs)
+        r = T.evaluate(net, x, y, CLS, FIT_GRADIENT, batch_size=bs)
         assert set(r) == {"accuracy", "loss", "converged"}, bs
         assert r["accuracy"] == pytest.approx(hand, abs=1e-9), bs
         # the steady-state stop is shared by a batch: states agree to the tolerance, not bits
@@ -538,7 +537,7 @@ def test_evaluate_accuracy_is_a_hand_count_and_padding_is_ignored(two_epochs, ti
 
 
 # ------------------------------------------------------------------------------------------
-# steady-state methods: nudging, variants, samples left out, fit's defaults
+# steady-state estimators: nudging, variants, samples left out, fit's defaults
 
 
 def _softmax_classifier(seed=0):
@@ -551,8 +550,8 @@ def _softmax_classifier(seed=0):
 NLL = T.Classification(num_classes=10, loss_kind="nll")
 
 
-def _grad(method, net, task, batch, key=None):
-    loss, grads, metrics = method.loss_and_grad(net, task, batch, key=key)
+def _grad(gradient, net, task, batch, key=None):
+    loss, grads, metrics = gradient.loss_and_grad(net, task, batch, key=key)
     return _flat(grads), metrics
 
 
@@ -583,7 +582,7 @@ def test_random_sign_eqprop(net, batch):
     (their O(β) biases cancel)."""
     one = {k: v[:1] for k, v in batch.items()}
     rs = T.EqProp(beta=BETA, variant="random_sign", atol=ATOL, max_steps=MAX_STEPS)
-    assert rs.needs_key and not METHODS["eqprop"].needs_key
+    assert rs.needs_key and not GRADIENTS["eqprop"].needs_key
     with pytest.raises(ValueError, match="key"):
         rs.loss_and_grad(net, CLS, one)
     keys = [jax.random.PRNGKey(i) for i in range(8)]
@@ -591,9 +590,9 @@ def test_random_sign_eqprop(net, batch):
     k_plus, k_minus = keys[signs.index(1.0)], keys[signs.index(-1.0)]
     g_plus, _ = _grad(rs, net, CLS, one, k_plus)
     g_minus, _ = _grad(rs, net, CLS, one, k_minus)
-    g_one, _ = _grad(METHODS["eqprop_one_sided"], net, CLS, one)
+    g_one, _ = _grad(GRADIENTS["eqprop_one_sided"], net, CLS, one)
     np.testing.assert_allclose(g_plus, g_one, rtol=1e-5, atol=1e-7)
-    g_sym, _ = _grad(METHODS["eqprop"], net, CLS, one)
+    g_sym, _ = _grad(GRADIENTS["eqprop"], net, CLS, one)
     np.testing.assert_allclose((g_plus + g_minus) / 2, g_sym, rtol=2e-3, atol=1e-5)
     assert _rel(g_plus, g_minus) > 1e-3  # the two one-sided estimates do differ
 
@@ -605,22 +604,22 @@ def test_unconverged_and_nonfinite_samples_are_left_out(net, batch):
     bad = {**batch, "input": batch["input"].at[3, 5].set(jnp.nan)}
     keep = np.array([0, 1, 2, 4, 5, 6, 7])
     good = {k: v[keep] for k, v in batch.items()}
-    for method in (T.Implicit(atol=ATOL, max_steps=MAX_STEPS), METHODS["eqprop"]):
-        loss, grads, m = method.loss_and_grad(net, CLS, bad)
+    for gradient in (T.Implicit(atol=ATOL, max_steps=MAX_STEPS), GRADIENTS["eqprop"]):
+        loss, grads, m = gradient.loss_and_grad(net, CLS, bad)
         g = _flat(grads)
         assert np.all(np.isfinite(g)) and not np.isfinite(float(loss))
         assert float(m["used"][3]) == 0.0 and float(m["converged"][3]) == 0.0
         assert float(jnp.sum(m["used"])) == 7.0
-        g_good, _ = _grad(method, net, CLS, good)
+        g_good, _ = _grad(gradient, net, CLS, good)
         np.testing.assert_allclose(g, g_good * 7 / 8, rtol=1e-3, atol=1e-6)
     # too few iterations for anyone: nothing is used, the gradient is zero, and it says so
     _, grads, m = T.Implicit(atol=1e-8, max_steps=1).loss_and_grad(net, CLS, batch)
     assert float(jnp.sum(m["used"])) == 0.0 and not np.any(_flat(grads))
 
 
-def test_method_settings_are_checked():
+def test_estimator_settings_are_checked():
     with pytest.raises(ValueError, match="method='ode' only"):
-        T.Implicit(dt=0.5)
+        T.Implicit(dt0=0.5)
     with pytest.raises(ValueError, match="method='ode' only"):
         T.EqProp(solver="euler")
     with pytest.raises(ValueError, match="variant"):
@@ -631,7 +630,7 @@ def test_method_settings_are_checked():
         hj_solvers.Neumann(on_failure="ignore")
     with pytest.raises(ValueError, match="method"):
         T.Implicit(method="newton")
-    T.Implicit(method="ode", solver="euler", dt=0.1)  # the ODE takes them
+    T.Implicit(method="ode", solver="euler", dt0=0.1)  # the ODE takes them
 
 
 def test_fit_default_task_follows_the_label_layer(digits):
@@ -649,7 +648,7 @@ def test_fit_checks_layer_names_up_front_and_takes_other_names(digits):
                                          r"\[.*'pixels'.*\]: pass task="):
         T.fit(renamed, tiny, epochs=1, batch_size=8, progress=False, verbose=False)
     task = T.Classification(input_layer="pixels", output_layer="digit", loss_kind="nll")
-    _, hist = T.fit(renamed, tiny, task=task, method=T.BPTT(steps=4), epochs=1, batch_size=8,
+    _, hist = T.fit(renamed, tiny, task=task, gradient=T.BPTT(steps=4), epochs=1, batch_size=8,
                     progress=False, verbose=False)
     assert np.isfinite(hist[0]["train_loss"]) and 0 <= hist[0]["test_accuracy"] <= 1
 
@@ -667,6 +666,6 @@ def test_fit_warns_when_training_relaxations_do_not_converge(digits):
     tiny = dataclasses.replace(digits, x_train=digits.x_train[:16], y_train=digits.y_train[:16],
                                x_test=digits.x_test[:8], y_test=digits.y_test[:8])
     with pytest.warns(T.ConvergenceWarning, match=r"only 0% of the training samples"):
-        _, hist = T.fit(_classifier(), tiny, method=T.Implicit(atol=1e-8, max_steps=1),
+        _, hist = T.fit(_classifier(), tiny, gradient=T.Implicit(atol=1e-8, max_steps=1),
                         epochs=1, batch_size=8, progress=False, verbose=False)
     assert hist[0]["train_used"] == 0.0 and hist[0]["train_converged"] == 0.0

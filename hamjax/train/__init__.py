@@ -1,4 +1,4 @@
-"""Training HAMs: tasks (what the relaxed state must do), gradient methods (BPTT, implicit
+"""Training HAMs: tasks (what the relaxed state must do), gradient estimators (BPTT, implicit
 differentiation, equilibrium propagation), checkpoints and the ``fit`` loop."""
 
 from ._checkpoint import (
@@ -16,7 +16,7 @@ from ._fit import (
     fit,
     train_step,
 )
-from ._methods import BPTT, EqProp, GradientMethod, Implicit, Nudge
+from ._gradients import BPTT, EqProp, GradientEstimator, Implicit, Nudge
 from ._tasks import Classification, Completion, Denoising, Storage, Task
 
 __all__ = [
@@ -27,7 +27,7 @@ __all__ = [
     "Completion",
     "Denoising",
     "EqProp",
-    "GradientMethod",
+    "GradientEstimator",
     "Implicit",
     "Nudge",
     "Storage",

@@ -1,4 +1,4 @@
-"""Gradient methods: how the gradient of a loss on a relaxed state reaches the parameters.
+"""Gradient estimators: how the gradient of a loss on a relaxed state reaches the parameters.
 
 * :class:`BPTT`: backpropagation through the solver's steps (``RecursiveCheckpointAdjoint``).
 * :class:`Implicit`: implicit function theorem at the steady state ``F(x*; θ) = 0``:
@@ -13,14 +13,14 @@
   β per sample (Laborieux et al. 2021: unbiased at first order in expectation, one nudged
   phase). Only energies are differentiated: no backward pass through the dynamics.
 
-Both steady-state methods leave a sample whose relaxation (any phase) did not converge out of
+Both steady-state estimators leave a sample whose relaxation (any phase) did not converge out of
 the gradient and report it in the metrics (``converged``, ``converged_nudged``, ``used``): a
 gradient computed at a state that is not a steady state is not the gradient asked for.
 
-Each method provides ``relax(net, task, batch)`` (its inference relaxation) and
-``loss_and_grad(net, task, batch, key=None) -> (loss, grads, per-sample metrics)``; grads have
+Each estimator provides ``relax(net, task, batch)`` (its inference relaxation) and
+``loss_and_grad(net, task, batch, *, key=None) -> (loss, grads, per-sample metrics)``; grads have
 the structure of ``eqx.filter(net, eqx.is_inexact_array)``; ``key`` (a PRNG key) is used by the
-randomised methods only (``needs_key``).
+randomised estimators only (``needs_key``).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from .._relax import relax
 from ..synapses import Synapse
 from ._tasks import Task
 
-__all__ = ["GradientMethod", "BPTT", "Implicit", "EqProp", "Nudge"]
+__all__ = ["GradientEstimator", "BPTT", "Implicit", "EqProp", "Nudge"]
 
 
 def _relaxation(net: HAM, task: Task, batch: dict, **kw):
@@ -63,11 +63,11 @@ _STEADY = ("anderson", "fixed_point", "ode")
 
 
 def _steady_kwargs(m) -> dict:
-    """``relax`` keywords of a steady-state method ``m`` (fields ``method``, ``atol``,
-    ``max_steps``, ``solver``, ``dt``)."""
+    """``relax`` keywords of a steady-state estimator ``m`` (fields ``method``, ``atol``,
+    ``max_steps``, ``solver``, ``dt0``)."""
     kw = dict(method=m.method, stop=SteadyState(atol=m.atol), max_steps=m.max_steps)
     if m.method == "ode":
-        kw.update(solver=m.solver or "tsit5", dt0=0.25 if m.dt is None else m.dt)
+        kw.update(solver=m.solver or "tsit5", dt0=0.25 if m.dt0 is None else m.dt0)
     return kw
 
 
@@ -75,26 +75,26 @@ def _check_steady(m) -> None:
     name = type(m).__name__
     if m.method not in _STEADY:
         raise ValueError(f"{name}(method=...) must be one of {_STEADY}, got {m.method!r}")
-    if m.method != "ode" and (m.solver is not None or m.dt is not None):
-        raise ValueError(f"{name}(solver=..., dt=...) apply to method='ode' only; "
+    if m.method != "ode" and (m.solver is not None or m.dt0 is not None):
+        raise ValueError(f"{name}(solver=..., dt0=...) apply to method='ode' only; "
                          f"method={m.method!r} iterates the steady-state equations")
     if not m.atol > 0:
         raise ValueError(f"{name}(atol=...) must be positive, got {m.atol}")
 
 
-class GradientMethod(eqx.Module):
+class GradientEstimator(eqx.Module):
     """Base class: a relaxation recipe plus a way to differentiate through it."""
 
     @abc.abstractmethod
     def relax_kwargs(self) -> dict:
-        """Keyword arguments of :func:`hamjax.relax` for this method's relaxation."""
+        """Keyword arguments of :func:`hamjax.relax` for this estimator's relaxation."""
 
     def relax(self, net: HAM, task: Task, batch: dict):
         return _relaxation(net, task, batch, **self.relax_kwargs())
 
     @property
     def tolerance(self) -> float:
-        """The residual tolerance by which this method's relaxations are judged converged."""
+        """The residual tolerance by which this estimator's relaxations are judged converged."""
         return self.atol
 
     @property
@@ -107,12 +107,12 @@ class GradientMethod(eqx.Module):
         return False
 
     @abc.abstractmethod
-    def loss_and_grad(self, net: HAM, task: Task, batch: dict, key=None):
+    def loss_and_grad(self, net: HAM, task: Task, batch: dict, *, key=None):
         """``(mean loss, grads, per-sample metrics)``."""
 
 
-class BPTT(GradientMethod):
-    """Backpropagation through time: ``steps`` steps of ``solver`` with step ``dt``; with
+class BPTT(GradientEstimator):
+    """Backpropagation through time: ``steps`` steps of ``solver`` with step ``dt0``; with
     ``steps=None``, an adaptive solve to a steady state (``atol``), still backpropagated
     through every step. ``atol`` also judges ``converged`` after fixed steps.
     ``residual_penalty`` ρ adds ``ρ·mean|τẋ|²`` at the final state to the loss, so that a fixed
@@ -120,7 +120,7 @@ class BPTT(GradientMethod):
     with a transient that later diverges."""
 
     steps: int | None = eqx.field(static=True, default=20)
-    dt: float = eqx.field(static=True, default=0.25)
+    dt0: float = eqx.field(static=True, default=0.25)
     solver: str = eqx.field(static=True, default="euler")
     atol: float = eqx.field(static=True, default=1e-4)
     max_steps: int = eqx.field(static=True, default=256)
@@ -128,12 +128,12 @@ class BPTT(GradientMethod):
 
     def relax_kwargs(self):
         if self.steps is None:
-            return dict(solver=self.solver, dt0=self.dt, stop=SteadyState(atol=self.atol),
+            return dict(solver=self.solver, dt0=self.dt0, stop=SteadyState(atol=self.atol),
                         max_steps=self.max_steps, adjoint="recursive")
-        return dict(solver=self.solver, dt0=self.dt, stop=FixedSteps(self.steps, atol=self.atol),
+        return dict(solver=self.solver, dt0=self.dt0, stop=FixedSteps(self.steps, atol=self.atol),
                     adjoint="recursive")
 
-    def loss_and_grad(self, net, task, batch, key=None):
+    def loss_and_grad(self, net, task, batch, *, key=None):
         def f(net):
             sol = self.relax(net, task, batch)
             return _mean_loss_and_metrics(net, task, batch, sol, self.residual_penalty)
@@ -142,16 +142,17 @@ class BPTT(GradientMethod):
         return loss, grads, metrics
 
 
-class Implicit(GradientMethod):
+class Implicit(GradientEstimator):
     """Implicit differentiation at the steady state (residual ``atol``).
 
     ``method``: how the steady state is found: ``"fixed_point"`` (default: ``x ← c + I``, which
-    converges only to stable steady states, the ODE finishing samples it cannot: measured 5×
-    faster than the adaptive ODE, ``python -m benchmarks --only steady_state``),
+    converges only to stable steady states, the ODE finishing samples it cannot; it jumps to
+    ``c + I`` where the ODE follows the transient in small steps, so it needs fewer evaluations
+    of the currents: ``python -m benchmarks --only steady_state``),
     ``"anderson"`` (fewer iterations, but its extrapolation can land on an unstable steady
     state, a saddle of the energy that the dynamics would leave: see
     :class:`hamjax.solvers.Anderson`) or ``"ode"`` (the adaptive ``solver``, default Tsit5,
-    from step ``dt``: the dynamics' own path). ``max_steps`` bounds the
+    from step ``dt0``: the dynamics' own path). ``max_steps`` bounds the
     iterations (or ODE steps). ``adjoint``: how the adjoint system is solved: ``"implicit"``
     (default: :class:`hamjax.solvers.Neumann` with a GMRES fallback), ``"phantom"`` (a truncated
     series: cheaper, approximate), ``"implicit_dense"`` or an :class:`ImplicitSteadyState`.
@@ -162,7 +163,7 @@ class Implicit(GradientMethod):
     atol: float = eqx.field(static=True, default=1e-4)
     method: str = eqx.field(static=True, default="fixed_point")
     solver: str | None = eqx.field(static=True, default=None)
-    dt: float | None = eqx.field(static=True, default=None)
+    dt0: float | None = eqx.field(static=True, default=None)
     max_steps: int = eqx.field(static=True, default=1024)
     adjoint: ImplicitSteadyState | str = "implicit"
 
@@ -176,7 +177,7 @@ class Implicit(GradientMethod):
     def relax_kwargs(self):
         return dict(_steady_kwargs(self), adjoint=self.adjoint)
 
-    def loss_and_grad(self, net, task, batch, key=None):
+    def loss_and_grad(self, net, task, batch, *, key=None):
         def f(net):
             sol = self.relax(net, task, batch)
             ev = task.evaluate(net, sol.state, batch)
@@ -235,14 +236,15 @@ def _nudged(net: HAM, task: Task, batch: dict, beta, kind: str = "cost",
     return HAM(net.layers, {**net.synapses, "_nudge": nudge}, {**net.edges, "_nudge": (out,)})
 
 
-class EqProp(GradientMethod):
+class EqProp(GradientEstimator):
     """Equilibrium propagation with nudging strength ``beta``.
 
     ``beta``: small enough that the nudged steady states stay close and stable. The −β phase of
     a squared-error nudge adds up to ``β·max H_out²`` to the spectrum of ``CH`` (for the Softmax
-    label, ``H ≤ β_softmax/4``), which brings a barely stable state to the edge of stability: on
-    an untrained 784-512-10 classifier a training step took 8.8× a 40-step BPTT step at β = 0.2,
-    4.0× at 0.1 and 3.3× at 0.05 (the default), while the symmetric estimate's bias is O(β²).
+    label, ``H ≤ β_softmax/4``), which brings a barely stable state towards the edge of
+    stability: the larger β, the slower each nudged phase settles (timings in
+    ``python -m benchmarks --only steady_state``), while the symmetric estimate's bias is only
+    O(β²), so a small β costs little accuracy.
 
     ``variant``: ``"symmetric"`` (default: nudge by +β and −β, bias O(β²)), ``"one_sided"``
     (+β against the free state, bias O(β), one nudged phase) or ``"random_sign"`` (one-sided
@@ -256,9 +258,9 @@ class EqProp(GradientMethod):
     ``"auto"`` (default): the cost itself, except for the negative log-likelihood
     (``Classification(loss_kind="nll")`` on a Softmax label), nudged by the squared error. Its
     ``−β · (−log g_y)`` makes the energy unbounded below as ``g_y → 0`` (the −β phase runs
-    away: measured 0 % converged), and even linearised its current ``β/g_y`` is enormous
-    where the network is confidently wrong (g_y ~ 1e-5 on an untrained net: the "small"
-    nudge leaves the linear regime, and the estimate was 2× off at β = 0.01). The squared
+    away and does not converge), and even linearised its current ``β/g_y`` is enormous where
+    the network is confidently wrong (``g_y`` near 0, as on an untrained net): even a small β
+    then leaves the linear regime, and the estimate is far off. The squared
     error of the probabilities is bounded, with bounded currents, for both signs, and has
     the same minimiser; EqProp then descends it, while the loss reported stays the task's.
     Cross-entropy on the label activations (``"ce"``) and squared errors are nudged by the
@@ -275,7 +277,7 @@ class EqProp(GradientMethod):
     atol: float = eqx.field(static=True, default=1e-4)
     method: str = eqx.field(static=True, default="fixed_point")
     solver: str | None = eqx.field(static=True, default=None)
-    dt: float | None = eqx.field(static=True, default=None)
+    dt0: float | None = eqx.field(static=True, default=None)
     max_steps: int = eqx.field(static=True, default=1024)
 
     def __check_init__(self):
@@ -305,7 +307,7 @@ class EqProp(GradientMethod):
             return self.nudge
         return "squared_error" if getattr(task, "loss_kind", None) == "nll" else "cost"
 
-    def loss_and_grad(self, net, task, batch, key=None):
+    def loss_and_grad(self, net, task, batch, *, key=None):
         net = jax.lax.stop_gradient(net)
         free = self.relax(net, task, batch)
         ev = task.evaluate(net, free.state, batch)
