@@ -107,7 +107,7 @@ def _gradient(cfg: dict):
     from .. import train as T
 
     if cfg["gradient"] == "bptt":
-        return T.BPTT(steps=cfg["steps"], dt=cfg["dt"],
+        return T.BPTT(steps=cfg["steps"], dt0=cfg["dt"],
                       residual_penalty=cfg.get("residual_penalty", 1.0))
     # both relax to a steady state by their own defaults (see hj.train.Implicit/EqProp)
     return {"implicit": T.Implicit, "eqprop": T.EqProp}[cfg["gradient"]]()
@@ -247,7 +247,7 @@ def _train_in(out: Path, created: bool, cfg: dict, data, net, task, gradient, me
     t0 = time.perf_counter()
     try:
         net, history = T.fit(
-            net, data, task=task, method=gradient, optimizer=optimizer(cfg, data),
+            net, data, task=task, gradient=gradient, optimizer=optimizer(cfg, data),
             epochs=cfg["epochs"], batch_size=cfg["batch_size"], seed=cfg["seed"],
             checkpoint=ckpt, resume=resume, config=cfg, progress=progress, mesh=mesh,
         )
