@@ -211,22 +211,27 @@ class Dense(Synapse):
 class Bias(Synapse):
     """``E = −b·g``: a constant input current ``b`` into one layer (MATH.md §2, bias extension).
 
-    ``b`` has the layer's ``shape``: zero, or Gaussian with standard deviation ``scale`` drawn
-    from ``key`` when ``scale`` is not zero."""
+    ``b`` has the layer's ``shape``: the given ``bias``, else zero, or Gaussian with standard
+    deviation ``scale`` drawn from ``key`` when ``scale`` is not zero."""
 
     multilinear: ClassVar[bool] = True
     bias: Array
     shape: Shape = eqx.field(static=True)
 
     def __init__(
-        self, shape: int | Sequence[int], *, key: PRNGKeyArray | None = None, scale: float = 0.0
+        self,
+        shape: int | Sequence[int],
+        *,
+        key: PRNGKeyArray | None = None,
+        scale: float = 0.0,
+        bias: ArrayLike | None = None,
     ):
         _check_key(key, "Bias")
         self.shape = _shape(shape, "shape", "Bias")
-        if scale == 0.0:
+        if bias is None and scale == 0.0:
             self.bias = jnp.zeros(self.shape)
         else:
-            self.bias = _given_or_drawn("Bias", "bias", None, key, self.shape, scale)
+            self.bias = _given_or_drawn("Bias", "bias", bias, key, self.shape, scale)
 
     def energy(self, g):
         return -_sum_last(self.bias * g, len(self.shape))

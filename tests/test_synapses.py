@@ -136,6 +136,9 @@ def test_bias():
     np.testing.assert_allclose(c, np.broadcast_to(b, g.shape), rtol=RTOL)
     with pytest.raises(ValueError, match="PRNG key"):
         S.Bias(3, scale=0.5)
+    np.testing.assert_array_equal(S.Bias((3, 4), bias=b).bias, b)
+    with pytest.raises(ValueError, match=r"bias of shape \(3,\)"):
+        S.Bias(3, bias=b)
 
 
 @pytest.mark.parametrize("zero_diagonal", [True, False])
