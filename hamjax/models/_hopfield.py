@@ -43,7 +43,7 @@ def fixed_point_step(net: HAM, x, *, clamp=()):
     with any leading batch axes. For :func:`modern_hopfield` this is
     ``v ← ξᵀ softmax(β ξ v)``: attention with queries ``v`` and keys = values = the stored
     patterns."""
-    dx = net.vector_field(x, clamp)
+    dx = net.vector_field(x, clamp=clamp)
     return {n: x[n] + net.layers[n].tau * dx[n] for n in net.layers}
 
 
