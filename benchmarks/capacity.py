@@ -5,7 +5,8 @@
 * classical Hopfield: one-step bit-error rate at K = 0.1N, 0.2N, 0.3N against Φ(−sqrt(N/K)),
   and the fraction of exact fixed points at K = N/(2 ln N) against (1 − p)^N;
 * rectified x³ dense associative memory: one-step bit-error rate at K = 1.5× and 3× its
-  error-free capacity N²/(3 ln N) against Φ(−sqrt(2N²/(3K))) (and the issue's Φ(−sqrt(N²/(3K))));
+  error-free capacity N²/(3 ln N) against Φ(−sqrt(2N²/(3K))) (and the unrectified
+  Φ(−sqrt(N²/(3K))));
 * exponential dense associative memory: recovered fraction from 20% flipped bits at K = 10N.
 
 Writes ``capacity.json`` and ``capacity.md`` into ``out`` when given.
@@ -37,22 +38,22 @@ def run(quick: bool = True, out: str | Path | None = None) -> dict:
     rows = []
     for n in ns:
         ks = [int(round(f * n)) for f in (0.1, 0.2, 0.3)]
-        r = C.capacity_curve("hebbian", n, ks, key, probe=None, steps=1, trials=2)
+        r = C.capacity_curve("hebbian", n, ks, key=key, probe=None, steps=1, trials=2)
         for k, b in zip(r["K"], r["ber"], strict=True):
             rows.append(_row("hebbian", n, k, b, C.snr_bit_error_rate(n, k, 2),
                              quantity="one-step BER"))
         kef = int(C.hopfield_error_free_capacity(n))
-        r = C.capacity_curve("hebbian", n, [kef], key, probe=None, steps=1, trials=4)
+        r = C.capacity_curve("hebbian", n, [kef], key=key, probe=None, steps=1, trials=4)
         rows.append(_row("hebbian", n, kef, r["fraction"][0], C.predicted_stable_fraction(n, kef),
                          quantity="exact fixed points at N/(2 ln N)"))
         kp = C.polynomial_error_free_capacity(n, 3, rectified=True)
         ks = [int(1.5 * kp), int(3 * kp)]
-        r = C.capacity_curve("poly", n, ks, key, n=3, probe=probe, steps=1, chunk=2)
+        r = C.capacity_curve("poly", n, ks, key=key, n=3, probe=probe, steps=1, chunk=2)
         for k, b in zip(r["K"], r["ber"], strict=True):
             rows.append(_row("rectified x^3", n, k, b, C.snr_bit_error_rate(n, k, 3, True),
                              quantity="one-step BER",
-                             issue_formula=float(C.snr_bit_error_rate(n, k, 3, False))))
-        r = C.capacity_curve("exp", n, [10 * n], key, probe=probe, flips=n // 5, steps=1,
+                             unrectified_theory=float(C.snr_bit_error_rate(n, k, 3, False))))
+        r = C.capacity_curve("exp", n, [10 * n], key=key, probe=probe, flips=n // 5, steps=1,
                              chunk=2)
         rows.append(_row("exp", n, 10 * n, r["fraction"][0], 1.0,
                          quantity="recovered from 20% flips"))

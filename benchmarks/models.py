@@ -5,10 +5,10 @@ All three run the same Euler relaxation ``x ← x + dt·(c + I − x)`` on the f
 ``τ = 1``) from the same initial state with the same weights, so their outputs agree to float
 rounding; the benchmarks check that before timing anything.
 
-* ``dense``: ``image — hidden₁ — … — label`` (``hamjax.presets.deep_dense_classifier``):
+* ``dense``: ``image — hidden₁ — … — label`` (``hamjax.models.deep_dense_classifier``):
   identity image (clamped), tanh hidden layers with biases, identity label with bias.
 * ``conv``: ``image —conv— features (softmax over channels, bias) —avgpool— pooled —dense—
-  label`` (``hamjax.presets.conv_classifier``), NHWC.
+  label`` (``hamjax.models.conv_classifier``), NHWC.
 
 The hand-written versions know what autodiff has to discover: the clamped image's current
 (``W₁ g_img`` or the convolution of the image) is computed once, the feedback of a dense synapse
@@ -26,20 +26,19 @@ import jax
 import jax.numpy as jnp
 
 import hamjax as hj
-from hamjax import lagrangians as L
-from hamjax import presets
 from hamjax import FixedSteps
+from hamjax import lagrangians as L
 
 
 # ------------------------------------------------------------------------------ hamjax
 def dense_net(key, sizes: tuple[int, ...]) -> hj.HAM:
     """``sizes = (n_image, n_hidden₁, …, n_label)``, with small random biases (so that the
     hand-written equations are checked on them too)."""
-    # the Lagrangians are pinned (not the presets' defaults, which may change): the hand-written
+    # the Lagrangians are pinned (not the models' defaults, which may change): the hand-written
     # equations below are those of tanh hidden layers and an identity label
-    net = presets.deep_dense_classifier(key, (sizes[0],), sizes[-1], hidden=sizes[1:-1],
-                                        hidden_lagrangian=L.Tanh(1.0),
-                                        label_lagrangian=L.Identity())
+    net = hj.models.deep_dense_classifier((sizes[0],), sizes[-1], hidden=sizes[1:-1], key=key,
+                                          hidden_lagrangian=L.Tanh(1.0),
+                                          label_lagrangian=L.Identity())
     keys = jax.random.split(jax.random.fold_in(key, 1), len(net.layers))
     for k, (name, layer) in zip(keys, net.layers.items(), strict=True):
         if layer.bias is not None:
@@ -50,9 +49,9 @@ def dense_net(key, sizes: tuple[int, ...]) -> hj.HAM:
 
 def conv_net(key, image_shape=(28, 28, 1), channels: int = 16, kernel: int = 5,
              num_classes: int = 10) -> hj.HAM:
-    net = presets.conv_classifier(key, image_shape, num_classes, channels=channels,
-                                  kernel_size=kernel, pool=2,
-                                  feature_lagrangian=L.Softmax(1.0, axis=-1))
+    net = hj.models.conv_classifier(image_shape, num_classes, channels=channels,
+                                    kernel_size=kernel, pool=2, key=key,
+                                    feature_lagrangian=L.Softmax(1.0, axis=-1))
     net = eqx.tree_at(lambda n: n.layers["label"].lagrangian, net, L.Identity())
     k1, k2 = jax.random.split(jax.random.fold_in(key, 1))
     net = eqx.tree_at(lambda n: n.layers["features"].bias, net,

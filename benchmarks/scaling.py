@@ -15,7 +15,6 @@ import jax.numpy as jnp
 
 import hamjax as hj
 from hamjax import lagrangians as L
-from hamjax import presets
 
 from . import common as C
 
@@ -23,9 +22,9 @@ NAME = "scaling"
 
 
 def _chain(key, width, depth):
-    return presets.deep_dense_classifier(key, (width,), width, hidden=(width,) * (depth - 2),
-                                         hidden_lagrangian=L.Tanh(1.0),
-                                         label_lagrangian=L.Identity())
+    return hj.models.deep_dense_classifier((width,), width, hidden=(width,) * (depth - 2),
+                                           key=key, hidden_lagrangian=L.Tanh(1.0),
+                                           label_lagrangian=L.Identity())
 
 
 def _step_fn(steps):

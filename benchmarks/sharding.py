@@ -34,12 +34,12 @@ def _worker(n: int, batch: int, width: int, steps: int, repeats: int) -> dict:
     import optax
 
     import hamjax as hj
-    from hamjax import presets, sharding
+    from hamjax import sharding
     from hamjax import train as T
 
     mesh = sharding.make_mesh(n) if n > 1 else None  # 1 device: the plain single-device run
     key = jax.random.PRNGKey(0)
-    net = presets.dense_classifier(key, (784,), 10, hidden=width)
+    net = hj.models.dense_classifier((784,), 10, hidden=width, key=key)
     net = jax.tree.map(lambda v: jnp.array(v, dtype=v.dtype) if eqx.is_array(v) else v, net)
     task = T.Classification(num_classes=10, loss_kind="nll", noise=0.0)
     gradient = T.BPTT(steps=steps, dt0=0.25, residual_penalty=1.0)

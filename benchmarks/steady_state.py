@@ -1,7 +1,7 @@
 """8. Training at the steady state: one optax step of each gradient estimator, the forward solve to
 the steady state and the adjoint linear solve, side by side.
 
-A ``784-512-10`` dense classifier (ReLU hidden, Softmax label, the presets' default; NLL loss)
+A ``784-512-10`` dense classifier (ReLU hidden, Softmax label, the models' default; NLL loss)
 on a batch of 64 MNIST digits, at initialisation and after some training (``Implicit`` steps,
 the regime a training run spends its time in):
 
@@ -31,7 +31,6 @@ import optax
 
 import hamjax as hj
 from hamjax import data as hd
-from hamjax import presets
 from hamjax import train as T
 from hamjax._relax import _steady_force
 
@@ -76,8 +75,8 @@ def _batch(task, data, n, seed):
 
 
 def _models(cfg, data, task, hidden):
-    net = presets.dense_classifier(jax.random.PRNGKey(0), (data.num_features,),
-                                   data.num_classes, hidden=hidden)
+    net = hj.models.dense_classifier((data.num_features,), data.num_classes, hidden=hidden,
+                                     key=jax.random.PRNGKey(0))
     out = [("initial", net, None)]
     epochs = cfg.pick(0, 1, 3)
     if epochs:

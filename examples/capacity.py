@@ -30,7 +30,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import hamjax as hj  # noqa: E402
 from hamjax import capacity as C  # noqa: E402
-from hamjax import presets as P  # noqa: E402
+from hamjax import models as M  # noqa: E402
 
 MNIST_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
 
@@ -40,18 +40,18 @@ def random_curves(ns, quick):
     res = {"hebbian": {}, "poly": {}, "exp": {}}
     for n in ns:
         ks = np.unique(np.round(np.linspace(0.02, 0.3, 8 if quick else 12) * n).astype(int))
-        fixed = C.capacity_curve("hebbian", n, ks, key, probe=None, steps=1, trials=2)
-        small = C.capacity_curve("hebbian", n, ks, key, probe=20, flips=n // 20, steps=None,
+        fixed = C.capacity_curve("hebbian", n, ks, key=key, probe=None, steps=1, trials=2)
+        small = C.capacity_curve("hebbian", n, ks, key=key, probe=20, flips=n // 20, steps=None,
                                  mode="async", tolerance=0.05, max_steps=20, trials=2)
         res["hebbian"][n] = {"K": fixed["K"], "fixed": fixed["fraction"], "ber": fixed["ber"],
                              "small_error": small["fraction"]}
         kef = float(C.polynomial_error_free_capacity(n, 3, rectified=True))
         kp = np.unique(np.round(np.geomspace(0.25, 3.0, 6 if quick else 9) * kef).astype(int))
-        poly = C.capacity_curve("poly", n, kp, key, n=3, probe=20, steps=1, chunk=2)
+        poly = C.capacity_curve("poly", n, kp, key=key, n=3, probe=20, steps=1, chunk=2)
         res["poly"][n] = {"K": poly["K"], "fixed": poly["fraction"], "ber": poly["ber"],
                           "K_error_free": kef}
         ke = [n, 5 * n] if quick else [n, 5 * n, 20 * n]
-        ex = C.capacity_curve("exp", n, ke, key, probe=20, flips=n // 5, steps=1, chunk=2)
+        ex = C.capacity_curve("exp", n, ke, key=key, probe=20, flips=n // 5, steps=1, chunk=2)
         res["exp"][n] = {"K": ex["K"], "recovered_20pct_flips": ex["fraction"]}
     return res
 
@@ -130,7 +130,7 @@ def image_curves(quick):
     ks = [2, 5, 10, 20, 50, 100, 200, 500] if not quick else [2, 5, 10, 50, 200]
     out = {"name": name, "N": n, "K": ks}
     for kind in ("hebbian", "poly", "exp"):
-        r = C.capacity_curve(kind, n, ks, jax.random.PRNGKey(0), n=3, probe=40, steps=1,
+        r = C.capacity_curve(kind, n, ks, key=jax.random.PRNGKey(0), n=3, probe=40, steps=1,
                              chunk=4, patterns=xi)
         out[kind] = r["fraction"]
     return out
@@ -165,7 +165,7 @@ def beta_sweep(path, quick):
     betas = np.geomspace(0.1, 5.0, 9 if quick else 12)
     rows, neff = [], []
     for b in betas:
-        net = P.modern_hopfield(xi, float(b))
+        net = M.modern_hopfield(xi, float(b))
         v, sol = C.relax_retrieve(net, jnp.asarray(queries), binarize=False,
                                   stop=hj.SteadyState(atol=1e-4, t_max=200.0))
         p = jax.nn.softmax(b * (v @ xi.T), axis=-1)

@@ -30,7 +30,7 @@ from hamjax import dead_neurons as dn  # noqa: E402
 def two_neuron_relu():
     """``W = [[0, ½], [½, ¼]]``, ``b = (−2, 1.5)``: steady state ``x* = (−1, 2)``, neuron 0 dead."""
     w = jnp.array([[0.0, 0.5], [0.5, 0.25]])
-    lateral = hj.synapses.Lateral(jax.random.PRNGKey(0), 2, zero_diagonal=False)
+    lateral = hj.synapses.Lateral(2, zero_diagonal=False, key=jax.random.PRNGKey(0))
     lateral = eqx.tree_at(lambda s: s.weight, lateral, w)
     layer = hj.Layer(2, hj.lagrangians.ReLU(), bias=jnp.array([-2.0, 1.5]))
     return hj.HAM({"x": layer}, {"w": lateral}, {"w": ("x",)})

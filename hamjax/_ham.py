@@ -221,7 +221,8 @@ class HAM(eqx.Module):
         return sum(terms["layers"].values()) + sum(terms["synapses"].values(), 0.0)
 
     # --------------------------------------------------------------- dynamics
-    def dynamics(self, x: Mapping[str, Array], *, clamp: Iterable[str] | str = ()) -> ClampedDynamics:
+    def dynamics(self, x: Mapping[str, Array], *,
+                 clamp: Iterable[str] | str = ()) -> ClampedDynamics:
         """The vector field on the free (unclamped) layers, with the clamped layers of ``x`` held
         fixed. Currents that the clamped layers send through multilinear synapses are computed
         here, once; calling the result only recomputes what the free layers change."""

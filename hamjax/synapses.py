@@ -9,6 +9,10 @@ transposed convolution of :class:`Conv2D` (MATH.md §3.3).
 Every synapse declares :meth:`Synapse.expected_shapes`, used by :class:`hamjax.HAM` to validate the
 graph before any tracing, and ``multilinear`` (linear in each argument separately): the current a
 multilinear synapse sends into its only free layer is a constant of a relaxation, computed once.
+
+Constructors take the sizes positionally and the rest by keyword (equinox style): either the
+parameters themselves (``weight=``, ``kernel=``, ``memories=``, ...) or a PRNG key ``key=`` to draw
+them from.
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array, ArrayLike, PRNGKeyArray
 
-from .lagrangians import Lagrangian, Softmax
 from ._layer import as_shape
+from .lagrangians import Lagrangian, ReLU, Softmax
 
 __all__ = [
     "Synapse",
@@ -59,24 +63,54 @@ def _images(g: Array) -> tuple[Array, tuple[int, ...]]:
     return g.reshape((-1,) + g.shape[-3:]), batch
 
 
+def _is_key(v) -> bool:
+    """A new-style typed key, or a legacy ``uint32`` key of shape ``(..., 2)`` / ``(..., 4)``."""
+    dtype = getattr(v, "dtype", None)
+    return dtype is not None and (jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+                                  or (dtype == jnp.uint32 and v.shape[-1:] in ((2,), (4,))))
+
+
 def _check_key(key, who: str) -> None:
-    """Reject a first argument that is not a PRNG key with a message that says so. A common slip
-    is ``Dense(0, 4, 3)`` (a seed, or the sizes shifted by one), which otherwise fails deep in
-    ``jax.random`` with a message about key data."""
-    if key is None:
-        return
-    dtype = getattr(key, "dtype", None)
-    if dtype is not None and (jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
-                              or (dtype == jnp.uint32 and key.shape[-1:] in ((2,), (4,)))):
+    """Reject a ``key=`` that is not a PRNG key with a message that says so. A common slip is
+    ``key=0`` (a seed), which otherwise fails deep in ``jax.random`` with a message about key
+    data."""
+    if key is None or _is_key(key):
         return
     raise ValueError(
-        f"{who} takes a PRNG key first (e.g. jax.random.PRNGKey(0)), then its sizes; "
+        f"{who} takes a PRNG key as key= (e.g. key=jax.random.PRNGKey(0)); "
         f"got {key!r} ({type(key).__name__}) as the key"
     )
 
 
+def _not_a_key(v, name: str, who: str) -> None:
+    """A key passed where a size goes is a call written for the key-first order: say so."""
+    if _is_key(v):
+        raise ValueError(
+            f"{who} got a PRNG key as {name}: the key is keyword-only and comes last, "
+            f"e.g. {who}(..., key=jax.random.PRNGKey(0))"
+        )
+
+
+def _given_or_drawn(who: str, what: str, given, key, shape: Shape, scale: float,
+                    layout: str = "") -> Array:
+    """``given`` as a float array of ``shape``, else ``scale · N(0, 1)`` of that shape drawn from
+    ``key``; a ValueError names ``who`` and ``what`` when the shape is wrong or neither is there."""
+    if given is not None:
+        arr = jnp.asarray(given, dtype=jnp.result_type(float))
+        if arr.shape != shape:
+            raise ValueError(f"{who} expects {what} of shape {shape}{layout}, got {arr.shape}")
+        return arr
+    if key is None:
+        raise ValueError(
+            f"{who} needs a PRNG key, key= (e.g. key=jax.random.PRNGKey(0)), to draw its "
+            f"{what}, or {what}= given"
+        )
+    return scale * jax.random.normal(key, shape)
+
+
 def _size(v, name: str, who: str) -> int:
     """``v`` as a positive int, or a ValueError naming the argument."""
+    _not_a_key(v, name, who)
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
         raise ValueError(f"{who} needs {name} to be a positive integer, got {v!r}")
     return int(v)
@@ -84,6 +118,7 @@ def _size(v, name: str, who: str) -> int:
 
 def _shape(v, name: str, who: str) -> Shape:
     """An int or a sequence of ints as a shape of positive sizes, or a ValueError naming it."""
+    _not_a_key(v, name, who)
     items = (v,) if not isinstance(v, Sequence) or isinstance(v, str) else tuple(v)
     if not items:
         raise ValueError(f"{who} needs {name} to be a positive integer or a shape, got {v!r}")
@@ -137,8 +172,8 @@ class Dense(Synapse):
     ``b`` (``out_features``); MATH.md eq. (8), ``W = ξ^{(B,A)}``. Either side may be a
     multi-axis layer (e.g. a feature map), contracted over all its axes.
 
-    The weight is Gaussian with standard deviation ``scale`` (default ``1/sqrt(in size)``), or
-    the given ``weight`` matrix of shape ``(out size, in size)`` (``key`` may then be None)."""
+    The weight is the given ``weight`` matrix of shape ``(out size, in size)``, or drawn from
+    ``key``: Gaussian with standard deviation ``scale`` (default ``1/sqrt(in size)``)."""
 
     multilinear: ClassVar[bool] = True
     weight: Array
@@ -147,10 +182,10 @@ class Dense(Synapse):
 
     def __init__(
         self,
-        key: PRNGKeyArray | None,
         in_features: int | Sequence[int],
         out_features: int | Sequence[int],
         *,
+        key: PRNGKeyArray | None = None,
         scale: float | None = None,
         weight: ArrayLike | None = None,
     ):
@@ -158,24 +193,14 @@ class Dense(Synapse):
         self.in_shape = _shape(in_features, "in_features", "Dense")
         self.out_shape = _shape(out_features, "out_features", "Dense")
         n_in, n_out = math.prod(self.in_shape), math.prod(self.out_shape)
-        if weight is not None:
-            weight = jnp.asarray(weight, dtype=jnp.result_type(float))
-            if weight.shape != (n_out, n_in):
-                raise ValueError(
-                    f"Dense expects a weight of shape {(n_out, n_in)} (out, in), got {weight.shape}"
-                )
-            self.weight = weight
-            return
-        if key is None:
-            raise ValueError("Dense needs a PRNG key when no weight is given")
         scale = 1.0 / math.sqrt(n_in) if scale is None else scale
-        self.weight = scale * jax.random.normal(key, (n_out, n_in))
+        self.weight = _given_or_drawn("Dense", "weight", weight, key, (n_out, n_in), scale,
+                                      " (out, in)")
 
     def energy(self, g_a, g_b):
         # written as a dot_general against W itself, not against W.T: with `@ W.T` the feedback
-        # current Wᵀg_b is transposed through the transpose and XLA's CPU backend multiplies
-        # by a physically transposed W with the short axis innermost, which made a BPTT
-        # gradient through a 512→10 synapse 1.5× the hand-written one (1.03–1.1× now)
+        # current Wᵀg_b is transposed through the transpose, and XLA's CPU backend then
+        # multiplies by a physically transposed W with the short axis innermost (slow in BPTT)
         current = jnp.einsum("...i,oi->...o", _flat(g_a, self.in_shape), self.weight)
         return -jnp.sum(_flat(g_b, self.out_shape) * current, axis=-1)
 
@@ -184,21 +209,29 @@ class Dense(Synapse):
 
 
 class Bias(Synapse):
-    """``E = −b·g``: a constant input current ``b`` into one layer (MATH.md §2, bias extension)."""
+    """``E = −b·g``: a constant input current ``b`` into one layer (MATH.md §2, bias extension).
+
+    ``b`` has the layer's ``shape``: the given ``bias``, else zero, or Gaussian with standard
+    deviation ``scale`` drawn from ``key`` when ``scale`` is not zero."""
 
     multilinear: ClassVar[bool] = True
     bias: Array
     shape: Shape = eqx.field(static=True)
 
     def __init__(
-        self, shape: int | Sequence[int], key: PRNGKeyArray | None = None, *, scale: float = 0.0
+        self,
+        shape: int | Sequence[int],
+        *,
+        key: PRNGKeyArray | None = None,
+        scale: float = 0.0,
+        bias: ArrayLike | None = None,
     ):
         _check_key(key, "Bias")
         self.shape = _shape(shape, "shape", "Bias")
-        if key is None or scale == 0.0:
+        if bias is None and scale == 0.0:
             self.bias = jnp.zeros(self.shape)
         else:
-            self.bias = scale * jax.random.normal(key, self.shape)
+            self.bias = _given_or_drawn("Bias", "bias", bias, key, self.shape, scale)
 
     def energy(self, g):
         return -_sum_last(self.bias * g, len(self.shape))
@@ -210,7 +243,11 @@ class Bias(Synapse):
 class Lateral(Synapse):
     """``E = −½ gᵀ W g`` with ``W`` symmetrised (and a zero diagonal unless ``zero_diagonal`` is
     False): symmetric lateral connections inside one layer, as in the classical Hopfield
-    network ``E = −½ Σ_IJ g_I W_IJ g_J`` (MATH.md eq. 3)."""
+    network ``E = −½ Σ_IJ g_I W_IJ g_J`` (MATH.md eq. 3).
+
+    ``W`` of shape ``(N, N)``, ``N`` the layer's size: the given ``weight`` (e.g. the Hebbian
+    ``W = (1/N) Σ_μ ξ_μ ξ_μᵀ`` of a classical Hopfield network), or drawn from ``key`` with
+    standard deviation ``scale`` (default ``1/sqrt(N)``)."""
 
     weight: Array
     shape: Shape = eqx.field(static=True)
@@ -218,27 +255,18 @@ class Lateral(Synapse):
 
     def __init__(
         self,
-        key: PRNGKeyArray | None,
         features: int | Sequence[int],
         *,
         zero_diagonal: bool = True,
+        key: PRNGKeyArray | None = None,
         scale: float | None = None,
         weight: ArrayLike | None = None,
     ):
         _check_key(key, "Lateral")
         self.shape = _shape(features, "features", "Lateral")
         n = math.prod(self.shape)
-        if weight is not None:
-            # a given matrix, e.g. the Hebbian W = (1/N) Σ_μ ξ_μ ξ_μᵀ of a classical Hopfield net
-            weight = jnp.asarray(weight, dtype=jnp.result_type(float))
-            if weight.shape != (n, n):
-                raise ValueError(f"Lateral weight must have shape {(n, n)}, got {weight.shape}")
-            self.weight = weight
-        else:
-            if key is None:
-                raise ValueError("Lateral needs a PRNG key when no weight is given")
-            scale = 1.0 / math.sqrt(n) if scale is None else scale
-            self.weight = scale * jax.random.normal(key, (n, n))
+        scale = 1.0 / math.sqrt(n) if scale is None else scale
+        self.weight = _given_or_drawn("Lateral", "weight", weight, key, (n, n), scale)
         self.zero_diagonal = zero_diagonal
 
     @property
@@ -261,7 +289,8 @@ class Conv2D(Synapse):
 
     The current into ``g_in`` is ``conv2d_T(g_out)``, the transposed convolution with the same
     kernel, obtained by autodiff: the HAM paper's symmetric-weight condition for convolutions.
-    Kernel layout HWIO: ``(kh, kw, in_channels, out_channels)``."""
+    Kernel layout HWIO: ``(kh, kw, in_channels, out_channels)``: the given ``kernel``, or drawn
+    from ``key`` with standard deviation ``scale`` (default ``1/sqrt(kh·kw·in_channels)``)."""
 
     multilinear: ClassVar[bool] = True
     kernel: Array
@@ -270,14 +299,15 @@ class Conv2D(Synapse):
 
     def __init__(
         self,
-        key: PRNGKeyArray,
         in_channels: int,
         out_channels: int,
         kernel_size: int | Sequence[int],
+        *,
         stride: int | Sequence[int] = 1,
         padding: str | int | Sequence = "VALID",
-        *,
+        key: PRNGKeyArray | None = None,
         scale: float | None = None,
+        kernel: ArrayLike | None = None,
     ):
         _check_key(key, "Conv2D")
         in_channels = _size(in_channels, "in_channels", "Conv2D")
@@ -289,7 +319,8 @@ class Conv2D(Synapse):
         self.padding = _padding(padding)
         fan_in = kh * kw * in_channels
         scale = 1.0 / math.sqrt(fan_in) if scale is None else scale
-        self.kernel = scale * jax.random.normal(key, (kh, kw, in_channels, out_channels))
+        self.kernel = _given_or_drawn("Conv2D", "kernel", kernel, key,
+                                      (kh, kw, in_channels, out_channels), scale, " (HWIO)")
 
     @property
     def in_channels(self) -> int:
@@ -399,9 +430,11 @@ class Memory(Synapse):
     ``similarity="distance"`` scores ``h_μ = ξ_μ·g − ½|ξ_μ|²`` instead of ``ξ_μ·g``. With an
     Identity visible layer (Legendre term ``½|v|²``) the energy becomes
     ``E = −(1/β) log Σ_μ exp(−β/2 |ξ_μ − v|²)``: the nearest memory in Euclidean distance wins,
-    where the overlap ``ξ·v`` favours memories of large norm (on MNIST, the thick bright digits
-    capture every noisy image). Its update ``v ← ξᵀ softmax(β h)`` is mean shift over the
-    memories."""
+    where the overlap ``ξ·v`` favours memories of large norm (bright, thick images attract every
+    noisy probe). Its update ``v ← ξᵀ softmax(β h)`` is mean shift over the memories.
+
+    ``ξ`` of shape ``(K, *features)`` (or ``(K, N)`` flattened): the given ``memories``, or drawn
+    from ``key`` with standard deviation ``scale`` (default ``1/sqrt(N)``)."""
 
     memories: Array
     hidden: Lagrangian
@@ -410,36 +443,31 @@ class Memory(Synapse):
 
     def __init__(
         self,
-        key: PRNGKeyArray | None,
         features: int | Sequence[int],
         num_memories: int,
         *,
         beta: float = 1.0,
         lagrangian: Lagrangian | None = None,
-        memories: ArrayLike | None = None,
-        scale: float | None = None,
         similarity: str = "dot",
+        key: PRNGKeyArray | None = None,
+        scale: float | None = None,
+        memories: ArrayLike | None = None,
     ):
         if similarity not in ("dot", "distance"):
             raise ValueError(f"Memory similarity must be 'dot' or 'distance', got {similarity!r}")
         _check_key(key, "Memory")
+        self.shape = _shape(features, "features", "Memory")
         num_memories = _size(num_memories, "num_memories", "Memory")
         self.similarity = similarity
-        self.shape = _shape(features, "features", "Memory")
         n = math.prod(self.shape)
+        full = (num_memories,) + self.shape
         if memories is not None:
             memories = jnp.asarray(memories, dtype=jnp.result_type(float))
-            if memories.shape not in ((num_memories,) + self.shape, (num_memories, n)):
-                raise ValueError(
-                    f"Memory expects memories of shape {(num_memories,) + self.shape}, "
-                    f"got {memories.shape}"
-                )
-            self.memories = memories.reshape(num_memories, n)
-        else:
-            if key is None:
-                raise ValueError("Memory needs a PRNG key when no memories are given")
-            scale = 1.0 / math.sqrt(n) if scale is None else scale
-            self.memories = scale * jax.random.normal(key, (num_memories, n))
+            if memories.shape == (num_memories, n):
+                memories = memories.reshape(full)
+        scale = 1.0 / math.sqrt(n) if scale is None else scale
+        self.memories = _given_or_drawn("Memory", "memories", memories, key, full,
+                                        scale).reshape(num_memories, n)
         self.hidden = Softmax(beta) if lagrangian is None else lagrangian
 
     @property
@@ -469,7 +497,11 @@ class Attention(Synapse):
 
     ``h`` runs over heads, ``α`` over the head dimension, ``B`` (keys) and ``C`` (queries) over
     tokens. A token does not attend to itself. The current ``−∂E/∂g`` carries both the query and
-    the key path (the Energy Transformer's two attention terms); autodiff derives both."""
+    the key path (the Energy Transformer's two attention terms); autodiff derives both.
+
+    ``W^K`` and ``W^Q`` of shape ``(num_heads, head_dim, dim)``: the given ``key_weight`` /
+    ``query_weight``, or drawn from ``key`` with standard deviation ``scale`` (default
+    ``1/sqrt(dim)``). ``β`` defaults to ``1/sqrt(head_dim)``."""
 
     key_weight: Array
     query_weight: Array
@@ -478,12 +510,12 @@ class Attention(Synapse):
 
     def __init__(
         self,
-        key: PRNGKeyArray,
         dim: int,
         num_heads: int = 4,
         head_dim: int = 16,
         *,
         beta: float | None = None,
+        key: PRNGKeyArray | None = None,
         scale: float | None = None,
         key_weight: ArrayLike | None = None,
         query_weight: ArrayLike | None = None,
@@ -495,18 +527,9 @@ class Attention(Synapse):
         shape = (num_heads, head_dim, self.dim)
         scale = 1.0 / math.sqrt(self.dim) if scale is None else scale
         kk, kq = jax.random.split(key) if key is not None else (None, None)
-        weights = []
-        for w, k, what in ((key_weight, kk, "key_weight"), (query_weight, kq, "query_weight")):
-            if w is not None:
-                w = jnp.asarray(w, dtype=jnp.result_type(float))
-                if w.shape != shape:
-                    raise ValueError(f"Attention {what} must have shape {shape}, got {w.shape}")
-            elif k is None:
-                raise ValueError(f"Attention needs a PRNG key when no {what} is given")
-            else:
-                w = scale * jax.random.normal(k, shape)
-            weights.append(w)
-        self.key_weight, self.query_weight = weights
+        self.key_weight = _given_or_drawn("Attention", "key_weight", key_weight, kk, shape, scale)
+        self.query_weight = _given_or_drawn("Attention", "query_weight", query_weight, kq, shape,
+                                            scale)
         self.beta = jnp.asarray(1.0 / math.sqrt(head_dim) if beta is None else beta,
                                 dtype=jnp.result_type(float))
 
@@ -541,7 +564,10 @@ class TokenMemory(Synapse):
 
     default ``L_h = ReLU``: ``E = −½ Σ_tokens Σ_μ relu(ξ_μ·g_token)²``; with ``Softmax(β)``:
     ``E = −(1/β) Σ_tokens logsumexp_μ(β ξ_μ·g_token)``. (:class:`Memory` on a ``(T, D)`` layer
-    instead flattens all tokens into one pattern.)"""
+    instead flattens all tokens into one pattern.)
+
+    ``ξ`` of shape ``(K, D)``: the given ``memories``, or drawn from ``key`` with standard
+    deviation ``scale`` (default ``1/sqrt(D)``)."""
 
     memories: Array
     hidden: Lagrangian
@@ -549,30 +575,20 @@ class TokenMemory(Synapse):
 
     def __init__(
         self,
-        key: PRNGKeyArray | None,
         dim: int,
         num_memories: int,
         *,
         lagrangian: Lagrangian | None = None,
-        memories: ArrayLike | None = None,
+        key: PRNGKeyArray | None = None,
         scale: float | None = None,
+        memories: ArrayLike | None = None,
     ):
-        from .lagrangians import ReLU
-
         _check_key(key, "TokenMemory")
         self.dim = _size(dim, "dim", "TokenMemory")
         num_memories = _size(num_memories, "num_memories", "TokenMemory")
-        if memories is not None:
-            memories = jnp.asarray(memories, dtype=jnp.result_type(float))
-            if memories.shape != (num_memories, self.dim):
-                raise ValueError(f"TokenMemory expects memories of shape "
-                                 f"{(num_memories, self.dim)}, got {memories.shape}")
-            self.memories = memories
-        else:
-            if key is None:
-                raise ValueError("TokenMemory needs a PRNG key when no memories are given")
-            scale = 1.0 / math.sqrt(self.dim) if scale is None else scale
-            self.memories = scale * jax.random.normal(key, (num_memories, self.dim))
+        scale = 1.0 / math.sqrt(self.dim) if scale is None else scale
+        self.memories = _given_or_drawn("TokenMemory", "memories", memories, key,
+                                        (num_memories, self.dim), scale)
         self.hidden = ReLU() if lagrangian is None else lagrangian
 
     def similarities(self, g: Array) -> Array:

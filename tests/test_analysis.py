@@ -14,7 +14,7 @@ L = hj.lagrangians
 def kh_net(w, b, lagrangian):
     """DN eq. (1)/(4) as a one-layer HAM: E = (x−b)·g − L − ½ gᵀWg, W symmetric."""
     n = w.shape[0]
-    lat = hj.synapses.Lateral(jax.random.PRNGKey(0), n, zero_diagonal=False)
+    lat = hj.synapses.Lateral(n, zero_diagonal=False, key=jax.random.PRNGKey(0))
     lat = jax.tree_util.tree_map(lambda _: jnp.asarray(w, jnp.float32), lat)
     return hj.HAM({"x": hj.Layer(n, lagrangian, bias=b)}, {"w": lat}, {"w": ("x",)})
 
@@ -111,9 +111,9 @@ def test_layered_ham_coupling_clamping_tau_and_memory():
             "z": hj.Layer(2, L.Softmax(), tau=0.25),
         },
         synapses={
-            "w1": hj.synapses.Dense(k1, 4, 3),
-            "w2": hj.synapses.Dense(k2, 3, 2),
-            "m": hj.synapses.Memory(k3, 3, 5, beta=2.0),
+            "w1": hj.synapses.Dense(4, 3, key=k1),
+            "w2": hj.synapses.Dense(3, 2, key=k2),
+            "m": hj.synapses.Memory(3, 5, beta=2.0, key=k3),
         },
         edges={"w1": ("v", "h"), "w2": ("h", "z"), "m": ("h",)},
     )
@@ -181,7 +181,7 @@ def test_softmax_shift_and_saturated_sigmoid():
     k = jax.random.PRNGKey(10)
     net = hj.HAM(
         layers={"s": hj.Layer(4, L.Softmax(beta=2.0)), "q": hj.Layer(3, L.Sigmoid())},
-        synapses={"w": hj.synapses.Dense(k, 4, 3)},
+        synapses={"w": hj.synapses.Dense(4, 3, key=k)},
         edges={"w": ("s", "q")},
     )
     x = {"s": jnp.array([0.3, -0.1, 0.5, 0.2]), "q": jnp.array([0.5, 30.0, -0.2])}
@@ -258,7 +258,7 @@ def test_stability_does_not_depend_on_tau():
         return hj.HAM(
             layers={"h": hj.Layer(5, L.ReLU(), tau=tau_h, bias=0.3 * jnp.ones(5)),
                     "z": hj.Layer(3, L.Softmax(), tau=tau_z)},
-            synapses={"w": hj.synapses.Dense(k1, 5, 3, scale=0.6)},
+            synapses={"w": hj.synapses.Dense(5, 3, key=k1, scale=0.6)},
             edges={"w": ("h", "z")},
         )
 

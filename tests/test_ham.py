@@ -31,7 +31,7 @@ def _dense(seed, n_in, n_out, scale=None):
     """A Dense synapse with a numpy Gaussian weight (no jax.random compile per shape)."""
     n = int(np.prod(n_in))
     scale = 1.0 / np.sqrt(n) if scale is None else scale
-    return S.Dense(None, n_in, n_out, weight=_rand(seed, (int(np.prod(n_out)), n), scale))
+    return S.Dense(n_in, n_out, weight=_rand(seed, (int(np.prod(n_out)), n), scale))
 
 
 def _close(a, b, rtol=RTOL, atol=ATOL):
@@ -107,7 +107,7 @@ def test_memory_equals_hidden_softmax_layer_at_its_fixed_point(beta):
     net, xi = _one_hidden(beta, 1.5, 1.0)
     mem = hj.HAM(
         layers={"v": hj.Layer(N, L.Identity(), tau=1.5)},
-        synapses={"xi": S.Memory(None, N, K, beta=beta, memories=xi)},
+        synapses={"xi": S.Memory(N, K, beta=beta, memories=xi)},
         edges={"xi": "v"},
     )
     v = _rand(3, (B, N), 1.5)
@@ -139,7 +139,7 @@ def _two_hidden(beta, gamma, taus=(1.0, 0.5, 0.25), adiabatic=False):
         "h": hj.Layer(K, L.Softmax(beta), tau=taus[1]),
     }
     if adiabatic:
-        theta = S.Memory(None, K, NZ, beta=gamma, memories=th_syn.weight)
+        theta = S.Memory(K, NZ, beta=gamma, memories=th_syn.weight)
         net = hj.HAM(layers, {"xi": xi_syn, "theta": theta}, {"xi": ("v", "h"), "theta": ("h",)})
     else:
         layers["z"] = hj.Layer(NZ, L.Softmax(gamma), tau=taus[2])
@@ -223,14 +223,14 @@ def _jconv_T(f, ker, s, n):
 
 
 def _conv_ham(beta, gamma, taus, adiabatic=False):
-    conv = S.Conv2D(_keys(1, 7)[0], C, KC, W, stride=STRIDE)
+    conv = S.Conv2D(C, KC, W, stride=STRIDE, key=_keys(1, 7)[0])
     top = _dense(8, (M, M, KC), NZ, scale=1.5)
     layers = {
         "v": hj.Layer((IMG, IMG, C), L.Identity(), tau=taus[0]),
         "h": hj.Layer((M, M, KC), L.Softmax(beta, axis=-1), tau=taus[1]),
     }
     if adiabatic:
-        mem = S.Memory(None, (M, M, KC), NZ, beta=gamma, memories=top.weight)
+        mem = S.Memory((M, M, KC), NZ, beta=gamma, memories=top.weight)
         net = hj.HAM(layers, {"xi": conv, "theta": mem}, {"xi": ("v", "h"), "theta": "h"})
     else:
         layers["z"] = hj.Layer(NZ, L.Softmax(gamma), tau=taus[2])
@@ -465,7 +465,7 @@ def test_hyperedge_self_edge_and_clamping(clamp):
                 "c": hj.Layer(3, L.Identity(), tau=2.0, bias=jnp.arange(3.0)),
                 "lone": hj.Layer((2, 2), L.Tanh(), bias=jnp.ones((2, 2)))},
         synapses={"t": _Triple(), "self": _dense(11, 3, 3),
-                  "bias": S.Bias(3, _keys(1, 4)[0], scale=1.0)},
+                  "bias": S.Bias(3, key=_keys(1, 4)[0], scale=1.0)},
         edges={"t": ("a", "b", "c"), "self": ("c", "c"), "bias": "a"},
     )
     x = {n: _rand(70 + i, (2,) + lay.shape) for i, (n, lay) in enumerate(net.layers.items())}
@@ -564,7 +564,7 @@ def test_graph_validation_messages():
         hj.HAM(layers, {"w": _dense(13, 5, 3)}, edges)
     with pytest.raises(hj.GraphError, match=r"expects layer 'v' \(argument 0\) to have shape "
                                             r"\(\*, \*, 2\), but layer 'v' has shape \(5,\)"):
-        hj.HAM(layers, {"w": S.Conv2D(_keys(1)[0], 2, 3, 3)}, edges)
+        hj.HAM(layers, {"w": S.Conv2D(2, 3, 3, key=_keys(1)[0])}, edges)
     with pytest.raises(hj.GraphError, match="synapse 'extra' has no edge"):
         hj.HAM(layers, {**synapses, "extra": S.Bias(4)}, edges)
     with pytest.raises(hj.GraphError, match="edge 'ghost' has no synapse"):

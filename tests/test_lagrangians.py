@@ -277,7 +277,7 @@ def _softmax_ham(lagrangian):
             "v": hj.Layer((4,), L.Identity(), tau=1.0),
             "h": hj.Layer((3,), lagrangian, tau=0.5),
         },
-        synapses={"xi": hj.synapses.Dense(k1, 4, 3, scale=1.0)},
+        synapses={"xi": hj.synapses.Dense(4, 3, key=k1, scale=1.0)},
         edges={"xi": ("v", "h")},
     ), k2
 

@@ -1,5 +1,5 @@
-"""The modified dynamics of DN §4 (hamjax.analysis post-activation systems, MATH.md §4.7–4.8): properties of our
-reconstruction — same steady states, energies non-increasing, no flat directions, eq. (12)."""
+"""The modified dynamics of DN §4 (the post-activation systems of hamjax.analysis, MATH.md
+§4.7–4.8): properties of our reconstruction — same steady states, energies non-increasing, no flat directions, eq. (12)."""
 
 import jax
 import jax.numpy as jnp
@@ -55,7 +55,8 @@ def test_ham_system_matches_the_ham():
         layers={"v": hj.Layer(4, L.Identity()),
                 "h": hj.Layer(3, L.ReLU(), bias=jnp.array([0.2, -0.5, 0.1])),
                 "z": hj.Layer(2, L.Softmax())},
-        synapses={"w1": hj.synapses.Dense(k1, 4, 3), "w2": hj.synapses.Dense(k2, 3, 2, scale=0.5)},
+        synapses={"w1": hj.synapses.Dense(4, 3, key=k1),
+                  "w2": hj.synapses.Dense(3, 2, key=k2, scale=0.5)},
         edges={"w1": ("v", "h"), "w2": ("h", "z")},
     )
     x = net.init_state(key=k3, scale=1.0)
@@ -174,8 +175,7 @@ def test_no_flat_directions_where_the_kh_energy_has_them(relu_system):
     dead = np.flatnonzero(np.asarray(x) < 0)
     assert len(dead) >= 1  # this W, b leave dead neurons at the steady state
     net = hj.HAM({"x": hj.Layer(5, L.ReLU(), bias=b)},
-                 {"w": jax.tree_util.tree_map(lambda _: w, hj.synapses.Lateral(
-                     jax.random.PRNGKey(0), 5, zero_diagonal=False))},
+                 {"w": hj.synapses.Lateral(5, zero_diagonal=False, weight=w)},
                  {"w": ("x",)})
     xs = {"x": x}
     kh = np.linalg.eigvalsh(np.asarray(an.hessian(net, xs)))
@@ -201,8 +201,7 @@ def test_residual_energy_decreases_on_original_dynamics():
     w = 0.9 * (a + a.T) / jnp.linalg.norm(a + a.T, 2)
     b = jax.random.normal(jax.random.PRNGKey(12), (n,))
     net = hj.HAM({"x": hj.Layer(n, L.ReLU(), bias=b)},
-                 {"w": jax.tree_util.tree_map(lambda _: w, hj.synapses.Lateral(
-                     jax.random.PRNGKey(0), n, zero_diagonal=False))},
+                 {"w": hj.synapses.Lateral(n, zero_diagonal=False, weight=w)},
                  {"w": ("x",)})
     x0 = {"x": 3.0 * jax.random.normal(jax.random.PRNGKey(13), (n,))}
     assert float(dn.residual_energy_abscissa(net, x0)) <= 0.0

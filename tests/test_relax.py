@@ -23,8 +23,8 @@ def chain(key, taus=(1.0, 1.0, 1.0), hidden=None, scale=1.0):
             "label": hj.Layer(N_OUT, Softmax(2.0), tau=taus[2]),
         },
         synapses={
-            "w1": hj.synapses.Dense(k1, N_IN, N_HID, scale=scale),
-            "w2": hj.synapses.Dense(k2, N_HID, N_OUT, scale=scale),
+            "w1": hj.synapses.Dense(N_IN, N_HID, key=k1, scale=scale),
+            "w2": hj.synapses.Dense(N_HID, N_OUT, key=k2, scale=scale),
         },
         edges={"w1": ("image", "hidden"), "w2": ("hidden", "label")},
     )
@@ -154,7 +154,7 @@ def test_minimise_recovers_steady_state_on_flat_relu_set():
     w = jnp.array([[1.0], [-2.0]])  # (out=2, in=1)
     net = hj.HAM(
         layers={"v": hj.Layer(1, Identity()), "h": hj.Layer(2, ReLU())},
-        synapses={"w": hj.synapses.Dense(jax.random.PRNGKey(0), 1, 2)},
+        synapses={"w": hj.synapses.Dense(1, 2, key=jax.random.PRNGKey(0))},
         edges={"w": ("v", "h")},
     )
     net = eqx.tree_at(lambda n: n.synapses["w"].weight, net, w)
@@ -216,7 +216,7 @@ def test_fixed_steps_flags_nonfinite_and_counts_steps():
     net = hj.HAM(
         layers={"a": hj.Layer(3, hj.lagrangians.Exp(1.0)),
                 "b": hj.Layer(3, hj.lagrangians.Exp(1.0))},
-        synapses={"w": hj.synapses.Dense(key, 3, 3, scale=50.0)},
+        synapses={"w": hj.synapses.Dense(3, 3, key=key, scale=50.0)},
         edges={"w": ("a", "b")},
     )
     xb = {"a": jnp.stack([jnp.ones(3), -jnp.ones(3) * 5]),
@@ -263,7 +263,7 @@ def test_evaluation_count_matches_real_calls(x0):
     base = chain(key)
     net = hj.HAM(
         layers=base.layers,
-        synapses={"w1": base.synapses["w1"], "w2": CountingDense(key, N_HID, N_OUT)},
+        synapses={"w1": base.synapses["w1"], "w2": CountingDense(N_HID, N_OUT, key=key)},
         edges=base.edges,
     )
     for solver in ("tsit5", "euler"):
@@ -319,7 +319,7 @@ def test_nonfinite_paths():
             "a": hj.Layer(3, hj.lagrangians.Exp(1.0)),
             "b": hj.Layer(3, hj.lagrangians.Exp(1.0)),
         },
-        synapses={"w": hj.synapses.Dense(key, 3, 3, scale=50.0)},
+        synapses={"w": hj.synapses.Dense(3, 3, key=key, scale=50.0)},
         edges={"w": ("a", "b")},
     )
     x = {"a": jnp.ones(3), "b": jnp.ones(3)}
@@ -377,7 +377,7 @@ def test_residual_gradient_finite_at_an_exact_fixed_point():
     # a distance-based memory with a hard softmax maps a stored pattern exactly onto itself:
     # residual 0, where the gradient of a sqrt is infinite; the residual's gradient must be 0
     xi = jnp.array([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
-    net = hj.presets.memory_model(None, (3,), 2, beta=50.0, patterns=xi, similarity="distance")
+    net = hj.models.memory_model((3,), 2, beta=50.0, patterns=xi, similarity="distance")
     x0 = {"image": xi}
 
     def penalty(n):
@@ -536,7 +536,7 @@ def test_fixed_point_falls_back_to_the_ode_where_the_iteration_diverges():
     w = -0.75 * (jnp.ones((3, 3)) - jnp.eye(3))
     b = jnp.array([3.0, -3.0, 1.5])
     net = hj.HAM(layers={"x": hj.Layer(3, Identity(), bias=True)},
-                 synapses={"lat": hj.synapses.Lateral(jax.random.PRNGKey(0), 3)},
+                 synapses={"lat": hj.synapses.Lateral(3, key=jax.random.PRNGKey(0))},
                  edges={"lat": ("x",)})
     net = eqx.tree_at(lambda n: (n.synapses["lat"].weight, n.layers["x"].bias), net, (w, b))
     x = {"x": jnp.zeros((2, 3)).at[1].set(0.1)}

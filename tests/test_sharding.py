@@ -28,12 +28,12 @@ SNIPPET = textwrap.dedent(
     t0 = time.perf_counter()
     import equinox as eqx, jax, jax.numpy as jnp, numpy as np, optax
     import hamjax as hj
-    from hamjax import data as hd, presets, sharding, train as T
+    from hamjax import data as hd, sharding, train as T
 
     assert len(jax.devices()) == 4, jax.devices()
     out = {"seconds": {"import": time.perf_counter() - t0}}
     key = jax.random.PRNGKey(0)
-    net0 = presets.dense_classifier(key, (8, 8, 1), 10, hidden=16)
+    net0 = hj.models.dense_classifier((8, 8, 1), 10, hidden=16, key=key)
     # a weak-typed leaf (the softmax's beta) turns strong after one Adam step and would make
     # every config compile train_step twice more: start with strong types
     net0 = jax.tree.map(lambda v: jnp.array(v, dtype=v.dtype) if eqx.is_array(v) else v, net0)

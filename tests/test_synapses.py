@@ -94,7 +94,7 @@ def _pool_kernel(window, channels):
     [((5,), (3,), ()), ((2, 3), (4,), (2,)), ((4,), (2, 2), (2, 3)), ((2, 2, 2), (3, 1), (1,))],
 )
 def test_dense_energy_reference(in_shape, out_shape, batch):
-    syn = S.Dense(_keys(1)[0], in_shape, out_shape)
+    syn = S.Dense(in_shape, out_shape, key=_keys(1)[0])
     w = np.asarray(syn.weight)
     assert w.shape == (math.prod(out_shape), math.prod(in_shape))
     ga, gb = _rand(1, batch + in_shape), _rand(2, batch + out_shape)
@@ -110,35 +110,40 @@ def test_dense_energy_reference(in_shape, out_shape, batch):
 
 
 def test_dense_construction():
-    syn = S.Dense(_keys(1)[0], 400, 300)
+    syn = S.Dense(400, 300, key=_keys(1)[0])
     assert np.std(np.asarray(syn.weight)) == pytest.approx(1 / 20, rel=0.05)
-    syn = S.Dense(_keys(1)[0], 4, 3, scale=0.0)
+    syn = S.Dense(4, 3, key=_keys(1)[0], scale=0.0)
     assert np.all(np.asarray(syn.weight) == 0)
     w = _rand(0, (3, 4))
-    syn = S.Dense(None, (2, 2), 3, weight=w)
+    syn = S.Dense((2, 2), 3, weight=w)
     np.testing.assert_array_equal(syn.weight, w)
     assert syn.in_shape == (2, 2) and syn.out_shape == (3,)
     with pytest.raises(ValueError, match=r"weight of shape \(3, 4\) \(out, in\), got \(4, 3\)"):
-        S.Dense(None, 4, 3, weight=w.T)
+        S.Dense(4, 3, weight=w.T)
     with pytest.raises(ValueError, match="PRNG key"):
-        S.Dense(None, 4, 3)
+        S.Dense(4, 3)
 
 
 # --------------------------------------------------------------------- Bias, Lateral
 def test_bias():
     g = _rand(3, (2, 3, 4))
     assert np.all(np.asarray(S.Bias((3, 4)).bias) == 0)
-    syn = S.Bias((3, 4), _keys(1)[0], scale=0.5)
+    syn = S.Bias((3, 4), key=_keys(1)[0], scale=0.5)
     b = np.asarray(syn.bias)
     assert b.shape == (3, 4) and np.abs(b).max() > 0
     np.testing.assert_allclose(_energy(syn, g), -(g * b).sum((1, 2)), rtol=RTOL, atol=ATOL)
     (c,) = _currents(syn, g)
     np.testing.assert_allclose(c, np.broadcast_to(b, g.shape), rtol=RTOL)
+    with pytest.raises(ValueError, match="PRNG key"):
+        S.Bias(3, scale=0.5)
+    np.testing.assert_array_equal(S.Bias((3, 4), bias=b).bias, b)
+    with pytest.raises(ValueError, match=r"bias of shape \(3,\)"):
+        S.Bias(3, bias=b)
 
 
 @pytest.mark.parametrize("zero_diagonal", [True, False])
 def test_lateral(zero_diagonal):
-    syn = S.Lateral(_keys(1)[0], (2, 3), zero_diagonal=zero_diagonal)
+    syn = S.Lateral((2, 3), zero_diagonal=zero_diagonal, key=_keys(1)[0])
     raw = np.asarray(syn.weight)
     ws = np.asarray(syn.symmetric_weight)
     np.testing.assert_allclose(ws, ws.T, atol=0)
@@ -172,7 +177,7 @@ CONV_CONFIGS = [
 
 @pytest.mark.parametrize("in_shape, cout, ksize, stride, padding", CONV_CONFIGS)
 def test_conv2d_energy_and_transposed_feedback(in_shape, cout, ksize, stride, padding):
-    syn = S.Conv2D(_keys(1)[0], in_shape[2], cout, ksize, stride=stride, padding=padding)
+    syn = S.Conv2D(in_shape[2], cout, ksize, stride=stride, padding=padding, key=_keys(1)[0])
     kernel = np.asarray(syn.kernel, np.float64)
     kh, kw = (ksize, ksize) if isinstance(ksize, int) else ksize
     assert kernel.shape == (kh, kw, in_shape[2], cout)
@@ -200,7 +205,7 @@ def test_conv2d_energy_and_transposed_feedback(in_shape, cout, ksize, stride, pa
 @settings(max_examples=5)
 def test_conv2d_adjoint_property(seed):
     """⟨conv(v), f⟩ = ⟨v, conv_T(f)⟩ for random v, f (stride 2, SAME), numpy conv vs autodiff."""
-    syn = S.Conv2D(_keys(1, seed)[0], 2, 3, 3, stride=2, padding="SAME")
+    syn = S.Conv2D(2, 3, 3, stride=2, padding="SAME", key=_keys(1, seed)[0])
     v, f = _rand(seed, (1, 6, 5, 2)), _rand(seed + 1, (1, 3, 3, 3))
     c_in, _ = _currents(syn, v, f)
     lhs = (np_conv(v, np.asarray(syn.kernel, np.float64), (2, 2), "SAME") * f).sum()
@@ -208,16 +213,26 @@ def test_conv2d_adjoint_property(seed):
 
 
 def test_conv2d_shape_rules():
-    syn = S.Conv2D(_keys(1)[0], 3, 4, 3, stride=2)
+    syn = S.Conv2D(3, 4, 3, stride=2, key=_keys(1)[0])
     assert syn.in_channels == 3 and syn.out_channels == 4
     assert syn.output_shape((8, 8, 3)) == (3, 3, 4)
-    assert S.Conv2D(_keys(1)[0], 3, 4, 3, stride=2, padding="SAME").output_shape((8, 8, 3)) == (
+    assert S.Conv2D(3, 4, 3, stride=2, padding="SAME", key=_keys(1)[0]).output_shape(
+        (8, 8, 3)) == (4, 4, 4)
+    assert S.Conv2D(3, 4, 3, stride=2, padding=1, key=_keys(1)[0]).output_shape((8, 8, 3)) == (
         4, 4, 4)
-    assert S.Conv2D(_keys(1)[0], 3, 4, 3, stride=2, padding=1).output_shape((8, 8, 3)) == (4, 4, 4)
     # wrong input channels: no output shape can be inferred, only the channel counts
     assert syn.expected_shapes(((8, 8, 2),)) == ((None, None, 3), (None, None, 4))
     with pytest.raises(ValueError, match="padding"):
-        S.Conv2D(_keys(1)[0], 3, 4, 3, padding="FULL")
+        S.Conv2D(3, 4, 3, padding="FULL", key=_keys(1)[0])
+
+
+def test_conv2d_given_kernel():
+    k = _rand(7, (3, 2, 2, 4))
+    syn = S.Conv2D(2, 4, (3, 2), stride=2, kernel=k)
+    np.testing.assert_array_equal(syn.kernel, k)
+    assert syn.stride == (2, 2) and syn.in_channels == 2 and syn.out_channels == 4
+    with pytest.raises(ValueError, match=r"kernel of shape \(3, 3, 2, 4\) \(HWIO\), got"):
+        S.Conv2D(2, 4, 3, kernel=k)
 
 
 # ---------------------------------------------------------------------------- AvgPool2D
@@ -267,7 +282,7 @@ def _np_logsumexp(a, axis):
 @pytest.mark.parametrize("beta", [0.5, 1.0, 3.0])
 def test_memory_softmax_is_scaled_logsumexp(beta):
     xi = _rand(9, (6, 2, 3))
-    syn = S.Memory(None, (2, 3), 6, beta=beta, memories=xi)
+    syn = S.Memory((2, 3), 6, beta=beta, memories=xi)
     assert syn.num_memories == 6
     g = _rand(10, (4, 2, 3))
     h = g.reshape(4, 6).astype(np.float64) @ xi.reshape(6, 6).T
@@ -285,10 +300,10 @@ def test_memory_other_hidden_lagrangians():
     xi = _rand(11, (5, 4))
     g = _rand(12, (3, 4))
     h = g @ xi.T
-    repu = S.Memory(None, 4, 5, lagrangian=L.RePU(3), memories=xi)
+    repu = S.Memory(4, 5, lagrangian=L.RePU(3), memories=xi)
     np.testing.assert_allclose(_energy(repu, g), -(np.maximum(h, 0) ** 3).sum(-1) / 3, rtol=RTOL,
                                atol=ATOL)
-    ex = S.Memory(None, 4, 5, lagrangian=L.Exp(0.6), memories=xi)
+    ex = S.Memory(4, 5, lagrangian=L.Exp(0.6), memories=xi)
     np.testing.assert_allclose(_energy(ex, g), -np.exp(0.6 * h).sum(-1) / 0.6, rtol=RTOL,
                                atol=ATOL)
 
@@ -299,7 +314,7 @@ def test_memory_distance_similarity_is_euclidean_energy():
 
     beta = 1.5
     xi = _rand(13, (5, 4)).astype(np.float64)
-    net = hj.presets.memory_model(None, (4,), 5, beta=beta, patterns=xi, similarity="distance")
+    net = hj.models.memory_model((4,), 5, beta=beta, patterns=xi, similarity="distance")
     v = _rand(14, (3, 4)).astype(np.float64)
     d2 = ((v[:, None, :] - xi[None]) ** 2).sum(-1)
     np.testing.assert_allclose(net.energy({"image": jnp.asarray(v)}),
@@ -311,36 +326,36 @@ def test_memory_distance_similarity_is_euclidean_energy():
     # the faint memory wins under distance, the bright one under overlap
     mem = np.array([[1.0, 1.0, 0.0, 0.0], [4.0, 4.0, 4.0, 4.0]])
     probe = jnp.asarray([[1.2, 0.9, 0.3, 0.0]])
-    near = S.Memory(None, 4, 2, beta=5.0, memories=mem, similarity="distance")
-    dot = S.Memory(None, 4, 2, beta=5.0, memories=mem)
+    near = S.Memory(4, 2, beta=5.0, memories=mem, similarity="distance")
+    dot = S.Memory(4, 2, beta=5.0, memories=mem)
     assert int(jnp.argmax(near.similarities(probe))) == 0
     assert int(jnp.argmax(dot.similarities(probe))) == 1
     with pytest.raises(ValueError, match="similarity"):
-        S.Memory(None, 4, 2, memories=mem, similarity="cosine")
+        S.Memory(4, 2, memories=mem, similarity="cosine")
 
 
 def test_memory_construction_rules():
-    syn = S.Memory(_keys(1)[0], (2, 2), 7)
+    syn = S.Memory((2, 2), 7, key=_keys(1)[0])
     assert syn.memories.shape == (7, 4)
     assert isinstance(syn.hidden, L.Softmax)
-    assert S.Memory(None, (2, 2), 3, memories=np.ones((3, 4))).memories.shape == (3, 4)
+    assert S.Memory((2, 2), 3, memories=np.ones((3, 4))).memories.shape == (3, 4)
     with pytest.raises(ValueError, match=r"memories of shape \(3, 2, 2\)"):
-        S.Memory(None, (2, 2), 3, memories=np.ones((3, 5)))
+        S.Memory((2, 2), 3, memories=np.ones((3, 5)))
     with pytest.raises(ValueError, match="PRNG key"):
-        S.Memory(None, 4, 3)
+        S.Memory(4, 3)
 
 
 # ----------------------------------------------------- batching, shapes, multilinearity
 def _synapse_cases():
     k = _keys(6, 3)
     return [
-        ("dense", S.Dense(k[0], (2, 2), 3), [(2, 2), (3,)]),
-        ("bias", S.Bias(3, k[1], scale=1.0), [(3,)]),
-        ("lateral", S.Lateral(k[2], 4), [(4,)]),
-        ("conv", S.Conv2D(k[3], 2, 3, 3, stride=2, padding="SAME"), [(5, 5, 2), (3, 3, 3)]),
+        ("dense", S.Dense((2, 2), 3, key=k[0]), [(2, 2), (3,)]),
+        ("bias", S.Bias(3, key=k[1], scale=1.0), [(3,)]),
+        ("lateral", S.Lateral(4, key=k[2]), [(4,)]),
+        ("conv", S.Conv2D(2, 3, 3, stride=2, padding="SAME", key=k[3]), [(5, 5, 2), (3, 3, 3)]),
         ("pool", S.AvgPool2D(2), [(4, 4, 2), (2, 2, 2)]),
-        ("memory", S.Memory(k[4], (2, 2), 5, beta=2.0), [(2, 2)]),
-        ("memory_repu", S.Memory(k[5], 3, 4, lagrangian=L.RePU(3)), [(3,)]),
+        ("memory", S.Memory((2, 2), 5, beta=2.0, key=k[4]), [(2, 2)]),
+        ("memory_repu", S.Memory(3, 4, lagrangian=L.RePU(3), key=k[5]), [(3,)]),
     ]
 
 
@@ -373,10 +388,10 @@ def test_expected_shapes_accept_the_offered_shapes(name, syn, shapes):
 
 def test_expected_shapes_values():
     k = _keys(1)[0]
-    assert S.Dense(k, (2, 3), 4).expected_shapes(((2, 3), (4,))) == ((2, 3), (4,))
+    assert S.Dense((2, 3), 4, key=k).expected_shapes(((2, 3), (4,))) == ((2, 3), (4,))
     assert S.Bias((3, 2)).expected_shapes(((3, 2),)) == ((3, 2),)
-    assert S.Lateral(k, 5).expected_shapes(((5,),)) == ((5,),)
-    assert S.Memory(k, (2, 2), 3).expected_shapes(((2, 2),)) == ((2, 2),)
+    assert S.Lateral(5, key=k).expected_shapes(((5,),)) == ((5,),)
+    assert S.Memory((2, 2), 3, key=k).expected_shapes(((2, 2),)) == ((2, 2),)
     assert S.AvgPool2D(2).expected_shapes(((8, 6, 3),)) == ((None, None, None), (4, 3, 3))
 
 
@@ -407,18 +422,21 @@ def test_multilinear_flags():
 
 # --------------------------------------------------------------------- argument errors
 @pytest.mark.parametrize("make, words", [
-    (lambda k: S.Dense(0, 4, 3), ["Dense", "PRNG key first", "got 0"]),
-    (lambda k: S.Dense(k, 0, 3), ["Dense", "in_features", "positive", "got 0"]),
-    (lambda k: S.Dense(k, 4, (3, -1)), ["Dense", "out_features", "(3, -1)"]),
-    (lambda k: S.Dense(k, 4.0, 3), ["Dense", "in_features", "4.0"]),
-    (lambda k: S.Conv2D(k, 0, 3, 3), ["Conv2D", "in_channels", "got 0"]),
-    (lambda k: S.Conv2D(k, 1, 3, 0), ["Conv2D", "kernel_size"]),
-    (lambda k: S.Memory(k, 4, 0), ["Memory", "num_memories", "got 0"]),
-    (lambda k: S.Memory(7, 4, 2), ["Memory", "PRNG key first", "got 7"]),
-    (lambda k: S.Lateral(k, 0), ["Lateral", "features"]),
+    (lambda k: S.Dense(4, 3, key=0), ["Dense", "PRNG key as key=", "got 0"]),
+    (lambda k: S.Dense(0, 3, key=k), ["Dense", "in_features", "positive", "got 0"]),
+    (lambda k: S.Dense(4, (3, -1), key=k), ["Dense", "out_features", "(3, -1)"]),
+    (lambda k: S.Dense(4.0, 3, key=k), ["Dense", "in_features", "4.0"]),
+    (lambda k: S.Conv2D(0, 3, 3, key=k), ["Conv2D", "in_channels", "got 0"]),
+    (lambda k: S.Conv2D(1, 3, 0, key=k), ["Conv2D", "kernel_size"]),
+    (lambda k: S.Memory(4, 0, key=k), ["Memory", "num_memories", "got 0"]),
+    (lambda k: S.Memory(4, 2, key=7), ["Memory", "PRNG key as key=", "got 7"]),
+    (lambda k: S.Lateral(0, key=k), ["Lateral", "features"]),
     (lambda k: S.Bias(0), ["Bias", "shape"]),
-    (lambda k: S.Attention(k, 8, num_heads=0), ["Attention", "num_heads"]),
-    (lambda k: S.TokenMemory(k, 8, -2), ["TokenMemory", "num_memories", "-2"]),
+    (lambda k: S.Attention(8, num_heads=0, key=k), ["Attention", "num_heads"]),
+    (lambda k: S.TokenMemory(8, -2, key=k), ["TokenMemory", "num_memories", "-2"]),
+    (lambda k: S.Attention(k, 8), ["Attention", "PRNG key as dim", "key=", "keyword-only"]),
+    (lambda k: S.Lateral(k), ["Lateral", "PRNG key as features", "key="]),
+    (lambda k: S.Conv2D(1, 3, 3), ["Conv2D", "needs a PRNG key", "kernel="]),
     (lambda k: S.AvgPool2D(0), ["AvgPool2D", "window"]),
 ])
 def test_bad_sizes_and_keys_are_named(make, words):
@@ -432,4 +450,4 @@ def test_bad_sizes_and_keys_are_named(make, words):
 
 def test_new_style_and_legacy_keys_are_accepted():
     for k in (jax.random.PRNGKey(0), jax.random.key(0)):
-        assert S.Dense(k, 4, 3).weight.shape == (3, 4)
+        assert S.Dense(4, 3, key=k).weight.shape == (3, 4)

@@ -21,7 +21,7 @@ import numpy as np
 import optax
 import pytest
 
-from hamjax import SteadyState, presets, relax
+from hamjax import SteadyState, models, relax
 from hamjax import data as hd
 from hamjax import lagrangians as L
 from hamjax import solvers as hj_solvers
@@ -46,8 +46,8 @@ def _classifier(hidden=16, scale=0.5, seed=0):
     """64-hidden-10 with smooth Lagrangians (Tanh hidden, Identity label, cross-entropy): the
     steady state is then a differentiable function of the parameters, which finite differences
     and EqProp's O(β²) error bound assume (the default ReLU preset has kinks)."""
-    net = presets.dense_classifier(jax.random.PRNGKey(seed), (8, 8, 1), 10, hidden=hidden,
-                                   hidden_lagrangian=L.Tanh(1.0), label_lagrangian=L.Identity())
+    net = models.dense_classifier((8, 8, 1), 10, hidden=hidden, key=jax.random.PRNGKey(seed),
+                                  hidden_lagrangian=L.Tanh(1.0), label_lagrangian=L.Identity())
     # small weights: the steady state is unique (|C H| < 1) and fast to reach
     net = eqx.tree_at(lambda n: (n.synapses["w1"].weight, n.synapses["w2"].weight), net,
                       (scale * net.synapses["w1"].weight, scale * net.synapses["w2"].weight))
@@ -235,7 +235,7 @@ ADAM = optax.adam(3e-2)
 
 @pytest.fixture(scope="module")
 def memory_net():
-    return presets.memory_model(jax.random.PRNGKey(1), (8, 8, 1), num_memories=16, beta=4.0)
+    return models.memory_model((8, 8, 1), num_memories=16, key=jax.random.PRNGKey(1), beta=4.0)
 
 
 @pytest.fixture(scope="module")
@@ -541,9 +541,9 @@ def test_evaluate_accuracy_is_a_hand_count_and_padding_is_ignored(two_epochs, ti
 
 
 def _softmax_classifier(seed=0):
-    """The presets' default classifier (ReLU hidden, Softmax label: probabilities, so the
+    """The models' default classifier (ReLU hidden, Softmax label: probabilities, so the
     negative log-likelihood is the loss), 64-16-10."""
-    net = presets.dense_classifier(jax.random.PRNGKey(seed), (8, 8, 1), 10, hidden=16)
+    net = models.dense_classifier((8, 8, 1), 10, hidden=16, key=jax.random.PRNGKey(seed))
     return jax.tree.map(lambda v: jnp.asarray(v, v.dtype) if eqx.is_array(v) else v, net)
 
 

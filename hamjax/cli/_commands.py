@@ -1,6 +1,6 @@
 """The commands ``train``, ``eval``, ``analyze`` and ``bench``: a config builds the data, the
 model, the task, the gradient estimator and the optimiser, and :mod:`hamjax.train` runs them.
-Every call into :mod:`hamjax.train` and :mod:`hamjax.presets` is in this module."""
+Every call into :mod:`hamjax.train` and :mod:`hamjax.models` is in this module."""
 
 from __future__ import annotations
 
@@ -56,20 +56,20 @@ def build(cfg: dict, data):
 def _model(cfg: dict, data):
     import jax
 
-    from .. import presets
+    from .. import models
 
     key = jax.random.PRNGKey(cfg["seed"])
     h = cfg["hidden"]
     if cfg["model"] == "dense":
-        return presets.dense_classifier(key, data.image_shape, data.num_classes, hidden=h[0])
+        return models.dense_classifier(data.image_shape, data.num_classes, hidden=h[0], key=key)
     if cfg["model"] == "deep":
         from ..lagrangians import Tanh
 
         # bounded hidden activations: two ReLU layers coupled by −g₁ᵀWg₂ make the energy
         # unbounded below once ‖W‖ > 1, and a trained relaxation can run away; with tanh the
         # energy is bounded below and every relaxation settles
-        return presets.deep_dense_classifier(key, data.image_shape, data.num_classes, hidden=h,
-                                             hidden_lagrangian=Tanh())
+        return models.deep_dense_classifier(data.image_shape, data.num_classes, hidden=h,
+                                            hidden_lagrangian=Tanh(), key=key)
     if cfg["model"] == "conv":
         from ..lagrangians import ReLU
 
@@ -77,9 +77,9 @@ def _model(cfg: dict, data):
         # kernel at stride 2 on 28×28 images (3×3, stride 1, 2×2 pooling on the 8×8 digits)
         # keeps the feature maps small enough to train on a CPU
         small = data.image_shape[0] <= 8
-        return presets.conv_classifier(key, data.image_shape, data.num_classes, channels=h[0],
-                                       kernel_size=3 if small else 5, stride=1 if small else 2,
-                                       pool=2 if small else 1, feature_lagrangian=ReLU())
+        return models.conv_classifier(data.image_shape, data.num_classes, channels=h[0],
+                                      kernel_size=3 if small else 5, stride=1 if small else 2,
+                                      pool=2 if small else 1, feature_lagrangian=ReLU(), key=key)
     # memories start as K training images (a modern Hopfield network storing them); from
     # small random vectors every softmax is flat and each image relaxes to the global mean
     import numpy as np
@@ -87,9 +87,9 @@ def _model(cfg: dict, data):
     idx = np.random.default_rng(cfg["seed"]).choice(data.num_train, h[0], replace=False)
     # Euclidean similarity: the overlap ξ·v grows with a memory's brightness, so the brightest
     # memories would capture every noisy image; the distance does not favour them
-    return presets.memory_model(key, data.image_shape, num_memories=h[0],
-                                patterns=data.x_train[idx].reshape(h[0], -1),
-                                similarity="distance")
+    return models.memory_model(data.image_shape, num_memories=h[0],
+                               patterns=data.x_train[idx].reshape(h[0], -1),
+                               similarity="distance", key=key)
 
 
 def _task(cfg: dict, data):
@@ -397,8 +397,7 @@ def analyze(args) -> int:
     import jax.numpy as jnp
     import numpy as np
 
-    from .. import analysis
-    from .. import SteadyState, relax
+    from .. import SteadyState, analysis, relax
 
     cfg, data, net, task, gradient, meta = load_run(args.run_dir, args.data_dir)
     if args.samples > data.num_test:

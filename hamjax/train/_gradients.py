@@ -33,8 +33,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .._ham import HAM
 from .._convergence import FixedSteps, SteadyState
+from .._ham import HAM
 from .._implicit import ImplicitSteadyState
 from .._relax import relax
 from ..synapses import Synapse

@@ -1,72 +1,33 @@
-"""Capacity and retrieval experiments for associative memories, and the theory to compare with.
-
-Pure functions: draw random ±1 patterns, store them in a memory (:mod:`hamjax.presets`),
-corrupt them, retrieve them with one-step or iterate-to-fixed-point sign updates (binary
-memories) or with :func:`hamjax.relax` (continuous HAMs), and measure the fraction of patterns
-recovered and the one-step bit-error rate against the number ``K`` stored.
-
-Theory (``N`` neurons, ``K`` random ±1 patterns, Φ the standard normal CDF):
-
-* classical Hopfield: ``K ≈ 0.138 N`` with a small fraction of errors (Amit, Gutfreund &
-  Sompolinsky), ``K ≈ N / (2 ln N)`` with every pattern an exact fixed point (McEliece et al.);
-* dense associative memory ``F(x) = x^n`` (Krotov & Hopfield 2016): one-step bit-error rate
-  ``Φ(−sqrt(N^(n−1) / ((2n−3)!! K)))`` from a signal-to-noise estimate, hence an error-free
-  capacity ``N^(n−1) / (2 (2n−3)!! ln N)``;
-* the *rectified* polynomial ``F(x) = max(x, 0)^n`` has half the crosstalk variance (a
-  pattern's noise term ``F'(ξ_μ·σ)`` vanishes when the overlap is negative, half the time), so
-  its rate is ``Φ(−sqrt(2 N^(n−1) / ((2n−3)!! K)))`` and its error-free capacity twice the
-  above — this factor 2 is derived below and checked numerically in tests/test_capacity.py;
-* ``F(x) = exp(x)``: capacity exponential in ``N`` (Demircigil et al. 2017), far beyond ``N``.
-
-Signal-to-noise derivation (one synchronous update of bit ``i`` from a stored pattern ``ξ_ν``):
-with ``a_μ = Σ_{j≠i} ξ_μj ξ_νj`` (mean 0, variance ``N − 1`` for ``μ ≠ ν``) the field is
-``ξ_νi [F(N) − F(N−2)] + Σ_{μ≠ν} [F(a_μ + ξ_μi ξ_νi) − F(a_μ − ξ_μi ξ_νi)]``. The signal is
-``≈ 2n N^(n−1)``; each crosstalk term is ``≈ 2 ξ_μi ξ_νi F'(a_μ)``, of mean 0 and variance
-``4 n² E[a^(2n−2)] = 4 n² (2n−3)!! N^(n−1)`` (``E[F'(a)²]`` halves for the rectified ``F``).
-Signal² / noise variance over ``K − 1 ≈ K`` patterns gives the rates above.
+"""Capacity and retrieval experiments: draw random ±1 patterns, store them in a memory
+(:mod:`hamjax.capacity` binary memories, or a continuous HAM from :mod:`hamjax.models`), corrupt
+them, retrieve them with one-step or iterate-to-fixed-point sign updates (binary memories) or with
+:func:`hamjax.relax` (continuous HAMs), and measure the fraction of patterns recovered and the
+one-step bit-error rate against the number ``K`` stored. Pure functions.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import ndtr
 from jaxtyping import Array
 
-from . import presets
-
-__all__ = [
-    "random_patterns",
-    "flip_bits",
-    "overlap",
-    "retrieve",
-    "relax_retrieve",
-    "one_step_errors",
-    "recovery",
-    "capacity_curve",
-    "double_factorial",
-    "hopfield_small_error_capacity",
-    "hopfield_error_free_capacity",
-    "polynomial_error_free_capacity",
-    "snr_bit_error_rate",
-    "predicted_stable_fraction",
-    "make_memory",
-]
+from .._relax import relax
+from ._binary import classical_hopfield, dense_associative_memory, sign_update
 
 
 # ----------------------------------------------------------------------------- patterns
-def random_patterns(key, num_patterns: int, num_neurons: int) -> Array:
+def random_patterns(num_patterns: int, num_neurons: int, *, key) -> Array:
     """``K`` independent uniform ±1 patterns of ``N`` bits, shape ``(K, N)``, float32."""
     return jnp.where(jax.random.bernoulli(key, 0.5, (num_patterns, num_neurons)), 1.0, -1.0)
 
 
-def flip_bits(key, patterns: Array, num_flips: int) -> Array:
-    """Flip exactly ``num_flips`` bits of every pattern, at positions drawn independently."""
+def flip_bits(patterns: Array, num_flips: int, *, key) -> Array:
+    """Flip exactly ``num_flips`` bits of every pattern (``(*batch, N)``), at positions drawn
+    independently from ``key``."""
     patterns = jnp.asarray(patterns)
     n = patterns.shape[-1]
     if num_flips == 0:
@@ -90,11 +51,11 @@ def _iterate(model, sigma, max_steps: int, mode: str, key, chunk: int | None):
     def step(s, k):
         b = s.shape[0]
         if chunk is None or chunk >= b:
-            return presets.sign_update(model, s, mode=mode, key=k)
+            return sign_update(model, s, mode=mode, key=k)
         # sign_update is batch-native: map it over blocks of ``chunk`` samples (padded)
         nb = -(-b // chunk)
         padded = jnp.concatenate([s, jnp.ones((nb * chunk - b, s.shape[1]), s.dtype)])
-        out = jax.lax.map(lambda r: presets.sign_update(model, r, mode=mode, key=k),
+        out = jax.lax.map(lambda r: sign_update(model, r, mode=mode, key=k),
                           padded.reshape(nb, chunk, s.shape[1]))
         return out.reshape(nb * chunk, s.shape[1])[:b]
 
@@ -114,8 +75,8 @@ def _iterate(model, sigma, max_steps: int, mode: str, key, chunk: int | None):
 
 def retrieve(model, sigma0: Array, *, steps: int | None = 1, mode: str = "sync",
              max_steps: int = 100, key=None, chunk: int | None = None):
-    """Run the sign dynamics of a binary memory (:class:`~hamjax.presets.BinaryHopfield`,
-    :class:`~hamjax.presets.DenseAssociativeMemory`) from ``sigma0`` (``(B, N)``).
+    """Run the sign dynamics of a binary memory (:class:`BinaryHopfield`,
+    :class:`DenseAssociativeMemory`) from ``sigma0`` (``(B, N)``).
 
     ``steps=1``: one update (synchronous by default); ``steps=None``: iterate until no neuron
     changes (a fixed point) or ``max_steps`` updates (asynchronous sweeps reach a fixed point;
@@ -132,8 +93,6 @@ def relax_retrieve(net, x0: Array, *, layer: str = "image", binarize: bool = Tru
     """Retrieve with a continuous HAM: relax ``net`` (:func:`hamjax.relax`, diffrax) from
     ``x0`` placed in ``layer`` (other layers start at zero) and read out the sign of that
     layer's activation (or the activation itself when ``binarize`` is False)."""
-    from ._relax import relax
-
     x0 = jnp.asarray(x0, dtype=jnp.float32)
     batch = x0.shape[: x0.ndim - net.layers[layer].ndim]
     state = net.init_state(batch)
@@ -160,9 +119,11 @@ def recovery(model, patterns: Array, *, key=None, flips: int = 0, probe: int | N
 
     Returns a dict of numpy arrays: ``recovered`` (bool per probe), ``errors`` (wrong bits per
     probe), ``overlap`` and ``fraction`` (the recovered fraction)."""
+    if flips and key is None:
+        raise ValueError(f"recovery needs a PRNG key, key=, to flip {flips} bits")
     xi = patterns if probe is None else patterns[:probe]
     k_flip, k_dyn = (None, None) if key is None else jax.random.split(key)
-    start = xi if flips == 0 else flip_bits(k_flip, xi, flips)
+    start = xi if flips == 0 else flip_bits(xi, flips, key=k_flip)
     s, _, _ = retrieve(model, start, steps=steps, mode=mode, max_steps=max_steps,
                        key=k_dyn if mode == "async" else None, chunk=chunk)
     errors = np.asarray(jnp.sum(s != xi, axis=-1))
@@ -176,17 +137,17 @@ def make_memory(kind: str, patterns: Array, n: int = 3):
     """``"hebbian"`` (classical Hopfield), ``"poly"`` (rectified ``x^n``), ``"poly_plain"``
     (non-rectified ``x^n``) or ``"exp"`` dense associative memory of ``patterns``."""
     if kind == "hebbian":
-        return presets.classical_hopfield(patterns)
+        return classical_hopfield(patterns)
     if kind == "poly":
-        return presets.dense_associative_memory(patterns, n)
+        return dense_associative_memory(patterns, n)
     if kind == "poly_plain":
-        return presets.dense_associative_memory(patterns, n, rectified=False)
+        return dense_associative_memory(patterns, n, rectified=False)
     if kind == "exp":
-        return presets.dense_associative_memory(patterns, kind="exp")
+        return dense_associative_memory(patterns, kind="exp")
     raise ValueError(f"unknown memory kind {kind!r}; use 'hebbian', 'poly', 'poly_plain', 'exp'")
 
 
-def capacity_curve(kind: str, num_neurons: int, num_patterns: Sequence[int], key, *,
+def capacity_curve(kind: str, num_neurons: int, num_patterns: Sequence[int], *, key,
                    n: int = 3, trials: int = 1, probe: int | None = 50, flips: int = 0,
                    steps: int | None = 1, mode: str = "sync", tolerance: float = 0.0,
                    max_steps: int = 100, chunk: int | None = None,
@@ -204,7 +165,7 @@ def capacity_curve(kind: str, num_neurons: int, num_patterns: Sequence[int], key
         for t in range(trials):
             kt = jax.random.fold_in(jax.random.fold_in(key, k_count), t)
             k_pat, k_rec = jax.random.split(kt)
-            xi = (random_patterns(k_pat, k_count, num_neurons) if patterns is None
+            xi = (random_patterns(k_count, num_neurons, key=k_pat) if patterns is None
                   else jnp.asarray(patterns[:k_count]))
             model = make_memory(kind, xi, n)
             rec = recovery(model, xi, key=k_rec, flips=flips, probe=probe, steps=steps,
@@ -218,47 +179,3 @@ def capacity_curve(kind: str, num_neurons: int, num_patterns: Sequence[int], key
         out["ber"].append(float(np.mean(ber)))
         out["mean_errors"].append(float(np.mean(errs)))
     return out
-
-
-# -------------------------------------------------------------------------------- theory
-def double_factorial(k: int) -> int:
-    """``k!! = k (k−2) (k−4) …``; ``(−1)!! = 0!! = 1``."""
-    return math.prod(range(k, 0, -2)) if k > 0 else 1
-
-
-def hopfield_small_error_capacity(num_neurons) -> float:
-    """``0.138 N``: the classical Hopfield network's capacity with a small fraction (≈1.6%) of
-    errors allowed (Amit, Gutfreund & Sompolinsky 1985)."""
-    return 0.138 * np.asarray(num_neurons, dtype=float)
-
-
-def hopfield_error_free_capacity(num_neurons) -> float:
-    """``N / (2 ln N)``: every stored pattern an exact fixed point (McEliece et al. 1987)."""
-    n = np.asarray(num_neurons, dtype=float)
-    return n / (2.0 * np.log(n))
-
-
-def polynomial_error_free_capacity(num_neurons, n: int, rectified: bool = False):
-    """``N^(n−1) / (2 (2n−3)!! ln N)`` (Krotov & Hopfield 2016, ``F = x^n``; ``n = 2`` is
-    the Hopfield network's ``N / (2 ln N)``), twice that for the rectified ``F``."""
-    N = np.asarray(num_neurons, dtype=float)
-    c = 2.0 if rectified else 1.0
-    return c * N ** (n - 1) / (2.0 * double_factorial(2 * n - 3) * np.log(N))
-
-
-def snr_bit_error_rate(num_neurons, num_patterns, n: int = 2, rectified: bool = False):
-    """The signal-to-noise estimate of the one-step bit-error rate from a stored pattern:
-    ``Φ(−sqrt(c N^(n−1) / ((2n−3)!! K)))``, ``c = 1`` for ``F = x^n`` (and the Hebbian
-    network, ``n = 2``) and ``c = 2`` for the rectified ``max(x, 0)^n`` (see the module
-    docstring)."""
-    N = np.asarray(num_neurons, dtype=float)
-    K = np.asarray(num_patterns, dtype=float)
-    c = 2.0 if rectified else 1.0
-    return np.asarray(ndtr(-np.sqrt(c * N ** (n - 1) / (double_factorial(2 * n - 3) * K))))
-
-
-def predicted_stable_fraction(num_neurons, num_patterns, n: int = 2, rectified: bool = False):
-    """``(1 − p)^N`` with ``p`` the :func:`snr_bit_error_rate`: the fraction of stored patterns
-    that are exact fixed points if bit errors were independent."""
-    p = snr_bit_error_rate(num_neurons, num_patterns, n, rectified)
-    return (1.0 - p) ** np.asarray(num_neurons, dtype=float)

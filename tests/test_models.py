@@ -1,5 +1,6 @@
-"""Memory presets against closed forms written independently in numpy: the energy each docstring
-states, and its update (sign rule, attention step, or the vector field of MATH.md eqs. 5/14/17/21).
+"""Ready-made HAMs (hamjax.models) against closed forms written independently in numpy: the
+energy each docstring states, and its update (attention step, or the vector field of MATH.md
+eqs. 5/14/17/21); the Energy Transformer's synapses against explicit loops.
 """
 
 import math
@@ -10,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hamjax import presets as P
+from hamjax import models as M
 from hamjax import synapses as S
 from hamjax.lagrangians import Softmax
 
@@ -20,8 +21,7 @@ RTOL, ATOL = 2e-4, 2e-4
 _energy = eqx.filter_jit(lambda net, x: net.energy(x))
 _field = eqx.filter_jit(lambda net, x: net.vector_field(x))
 _rate = eqx.filter_jit(lambda net, x: net.energy_rate(x))
-_step = eqx.filter_jit(P.fixed_point_step)
-_sign = eqx.filter_jit(P.sign_update)
+_step = eqx.filter_jit(M.fixed_point_step)
 
 
 def _pm1(seed, shape):
@@ -52,47 +52,17 @@ def _close(a, b, rtol=RTOL, atol=ATOL):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol)
 
 
-# ------------------------------------------------------------------------ classical Hopfield
+# ------------------------------------------------------------- continuous classical Hopfield
 def _np_hebb(xi):
     w = xi.T @ xi / xi.shape[1]
     np.fill_diagonal(w, 0.0)
     return w
 
 
-def test_binary_hopfield_energy_and_sign_updates():
-    xi = _pm1(0, (6, 30))
-    sigma = _pm1(1, (4, 30))
-    net = P.classical_hopfield(xi)
-    w = _np_hebb(xi)
-    _close(net.weight, w)
-    _close(net.energy(sigma), -0.5 * np.einsum("bi,ij,bj->b", sigma, w, sigma))
-    # synchronous: all neurons from the same σ
-    field = sigma @ w
-    expected = np.where(field > 0, 1.0, np.where(field < 0, -1.0, sigma))
-    _close(_sign(net, sigma), expected)
-    # asynchronous sweep in order 0..N-1: each neuron sees the earlier updates
-    s = sigma.copy()
-    for i in range(30):
-        f = s @ w[i]
-        s[:, i] = np.where(f > 0, 1.0, np.where(f < 0, -1.0, s[:, i]))
-    out = _sign(net, sigma, mode="async")
-    _close(out, s)
-    assert np.all(np.asarray(net.energy(out)) <= np.asarray(net.energy(sigma)) + 1e-5)
-    # energy gap by brute force
-    gap = np.asarray(net.energy_gap(sigma[0]))
-    for i in (0, 7, 29):
-        up, dn = sigma[0].copy(), sigma[0].copy()
-        up[i], dn[i] = 1.0, -1.0
-        _close(gap[i], net.energy(dn) - net.energy(up))
-    assert P.hopfield_step is P.sign_update
-    with pytest.raises(ValueError, match="mode"):
-        _sign(net, sigma, mode="random")
-
-
 def test_continuous_hopfield_energy_and_field():
     xi = _pm1(2, (3, 12))
     beta = 2.0
-    net = P.classical_hopfield(xi, continuous=True, beta=beta)
+    net = M.continuous_hopfield(xi, beta)
     x = _rand(3, (5, 12))
     g = np.tanh(beta * x)
     w = _np_hebb(xi)
@@ -100,60 +70,7 @@ def test_continuous_hopfield_energy_and_field():
     _close(_energy(net, {"image": x}), legendre - 0.5 * np.einsum("bi,ij,bj->b", g, w, g))
     _close(_field(net, {"image": x})["image"], g @ w - x)
     with pytest.raises(ValueError, match="weight"):
-        S.Lateral(None, 12, weight=np.zeros((3, 3)))
-
-
-# ------------------------------------------------------------------ dense associative memory
-def _np_dam_step(xi, sigma, F):
-    """σ_i ← sign(Σ_μ F(ξ_μ·σ|σ_i=+1) − F(ξ_μ·σ|σ_i=−1)), written as a loop over neurons."""
-    out = sigma.copy()
-    for b in range(sigma.shape[0]):
-        for i in range(sigma.shape[1]):
-            up, dn = sigma[b].copy(), sigma[b].copy()
-            up[i], dn[i] = 1.0, -1.0
-            d = np.sum(F(xi @ up.astype(np.float64)) - F(xi @ dn.astype(np.float64)))
-            out[b, i] = 1.0 if d > 0 else (-1.0 if d < 0 else sigma[b, i])
-    return out
-
-
-@pytest.mark.parametrize(
-    "kw, F",
-    [
-        ({"n": 3}, lambda h: np.maximum(h, 0.0) ** 3),
-        ({"n": 4, "rectified": False}, lambda h: h**4),
-        ({"n": 2, "rectified": False}, lambda h: h**2),
-        ({"kind": "exp", "beta": 0.5}, lambda h: np.exp(0.5 * h)),
-    ],
-)
-def test_dense_associative_memory_energy_and_update(kw, F):
-    xi = _pm1(4, (40, 16))
-    sigma = _pm1(5, (3, 16))
-    sigma[:2] = xi[:2]
-    sigma[0, :3] *= -1  # a corrupted pattern
-    net = P.dense_associative_memory(xi, **kw)
-    _close(net.energy(sigma), -np.sum(F(sigma @ xi.T), -1), rtol=1e-5)
-    _close(_sign(net, sigma), _np_dam_step(xi, sigma, F))
-    if kw.get("kind") != "exp":
-        e = net.energy_gap(sigma)
-        for i in (0, 9):
-            up, dn = sigma.copy(), sigma.copy()
-            up[:, i], dn[:, i] = 1.0, -1.0
-            _close(e[:, i], -np.sum(F(dn @ xi.T), -1) + np.sum(F(up @ xi.T), -1), rtol=1e-5)
-    # asynchronous sweep: same as the loop applied one neuron at a time, never raises the energy
-    out = _sign(net, sigma, mode="async")
-    s = sigma.copy()
-    for i in range(16):
-        s[:, i] = _np_dam_step(xi, s, F)[:, i]
-    _close(out, s)
-    assert np.all(np.asarray(net.energy(out)) <= np.asarray(net.energy(sigma)) * (1 - 1e-6) + 1e-3)
-
-
-def test_dense_associative_memory_exp_is_overflow_free():
-    xi = _pm1(6, (50, 400))  # βξ·σ = 400 overflows exp in float32; the update must not
-    sigma = xi[:5].copy()
-    sigma[:, :40] *= -1
-    out = _sign(P.dense_associative_memory(xi, kind="exp"), sigma)
-    _close(out, xi[:5])
+        S.Lateral(12, weight=np.zeros((3, 3)))
 
 
 # -------------------------------------------------------------------------- modern Hopfield
@@ -161,7 +78,7 @@ def test_modern_hopfield_energy_and_attention_step():
     xi = _rand(7, (9, 10))
     v = _rand(8, (4, 10))
     beta = 3.0
-    net = P.modern_hopfield(xi, beta)
+    net = M.modern_hopfield(xi, beta)
     _close(_energy(net, {"image": v}), 0.5 * np.sum(v * v, -1) - _np_lse(v @ xi.T, beta))
     step = _step(net, {"image": v})["image"]
     _close(step, _np_softmax(v @ xi.T, beta) @ xi)
@@ -172,7 +89,7 @@ def test_modern_hopfield_energy_and_attention_step():
     _close(step, att)
     # image-shaped patterns keep their shape
     imgs = _rand(9, (5, 4, 4, 1))
-    net = P.modern_hopfield(imgs, 1.0)
+    net = M.modern_hopfield(imgs, 1.0)
     assert net.layers["image"].shape == (4, 4, 1)
 
 
@@ -180,7 +97,7 @@ def test_modern_hopfield_energy_and_attention_step():
 def test_ham_1hidden_eqs_13_to_15():
     xi = _rand(10, (6, 8))
     beta = 1.5
-    net = P.ham_1hidden(xi, beta)
+    net = M.ham_1hidden(xi, beta)
     v, h = _rand(11, (3, 8)), _rand(12, (3, 6))
     f = _np_softmax(h, beta)
     e = 0.5 * np.sum(v * v, -1) + _np_softmax_legendre(h, beta) - np.einsum("bm,mi,bi->b", f, xi, v)
@@ -189,14 +106,14 @@ def test_ham_1hidden_eqs_13_to_15():
     _close(dx["image"], f @ xi - v)
     _close(dx["hidden"], (v @ xi.T - h) / 0.1, rtol=1e-3, atol=1e-3)
     # adiabatic limit: h = ξv gives the Ramsauer energy
-    ad = P.ham_1hidden(xi, beta, adiabatic=True)
+    ad = M.ham_1hidden(xi, beta, adiabatic=True)
     _close(_energy(ad, {"image": v}), _energy(net, {"image": v, "hidden": v @ xi.T}))
 
 
 def test_ham_2hidden_eqs_16_to_19():
     xi, theta = _rand(13, (6, 8)), _rand(14, (4, 6))
     beta, gamma = 1.5, 0.7
-    net = P.ham_2hidden(xi, theta, beta, gamma, taus=(1.0, 1.0, 1.0))
+    net = M.ham_2hidden(xi, theta, beta, gamma, taus=(1.0, 1.0, 1.0))
     v, h, z = _rand(15, (2, 8)), _rand(16, (2, 6)), _rand(17, (2, 4))
     f, g = _np_softmax(h, beta), _np_softmax(z, gamma)
     e = (0.5 * np.sum(v * v, -1) + _np_softmax_legendre(h, beta) + _np_softmax_legendre(z, gamma)
@@ -207,7 +124,7 @@ def test_ham_2hidden_eqs_16_to_19():
     _close(dx["image"], f @ xi - v)
     _close(dx["hidden"], v @ xi.T + g @ theta - h)
     _close(dx["top"], f @ theta.T - z)
-    ad = P.ham_2hidden(xi, theta, beta, gamma, adiabatic_top=True)
+    ad = M.ham_2hidden(xi, theta, beta, gamma, adiabatic_top=True)
     _close(_energy(ad, {"image": v, "hidden": h}), _energy(net, {**x, "top": f @ theta.T}))
 
 
@@ -241,7 +158,7 @@ def test_ham_conv_eqs_20_to_23():
     m = (7 - 3) // stride + 1
     theta = _rand(19, (5, m * m * 4), 0.5)
     beta, gamma = 1.3, 0.8
-    net = P.ham_conv(kernel, theta, image_shape, beta, gamma, stride=stride, taus=(1, 1, 1))
+    net = M.ham_conv(kernel, theta, image_shape, beta, gamma, stride=stride, taus=(1, 1, 1))
     assert net.layers["features"].shape == (m, m, 4)
     v, h, z = _rand(20, (2, 7, 7, 2)), _rand(21, (2, m, m, 4)), _rand(22, (2, 5))
     f, g = _np_softmax(h, beta), _np_softmax(z, gamma)
@@ -255,7 +172,7 @@ def test_ham_conv_eqs_20_to_23():
     _close(dx["image"], _np_conv_t(f, kernel, stride, 7) - v)
     _close(dx["features"], conv + (g @ theta).reshape(h.shape) - h)
     _close(dx["top"], f.reshape(2, -1) @ theta.T - z)
-    ad = P.ham_conv(kernel, theta, image_shape, beta, gamma, stride=stride, adiabatic_top=True)
+    ad = M.ham_conv(kernel, theta, image_shape, beta, gamma, stride=stride, adiabatic_top=True)
     z_star = f.reshape(2, -1) @ theta.T
     _close(_energy(ad, {"image": v, "features": h}), _energy(net, {**x, "top": z_star}))
 
@@ -263,7 +180,7 @@ def test_ham_conv_eqs_20_to_23():
 def test_deep_dense_ham_eqs_5_and_8():
     sizes = (5, 7, 4, 3)
     ws = [_rand(30 + i, (sizes[i + 1], sizes[i])) for i in range(3)]
-    net = P.deep_dense_ham(jax.random.PRNGKey(0), sizes, weights=ws, beta=2.0)
+    net = M.deep_dense_ham(sizes, key=jax.random.PRNGKey(0), weights=ws, beta=2.0)
     xs = [_rand(40 + i, (2, s)) for i, s in enumerate(sizes)]
     gs = [xs[0]] + [_np_softmax(x, 2.0) for x in xs[1:]]
     e = 0.5 * np.sum(xs[0] ** 2, -1) + sum(_np_softmax_legendre(x, 2.0) for x in xs[1:])
@@ -281,8 +198,8 @@ def test_deep_dense_ham_eqs_5_and_8():
 
 
 def test_conv_pool_ham_energy_and_lyapunov():
-    net = P.conv_pool_ham(jax.random.PRNGKey(1), (6, 6, 1), channels=3, kernel_size=3, pool=2,
-                          num_top=4, beta=1.2, gamma=0.9)
+    net = M.conv_pool_ham((6, 6, 1), channels=3, kernel_size=3, pool=2, num_top=4,
+                          key=jax.random.PRNGKey(1), beta=1.2, gamma=0.9)
     assert net.layers["pooled"].shape == (2, 2, 3)
     x = {n: _rand(90 + i, (2,) + layer.shape) for i, (n, layer) in enumerate(net.layers.items())}
     k = np.asarray(net.synapses["conv"].kernel)
@@ -316,7 +233,7 @@ def _np_attention_energy(g, wk, wq, beta):
 
 
 def test_attention_synapse_against_loops_and_finite_differences():
-    att = S.Attention(jax.random.PRNGKey(3), 6, num_heads=2, head_dim=3, beta=0.8)
+    att = S.Attention(6, num_heads=2, head_dim=3, beta=0.8, key=jax.random.PRNGKey(3))
     g = _rand(50, (2, 5, 6))
     wk, wq = np.asarray(att.key_weight, np.float64), np.asarray(att.query_weight, np.float64)
     ref = [_np_attention_energy(g[b].astype(np.float64), wk, wq, 0.8) for b in range(2)]
@@ -329,7 +246,7 @@ def test_attention_synapse_against_loops_and_finite_differences():
         fd = (np.sum(_np_e(att, g + eps * d)) - np.sum(_np_e(att, g - eps * d))) / (2 * eps)
         _close(np.sum(np.asarray(grad) * d), fd, rtol=2e-3, atol=2e-3)
     with pytest.raises(ValueError, match="shape"):
-        S.Attention(None, 6, 2, 3, key_weight=np.zeros((2, 3, 5)), query_weight=np.zeros((2, 3, 6)))
+        S.Attention(6, 2, 3, key_weight=np.zeros((2, 3, 5)), query_weight=np.zeros((2, 3, 6)))
 
 
 def _np_e(att, g):
@@ -340,20 +257,20 @@ def _np_e(att, g):
 def test_token_memory_is_per_token():
     xi = _rand(70, (5, 4))
     g = _rand(71, (3, 6, 4))
-    relu = S.TokenMemory(None, 4, 5, memories=xi)
+    relu = S.TokenMemory(4, 5, memories=xi)
     _close(relu.energy(g), -0.5 * np.sum(np.maximum(g @ xi.T, 0) ** 2, (1, 2)))
-    soft = S.TokenMemory(None, 4, 5, memories=xi, lagrangian=Softmax(2.0))
+    soft = S.TokenMemory(4, 5, memories=xi, lagrangian=Softmax(2.0))
     _close(soft.energy(g), -_np_lse(g @ xi.T, 2.0).sum(-1))
 
 
 def test_energy_transformer_block_energy_field_and_patches():
     img = _rand(80, (2, 4, 4, 2))
-    toks = np.asarray(P.patchify(img, 2))
+    toks = np.asarray(M.patchify(img, 2))
     assert toks.shape == (2, 4, 8)
     _close(toks[1, 2], img[1, 2:4, 0:2, :].reshape(-1))  # patch (1, 0) in row-major order
-    _close(P.unpatchify(toks, (4, 4, 2), 2), img)
+    _close(M.unpatchify(toks, (4, 4, 2), 2), img)
 
-    net = P.energy_transformer_block(jax.random.PRNGKey(4), (4, 4, 2), 2, num_heads=2,
+    net = M.energy_transformer_block((4, 4, 2), 2, key=jax.random.PRNGKey(4), num_heads=2,
                                      head_dim=3, num_memories=6, gamma=1.0)
     x = toks.astype(np.float64)
     xc = x - x.mean(-1, keepdims=True)

@@ -1,0 +1,157 @@
+"""Trainable HAMs for images, the ones ``hamjax train`` builds.
+
+Layer names are ``"image"``, ``"hidden"`` (``"hidden1"``, … for deep models), ``"features"``,
+``"pooled"`` and ``"label"``: the tasks in :mod:`hamjax.train` read them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+from jaxtyping import PRNGKeyArray
+
+from .. import lagrangians as L
+from .._ham import HAM
+from .._layer import Layer
+from ..synapses import AvgPool2D, Conv2D, Dense, Memory
+
+
+def dense_classifier(
+    image_shape: Sequence[int],
+    num_classes: int,
+    hidden: int = 256,
+    *,
+    key: PRNGKeyArray,
+    hidden_lagrangian: L.Lagrangian | None = None,
+    label_lagrangian: L.Lagrangian | None = None,
+    tau_hidden: float = 1.0,
+    tau_label: float = 1.0,
+) -> HAM:
+    """``image (Identity) —W₁— hidden (ReLU, bias) —W₂— label (Softmax β=4, bias)``.
+
+    With the image clamped the steady state is ``h = W₁g_v + W₂ᵀ g_ℓ + b_h``,
+    ``ℓ = W₂ g_h + b_ℓ``: a one-hidden-layer perceptron with symmetric feedback, read out as the
+    label activations ``softmax(βℓ)`` (probabilities: train with ``Classification(loss_kind=
+    "nll")``). The softmax keeps the top-down current ``W₂ᵀ g_ℓ`` bounded, so with the ReLU's
+    quadratic Legendre term the energy is bounded below for any weights and every relaxation
+    settles (an identity label layer lets the hidden–label loop run away).
+
+    Shapes: ``image_shape`` (any), ``hidden`` neurons, ``num_classes`` labels; ``W₁`` and ``W₂``
+    are drawn from ``key``."""
+    return deep_dense_classifier(
+        image_shape, num_classes, (hidden,), key=key,
+        hidden_lagrangian=hidden_lagrangian, label_lagrangian=label_lagrangian,
+        tau_hidden=tau_hidden, tau_label=tau_label, names=("hidden",),
+    )
+
+
+def deep_dense_classifier(
+    image_shape: Sequence[int],
+    num_classes: int,
+    hidden: Sequence[int] = (256, 128),
+    *,
+    key: PRNGKeyArray,
+    hidden_lagrangian: L.Lagrangian | None = None,
+    label_lagrangian: L.Lagrangian | None = None,
+    tau_hidden: float = 1.0,
+    tau_label: float = 1.0,
+    names: Sequence[str] | None = None,
+) -> HAM:
+    """A chain ``image — hidden₁ — … — hiddenₖ — label`` of dense synapses ``"w1", "w2", …``
+    (MATH.md eq. 5), ``W_A: (N_A, N_{A−1})`` drawn from ``key``; hidden layers ReLU with a bias,
+    the label Softmax(4) with a bias, unless other Lagrangians are given."""
+    hidden = tuple(hidden)
+    names = (tuple(names) if names is not None
+             else tuple(f"hidden{i + 1}" for i in range(len(hidden))))
+    hl = L.ReLU() if hidden_lagrangian is None else hidden_lagrangian
+    ll = L.Softmax(4.0) if label_lagrangian is None else label_lagrangian
+    keys = jax.random.split(key, len(hidden) + 1)
+    layers = {"image": Layer(tuple(image_shape), L.Identity())}
+    for n, size in zip(names, hidden, strict=True):
+        layers[n] = Layer(size, hl, tau=tau_hidden, bias=True)
+    layers["label"] = Layer(num_classes, ll, tau=tau_label, bias=True)
+    order = ["image", *names, "label"]
+    synapses, edges = {}, {}
+    for i, (a, b) in enumerate(zip(order[:-1], order[1:], strict=True)):
+        synapses[f"w{i + 1}"] = Dense(layers[a].shape, layers[b].shape, key=keys[i])
+        edges[f"w{i + 1}"] = (a, b)
+    return HAM(layers, synapses, edges)
+
+
+def conv_classifier(
+    image_shape: Sequence[int],
+    num_classes: int,
+    channels: int = 32,
+    kernel_size: int = 5,
+    stride: int = 1,
+    pool: int = 2,
+    *,
+    key: PRNGKeyArray,
+    beta: float = 1.0,
+    feature_lagrangian: L.Lagrangian | None = None,
+) -> HAM:
+    """``image —conv— features (softmax over channels) —avgpool— pooled —dense— label``.
+
+    MATH.md eq. (20)–(21): the feature map's Lagrangian is ``(1/β) Σ_positions logsumexp_k``;
+    feedback to the image is the transposed convolution and feedback through the pooling layer
+    is the adjoint of average pooling, both by autodiff, so the energy is a Lyapunov function.
+
+    Shapes: ``image_shape = (H, W, C)``; the kernel ``(kernel_size, kernel_size, C, channels)``
+    and the readout are drawn from ``key``; ``pool = 1`` leaves the pooling layer out."""
+    image_shape = tuple(image_shape)
+    if len(image_shape) != 3:
+        raise ValueError(f"conv_classifier needs images (H, W, C), got shape {image_shape}")
+    k1, k2 = jax.random.split(key)
+    conv = Conv2D(image_shape[2], channels, kernel_size, stride=stride, key=k1)
+    fshape = conv.output_shape(image_shape)
+    pooler = AvgPool2D(pool) if pool > 1 else None
+    fl = L.Softmax(beta, axis=-1) if feature_lagrangian is None else feature_lagrangian
+    layers = {
+        "image": Layer(image_shape, L.Identity()),
+        "features": Layer(fshape, fl, bias=True),
+    }
+    synapses = {"conv": conv}
+    edges = {"conv": ("image", "features")}
+    top = "features"
+    if pooler is not None:
+        pshape = pooler.output_shape(fshape)
+        layers["pooled"] = Layer(pshape, L.Identity())
+        synapses["pool"] = pooler
+        edges["pool"] = ("features", "pooled")
+        top = "pooled"
+    layers["label"] = Layer(num_classes, L.Softmax(4.0), bias=True)
+    synapses["readout"] = Dense(layers[top].shape, num_classes, key=k2)
+    edges["readout"] = (top, "label")
+    return HAM(layers, synapses, edges)
+
+
+def memory_model(
+    image_shape: Sequence[int],
+    num_memories: int = 100,
+    *,
+    key: PRNGKeyArray | None = None,
+    beta: float = 4.0,
+    hidden_lagrangian: L.Lagrangian | None = None,
+    patterns=None,
+    similarity: str = "dot",
+) -> HAM:
+    """A visible layer (Identity) and a :class:`~hamjax.synapses.Memory` of ``K`` memories:
+    ``E = ½|v|² − (1/β) logsumexp(β ξ v)`` (MATH.md §3.1, adiabatic); one update is attention
+    over the memories, ``v ← ξᵀ softmax(β ξ v)``. With ``similarity="distance"``,
+    ``E = −(1/β) logsumexp(−β/2 |ξ − v|²)``: retrieval of the nearest memory.
+
+    ``ξ`` has shape ``(K, *image_shape)``: the given ``patterns``, or drawn from ``key``."""
+    if key is None and patterns is None:
+        raise ValueError("memory_model needs a PRNG key, key=, to draw its memories, or "
+                         "patterns= given")
+    image_shape = tuple(image_shape)
+    mem = Memory(
+        image_shape, num_memories, beta=beta, lagrangian=hidden_lagrangian,
+        similarity=similarity, key=key, memories=patterns,
+    )
+    return HAM(
+        layers={"image": Layer(image_shape, L.Identity())},
+        synapses={"memory": mem},
+        edges={"memory": ("image",)},
+    )
