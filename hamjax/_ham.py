@@ -1,6 +1,6 @@
 """The HAM graph: named layers, named synapses, and the layers each synapse connects.
 
-Energy (MATH.md eq. 8 with biases, generalised to hyperedges)::
+Energy (docs/maths.md eq. 8 with biases, generalised to hyperedges)::
 
     E(x) = Σ_A [x_A·g_A − L_A(x_A) − I_A·g_A] + Σ_s E_s(g_{s_1}, g_{s_2}, ...)
 
@@ -216,7 +216,8 @@ class HAM(eqx.Module):
         }
 
     def energy(self, x: Mapping[str, Array]) -> Array:
-        """Total energy per sample (MATH.md eq. 8 with biases); a scalar for an unbatched state."""
+        """Total energy per sample (docs/maths.md eq. 8 with biases); a scalar for an unbatched
+        state."""
         terms = self.energy_terms(x)
         return sum(terms["layers"].values()) + sum(terms["synapses"].values(), 0.0)
 
@@ -236,7 +237,7 @@ class HAM(eqx.Module):
         return {n: dx[n] if n in dx else jnp.zeros_like(x[n]) for n in self.layers}
 
     def energy_rate(self, x: Mapping[str, Array], *, clamp: Iterable[str] | str = ()) -> Array:
-        """``dE/dt = −Σ_A τ_A ẋ_Aᵀ H_A ẋ_A`` per sample (MATH.md eq. 9), with ``H_A ẋ_A`` a
+        """``dE/dt = −Σ_A τ_A ẋ_Aᵀ H_A ẋ_A`` per sample (docs/maths.md eq. 9), with ``H_A ẋ_A`` a
         Jacobian-vector product of the activation (no Hessian is formed)."""
         dx = self.vector_field(x, clamp=clamp)
         rate = 0.0

@@ -78,7 +78,7 @@ class ImplicitSteadyState(eqx.Module):
 
     ``F = τ ẋ = c + I − x`` (frozen neurons: ``x₀ − x``), whose Jacobian at a stable steady
     state is ``C H − I``. Dead neurons make ``H`` (and the energy Hessian ``H − HCH``) singular,
-    but not ``CH − I``: on a dead direction ``(CH − I) D = −D`` (MATH.md §4.5). On trained
+    but not ``CH − I``: on a dead direction ``(CH − I) D = −D`` (docs/maths.md §4.5). On trained
     networks ``CH`` is a contraction, so the default linear solver is
     :class:`hamjax.solvers.Neumann` (fixed-point iteration of the adjoint equation, per sample,
     GMRES as fallback); :class:`hamjax.solvers.PhantomGradient` truncates it for a cheap

@@ -27,14 +27,14 @@ class Layer(eqx.Module):
     """A layer ``A`` of a HAM: state ``x_A`` of shape ``shape``, Lagrangian ``L_A``, time constant
     ``τ_A > 0`` and an optional bias (input current) ``I_A``.
 
-    Activation ``g_A = ∇L_A(x_A)`` (MATH.md eq. 7). Energy, with state and activation treated as
-    independent variables (the HAMUX partial-derivative trick)::
+    Activation ``g_A = ∇L_A(x_A)`` (docs/maths.md eq. 7). Energy, with state and activation
+    treated as independent variables (the HAMUX partial-derivative trick)::
 
         E_A(x, g) = x·g − L_A(x) − I_A·g,        ∂E_A/∂g = x − I_A
 
     so the dynamics ``τ_A ẋ_A = −∂E/∂g_A`` give the leak ``−x_A`` and the bias ``+I_A`` of
-    MATH.md eq. (5) with no autodiff through ``L_A``. At ``g = ∇L(x)`` this is the Legendre term of
-    eq. (8) plus the bias term of MATH.md §2.
+    docs/maths.md eq. (5) with no autodiff through ``L_A``. At ``g = ∇L(x)`` this is the Legendre
+    term of eq. (8) plus the bias term of docs/maths.md §2.
     """
 
     shape: tuple[int, ...] = eqx.field(static=True)

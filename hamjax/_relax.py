@@ -4,7 +4,7 @@
 (or short strings) for how to get there (``method``), when to stop, what to save and how to
 differentiate.
 
-* ``method="ode"`` integrates ``τ_A dx_A/dt = −∂E/∂g_A`` (MATH.md eq. 5) with diffrax: the
+* ``method="ode"`` integrates ``τ_A dx_A/dt = −∂E/∂g_A`` (docs/maths.md eq. 5) with diffrax: the
   dynamics themselves, any stopping rule, trajectories, BPTT.
 * ``method="anderson"`` / ``"fixed_point"`` / ``"root"`` / ``"minimise"`` go straight to the
   steady state ``x_A = c_A + I_A`` and are differentiated there by the implicit function theorem.
@@ -131,7 +131,7 @@ def relax(
               nets, cross-checks).
             * ``"minimise"``: BFGS on the energy, then one fixed-point step ``x_A ← c_A + I_A``
               that moves a minimiser lying on a dead-neuron flat set onto the dynamical steady
-              state (MATH.md §4.6, Proposition 4). In float32 the energy resolves the steady
+              state (docs/maths.md §4.6, Proposition 4). In float32 the energy resolves the steady
               state to a residual of about 1e-4 only.
             * an :class:`hamjax.solvers.Anderson` instance (its tolerances come from ``stop``).
 

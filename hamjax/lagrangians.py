@@ -1,6 +1,6 @@
 """Lagrangians: convex scalar functions of a layer's state whose gradient is the activation.
 
-A layer with state ``x`` and Lagrangian ``L`` has activation ``g = ∇L(x)`` (MATH.md eq. 7) and
+A layer with state ``x`` and Lagrangian ``L`` has activation ``g = ∇L(x)`` (docs/maths.md eq. 7) and
 energy ``x·g − L(x)`` (the Legendre transform). Every Lagrangian here is an ``eqx.Module`` with
 
 * ``__call__(x, ndim=None)``: ``L(x)`` summed over the layer's own axes, the last ``ndim`` axes of
@@ -82,7 +82,7 @@ class Lagrangian(eqx.Module):
 
 
 class ElementwiseLagrangian(Lagrangian):
-    """Additive Lagrangian ``L(x) = Σ_i F(x_i)`` (MATH.md eq. 10): ``g_i = f(x_i)``,
+    """Additive Lagrangian ``L(x) = Σ_i F(x_i)`` (docs/maths.md eq. 10): ``g_i = f(x_i)``,
     Hessian ``diag(f'(x_i))`` (eq. 11)."""
 
     @abc.abstractmethod
@@ -261,7 +261,7 @@ class LayerNorm(_Normalisation):
 
 class SphericalNorm(_Normalisation):
     """``L = γ sqrt(Σ x² + ε) + Σ δ·x`` along ``axis``: divisive normalisation, model C of
-    Krotov & Hopfield (MATH.md §1.2); ``g = γ x / sqrt(Σ x² + ε) + δ``."""
+    Krotov & Hopfield (docs/maths.md §1.2); ``g = γ x / sqrt(Σ x² + ε) + δ``."""
 
     def _norm(self, x, axis):
         return jnp.sqrt(jnp.sum(x * x, axis=axis) + self.eps)
@@ -273,7 +273,8 @@ class SphericalNorm(_Normalisation):
 
 
 class SmoothLeakyReLU(ElementwiseLagrangian):
-    """Smooth leaky ReLU (SMU), DN Example 7 (MATH.md §4.7), leak ``a ∈ [0, 1)``, smoothness μ:
+    """Smooth leaky ReLU (SMU), DN Example 7 (docs/maths.md §4.7), leak ``a ∈ [0, 1)``,
+    smoothness μ:
 
         g(x) = ½[(1+a) x + (1−a) x erf(c x)],  c = μ(1−a)
         L(x) = ¼(1+a) x² + ½(1−a) [(x²/2 − 1/(4c²)) erf(c x) + x e^{−c²x²} / (2c√π)]
@@ -306,7 +307,7 @@ class SmoothLeakyReLU(ElementwiseLagrangian):
 
     def derivative_bounds(self) -> tuple[Array, Array]:
         """Tight bounds on ``g'``: ``½(1+a) ± ½(1−a) φ(1)``, ``φ(1) = erf(1) + 2/(e√π)``,
-        attained at ``x = ±1/(μ(1−a))`` (MATH.md §4.7)."""
+        attained at ``x = ±1/(μ(1−a))`` (docs/maths.md §4.7)."""
         phi1 = math.erf(1.0) + 2.0 / (math.e * math.sqrt(math.pi))
         return (
             0.5 * (1.0 + self.a) - 0.5 * (1.0 - self.a) * phi1,

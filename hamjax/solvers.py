@@ -15,7 +15,7 @@ Why these fit a HAM: at a steady state of ``τ ẋ = F(x) = c(g(x)) + I − x`` 
 steady state ``CH`` has real eigenvalues below 1, and on trained networks they are small
 (``|λ| ≈ 0.1``), so both the forward map ``x ← x + F(x)`` and the adjoint iteration
 ``v ← (CH)ᵀ v − b`` contract in a few steps. Dead neurons (``H D = 0``) only add eigenvalues 0
-to ``CH``: the iteration stays well defined there (MATH.md §4.5).
+to ``CH``: the iteration stays well defined there (docs/maths.md §4.5).
 
 "Per sample": the leading ``batch_ndim`` axes of every leaf index independent problems (a batch
 of relaxations). Each sample is tested against its own tolerance and stops when it meets it;

@@ -4,7 +4,7 @@ A synapse on the edge ``(A, B, ...)`` is called as ``synapse.energy(g_A, g_B, ..
 energy per sample: every argument may carry the same leading batch dimensions, and contractions run
 over the layers' own trailing axes only (batch-native; no ``vmap`` inside). The current a synapse
 sends into layer ``A`` is ``−∂E_synapse/∂g_A``; autodiff derives the feedback path, e.g. the
-transposed convolution of :class:`Conv2D` (MATH.md §3.3).
+transposed convolution of :class:`Conv2D` (docs/maths.md §3.3).
 
 Every synapse declares :meth:`Synapse.expected_shapes`, used by :class:`hamjax.HAM` to validate the
 graph before any tracing, and ``multilinear`` (linear in each argument separately): the current a
@@ -169,7 +169,7 @@ class Synapse(eqx.Module):
 
 class Dense(Synapse):
     """``E = −g_bᵀ W g_a``: a fully connected synapse from layer ``a`` (``in_features``) to layer
-    ``b`` (``out_features``); MATH.md eq. (8), ``W = ξ^{(B,A)}``. Either side may be a
+    ``b`` (``out_features``); docs/maths.md eq. (8), ``W = ξ^{(B,A)}``. Either side may be a
     multi-axis layer (e.g. a feature map), contracted over all its axes.
 
     The weight is the given ``weight`` matrix of shape ``(out size, in size)``, or drawn from
@@ -209,7 +209,8 @@ class Dense(Synapse):
 
 
 class Bias(Synapse):
-    """``E = −b·g``: a constant input current ``b`` into one layer (MATH.md §2, bias extension).
+    """``E = −b·g``: a constant input current ``b`` into one layer (docs/maths.md §2, bias
+    extension).
 
     ``b`` has the layer's ``shape``: the given ``bias``, else zero, or Gaussian with standard
     deviation ``scale`` drawn from ``key`` when ``scale`` is not zero."""
@@ -243,7 +244,7 @@ class Bias(Synapse):
 class Lateral(Synapse):
     """``E = −½ gᵀ W g`` with ``W`` symmetrised (and a zero diagonal unless ``zero_diagonal`` is
     False): symmetric lateral connections inside one layer, as in the classical Hopfield
-    network ``E = −½ Σ_IJ g_I W_IJ g_J`` (MATH.md eq. 3).
+    network ``E = −½ Σ_IJ g_I W_IJ g_J`` (docs/maths.md eq. 3).
 
     ``W`` of shape ``(N, N)``, ``N`` the layer's size: the given ``weight`` (e.g. the Hebbian
     ``W = (1/N) Σ_μ ξ_μ ξ_μᵀ`` of a classical Hopfield network), or drawn from ``key`` with
@@ -285,7 +286,8 @@ class Lateral(Synapse):
 
 
 class Conv2D(Synapse):
-    """``E = −⟨g_out, conv2d(g_in; ξ, stride, padding)⟩`` on NHWC feature maps (MATH.md eq. 20–21).
+    """``E = −⟨g_out, conv2d(g_in; ξ, stride, padding)⟩`` on NHWC feature maps
+    (docs/maths.md eqs. 20–21).
 
     The current into ``g_in`` is ``conv2d_T(g_out)``, the transposed convolution with the same
     kernel, obtained by autodiff: the HAM paper's symmetric-weight condition for convolutions.
@@ -420,7 +422,7 @@ class AvgPool2D(Synapse):
 
 class Memory(Synapse):
     """A layer of ``K`` memories ``ξ_μ`` eliminated analytically (the adiabatic limit of a hidden
-    layer with Lagrangian ``L_h``, MATH.md §2.2 and §3.1)::
+    layer with Lagrangian ``L_h``, docs/maths.md §2.2 and §3.1)::
 
         E = −L_h(ξ g)      default L_h = (1/β) log Σ_μ exp(h_μ β):  E = −(1/β) logsumexp(β ξ g)
 

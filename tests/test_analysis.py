@@ -1,4 +1,4 @@
-"""hamjax.analysis against closed forms (MATH.md §1.3, §4.3–4.6) and finite differences."""
+"""hamjax.analysis against closed forms (docs/maths.md §1.3, §4.3–4.6) and finite differences."""
 
 import jax
 import jax.numpy as jnp
@@ -67,7 +67,7 @@ def test_hessians_closed_forms_at_fixed_point(tanh_kh):
     np.testing.assert_allclose(h, lag_hess(x), atol=1e-5)
     np.testing.assert_allclose(an.coupling(net, xs), w, atol=1e-6)
     eh = an.hessian(net, xs, of="energy")
-    np.testing.assert_allclose(eh, h - h @ w @ h, atol=1e-5)  # MATH eq. (6)
+    np.testing.assert_allclose(eh, h - h @ w @ h, atol=1e-5)  # docs/maths.md eq. (DN6)
     np.testing.assert_allclose(an.energy_hessian(net, xs, at_fixed_point=True), eh, atol=1e-5)
     # matrix-free operators agree with the dense matrices
     np.testing.assert_allclose(an.energy_hessian(net, xs, dense=False).as_matrix(), eh, atol=1e-5)
@@ -273,7 +273,7 @@ def test_stability_does_not_depend_on_tau():
 
 
 def test_recover_steady_state_from_energy_minimiser():
-    # MATH §4.6: minimiser at x̃_0 = −42 (anywhere on the flat set), steady state x*_0 = −1
+    # docs/maths.md §4.6: minimiser at x̃_0 = −42 (anywhere on the flat set), steady state x*_0 = −1
     w = np.array([[0.0, 0.5], [0.5, 0.25]])
     net = two_neuron(w, [-2.0, 1.5])
     x_tilde = an.minimise_energy(net, {"x": jnp.array([-42.0, 0.3])})

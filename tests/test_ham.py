@@ -1,6 +1,6 @@
-"""The HAM graph: energies and vector fields of the HAM paper's architectures (MATH.md §3) written
-out independently in plain jnp, Lyapunov properties on random graphs, clamping, transformations,
-and every validation rule."""
+"""The HAM graph: energies and vector fields of the HAM paper's architectures (docs/maths.md §3)
+written out independently in plain jnp, Lyapunov properties on random graphs, clamping,
+transformations, and every validation rule."""
 
 from functools import partial
 

@@ -16,7 +16,7 @@ import hamjax as hj
 from hamjax import lagrangians as L
 
 RTOL, ATOL = 2e-5, 2e-6
-PHI1 = 1.25781  # erf(1) + 2/(e√π), MATH.md §4.7
+PHI1 = 1.25781  # erf(1) + 2/(e√π), docs/maths.md §4.7
 
 
 def _cases():

@@ -1,5 +1,5 @@
 """Ready-made HAMs (hamjax.models) against closed forms written independently in numpy: the
-energy each docstring states, and its update (attention step, or the vector field of MATH.md
+energy each docstring states, and its update (attention step, or the vector field of docs/maths.md
 eqs. 5/14/17/21); the Energy Transformer's synapses against explicit loops.
 """
 

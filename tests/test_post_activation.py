@@ -1,5 +1,6 @@
-"""The modified dynamics of DN §4 (the post-activation systems of hamjax.analysis, MATH.md
-§4.7–4.8): properties of our reconstruction — same steady states, energies non-increasing, no flat directions, eq. (12)."""
+"""The modified dynamics of DN §4 (the post-activation systems of hamjax.analysis, docs/maths.md
+§4.7–4.8): properties of our reconstruction — same steady states, energies non-increasing, no
+flat directions, eq. (DN12)."""
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +43,7 @@ def test_steady_states_are_affine_images(relu_system):
     x = sys.to_x(y)  # x* = W y* + b solves the original fixed-point equation
     np.testing.assert_allclose(w @ jax.nn.relu(x) + b, x, atol=1e-4)
     np.testing.assert_allclose(sys.to_y(x), y, atol=1e-4)
-    # E_1(y*) = E_KH(x*) (MATH eq. 10)
+    # E_1(y*) = E_KH(x*) (docs/maths.md eq. (DN10))
     e_kh = jnp.vdot(x - b, jax.nn.relu(x)) - L.ReLU()(x) - 0.5 * jnp.vdot(
         jax.nn.relu(x), w @ jax.nn.relu(x))
     np.testing.assert_allclose(sys.e1(y), e_kh, atol=1e-5)

@@ -48,7 +48,7 @@ def steady(net, x0):
 
 
 def closed_form_currents(net, x):
-    """Currents of MATH.md eq. (5) for the chain, written by hand."""
+    """Currents of docs/maths.md eq. (5) for the chain, written by hand."""
     g = net.activations(x)
     w1 = net.synapses["w1"].weight
     w2 = net.synapses["w2"].weight

@@ -1,6 +1,6 @@
 """Analysis of HAMs at a state: Hessians and Jacobians by autodiff, dead neurons, stability of
 steady states (with dead neurons told apart from genuine flat directions), steady-state recovery
-from energy minimisers, and Lyapunov diagnostics (MATH.md §4, Fanaskov & Oseledets 2025)."""
+from energy minimisers, and Lyapunov diagnostics (docs/maths.md §4, Fanaskov & Oseledets 2025)."""
 
 from ._dead_neurons import DeadNeurons, dead_neurons, energy_along, is_flat, layer_spectrum
 from ._hessians import (

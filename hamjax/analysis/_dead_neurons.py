@@ -1,6 +1,6 @@
 """Dead neurons: the null space of the Lagrangian Hessians and the flat energy along it.
 
-DN Definition (MATH.md §4.3): at ``x`` the activation has ``k`` dead neurons when there is a
+DN Definition (docs/maths.md §4.3): at ``x`` the activation has ``k`` dead neurons when there is a
 full-rank ``D ∈ R^{N×k}`` with ``g(x + Dα) = g(x)`` for α in a set ``A``; to first order
 ``H(x) D = 0`` (eq. 7), so ``D`` spans (part of) ``ker H``. Proposition 1: the energy is then
 constant on ``{x + Dα : α ∈ A}``. ReLU below zero and saturated sigmoids give one dead direction per
@@ -119,7 +119,7 @@ def dead_neurons(
     rtol: float = 1e-5,
     atol: float = 0.0,
 ) -> DeadNeurons:
-    """The dead directions (null space of the Lagrangian Hessians, MATH.md §4.3) of every free
+    """The dead directions (null space of the Lagrangian Hessians, docs/maths.md §4.3) of every free
     layer of ``net`` at the unbatched state ``x``, per layer: counts and orthonormal directions.
 
     An eigenvalue ``λ`` of ``H_A`` counts as zero when ``|λ| ≤ max(atol, rtol·max|λ(H_A)|)``; the

@@ -1,17 +1,17 @@
 """Hessians, Jacobians and extremal eigenvalues of a HAM at a state, all by autodiff.
 
 A HAM with free layers ``A`` (clamped layers are constants and excluded) is, locally, the
-Krotov–Hopfield system of MATH.md §1.3 written for a flat vector ``x`` (all free neurons, layer
-after layer):
+Krotov–Hopfield system of docs/maths.md §1.3 written for a flat vector ``x`` (all free neurons,
+layer after layer):
 
 * ``g(x)`` the activations, ``H(x) = ∂g/∂x`` the Lagrangian Hessian, block-diagonal over layers;
 * ``c(g) = −∂E_syn/∂g`` the currents from the synapses and ``C(g) = ∂c/∂g = −∂²E_syn/∂g²`` their
-  coupling: the symmetric "W" of MATH.md §4 (constant for Dense/Conv2D/pooling, state dependent for
-  a Memory synapse);
+  coupling: the symmetric "W" of docs/maths.md §4 (constant for Dense/Conv2D/pooling, state
+  dependent for a Memory synapse);
 * ``b`` the layer biases ``I_A``, ``T = diag(τ)``, and the residual ``F(x) = c(g(x)) + b − x`` so
   that ``dx/dt = T⁻¹ F(x)``;
-* ``∇E = −H F`` and, at a fixed point, ``∇²E = H − H C H`` (MATH.md eq. 6); the Jacobian of the
-  field is ``T⁻¹(C H − I)``.
+* ``∇E = −H F`` and, at a fixed point, ``∇²E = H − H C H`` (docs/maths.md eq. (DN6)); the
+  Jacobian of the field is ``T⁻¹(C H − I)``.
 
 Dense matrices are for small networks; every quantity also comes as a matrix-free
 ``lineax.FunctionLinearOperator`` (Hessian-vector products by ``jax.jvp``), and
@@ -216,7 +216,7 @@ class FlatSystem(eqx.Module):
         return self.residual(z) / self.tau
 
     def energy(self, z: Float[Array, " n"]) -> Array:
-        """``E(x)`` (MATH.md eq. 8 with biases) as a function of the free neurons."""
+        """``E(x)`` (docs/maths.md eq. 8 with biases) as a function of the free neurons."""
         return self.net.energy(self.full_state(z))
 
     def energies(self, zs: Float[Array, "m n"]) -> Float[Array, " m"]:
@@ -285,7 +285,8 @@ def _layer_hessian_dense(layer, x: Array) -> Array:
     n = layer.size
     lag = layer.lagrangian
     if isinstance(lag, ElementwiseLagrangian):
-        # elementwise Lagrangians know f' in closed form: the Hessian is diagonal (MATH eq. 11)
+        # elementwise Lagrangians know f' in closed form: the Hessian is diagonal
+        # (docs/maths.md eq. (11))
         return jnp.diag(jnp.reshape(lag.derivative(x), (n,)))
     flat = lambda v: jnp.reshape(layer.activation(jnp.reshape(v, layer.shape)), (n,))  # noqa: E731
     return jax.jacfwd(flat)(jnp.reshape(x, (n,)))
@@ -329,7 +330,7 @@ def lagrangian_hessian(
 
 def coupling(net: HAM, x: Mapping[str, Array], *, clamp: Iterable[str] | str = (), dense=True):
     """``C = ∂c/∂g = −∂²E_syn/∂g²`` at the activations of ``x``: the symmetric coupling ("W" of
-    MATH.md §4) that the synapses of ``net`` imply between free neurons."""
+    docs/maths.md §4) that the synapses of ``net`` imply between free neurons."""
     sys = flat_system(net, x, clamp)
     gz = _call(sys, "activation", sys.x)
     if dense:
@@ -349,8 +350,8 @@ def energy_hessian(
 
     By default the exact Hessian (autodiff: ``jax.hessian``, or Hessian-vector products
     ``jvp(grad E)`` when ``dense=False``). With ``at_fixed_point=True`` the closed form of
-    MATH.md eq. (6), ``H − H C H``, which drops the term ``Σ_k ∂H/∂x · F_k`` that vanishes at a
-    steady state (so it is exact only there).
+    docs/maths.md eq. (DN6), ``H − H C H``, which drops the term ``Σ_k ∂H/∂x · F_k`` that
+    vanishes at a steady state (so it is exact only there).
     """
     sys = flat_system(net, x, clamp)
     if at_fixed_point:

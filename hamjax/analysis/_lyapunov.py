@@ -1,10 +1,10 @@
 """Lyapunov diagnostics: the energy and its rate along a relaxation.
 
 For PSD Lagrangian Hessians the energy is a Lyapunov function of the HAM dynamics,
-``dE/dt = −Σ_A τ_A ẋ_Aᵀ H_A ẋ_A ≤ 0`` (MATH.md eq. 9). These helpers measure how well a trajectory
-obeys that: the rate at every saved state (a Jacobian-vector product, no Hessian), the largest
-increase of ``E`` between saved states, and :func:`check_lyapunov`, which integrates the dynamics
-with diffrax and reports both.
+``dE/dt = −Σ_A τ_A ẋ_Aᵀ H_A ẋ_A ≤ 0`` (docs/maths.md eq. 9). These helpers measure how well a
+trajectory obeys that: the rate at every saved state (a Jacobian-vector product, no Hessian), the
+largest increase of ``E`` between saved states, and :func:`check_lyapunov`, which integrates the
+dynamics with :func:`hamjax.relax` and reports both.
 """
 
 from __future__ import annotations

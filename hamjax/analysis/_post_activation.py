@@ -1,5 +1,5 @@
 """Associative memory without dead-neuron flat directions: the modified dynamics of the
-dead-neurons paper (DN §4, MATH.md §4.7–4.8, our reconstruction).
+dead-neurons paper (DN §4, docs/maths.md §4.7–4.8, our reconstruction).
 
 The Krotov–Hopfield energy is flat along dead neurons. Rewriting the dynamics in the
 post-activation variable ``y`` (``x = c(y) + b``, with ``c`` the currents of the synapses, ``W y``
@@ -350,9 +350,9 @@ def post_activation(net_or_weight, bias=None, lagrangian: Lagrangian | None = No
 
 # ------------------------------------------------------------------------- helpers
 def residual_energy(net: HAM, x: Mapping[str, Array], *, clamp: Iterable[str] | str = ()) -> Array:
-    """``½ Σ_A |F_A(x)|²`` per sample, ``F_A = τ_A ẋ_A = c_A + I_A − x_A`` (MATH.md eq. 14 with
-    α = 0, β = 1): a diagnostic energy of the original dynamics without dead-neuron flat
-    directions. Batch-native."""
+    """``½ Σ_A |F_A(x)|²`` per sample, ``F_A = τ_A ẋ_A = c_A + I_A − x_A`` (docs/maths.md
+    eq. (DN14) with α = 0, β = 1): a diagnostic energy of the original dynamics without
+    dead-neuron flat directions. Batch-native."""
     dyn = net.dynamics(x, clamp=clamp)
     f = dyn.residual(dyn.free_state(x))
     return sum(0.5 * sum_trailing(v * v, net.layers[n].ndim) for n, v in f.items())
@@ -396,7 +396,7 @@ def layered_weights(ws: Sequence[Array], vs: Sequence[Array] | None = None) -> A
 
 def derivative_bound(lagrangian: Lagrangian) -> float:
     """``sup_x |g'(x)|`` for an elementwise Lagrangian with known bounds (the tight SMU bound
-    ``½(1+a) + 0.62891(1−a)`` of MATH.md §4.7 for :class:`SmoothLeakyReLU`)."""
+    ``½(1+a) + 0.62891(1−a)`` of docs/maths.md §4.7 for :class:`SmoothLeakyReLU`)."""
     if isinstance(lagrangian, SmoothLeakyReLU):
         lo, hi = lagrangian.derivative_bounds()
         return float(max(abs(float(lo)), abs(float(hi))))

@@ -1,4 +1,4 @@
-"""Stability of steady states with dead neurons, and steady-state recovery (MATH.md §4.5–4.6).
+"""Stability of steady states with dead neurons, and steady-state recovery (docs/maths.md §4.5–4.6).
 
 At a steady state ``x*`` write ``H = A Λ Aᵀ`` (``A`` orthonormal columns spanning ``range(H)``,
 per layer, since ``H`` is block-diagonal) and ``D`` for the dead directions (``ker H``). In the
@@ -108,7 +108,7 @@ def stability(
     steady_tol: float = 1e-4,
 ) -> StabilityReport:
     """Linear stability of the steady state ``x_star`` of ``net`` (clamped layers fixed), with dead
-    neurons told apart from genuine flat directions (MATH.md §4.5, DN Proposition 4).
+    neurons told apart from genuine flat directions (docs/maths.md §4.5, DN Proposition 4).
 
     ``rtol`` is the dead-neuron tolerance (:func:`dead_neurons`); ``tol`` the relative size below
     which an eigenvalue counts as zero (relative to ``max(1/τ, |spectrum|)``); ``steady_tol``
@@ -164,7 +164,7 @@ def _dense_spectra(net, sys, dn: DeadNeurons, gz, lam, psd):
     c = np.asarray(_jacfwd(sys, "currents", gz), dtype=np.float64)
     s = a.T @ c @ a
     tau_a = _column_taus(net, dn, dn.live)
-    e_r = np.diag(lam) - lam[:, None] * s * lam[None, :]  # Aᵀ(H − HCH)A, MATH eq. (6)
+    e_r = np.diag(lam) - lam[:, None] * s * lam[None, :]  # Aᵀ(H − HCH)A, docs/maths.md eq. (DN6)
     if len(lam) and psd:
         r = np.sqrt(lam)
         n_sym = r[:, None] * s * r[None, :] - np.eye(len(lam))
@@ -268,7 +268,7 @@ def recover_steady_state(
     clamp: Iterable[str] | str = (),
     rtol: float = 1e-5,
 ) -> RecoveredState:
-    """The dynamical steady state behind an energy minimiser ``x_tilde`` (MATH.md §4.6).
+    """The dynamical steady state behind an energy minimiser ``x_tilde`` (docs/maths.md §4.6).
 
     Minimising ``E`` fixes only the live part of the state: along dead directions ``E`` is flat and
     the minimiser may sit anywhere (e.g. ``x̃_0 = −42`` where the steady state has

@@ -59,8 +59,8 @@ def deep_dense_classifier(
     names: Sequence[str] | None = None,
 ) -> HAM:
     """A chain ``image — hidden₁ — … — hiddenₖ — label`` of dense synapses ``"w1", "w2", …``
-    (MATH.md eq. 5), ``W_A: (N_A, N_{A−1})`` drawn from ``key``; hidden layers ReLU with a bias,
-    the label Softmax(4) with a bias, unless other Lagrangians are given."""
+    (docs/maths.md eq. 5), ``W_A: (N_A, N_{A−1})`` drawn from ``key``; hidden layers ReLU with a
+    bias, the label Softmax(4) with a bias, unless other Lagrangians are given."""
     hidden = tuple(hidden)
     names = (tuple(names) if names is not None
              else tuple(f"hidden{i + 1}" for i in range(len(hidden))))
@@ -93,7 +93,7 @@ def conv_classifier(
 ) -> HAM:
     """``image —conv— features (softmax over channels) —avgpool— pooled —dense— label``.
 
-    MATH.md eq. (20)–(21): the feature map's Lagrangian is ``(1/β) Σ_positions logsumexp_k``;
+    docs/maths.md eq. (20)–(21): the feature map's Lagrangian is ``(1/β) Σ_positions logsumexp_k``;
     feedback to the image is the transposed convolution and feedback through the pooling layer
     is the adjoint of average pooling, both by autodiff, so the energy is a Lyapunov function.
 
@@ -137,7 +137,7 @@ def memory_model(
     similarity: str = "dot",
 ) -> HAM:
     """A visible layer (Identity) and a :class:`~hamjax.synapses.Memory` of ``K`` memories:
-    ``E = ½|v|² − (1/β) logsumexp(β ξ v)`` (MATH.md §3.1, adiabatic); one update is attention
+    ``E = ½|v|² − (1/β) logsumexp(β ξ v)`` (docs/maths.md §3.1, adiabatic); one update is attention
     over the memories, ``v ← ξᵀ softmax(β ξ v)``. With ``similarity="distance"``,
     ``E = −(1/β) logsumexp(−β/2 |ξ − v|²)``: retrieval of the nearest memory.
 

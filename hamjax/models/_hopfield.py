@@ -22,7 +22,7 @@ def continuous_hopfield(patterns, beta: float = 1.0, *, tau: float = 1.0) -> HAM
     """The continuous classical Hopfield network storing ``patterns`` ``ξ`` (shape ``(K, N)``,
     ±1) with the Hebbian rule ``W = (1/N) Σ_μ ξ_μ ξ_μᵀ``, zero diagonal: a HAM with one layer
     ``"image"`` of ``N`` neurons, Lagrangian ``Tanh(β)``, and a
-    :class:`~hamjax.synapses.Lateral` synapse ``"hebbian"`` (MATH.md §1.1)::
+    :class:`~hamjax.synapses.Lateral` synapse ``"hebbian"`` (docs/maths.md §1.1)::
 
         E = Σ_i [x_i tanh(βx_i) − (1/β) log cosh(βx_i)] − ½ Σ_ij tanh(βx_i) W_ij tanh(βx_j)
         τ dx/dt = W tanh(βx) − x
@@ -48,7 +48,7 @@ def fixed_point_step(net: HAM, x, *, clamp=()):
 
 
 def modern_hopfield(patterns, beta: float = 1.0, *, tau: float = 1.0) -> HAM:
-    """The modern Hopfield network (Ramsauer et al. 2020; MATH.md §3.1, adiabatic): one layer
+    """The modern Hopfield network (Ramsauer et al. 2020; docs/maths.md §3.1, adiabatic): one layer
     ``"image"`` (Identity) and a :class:`~hamjax.synapses.Memory` ``"memory"`` of the patterns::
 
         E(v) = ½|v|² − (1/β) log Σ_μ exp(β ξ_μ·v)
@@ -67,7 +67,7 @@ def modern_hopfield(patterns, beta: float = 1.0, *, tau: float = 1.0) -> HAM:
 
 def ham_1hidden(xi, beta: float = 1.0, *, adiabatic: bool = False, tau_visible: float = 1.0,
                 tau_hidden: float = 0.1) -> HAM:
-    """HAM paper §4.1 (MATH.md eqs. 13–15): visible ``"image"`` (Identity, ``N``) and hidden
+    """HAM paper §4.1 (docs/maths.md eqs. 13–15): visible ``"image"`` (Identity, ``N``) and hidden
     ``"hidden"`` (Softmax(β), ``K``) layers, coupled by the memories ``ξ`` (shape ``(K, N)``)::
 
         E = ½|v|² + [h·f − (1/β) log Σ_μ e^{βh_μ}] − fᵀ ξ v,      f = softmax(βh)
@@ -89,7 +89,7 @@ def ham_1hidden(xi, beta: float = 1.0, *, adiabatic: bool = False, tau_visible: 
 
 def ham_2hidden(xi, theta, beta: float = 1.0, gamma: float = 1.0, *, adiabatic_top: bool = False,
                 taus: Sequence[float] = (1.0, 0.1, 0.01)) -> HAM:
-    """HAM paper §4.2 (MATH.md eqs. 16–19): ``"image"`` (Identity, ``N``) —ξ— ``"hidden"``
+    """HAM paper §4.2 (docs/maths.md eqs. 16–19): ``"image"`` (Identity, ``N``) —ξ— ``"hidden"``
     (Softmax(β), ``K``) —Θ— ``"top"`` (Softmax(γ), ``N_z``); ``ξ: (K, N)``, ``Θ: (N_z, K)``::
 
         E = ½|v|² + [h·f − (1/β) log Σ e^{βh}] + [z·g − (1/γ) log Σ e^{γz}] − fᵀξv − gᵀΘf
@@ -119,7 +119,7 @@ def ham_2hidden(xi, theta, beta: float = 1.0, gamma: float = 1.0, *, adiabatic_t
 def ham_conv(kernel, theta, image_shape: Sequence[int], beta: float = 1.0, gamma: float = 1.0,
              *, stride: int = 1, adiabatic_top: bool = False,
              taus: Sequence[float] = (1.0, 0.1, 0.01)) -> HAM:
-    """HAM paper §4.3 (MATH.md eqs. 20–23): ``"image"`` (Identity, ``(N, N, C)``) —conv ξ—
+    """HAM paper §4.3 (docs/maths.md eqs. 20–23): ``"image"`` (Identity, ``(N, N, C)``) —conv ξ—
     ``"features"`` (softmax over channels, ``(M, M, K)``) —Θ— ``"top"`` (Softmax(γ), ``N_z``).
     ``kernel`` is HWIO ``(w, w, C, K)``; ``Θ: (N_z, M·M·K)`` acts on the flattened feature map::
 
@@ -157,7 +157,7 @@ def deep_dense_ham(sizes: Sequence[int] = (64, 128, 64, 10), *,
                    lagrangians: Sequence[L.Lagrangian] | None = None,
                    taus: Sequence[float] | None = None, beta: float = 1.0,
                    weights: Sequence | None = None) -> HAM:
-    """A deep dense HAM (MATH.md eqs. 5–8): a chain of layers ``"layer0" — "layer1" — …`` with
+    """A deep dense HAM (docs/maths.md eqs. 5–8): a chain of layers ``"layer0" — "layer1" — …`` with
     dense synapses ``"w1", "w2", …`` (``W_A: (N_A, N_{A−1})``)::
 
         E = Σ_A [x_A·g_A − L_A(x_A)] − Σ_A g_Aᵀ W_A g_{A−1}
