@@ -32,7 +32,6 @@ import optax
 import hamjax as hj
 from hamjax import data as hd
 from hamjax import train as T
-from hamjax._relax import _steady_force
 
 from . import common as C
 
@@ -201,11 +200,11 @@ def _adjoint_runs(cfg, net, task, batch, solvers):
     x0 = task.initial_state(net, batch)
     sol = hj.relax(net, x0, clamp="image", method="fixed_point", stop=hj.SteadyState(atol=1e-5))
     dyn = net.dynamics(x0, clamp="image")
-    xs, xi = dyn.free_state(sol.state), dyn.free_state(x0)
+    xs = dyn.free_state(sol.state)
     b = jax.grad(lambda x: jnp.mean(task.loss(net, dyn.full_state(x), batch)))(xs)
 
     def operator(xs):
-        return lx.JacobianLinearOperator(lambda x, _: _steady_force(dyn, x, xi), xs).transpose()
+        return lx.JacobianLinearOperator(lambda x, _: dyn.residual(x), xs).transpose()
 
     def solve_with(s):
         def f(xs, b):

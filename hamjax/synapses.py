@@ -29,6 +29,7 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array, ArrayLike, PRNGKeyArray
 
+from ._axes import sum_trailing
 from ._layer import as_shape
 from .lagrangians import Lagrangian, ReLU, Softmax
 
@@ -51,10 +52,6 @@ ExpectedShape = tuple[int | None, ...]  # None: any size on that axis
 def _flat(g: Array, shape: Shape) -> Array:
     """Collapse a layer's own trailing axes into one, keeping batch axes."""
     return g.reshape(g.shape[: g.ndim - len(shape)] + (math.prod(shape),))
-
-
-def _sum_last(v: Array, n: int) -> Array:
-    return jnp.sum(v, axis=tuple(range(v.ndim - n, v.ndim)))
 
 
 def _images(g: Array) -> tuple[Array, tuple[int, ...]]:
@@ -235,7 +232,7 @@ class Bias(Synapse):
             self.bias = _given_or_drawn("Bias", "bias", bias, key, self.shape, scale)
 
     def energy(self, g):
-        return -_sum_last(self.bias * g, len(self.shape))
+        return -sum_trailing(self.bias * g, len(self.shape))
 
     def expected_shapes(self, shapes):
         return (self.shape,)
@@ -345,7 +342,7 @@ class Conv2D(Synapse):
         return out.reshape(batch + out.shape[1:])
 
     def energy(self, g_in, g_out):
-        return -_sum_last(g_out * self.convolve(g_in), 3)
+        return -sum_trailing(g_out * self.convolve(g_in), 3)
 
     def output_shape(self, in_shape: Shape) -> Shape:
         struct = jax.ShapeDtypeStruct(tuple(in_shape), self.kernel.dtype)
@@ -404,7 +401,7 @@ class AvgPool2D(Synapse):
         return out.reshape(batch + out.shape[1:])
 
     def energy(self, g_in, g_out):
-        return -_sum_last(g_out * self.pool(g_in), 3)
+        return -sum_trailing(g_out * self.pool(g_in), 3)
 
     def output_shape(self, in_shape: Shape) -> Shape:
         struct = jax.ShapeDtypeStruct(tuple(in_shape), jnp.float32)

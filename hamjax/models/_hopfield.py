@@ -43,8 +43,8 @@ def fixed_point_step(net: HAM, x, *, clamp=()):
     with any leading batch axes. For :func:`modern_hopfield` this is
     ``v ← ξᵀ softmax(β ξ v)``: attention with queries ``v`` and keys = values = the stored
     patterns."""
-    dx = net.vector_field(x, clamp=clamp)
-    return {n: x[n] + net.layers[n].tau * dx[n] for n in net.layers}
+    dyn = net.dynamics(x, clamp=clamp)
+    return dyn.full_state(dyn.fixed_point_map(dyn.free_state(x)))
 
 
 def modern_hopfield(patterns, beta: float = 1.0, *, tau: float = 1.0) -> HAM:

@@ -1,13 +1,15 @@
 """Checkpoints: model, optimiser state, epoch and config in one file, written atomically.
 
-Layout: one line of JSON (``{"format": "hamjax-checkpoint", "version": 2, "payload_bytes": n,
+Layout: one line of JSON (``{"format": "hamjax-checkpoint", "version": 3, "payload_bytes": n,
 "payload_sha256": h, ...meta}``), then the leaves of ``(model, opt_state)`` as written by
 ``eqx.tree_serialise_leaves``. Reading needs a skeleton of the same structure (the model rebuilt
 from its config, ``optimizer.init`` of it).
 
 The header records the length and SHA-256 of the leaves: a truncated file or flipped bytes are
 reported as such (:class:`CheckpointError`) instead of loading NaN weights or failing inside
-equinox with a message that blames the config. Version 1 files (no checksum) still load.
+equinox with a message that blames the config. Files of earlier versions are refused: their HAMs
+stored layers and synapses in sorted-name order, so their leaves would load into the wrong
+layers.
 
 Writes go to a temporary file in the same folder, are flushed and fsynced, then renamed over the
 target (``os.replace`` is atomic on POSIX): a run killed mid-write leaves the previous checkpoint
@@ -29,7 +31,7 @@ __all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint_meta", "verify
            "CheckpointError"]
 
 _FORMAT = "hamjax-checkpoint"
-_VERSION = 2
+_VERSION = 3
 # header keys the file format owns; a caller's meta may not use them
 _RESERVED = ("format", "version", "payload_bytes", "payload_sha256")
 
@@ -96,12 +98,11 @@ def _payload(path: Path) -> bytes:
 
 def verify_checkpoint(path, meta: dict | None = None) -> None:
     """Raise :class:`CheckpointError` ("truncated" or "corrupt") when the leaves of ``path`` do
-    not have the length and SHA-256 its header records. Version 1 files carry no checksum and
-    pass unchecked."""
+    not have the length and SHA-256 its header records."""
     path = Path(path)
     meta = read_checkpoint_meta(path) if meta is None else meta
     if "payload_sha256" not in meta:
-        return
+        raise CheckpointError(f"checkpoint {path} has no checksum in its header")
     payload = _payload(path)
     want = int(meta.get("payload_bytes", -1))
     if len(payload) < want:
@@ -114,7 +115,12 @@ def verify_checkpoint(path, meta: dict | None = None) -> None:
 
 def load_checkpoint(path, model_like, opt_state_like):
     """Read ``(model, opt_state, meta)`` from ``path`` into skeletons of the same structure."""
-    meta = read_checkpoint_meta(path, verify=True)
+    meta = read_checkpoint_meta(path)
+    if meta.get("version") != _VERSION:
+        raise CheckpointError(
+            f"{path} is a version {meta.get('version')} checkpoint; this hamjax reads version "
+            f"{_VERSION} (earlier versions laid out a HAM's layers in another order): retrain")
+    verify_checkpoint(path, meta)
     with open(path, "rb") as f:
         f.readline()
         try:
