@@ -24,7 +24,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import hamjax as hj  # noqa: E402
 from hamjax import analysis as an  # noqa: E402
-from hamjax import dead_neurons as dn  # noqa: E402
 
 
 def two_neuron_relu():
@@ -46,7 +45,7 @@ def main(out: str = "dead_neurons_figure1.png") -> str:
     g0, g1 = jnp.meshgrid(jnp.linspace(lo, hi, n), jnp.linspace(lo, hi, n))
     grid = {"x": jnp.stack([g0, g1], axis=-1)}  # batch (n, n) of two-neuron states
     e_kh = np.asarray(net.energy(grid))
-    e_res = np.asarray(dn.residual_energy(net, grid))
+    e_res = np.asarray(an.residual_energy(net, grid))
     q0, q1 = jnp.meshgrid(jnp.linspace(lo, hi, 21), jnp.linspace(lo, hi, 21))
     field = np.asarray(net.vector_field({"x": jnp.stack([q0, q1], axis=-1)})["x"])
     g0, g1, q0, q1 = (np.asarray(a) for a in (g0, g1, q0, q1))
@@ -71,7 +70,8 @@ def main(out: str = "dead_neurons_figure1.png") -> str:
         ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel="x₀", ylabel="x₁", title=title)
         ax.legend(loc="upper right", fontsize=8)
     axes[0].text(-3.8, -3.6, "both neurons dead:\nE constant", color="w", fontsize=9)
-    fig.suptitle(f"dx/dt = W relu(x) − x + b; stability: {report.verdict} "
+    verdict = {True: "stable", False: "unstable", None: "undecided"}[report.stable]
+    fig.suptitle(f"dx/dt = W relu(x) − x + b; stability: {verdict} "
                  f"({report.n_dead['x']} dead neuron at x*)")
     fig.savefig(out, dpi=110)
     print(f"wrote {out}")

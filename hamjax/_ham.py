@@ -186,7 +186,8 @@ class HAM(eqx.Module):
         return batch
 
     # ----------------------------------------------------------------- states
-    def init_state(self, batch: tuple[int, ...] | int = (), key=None, scale: float = 0.01) -> State:
+    def init_state(self, batch: tuple[int, ...] | int = (), *, key=None,
+                   scale: float = 0.01) -> State:
         """Zero states (or small Gaussian ones, standard deviation ``scale``, when a key is given)
         with leading batch shape ``batch``."""
         batch = (batch,) if isinstance(batch, int) else tuple(batch)
@@ -228,7 +229,7 @@ class HAM(eqx.Module):
         fixed. Currents that the clamped layers send through multilinear synapses are computed
         here, once; calling the result only recomputes what the free layers change."""
         self.check_state(x)
-        return ClampedDynamics(self, x, self.check_clamp(clamp))
+        return ClampedDynamics(self, x, clamp=self.check_clamp(clamp))
 
     def vector_field(self, x: Mapping[str, Array], *, clamp: Iterable[str] | str = ()) -> State:
         """``dx_A/dt = (−∂E/∂g_A)/τ_A`` for every layer; zero on clamped layers."""
@@ -264,7 +265,7 @@ class ClampedDynamics(eqx.Module):
     free: tuple[str, ...] = eqx.field(static=True)
     dynamic_synapses: tuple[str, ...] = eqx.field(static=True)
 
-    def __init__(self, net: HAM, x: Mapping[str, Array], clamp: tuple[str, ...]):
+    def __init__(self, net: HAM, x: Mapping[str, Array], *, clamp: tuple[str, ...]):
         self.net = net
         self.free = tuple(n for n in net.layers if n not in clamp)
         self.clamped_state = {n: x[n] for n in clamp}

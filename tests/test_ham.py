@@ -628,3 +628,25 @@ def test_state_validation_messages():
         jax.jit(lambda s: net.energy(s))({**good, "h": jnp.zeros((2, 5))})
     assert net.check_state(good) == (2,)
     assert net.check_clamp("v") == ("v",)
+
+
+def test_layer_order_survives_tree_map():
+    """Order is a property of the model: a net rebuilt by jax.tree.map (as an optimiser update
+    does) keeps its layers and synapses in the order given, so flat indices and keyed initial
+    states are the same before and after."""
+    k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+    net = hj.HAM(
+        layers={"image": hj.Layer(3), "zeta": hj.Layer(2, L.ReLU()), "alpha": hj.Layer(4)},
+        synapses={"w2": hj.synapses.Dense(2, 4, key=k2), "w1": hj.synapses.Dense(3, 2, key=k1)},
+        edges={"w2": ("zeta", "alpha"), "w1": ("image", "zeta")},
+    )
+    mapped = jax.tree.map(lambda v: v + 0.0, net)
+    assert list(mapped.layers) == list(net.layers) == ["image", "zeta", "alpha"]
+    assert list(mapped.synapses) == ["w2", "w1"]
+    x = net.init_state(5, key=jax.random.PRNGKey(1))
+    y = mapped.init_state(5, key=jax.random.PRNGKey(1))
+    for n in net.layers:
+        np.testing.assert_array_equal(x[n], y[n])
+    one = {n: v[0] for n, v in x.items()}
+    assert hj.analysis.flat_system(mapped, one).index == hj.analysis.flat_system(net, one).index
+    assert hj.analysis.flat_system(net, one).index.names == ("image", "zeta", "alpha")

@@ -125,7 +125,7 @@ def dead_neurons(
     An eigenvalue ``λ`` of ``H_A`` counts as zero when ``|λ| ≤ max(atol, rtol·max|λ(H_A)|)``; the
     relative tolerance makes saturated sigmoids (``σ' ≈ 1e-9``) dead in float32 and softmax's
     shift direction (zero up to rounding) dead, while keeping layers of any scale comparable."""
-    sys = flat_system(net, x, clamp)
+    sys = flat_system(net, x, clamp=clamp)
     counts, dirs, live, lams, tols = {}, {}, {}, {}, {}
     for name in sys.free:
         d, a, lam, tol = layer_spectrum(net.layers[name], sys.state[name], rtol, atol)
@@ -153,7 +153,7 @@ def energy_along(
 ) -> Array:
     """``E(x + α d)`` for every α in ``alphas``; ``d`` a flat vector over the free layers or a dict
     state (missing layers zero)."""
-    sys = flat_system(net, x, clamp)
+    sys = flat_system(net, x, clamp=clamp)
     d = _direction(sys.index, direction)
     alphas = jnp.asarray(alphas, sys.x.dtype)
     zs = sys.x[None, :] + alphas[:, None] * d[None, :]

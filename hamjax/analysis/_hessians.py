@@ -137,7 +137,7 @@ class FlatSystem(eqx.Module):
     clamp: tuple[str, ...] = eqx.field(static=True)
     index: FlatIndex = eqx.field(static=True)
 
-    def __init__(self, net: HAM, x: Mapping[str, Array], clamp: Iterable[str] | str = ()):
+    def __init__(self, net: HAM, x: Mapping[str, Array], *, clamp: Iterable[str] | str = ()):
         _single_sample(net, x)
         clamp = net.check_clamp(clamp)
         if len(clamp) == len(net.layers):
@@ -271,9 +271,10 @@ def _fixed_point_hvp(sys: FlatSystem, v: Array) -> Array:
     return hv - sys.hessian_mv(sys.x, sys.coupling_mv(gz, hv))
 
 
-def flat_system(net: HAM, x: Mapping[str, Array], clamp: Iterable[str] | str = ()) -> FlatSystem:
+def flat_system(net: HAM, x: Mapping[str, Array], *,
+                clamp: Iterable[str] | str = ()) -> FlatSystem:
     """The HAM ``net`` at the (unbatched) state ``x`` as a flat system over its free layers."""
-    return FlatSystem(net, x, clamp)
+    return FlatSystem(net, x, clamp=clamp)
 
 
 def _operator(fn: Callable, n: int, dtype, symmetric: bool) -> lx.FunctionLinearOperator:
@@ -322,7 +323,7 @@ def lagrangian_hessian(
             return jnp.reshape(hv, (n,))
 
         return _operator(mv, n, xa.dtype, symmetric=True)
-    sys = flat_system(net, x, clamp)
+    sys = flat_system(net, x, clamp=clamp)
     if dense:
         return _call(sys, "dense_lagrangian_hessian")
     return _operator(lambda v: _jvp(sys, "activation", sys.x, v), sys.n, sys.x.dtype, True)
@@ -331,7 +332,7 @@ def lagrangian_hessian(
 def coupling(net: HAM, x: Mapping[str, Array], *, clamp: Iterable[str] | str = (), dense=True):
     """``C = ∂c/∂g = −∂²E_syn/∂g²`` at the activations of ``x``: the symmetric coupling ("W" of
     docs/maths.md §4) that the synapses of ``net`` imply between free neurons."""
-    sys = flat_system(net, x, clamp)
+    sys = flat_system(net, x, clamp=clamp)
     gz = _call(sys, "activation", sys.x)
     if dense:
         return _jacfwd(sys, "currents", gz)
@@ -353,7 +354,7 @@ def energy_hessian(
     docs/maths.md eq. (DN6), ``H − H C H``, which drops the term ``Σ_k ∂H/∂x · F_k`` that
     vanishes at a steady state (so it is exact only there).
     """
-    sys = flat_system(net, x, clamp)
+    sys = flat_system(net, x, clamp=clamp)
     if at_fixed_point:
         if dense:
             h = _call(sys, "dense_lagrangian_hessian")
@@ -368,7 +369,7 @@ def energy_hessian(
 def jacobian(net: HAM, x: Mapping[str, Array], *, clamp: Iterable[str] | str = (), dense=True):
     """The Jacobian of the vector field on the free layers, ``∂ẋ/∂x = T⁻¹(C H − I)``
     (by autodiff of the field: exact for any synapse, e.g. ``C`` state-dependent for Memory)."""
-    sys = flat_system(net, x, clamp)
+    sys = flat_system(net, x, clamp=clamp)
     if dense:
         return _jacfwd(sys, "field", sys.x)
     return _operator(lambda v: _jvp(sys, "field", sys.x, v), sys.n, sys.x.dtype, False)
@@ -377,7 +378,7 @@ def jacobian(net: HAM, x: Mapping[str, Array], *, clamp: Iterable[str] | str = (
 def hessian(net: HAM, x: Mapping[str, Array], of: str = "energy", *, clamp=()) -> Array:
     """Dense Hessian for small nets: ``of="lagrangian"`` gives ``H`` (block-diagonal over free
     layers), ``of="energy"`` gives ``∇²E``; rows and columns in :class:`FlatIndex` order
-    (``flat_system(net, x, clamp).index`` maps them back to layers and neurons)."""
+    (``flat_system(net, x, clamp=clamp).index`` maps them back to layers and neurons)."""
     if of == "lagrangian":
         return lagrangian_hessian(net, x, clamp=clamp)
     if of == "energy":
@@ -395,7 +396,7 @@ def _as_operator(op) -> lx.AbstractLinearOperator:
     return lx.MatrixLinearOperator(op, lx.symmetric_tag)
 
 
-def lanczos(op, steps: int, key=None) -> tuple[Array, Array]:
+def lanczos(op, steps: int, *, key=None) -> tuple[Array, Array]:
     """``steps`` Lanczos iterations with full reorthogonalisation on a symmetric matrix or
     ``lineax`` operator.
 
@@ -451,13 +452,13 @@ def _lanczos(op: lx.AbstractLinearOperator, steps: int, key) -> tuple[Array, Arr
 
 
 def extremal_eigenvalues(op, num: int = 1, which: str = "largest", steps: int | None = None,
-                         key=None) -> Array:
+                         *, key=None) -> Array:
     """The ``num`` largest (``which="largest"``) or smallest eigenvalues of a symmetric matrix or
     ``lineax`` operator, matrix-free by Lanczos (:func:`lanczos`, ``steps`` defaulting to
     ``min(n, max(4·num, 40))``). Largest first for "largest", smallest first for "smallest"."""
     n = math.prod(_as_operator(op).in_structure().shape)
     steps = min(n, max(4 * num, 40)) if steps is None else steps
-    vals, _ = lanczos(op, steps, key)
+    vals, _ = lanczos(op, steps, key=key)
     if which == "largest":
         return vals[::-1][:num]
     if which == "smallest":

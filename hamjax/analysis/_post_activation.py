@@ -299,13 +299,13 @@ class HAMPostActivation(PostActivationDynamics):
 
     system: FlatSystem
 
-    def __init__(self, net: HAM, x: Mapping[str, Array] | None = None,
+    def __init__(self, net: HAM, x: Mapping[str, Array] | None = None, *,
                  clamp: Iterable[str] | str = ()):
         clamp = net.check_clamp(clamp)
         if clamp and x is None:
             raise ValueError("clamped layers need a state x to hold them at")
         # the free layers' values in x do not matter: every method takes y
-        self.system = FlatSystem(net, net.init_state() if x is None else x, clamp)
+        self.system = FlatSystem(net, net.init_state() if x is None else x, clamp=clamp)
 
     @property
     def index(self) -> FlatIndex:
@@ -342,7 +342,7 @@ def post_activation(net_or_weight, bias=None, lagrangian: Lagrangian | None = No
     """The modified system (9) of a HAM (``post_activation(net, x=x, clamp=...)``) or of a matrix
     (``post_activation(W, b, lagrangian)``)."""
     if isinstance(net_or_weight, HAM):
-        return HAMPostActivation(net_or_weight, x, clamp)
+        return HAMPostActivation(net_or_weight, x, clamp=clamp)
     if lagrangian is None:
         raise ValueError("a matrix system needs a Lagrangian")
     return MatrixPostActivation(net_or_weight, 0.0 if bias is None else bias, lagrangian)
@@ -369,7 +369,7 @@ def residual_energy_abscissa(net: HAM, x: Mapping[str, Array], *,
     """``ω((C H − I) T⁻¹)`` at ``x``: where it is ``≤ 0``,
     ``d(½|F|²)/dt = Fᵀ(C H − I)T⁻¹F ≤ 0``, so the residual energy is a Lyapunov function there
     (for τ = 1, ``‖C‖₂ sup g' ≤ 1`` suffices: DN Example 6.2)."""
-    sys = flat_system(net, x, clamp)
+    sys = flat_system(net, x, clamp=clamp)
     j = coupling(net, x, clamp=clamp) @ lagrangian_hessian(net, x, clamp=clamp)
     j = j - jnp.eye(sys.n, dtype=j.dtype)
     return numerical_abscissa(j / sys.tau[None, :])

@@ -116,7 +116,7 @@ def stability(
     ``dense=False`` never forms an ``N×N`` matrix: it finds the largest eigenvalues of the
     symmetrised Jacobian ``T^{-1/2}(H^{1/2} C H^{1/2} − I)T^{-1/2}`` matrix-free (needs ``H ⪰ 0``).
     """
-    sys = flat_system(net, x_star, clamp)
+    sys = flat_system(net, x_star, clamp=clamp)
     dn = dead_neurons(net, x_star, clamp=clamp, rtol=rtol)
     f = np.asarray(_call(sys, "residual", sys.x), dtype=np.float64)
     residual = float(np.max(np.abs(f)))
@@ -274,7 +274,7 @@ def recover_steady_state(
     the minimiser may sit anywhere (e.g. ``x̃_0 = −42`` where the steady state has
     ``x*_0 = −1``). One fixed-point step ``x* = c(g(x̃)) + b`` restores it, since
     ``g(x*) = g(x̃)``."""
-    sys = flat_system(net, x_tilde, clamp)
+    sys = flat_system(net, x_tilde, clamp=clamp)
     dn = dead_neurons(net, x_tilde, clamp=clamp, rtol=rtol)
     target = _call(sys, "fixed_point_map", sys.x)
     p = dn.projector()

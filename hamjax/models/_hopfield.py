@@ -100,20 +100,28 @@ def ham_2hidden(xi, theta, beta: float = 1.0, gamma: float = 1.0, *, adiabatic_t
     ``−(1/γ) log Σ_α exp(γ Σ_μ Θ_αμ f_μ)``."""
     xi, theta = _patterns(xi, "xi"), _patterns(theta, "theta")
     k, n = xi.shape
-    nz = theta.shape[0]
     tv, th, tz = taus
     layers = {"image": Layer(n, L.Identity(), tau=tv),
               "hidden": Layer(k, L.Softmax(beta), tau=th)}
     synapses = {"xi": Dense(n, k, weight=xi)}
     edges = {"xi": ("image", "hidden")}
-    if adiabatic_top:
-        synapses["theta"] = Memory(k, nz, lagrangian=L.Softmax(gamma), memories=theta)
-        edges["theta"] = ("hidden",)
-    else:
-        layers["top"] = Layer(nz, L.Softmax(gamma), tau=tz)
-        synapses["theta"] = Dense(k, nz, weight=theta)
-        edges["theta"] = ("hidden", "top")
+    _add_top(layers, synapses, edges, "hidden", theta, gamma, tz, adiabatic_top)
     return HAM(layers, synapses, edges)
+
+
+def _add_top(layers, synapses, edges, below: str, theta, gamma: float, tau: float,
+             adiabatic: bool) -> None:
+    """Put the HAM paper's top layer ``"top"`` (Softmax(γ), ``N_z``) over layer ``below`` through
+    ``Θ: (N_z, N_below)``, or, ``adiabatic``, eliminate it into a :class:`Memory` ``"theta"`` on
+    ``below`` with energy ``−(1/γ) log Σ_α exp(γ Σ_μ Θ_αμ g_μ)`` (docs/maths.md eqs. 19, 23)."""
+    shape, nz = layers[below].shape, theta.shape[0]
+    if adiabatic:
+        synapses["theta"] = Memory(shape, nz, lagrangian=L.Softmax(gamma), memories=theta)
+        edges["theta"] = (below,)
+    else:
+        layers["top"] = Layer(nz, L.Softmax(gamma), tau=tau)
+        synapses["theta"] = Dense(shape, nz, weight=theta)
+        edges["theta"] = (below, "top")
 
 
 def ham_conv(kernel, theta, image_shape: Sequence[int], beta: float = 1.0, gamma: float = 1.0,
@@ -136,19 +144,12 @@ def ham_conv(kernel, theta, image_shape: Sequence[int], beta: float = 1.0, gamma
                   kernel=kernel)
     fshape = conv.output_shape(image_shape)
     theta = _patterns(theta, "theta")
-    nz = theta.shape[0]
     tv, th, tz = taus
     layers = {"image": Layer(image_shape, L.Identity(), tau=tv),
               "features": Layer(fshape, L.Softmax(beta, axis=-1), tau=th)}
     synapses = {"conv": conv}
     edges = {"conv": ("image", "features")}
-    if adiabatic_top:
-        synapses["theta"] = Memory(fshape, nz, lagrangian=L.Softmax(gamma), memories=theta)
-        edges["theta"] = ("features",)
-    else:
-        layers["top"] = Layer(nz, L.Softmax(gamma), tau=tz)
-        synapses["theta"] = Dense(fshape, nz, weight=theta)
-        edges["theta"] = ("features", "top")
+    _add_top(layers, synapses, edges, "features", theta, gamma, tz, adiabatic_top)
     return HAM(layers, synapses, edges)
 
 
