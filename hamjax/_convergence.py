@@ -96,20 +96,11 @@ def _rms(dyn, tree):
 
 
 
-def _finite(dyn, tree) -> Array:
-    """Per sample: every free layer of ``tree`` finite."""
+def _finite(net: HAM, tree: Mapping[str, Array]) -> Array:
+    """Per sample: every layer of ``tree`` (a state of some of ``net``'s layers) finite."""
     out = None
     for n, v in tree.items():
-        f = all_trailing(jnp.isfinite(v), dyn.net.layers[n].ndim)
-        out = f if out is None else out & f
-    return out
-
-
-def _finite_samples(net: HAM, x: Mapping[str, Array]) -> Array:
-    """Per sample: every layer of ``x`` (clamped ones too) finite."""
-    out = None
-    for n, layer in net.layers.items():
-        f = all_trailing(jnp.isfinite(x[n]), layer.ndim)
+        f = all_trailing(jnp.isfinite(v), net.layers[n].ndim)
         out = f if out is None else out & f
     return out
 

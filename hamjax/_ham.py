@@ -13,6 +13,7 @@ Hessians ``H_A`` (eq. 9).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 
 import equinox as eqx
 import jax
@@ -123,14 +124,16 @@ class HAM(eqx.Module):
 
     # ------------------------------------------------------------------ graph
     @property
-    def layers(self) -> dict[str, Layer]:
-        """``{name: Layer}`` in the order the layers were given."""
-        return dict(zip(self.layer_names, self.layer_list, strict=True))
+    def layers(self) -> Mapping[str, Layer]:
+        """``{name: Layer}`` in the order the layers were given: a read-only view (to replace
+        layers, ``eqx.tree_at`` on ``net.layers[name]`` or on ``net.layer_list``)."""
+        return MappingProxyType(dict(zip(self.layer_names, self.layer_list, strict=True)))
 
     @property
-    def synapses(self) -> dict[str, Synapse]:
-        """``{name: Synapse}`` in the order the synapses were given."""
-        return dict(zip(self.synapse_names, self.synapse_list, strict=True))
+    def synapses(self) -> Mapping[str, Synapse]:
+        """``{name: Synapse}`` in the order the synapses were given: a read-only view (replace
+        one with ``eqx.tree_at`` on ``net.synapses[name]`` or on ``net.synapse_list``)."""
+        return MappingProxyType(dict(zip(self.synapse_names, self.synapse_list, strict=True)))
 
     @property
     def edges(self) -> dict[str, tuple[str, ...]]:
@@ -138,7 +141,7 @@ class HAM(eqx.Module):
 
     def check_clamp(self, clamp: Iterable[str] | str) -> tuple[str, ...]:
         """Normalise ``clamp`` to a tuple of layer names, rejecting unknown names."""
-        clamp = (clamp,) if isinstance(clamp, str) else tuple(clamp)
+        clamp = (clamp,) if isinstance(clamp, str) else tuple(dict.fromkeys(clamp))
         for name in clamp:
             if name not in self.layers:
                 raise GraphError(

@@ -138,7 +138,7 @@ def _at_steady_state(forward, dyn, x_init, cfg, adjoint: ImplicitSteadyState, ba
 def _implicit_primal(inputs):
     dyn, x_init, (forward, cfg, batch_ndim) = inputs
     final, extras = forward(dyn, x_init, cfg)
-    bad = ~_finite(dyn, final)
+    bad = ~_finite(dyn.net, final)
     final = {n: jnp.where(_rows(bad, v, v.ndim - batch_ndim), x_init[n], v)
              for n, v in final.items()}
     return final, (extras, bad)

@@ -210,14 +210,14 @@ def _solve(dyn, x_free, solver, controller, stop, adjoint, dt0, max_steps, savea
         t1 = stop.t_max
 
         def cond_fn(t, y, d, **kwargs):
-            return jnp.all(_within(d, d.residual(y), y, stop) | ~_finite(d, y))
+            return jnp.all(_within(d, d.residual(y), y, stop) | ~_finite(d.net, y))
 
         event = diffrax.Event(cond_fn)
     else:
         t1 = stop.t1 if isinstance(stop, FixedTime) else stop.n * dt0
 
         def cond_fn(t, y, d, **kwargs):
-            return jnp.all(~_finite(d, y))
+            return jnp.all(~_finite(d.net, y))
 
         # ImplicitAdjoint needs a steady-state event; other stops get only the NaN guard
         event = None if isinstance(adjoint, diffrax.ImplicitAdjoint) else diffrax.Event(cond_fn)
@@ -272,13 +272,13 @@ def _fixed_steps(dyn, x_free, solver, n, dt0, save):
         t0 = i * dt
         y1, _, _, state, _ = solver.step(term, t0, t0 + dt, y, dyn, state, made_jump=False)
         # steps taken while the state was finite, the one that broke it included
-        ok_steps = ok_steps + jnp.all(_finite(dyn, y)).astype(ok_steps.dtype)
+        ok_steps = ok_steps + jnp.all(_finite(dyn.net, y)).astype(ok_steps.dtype)
         return (y1, state, ok_steps), record(y1, dyn)
 
     state0 = solver.init(term, dt * 0, dt, x_free, dyn)
     carry = (x_free, state0, jnp.asarray(0, jnp.int32))
     (final, _, ok_steps), ys = jax.lax.scan(body, carry, jnp.arange(n))
-    finite = jnp.all(_finite(dyn, final))
+    finite = jnp.all(_finite(dyn.net, final))
     num_steps = jnp.where(finite, n, ok_steps)
     evals = _evaluations(solver, num_steps, steady_test=False)
     ts = traj = energies = None

@@ -36,7 +36,6 @@ from ._convergence import (
     Stop,
     _batch_ndim,
     _finite,
-    _finite_samples,
     _rms,
     _rows,
     _stop,
@@ -199,7 +198,7 @@ def relax(
     # care (samples do not interact there), and BPTT through them is the hot path.
     aside = bool(batch) and (kind != "ode" or isinstance(adjoint, ImplicitSteadyState)
                              or _adaptive(solver, stop, stepsize_controller))
-    alive0 = _finite_samples(net, x0) if aside else None
+    alive0 = _finite(net, x0) if aside else None
     x_start = _zero_rows(net, x0, alive0) if aside else x0
 
     dyn = net.dynamics(x_start, clamp=clamp)
@@ -283,11 +282,11 @@ def _freeze_masks(dyn, x_free, freeze) -> dict[str, Array]:
 
 def _result(net, dyn, x0, final, stop, alive0, extras) -> Relaxation:
     """The :class:`Relaxation` of a final free state, judged per sample. Samples set aside
-    (``alive0`` False) keep their given (non-finite) clamped values and have no relaxed state:
-    NaN, so that nothing computed from them passes for a result."""
+    (``alive0`` False) keep their given (non-finite) clamped values and have no relaxed state,
+    trajectory or energies: NaN, so that nothing computed from them passes for a result."""
     residual = residual_norm(dyn, final)
     tolerance = stop.atol + stop.rtol * _rms(dyn, final)
-    finite = _finite(dyn, final) & jnp.isfinite(residual)
+    finite = _finite(dyn.net, final) & jnp.isfinite(residual)
     state = dyn.full_state(final)
     if alive0 is not None:
         finite = finite & alive0
@@ -295,6 +294,7 @@ def _result(net, dyn, x0, final, stop, alive0, extras) -> Relaxation:
                               x0[n] if n in dyn.clamped_state else jnp.nan)
                  for n, v in state.items()}
         residual = jnp.where(alive0, residual, jnp.nan)
+        extras = _set_aside_saved(net, dyn, x0, alive0, extras)
     return Relaxation(
         state=state,
         converged=(residual <= tolerance) & finite,
@@ -303,6 +303,19 @@ def _result(net, dyn, x0, final, stop, alive0, extras) -> Relaxation:
         finite=finite,
         **extras,
     )
+
+
+def _set_aside_saved(net, dyn, x0, alive0, extras) -> dict:
+    """The saved trajectory (leading save axis) and energies of set-aside samples: NaN, clamped
+    layers at their given values."""
+    traj, energies = extras.get("trajectory"), extras.get("energies")
+    if traj is not None:
+        traj = {n: jnp.where(_rows(alive0, v, net.layers[n].ndim), v,
+                             x0[n] if n in dyn.clamped_state else jnp.nan)
+                for n, v in traj.items()}
+    if energies is not None:
+        energies = jnp.where(alive0, energies, jnp.nan)
+    return {**extras, "trajectory": traj, "energies": energies}
 
 
 def _raise_nonfinite(out: Relaxation, batch) -> None:

@@ -65,7 +65,7 @@ def _steady_forward(dyn, x_free, cfg):
                              adjoint=optx.RecursiveCheckpointAdjoint())
         x = sol.value
     else:
-        sol = minimise_energy(dyn, x_free, optx.BFGS(rtol=1e-7, atol=stop.atol * 1e-2),
+        sol = _minimise_energy(dyn, x_free, optx.BFGS(rtol=1e-7, atol=stop.atol * 1e-2),
                               max_steps, adjoint=optx.RecursiveCheckpointAdjoint())
         # one fixed-point step x ← c(g(x)) + I: the minimiser may sit anywhere on a dead-neuron
         # flat set; the step lands on the steady state with the same activations (Prop. 4)
@@ -75,7 +75,7 @@ def _steady_forward(dyn, x_free, cfg):
                    t_final=jnp.asarray(jnp.nan), result=_optx_result(sol))
 
 
-def minimise_energy(dyn, x_free, solver: optx.AbstractMinimiser, max_steps: int,
+def _minimise_energy(dyn, x_free, solver: optx.AbstractMinimiser, max_steps: int,
                     adjoint=None):
     """``argmin E`` over the free states (summed over samples, which do not interact) from
     ``x_free``: the optimistix solution. Dead coordinates have zero gradient and stay where
@@ -99,7 +99,7 @@ def _finish_by_ode(dyn, x, x_init, stop: SteadyState, max_steps: int):
     above it and back, and hold the whole batch's adaptive step size down. Runs only when some
     sample needs it."""
     force = _steady_force(dyn, x, x_init)
-    fine = _within(dyn, force, x, stop) | ~_finite(dyn, force)
+    fine = _within(dyn, force, x, stop) | ~_finite(dyn.net, force)
 
     def ode(x):
         inner, masks = (dyn.dyn, dyn.masks) if isinstance(dyn, Frozen) else (dyn, {})

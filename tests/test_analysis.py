@@ -302,3 +302,6 @@ def test_lyapunov_check_and_rates(tanh_kh):
     # a trajectory run backwards gains energy: the check must fail
     bad = an.check_lyapunov(net, trajectory=(ts, {"x": xs["x"][::-1]}))
     assert not bad.ok and bad.max_increase > 0
+    # a solve that runs out of steps says so instead of returning inf-padded states
+    with pytest.raises(RuntimeError, match="max_steps=3"):
+        an.simulate(net, x0, t1=5.0, n_save=41, max_steps=3)

@@ -66,6 +66,9 @@ def test_ham_system_matches_the_ham():
     y = flat.activation(flat.x)
     # the map x = c(y) + b is the HAM's own input currents plus biases
     np.testing.assert_allclose(sys.to_x(y), flat.currents(y) + flat.bias, atol=1e-6)
+    # only the clamped layer's values are read: giving just that layer is the same system
+    only_v = dn.post_activation(net, x={"v": x["v"]}, clamp="v")
+    np.testing.assert_allclose(only_v.to_x(y), sys.to_x(y), atol=1e-7)
     # at a steady state y* (found with M = I), x* = c(y*) + b is the HAM's steady state and
     # E_1(y*) its energy
     _, ys = sys.solve(y, 40.0, "identity", 0.0, 1.0, n_save=2)

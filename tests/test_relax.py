@@ -575,3 +575,26 @@ def test_every_keyword_takes_effect_or_is_refused(net, x0):
     plain = hj.relax(net, x0, clamp="image", stop=hj.SteadyState(atol=1e-6),
                      method="fixed_point")
     assert bool(jnp.all(damped.converged)) and int(damped.steps) != int(plain.steps)
+
+
+def test_a_set_aside_sample_saves_no_trajectory(net, x0):
+    """A sample set aside (NaN start) is relaxed invisibly from zeros; its saved trajectory and
+    energies are NaN (its clamped layer keeps the given values), never a finite path that
+    would pass a Lyapunov check. The other samples' saves are those of a run without it."""
+    bad = {**x0, "hidden": x0["hidden"].at[1, 0].set(jnp.nan)}
+    kw = dict(clamp="image", stop=hj.SteadyState(atol=1e-5, t_max=4.0), save="both",
+              save_ts=jnp.linspace(0.0, 4.0, 5))
+    sol = hj.relax(net, bad, **kw)
+    ref = hj.relax(net, x0, **kw)
+    assert bool(jnp.all(jnp.isnan(sol.trajectory["hidden"][:, 1])))
+    assert bool(jnp.all(jnp.isnan(sol.energies[:, 1])))
+    np.testing.assert_array_equal(sol.trajectory["image"][:, 1],
+                                  jnp.broadcast_to(bad["image"][1], (5, N_IN)))
+    ok = np.array([0, 2, 3])
+    np.testing.assert_allclose(sol.energies[:, ok], ref.energies[:, ok], rtol=1e-5, atol=1e-6)
+
+
+def test_a_repeated_clamp_name_counts_once(net, x0, steady):
+    # as many names as the net has layers, but one layer: not "every layer is clamped"
+    sol = hj.relax(net, x0, clamp=("image",) * 3, stop=hj.SteadyState(atol=1e-6))
+    np.testing.assert_allclose(sol.state["label"], steady.state["label"], atol=1e-6)

@@ -13,6 +13,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 
 import diffrax
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
@@ -62,6 +63,11 @@ def simulate(
     sol = relax(net, x0, clamp=clamp, stop=FixedTime(t1), save="trajectory", save_ts=ts,
                 stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
                 max_steps=max_steps)
+    if (not isinstance(sol.result, jax.core.Tracer)
+            and bool(sol.result == diffrax.RESULTS.max_steps_reached)):
+        raise RuntimeError(f"simulate: the solve reached max_steps={max_steps} before t1={t1} "
+                           "(the saved states after that are inf); raise max_steps or loosen "
+                           "rtol/atol")
     return ts, sol.trajectory
 
 

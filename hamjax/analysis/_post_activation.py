@@ -304,8 +304,10 @@ class HAMPostActivation(PostActivationDynamics):
         clamp = net.check_clamp(clamp)
         if clamp and x is None:
             raise ValueError("clamped layers need a state x to hold them at")
-        # the free layers' values in x do not matter: every method takes y
-        self.system = FlatSystem(net, net.init_state() if x is None else x, clamp=clamp)
+        # the free layers' values do not matter (every method takes y): only clamped ones are read
+        state = net.init_state()
+        state.update({n: jnp.asarray(x[n]) for n in clamp})
+        self.system = FlatSystem(net, state, clamp=clamp)
 
     @property
     def index(self) -> FlatIndex:

@@ -30,7 +30,7 @@ import optimistix as optx
 from jaxtyping import Array
 
 from .._ham import HAM
-from .._steady import minimise_energy as _minimise
+from .._steady import _minimise_energy as _minimise
 from ..lagrangians import ElementwiseLagrangian
 from ._dead_neurons import DeadNeurons, dead_neurons
 from ._hessians import (
