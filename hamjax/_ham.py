@@ -189,8 +189,8 @@ class HAM(eqx.Module):
         return batch
 
     # ----------------------------------------------------------------- states
-    def init_state(self, batch: tuple[int, ...] | int = (), *, key=None,
-                   scale: float = 0.01) -> State:
+    def init_state(self, batch: tuple[int, ...] | int = (), *, scale: float = 0.01,
+                   key=None) -> State:
         """Zero states (or small Gaussian ones, standard deviation ``scale``, when a key is given)
         with leading batch shape ``batch``."""
         batch = (batch,) if isinstance(batch, int) else tuple(batch)

@@ -182,9 +182,9 @@ class Dense(Synapse):
         in_features: int | Sequence[int],
         out_features: int | Sequence[int],
         *,
-        key: PRNGKeyArray | None = None,
         scale: float | None = None,
         weight: ArrayLike | None = None,
+        key: PRNGKeyArray | None = None,
     ):
         _check_key(key, "Dense")
         self.in_shape = _shape(in_features, "in_features", "Dense")
@@ -220,9 +220,9 @@ class Bias(Synapse):
         self,
         shape: int | Sequence[int],
         *,
-        key: PRNGKeyArray | None = None,
         scale: float = 0.0,
         bias: ArrayLike | None = None,
+        key: PRNGKeyArray | None = None,
     ):
         _check_key(key, "Bias")
         self.shape = _shape(shape, "shape", "Bias")
@@ -256,9 +256,9 @@ class Lateral(Synapse):
         features: int | Sequence[int],
         *,
         zero_diagonal: bool = True,
-        key: PRNGKeyArray | None = None,
         scale: float | None = None,
         weight: ArrayLike | None = None,
+        key: PRNGKeyArray | None = None,
     ):
         _check_key(key, "Lateral")
         self.shape = _shape(features, "features", "Lateral")
@@ -304,9 +304,9 @@ class Conv2D(Synapse):
         *,
         stride: int | Sequence[int] = 1,
         padding: str | int | Sequence = "VALID",
-        key: PRNGKeyArray | None = None,
         scale: float | None = None,
         kernel: ArrayLike | None = None,
+        key: PRNGKeyArray | None = None,
     ):
         _check_key(key, "Conv2D")
         in_channels = _size(in_channels, "in_channels", "Conv2D")
@@ -448,9 +448,9 @@ class Memory(Synapse):
         beta: float = 1.0,
         lagrangian: Lagrangian | None = None,
         similarity: str = "dot",
-        key: PRNGKeyArray | None = None,
         scale: float | None = None,
         memories: ArrayLike | None = None,
+        key: PRNGKeyArray | None = None,
     ):
         if similarity not in ("dot", "distance"):
             raise ValueError(f"Memory similarity must be 'dot' or 'distance', got {similarity!r}")
@@ -514,10 +514,10 @@ class Attention(Synapse):
         head_dim: int = 16,
         *,
         beta: float | None = None,
-        key: PRNGKeyArray | None = None,
         scale: float | None = None,
         key_weight: ArrayLike | None = None,
         query_weight: ArrayLike | None = None,
+        key: PRNGKeyArray | None = None,
     ):
         _check_key(key, "Attention")
         self.dim = _size(dim, "dim", "Attention")
@@ -578,9 +578,9 @@ class TokenMemory(Synapse):
         num_memories: int,
         *,
         lagrangian: Lagrangian | None = None,
-        key: PRNGKeyArray | None = None,
         scale: float | None = None,
         memories: ArrayLike | None = None,
+        key: PRNGKeyArray | None = None,
     ):
         _check_key(key, "TokenMemory")
         self.dim = _size(dim, "dim", "TokenMemory")

@@ -74,7 +74,7 @@ def _iterate(model, sigma, max_steps: int, mode: str, key, chunk: int | None):
 
 
 def retrieve(model, sigma0: Array, *, steps: int | None = 1, mode: str = "sync",
-             max_steps: int = 100, key=None, chunk: int | None = None):
+             max_steps: int = 100, chunk: int | None = None, key=None):
     """Run the sign dynamics of a binary memory (:class:`BinaryHopfield`,
     :class:`DenseAssociativeMemory`) from ``sigma0`` (``(B, N)``).
 
@@ -111,9 +111,9 @@ def one_step_errors(model, patterns: Array, probe: int | None = None,
     return jnp.sum(s != xi, axis=-1)
 
 
-def recovery(model, patterns: Array, *, key=None, flips: int = 0, probe: int | None = None,
+def recovery(model, patterns: Array, *, flips: int = 0, probe: int | None = None,
              steps: int | None = None, mode: str = "async", tolerance: float = 0.0,
-             max_steps: int = 100, chunk: int | None = None) -> dict:
+             max_steps: int = 100, chunk: int | None = None, key=None) -> dict:
     """Store-corrupt-retrieve: flip ``flips`` bits of (the first ``probe``) stored patterns,
     retrieve, and call a pattern recovered when at most ``tolerance·N`` of its bits are wrong.
 
@@ -147,11 +147,11 @@ def make_memory(kind: str, patterns: Array, n: int = 3):
     raise ValueError(f"unknown memory kind {kind!r}; use 'hebbian', 'poly', 'poly_plain', 'exp'")
 
 
-def capacity_curve(kind: str, num_neurons: int, num_patterns: Sequence[int], *, key,
+def capacity_curve(kind: str, num_neurons: int, num_patterns: Sequence[int], *,
                    n: int = 3, trials: int = 1, probe: int | None = 50, flips: int = 0,
                    steps: int | None = 1, mode: str = "sync", tolerance: float = 0.0,
                    max_steps: int = 100, chunk: int | None = None,
-                   patterns: Array | None = None) -> dict:
+                   patterns: Array | None = None, key) -> dict:
     """Recovered fraction and one-step bit-error rate against the number of stored patterns.
 
     For each ``K`` in ``num_patterns`` and each trial, draw ``K`` random ±1 patterns of

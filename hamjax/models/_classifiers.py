@@ -22,11 +22,11 @@ def dense_classifier(
     num_classes: int,
     hidden: int = 256,
     *,
-    key: PRNGKeyArray,
     hidden_lagrangian: L.Lagrangian | None = None,
     label_lagrangian: L.Lagrangian | None = None,
     tau_hidden: float = 1.0,
     tau_label: float = 1.0,
+    key: PRNGKeyArray,
 ) -> HAM:
     """``image (Identity) —W₁— hidden (ReLU, bias) —W₂— label (Softmax β=4, bias)``.
 
@@ -51,12 +51,12 @@ def deep_dense_classifier(
     num_classes: int,
     hidden: Sequence[int] = (256, 128),
     *,
-    key: PRNGKeyArray,
     hidden_lagrangian: L.Lagrangian | None = None,
     label_lagrangian: L.Lagrangian | None = None,
     tau_hidden: float = 1.0,
     tau_label: float = 1.0,
     names: Sequence[str] | None = None,
+    key: PRNGKeyArray,
 ) -> HAM:
     """A chain ``image — hidden₁ — … — hiddenₖ — label`` of dense synapses ``"w1", "w2", …``
     (docs/maths.md eq. 5), ``W_A: (N_A, N_{A−1})`` drawn from ``key``; hidden layers ReLU with a
@@ -87,9 +87,9 @@ def conv_classifier(
     stride: int = 1,
     pool: int = 2,
     *,
-    key: PRNGKeyArray,
     beta: float = 1.0,
     feature_lagrangian: L.Lagrangian | None = None,
+    key: PRNGKeyArray,
 ) -> HAM:
     """``image —conv— features (softmax over channels) —avgpool— pooled —dense— label``.
 
@@ -130,11 +130,11 @@ def memory_model(
     image_shape: Sequence[int],
     num_memories: int = 100,
     *,
-    key: PRNGKeyArray | None = None,
     beta: float = 4.0,
     hidden_lagrangian: L.Lagrangian | None = None,
     patterns=None,
     similarity: str = "dot",
+    key: PRNGKeyArray | None = None,
 ) -> HAM:
     """A visible layer (Identity) and a :class:`~hamjax.synapses.Memory` of ``K`` memories:
     ``E = ½|v|² − (1/β) logsumexp(β ξ v)`` (docs/maths.md §3.1, adiabatic); one update is attention

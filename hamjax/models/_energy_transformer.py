@@ -40,10 +40,10 @@ def unpatchify(tokens, image_shape: Sequence[int], patch_size: int) -> Array:
 
 
 def energy_transformer_block(image_shape: Sequence[int] = (8, 8, 1), patch_size: int = 2,
-                             *, key: PRNGKeyArray, num_heads: int = 4, head_dim: int = 8,
+                             *, num_heads: int = 4, head_dim: int = 8,
                              num_memories: int | None = None, beta: float | None = None,
                              hopfield: str = "relu", hopfield_beta: float = 1.0,
-                             gamma: float = 1.0, tau: float = 1.0) -> HAM:
+                             gamma: float = 1.0, tau: float = 1.0, key: PRNGKeyArray) -> HAM:
     """An Energy-Transformer-style block (Hoover et al. 2023) on image patches: one layer
     ``"tokens"`` of shape ``(T, D)`` (``T`` patches of ``D = p·p·C`` pixels, see
     :func:`patchify`) with a per-token LayerNorm Lagrangian, so ``g_C = γ (x_C − x̄_C)/σ_C``,

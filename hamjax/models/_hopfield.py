@@ -154,10 +154,9 @@ def ham_conv(kernel, theta, image_shape: Sequence[int], beta: float = 1.0, gamma
 
 
 def deep_dense_ham(sizes: Sequence[int] = (64, 128, 64, 10), *,
-                   key: PRNGKeyArray | None = None,
                    lagrangians: Sequence[L.Lagrangian] | None = None,
                    taus: Sequence[float] | None = None, beta: float = 1.0,
-                   weights: Sequence | None = None) -> HAM:
+                   weights: Sequence | None = None, key: PRNGKeyArray | None = None) -> HAM:
     """A deep dense HAM (docs/maths.md eqs. 5–8): a chain of layers ``"layer0" — "layer1" — …`` with
     dense synapses ``"w1", "w2", …`` (``W_A: (N_A, N_{A−1})``)::
 
@@ -194,8 +193,8 @@ def deep_dense_ham(sizes: Sequence[int] = (64, 128, 64, 10), *,
 
 def conv_pool_ham(image_shape: Sequence[int] = (8, 8, 1), channels: int = 8,
                   kernel_size: int = 3, stride: int = 1, pool: int = 2, num_top: int = 10, *,
-                  key: PRNGKeyArray, beta: float = 1.0, gamma: float = 1.0,
-                  taus: Sequence[float] = (1.0, 0.2, 0.2, 0.05)) -> HAM:
+                  beta: float = 1.0, gamma: float = 1.0,
+                  taus: Sequence[float] = (1.0, 0.2, 0.2, 0.05), key: PRNGKeyArray) -> HAM:
     """A convolutional HAM with average pooling (HAM paper §4.3, pooling remark): ``"image"``
     (Identity, ``(H, W, C)``) —conv ξ— ``"features"`` (Softmax(β) over channels) —avgpool P—
     ``"pooled"`` (Identity) —Θ— ``"top"`` (Softmax(γ), ``num_top``), ξ and Θ drawn from
