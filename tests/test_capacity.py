@@ -11,57 +11,43 @@ import equinox as eqx
 import jax
 import numpy as np
 import pytest
+from _reference import close, np_hebb, pm1
 
 from hamjax import capacity as C
 from hamjax import models as M
 
 N = 100
 KEY = jax.random.PRNGKey(0)
-RTOL, ATOL = 2e-4, 2e-4
 
 _sign = eqx.filter_jit(C.sign_update)
 
 
-def _pm1(seed, shape):
-    return np.random.default_rng(seed).choice([-1.0, 1.0], size=shape).astype(np.float32)
-
-
-def _close(a, b, rtol=RTOL, atol=ATOL):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol)
-
-
 # ------------------------------------------------------------------ classical (binary) Hopfield
-def _np_hebb(xi):
-    w = xi.T @ xi / xi.shape[1]
-    np.fill_diagonal(w, 0.0)
-    return w
-
-
 def test_binary_hopfield_energy_and_sign_updates():
-    xi = _pm1(0, (6, 30))
-    sigma = _pm1(1, (4, 30))
+    xi = pm1(0, (6, 30))
+    sigma = pm1(1, (4, 30))
     net = C.classical_hopfield(xi)
-    w = _np_hebb(xi)
-    _close(net.weight, w)
-    _close(net.energy(sigma), -0.5 * np.einsum("bi,ij,bj->b", sigma, w, sigma))
+    w = np_hebb(xi)
+    close(net.weight, w)
+    close(net.energy(sigma), -0.5 * np.einsum("bi,ij,bj->b", sigma, w, sigma))
     # synchronous: all neurons from the same σ
     field = sigma @ w
     expected = np.where(field > 0, 1.0, np.where(field < 0, -1.0, sigma))
-    _close(_sign(net, sigma), expected)
+    close(_sign(net, sigma), expected)
     # asynchronous sweep in order 0..N-1: each neuron sees the earlier updates
     s = sigma.copy()
     for i in range(30):
         f = s @ w[i]
         s[:, i] = np.where(f > 0, 1.0, np.where(f < 0, -1.0, s[:, i]))
     out = _sign(net, sigma, mode="async")
-    _close(out, s)
+    close(out, s)
     assert np.all(np.asarray(net.energy(out)) <= np.asarray(net.energy(sigma)) + 1e-5)
     # energy gap by brute force
     gap = np.asarray(net.energy_gap(sigma[0]))
     for i in (0, 7, 29):
         up, dn = sigma[0].copy(), sigma[0].copy()
         up[i], dn[i] = 1.0, -1.0
-        _close(gap[i], net.energy(dn) - net.energy(up))
+        close(gap[i], net.energy(dn) - net.energy(up))
     with pytest.raises(ValueError, match="mode"):
         _sign(net, sigma, mode="random")
 
@@ -89,34 +75,34 @@ def _np_dam_step(xi, sigma, F):
     ],
 )
 def test_dense_associative_memory_energy_and_update(kw, F):
-    xi = _pm1(4, (40, 16))
-    sigma = _pm1(5, (3, 16))
+    xi = pm1(4, (40, 16))
+    sigma = pm1(5, (3, 16))
     sigma[:2] = xi[:2]
     sigma[0, :3] *= -1  # a corrupted pattern
     net = C.dense_associative_memory(xi, **kw)
-    _close(net.energy(sigma), -np.sum(F(sigma @ xi.T), -1), rtol=1e-5)
-    _close(_sign(net, sigma), _np_dam_step(xi, sigma, F))
+    close(net.energy(sigma), -np.sum(F(sigma @ xi.T), -1), rtol=1e-5)
+    close(_sign(net, sigma), _np_dam_step(xi, sigma, F))
     if kw.get("kind") != "exp":
         e = net.energy_gap(sigma)
         for i in (0, 9):
             up, dn = sigma.copy(), sigma.copy()
             up[:, i], dn[:, i] = 1.0, -1.0
-            _close(e[:, i], -np.sum(F(dn @ xi.T), -1) + np.sum(F(up @ xi.T), -1), rtol=1e-5)
+            close(e[:, i], -np.sum(F(dn @ xi.T), -1) + np.sum(F(up @ xi.T), -1), rtol=1e-5)
     # asynchronous sweep: same as the loop applied one neuron at a time, never raises the energy
     out = _sign(net, sigma, mode="async")
     s = sigma.copy()
     for i in range(16):
         s[:, i] = _np_dam_step(xi, s, F)[:, i]
-    _close(out, s)
+    close(out, s)
     assert np.all(np.asarray(net.energy(out)) <= np.asarray(net.energy(sigma)) * (1 - 1e-6) + 1e-3)
 
 
 def test_dense_associative_memory_exp_is_overflow_free():
-    xi = _pm1(6, (50, 400))  # βξ·σ = 400 overflows exp in float32; the update must not
+    xi = pm1(6, (50, 400))  # βξ·σ = 400 overflows exp in float32; the update must not
     sigma = xi[:5].copy()
     sigma[:, :40] *= -1
     out = _sign(C.dense_associative_memory(xi, kind="exp"), sigma)
-    _close(out, xi[:5])
+    close(out, xi[:5])
 
 
 # ------------------------------------------------------------------------------- experiments

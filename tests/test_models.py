@@ -10,22 +10,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _reference import close, np_hebb, pm1
 
 from hamjax import models as M
 from hamjax import synapses as S
 from hamjax.lagrangians import Softmax
-
-RTOL, ATOL = 2e-4, 2e-4
 
 # jitted entry points: one compilation each beats op-by-op dispatch on a loaded CPU
 _energy = eqx.filter_jit(lambda net, x: net.energy(x))
 _field = eqx.filter_jit(lambda net, x: net.vector_field(x))
 _rate = eqx.filter_jit(lambda net, x: net.energy_rate(x))
 _step = eqx.filter_jit(M.fixed_point_step)
-
-
-def _pm1(seed, shape):
-    return np.random.default_rng(seed).choice([-1.0, 1.0], size=shape).astype(np.float32)
 
 
 def _rand(seed, shape, scale=1.0):
@@ -48,27 +43,17 @@ def _np_softmax_legendre(h, beta):
     return np.sum(h * _np_softmax(h, beta), -1) - _np_lse(h, beta)
 
 
-def _close(a, b, rtol=RTOL, atol=ATOL):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol)
-
-
 # ------------------------------------------------------------- continuous classical Hopfield
-def _np_hebb(xi):
-    w = xi.T @ xi / xi.shape[1]
-    np.fill_diagonal(w, 0.0)
-    return w
-
-
 def test_continuous_hopfield_energy_and_field():
-    xi = _pm1(2, (3, 12))
+    xi = pm1(2, (3, 12))
     beta = 2.0
     net = M.continuous_hopfield(xi, beta)
     x = _rand(3, (5, 12))
     g = np.tanh(beta * x)
-    w = _np_hebb(xi)
+    w = np_hebb(xi)
     legendre = np.sum(x * g - np.log(np.cosh(beta * x)) / beta, -1)
-    _close(_energy(net, {"image": x}), legendre - 0.5 * np.einsum("bi,ij,bj->b", g, w, g))
-    _close(_field(net, {"image": x})["image"], g @ w - x)
+    close(_energy(net, {"image": x}), legendre - 0.5 * np.einsum("bi,ij,bj->b", g, w, g))
+    close(_field(net, {"image": x})["image"], g @ w - x)
     with pytest.raises(ValueError, match="weight"):
         S.Lateral(12, weight=np.zeros((3, 3)))
 
@@ -79,14 +64,14 @@ def test_modern_hopfield_energy_and_attention_step():
     v = _rand(8, (4, 10))
     beta = 3.0
     net = M.modern_hopfield(xi, beta)
-    _close(_energy(net, {"image": v}), 0.5 * np.sum(v * v, -1) - _np_lse(v @ xi.T, beta))
+    close(_energy(net, {"image": v}), 0.5 * np.sum(v * v, -1) - _np_lse(v @ xi.T, beta))
     step = _step(net, {"image": v})["image"]
-    _close(step, _np_softmax(v @ xi.T, beta) @ xi)
+    close(step, _np_softmax(v @ xi.T, beta) @ xi)
     # the same as dot-product attention with queries v, keys = values = ξ, scale β
     q = jnp.asarray(v)[None, :, None, :]
     kv = jnp.asarray(xi)[None, :, None, :]
     att = jax.nn.dot_product_attention(q, kv, kv, scale=beta)[0, :, 0, :]
-    _close(step, att)
+    close(step, att)
     # image-shaped patterns keep their shape
     imgs = _rand(9, (5, 4, 4, 1))
     net = M.modern_hopfield(imgs, 1.0)
@@ -101,13 +86,13 @@ def test_ham_1hidden_eqs_13_to_15():
     v, h = _rand(11, (3, 8)), _rand(12, (3, 6))
     f = _np_softmax(h, beta)
     e = 0.5 * np.sum(v * v, -1) + _np_softmax_legendre(h, beta) - np.einsum("bm,mi,bi->b", f, xi, v)
-    _close(_energy(net, {"image": v, "hidden": h}), e)
+    close(_energy(net, {"image": v, "hidden": h}), e)
     dx = _field(net, {"image": v, "hidden": h})
-    _close(dx["image"], f @ xi - v)
-    _close(dx["hidden"], (v @ xi.T - h) / 0.1, rtol=1e-3, atol=1e-3)
+    close(dx["image"], f @ xi - v)
+    close(dx["hidden"], (v @ xi.T - h) / 0.1, rtol=1e-3, atol=1e-3)
     # adiabatic limit: h = ξv gives the Ramsauer energy
     ad = M.ham_1hidden(xi, beta, adiabatic=True)
-    _close(_energy(ad, {"image": v}), _energy(net, {"image": v, "hidden": v @ xi.T}))
+    close(_energy(ad, {"image": v}), _energy(net, {"image": v, "hidden": v @ xi.T}))
 
 
 def test_ham_2hidden_eqs_16_to_19():
@@ -119,13 +104,13 @@ def test_ham_2hidden_eqs_16_to_19():
     e = (0.5 * np.sum(v * v, -1) + _np_softmax_legendre(h, beta) + _np_softmax_legendre(z, gamma)
          - np.einsum("bm,mi,bi->b", f, xi, v) - np.einsum("ba,am,bm->b", g, theta, f))
     x = {"image": v, "hidden": h, "top": z}
-    _close(_energy(net, x), e)
+    close(_energy(net, x), e)
     dx = _field(net, x)
-    _close(dx["image"], f @ xi - v)
-    _close(dx["hidden"], v @ xi.T + g @ theta - h)
-    _close(dx["top"], f @ theta.T - z)
+    close(dx["image"], f @ xi - v)
+    close(dx["hidden"], v @ xi.T + g @ theta - h)
+    close(dx["top"], f @ theta.T - z)
     ad = M.ham_2hidden(xi, theta, beta, gamma, adiabatic_top=True)
-    _close(_energy(ad, {"image": v, "hidden": h}), _energy(net, {**x, "top": f @ theta.T}))
+    close(_energy(ad, {"image": v, "hidden": h}), _energy(net, {**x, "top": f @ theta.T}))
 
 
 def _np_conv(v, k, s):
@@ -167,14 +152,14 @@ def test_ham_conv_eqs_20_to_23():
          + _np_softmax_legendre(z, gamma) - np.sum(f * conv, (1, 2, 3))
          - np.einsum("ba,aj,bj->b", g, theta, f.reshape(2, -1)))
     x = {"image": v, "features": h, "top": z}
-    _close(_energy(net, x), e)
+    close(_energy(net, x), e)
     dx = _field(net, x)
-    _close(dx["image"], _np_conv_t(f, kernel, stride, 7) - v)
-    _close(dx["features"], conv + (g @ theta).reshape(h.shape) - h)
-    _close(dx["top"], f.reshape(2, -1) @ theta.T - z)
+    close(dx["image"], _np_conv_t(f, kernel, stride, 7) - v)
+    close(dx["features"], conv + (g @ theta).reshape(h.shape) - h)
+    close(dx["top"], f.reshape(2, -1) @ theta.T - z)
     ad = M.ham_conv(kernel, theta, image_shape, beta, gamma, stride=stride, adiabatic_top=True)
     z_star = f.reshape(2, -1) @ theta.T
-    _close(_energy(ad, {"image": v, "features": h}), _energy(net, {**x, "top": z_star}))
+    close(_energy(ad, {"image": v, "features": h}), _energy(net, {**x, "top": z_star}))
 
 
 def test_deep_dense_ham_eqs_5_and_8():
@@ -186,7 +171,7 @@ def test_deep_dense_ham_eqs_5_and_8():
     e = 0.5 * np.sum(xs[0] ** 2, -1) + sum(_np_softmax_legendre(x, 2.0) for x in xs[1:])
     e = e - sum(np.einsum("bi,ij,bj->b", gs[i + 1], ws[i], gs[i]) for i in range(3))
     state = {f"layer{i}": x for i, x in enumerate(xs)}
-    _close(_energy(net, state), e)
+    close(_energy(net, state), e)
     dx = _field(net, state)
     for a in range(4):
         cur = np.zeros_like(xs[a])
@@ -194,7 +179,7 @@ def test_deep_dense_ham_eqs_5_and_8():
             cur += gs[a - 1] @ ws[a - 1].T
         if a < 3:
             cur += gs[a + 1] @ ws[a]
-        _close(dx[f"layer{a}"], (cur - xs[a]) / 0.5**a, rtol=1e-3, atol=1e-3)
+        close(dx[f"layer{a}"], (cur - xs[a]) / 0.5**a, rtol=1e-3, atol=1e-3)
 
 
 def test_conv_pool_ham_energy_and_lyapunov():
@@ -211,9 +196,9 @@ def test_conv_pool_ham_energy_and_lyapunov():
          + 0.5 * np.sum(p * p, (1, 2, 3)) + _np_softmax_legendre(z, 0.9)
          - np.sum(f * _np_conv(v, k, 1), (1, 2, 3)) - np.sum(p * pooled_f, (1, 2, 3))
          - np.einsum("ba,aj,bj->b", g, theta, p.reshape(2, -1)))
-    _close(_energy(net, x), e)
+    close(_energy(net, x), e)
     dx = _field(net, x)
-    _close(dx["pooled"], (pooled_f + (g @ theta).reshape(p.shape) - p) / 0.2)
+    close(dx["pooled"], (pooled_f + (g @ theta).reshape(p.shape) - p) / 0.2)
     assert np.all(np.asarray(_rate(net, x)) <= 1e-5)
 
 
@@ -237,14 +222,14 @@ def test_attention_synapse_against_loops_and_finite_differences():
     g = _rand(50, (2, 5, 6))
     wk, wq = np.asarray(att.key_weight, np.float64), np.asarray(att.query_weight, np.float64)
     ref = [_np_attention_energy(g[b].astype(np.float64), wk, wq, 0.8) for b in range(2)]
-    _close(att.energy(g), ref, rtol=1e-5)
+    close(att.energy(g), ref, rtol=1e-5)
     # the current −∂E/∂g against central differences of the energy along random directions
     grad = jax.grad(lambda x: jnp.sum(_energy(att, x)))(jnp.asarray(g))
     for seed in range(3):
         d = _rand(60 + seed, g.shape)
         eps = 1e-2
         fd = (np.sum(_np_e(att, g + eps * d)) - np.sum(_np_e(att, g - eps * d))) / (2 * eps)
-        _close(np.sum(np.asarray(grad) * d), fd, rtol=2e-3, atol=2e-3)
+        close(np.sum(np.asarray(grad) * d), fd, rtol=2e-3, atol=2e-3)
     with pytest.raises(ValueError, match="shape"):
         S.Attention(6, 2, 3, key_weight=np.zeros((2, 3, 5)), query_weight=np.zeros((2, 3, 6)))
 
@@ -258,17 +243,17 @@ def test_token_memory_is_per_token():
     xi = _rand(70, (5, 4))
     g = _rand(71, (3, 6, 4))
     relu = S.TokenMemory(4, 5, memories=xi)
-    _close(relu.energy(g), -0.5 * np.sum(np.maximum(g @ xi.T, 0) ** 2, (1, 2)))
+    close(relu.energy(g), -0.5 * np.sum(np.maximum(g @ xi.T, 0) ** 2, (1, 2)))
     soft = S.TokenMemory(4, 5, memories=xi, lagrangian=Softmax(2.0))
-    _close(soft.energy(g), -_np_lse(g @ xi.T, 2.0).sum(-1))
+    close(soft.energy(g), -_np_lse(g @ xi.T, 2.0).sum(-1))
 
 
 def test_energy_transformer_block_energy_field_and_patches():
     img = _rand(80, (2, 4, 4, 2))
     toks = np.asarray(M.patchify(img, 2))
     assert toks.shape == (2, 4, 8)
-    _close(toks[1, 2], img[1, 2:4, 0:2, :].reshape(-1))  # patch (1, 0) in row-major order
-    _close(M.unpatchify(toks, (4, 4, 2), 2), img)
+    close(toks[1, 2], img[1, 2:4, 0:2, :].reshape(-1))  # patch (1, 0) in row-major order
+    close(M.unpatchify(toks, (4, 4, 2), 2), img)
 
     net = M.energy_transformer_block((4, 4, 2), 2, key=jax.random.PRNGKey(4), num_heads=2,
                                      head_dim=3, num_memories=6, gamma=1.0)
@@ -281,9 +266,9 @@ def test_energy_transformer_block_energy_field_and_patches():
     e = (legendre + np.asarray(_np_e(att, g))
          - 0.5 * np.sum(np.maximum(g @ mem.T, 0) ** 2, (1, 2)))
     state = {"tokens": jnp.asarray(toks)}
-    _close(_energy(net, state), e, rtol=1e-4, atol=1e-3)
+    close(_energy(net, state), e, rtol=1e-4, atol=1e-3)
     # τ dx/dt = −∂E_syn/∂g − x, with ∂E/∂g of both synapses by autodiff of the summed energy
     cur = -jax.grad(lambda gg: jnp.sum(att.energy(gg) + net.synapses["hopfield"].energy(gg)))(
         jnp.asarray(g, jnp.float32))
-    _close(_field(net, state)["tokens"], np.asarray(cur) - toks, rtol=1e-3, atol=1e-3)
+    close(_field(net, state)["tokens"], np.asarray(cur) - toks, rtol=1e-3, atol=1e-3)
     assert np.all(np.asarray(_rate(net, state)) <= 1e-4)
