@@ -1,4 +1,8 @@
-"""``python -m benchmarks [--quick | --full | --tiny] [--out DIR] [--only NAME ...]``."""
+"""``python -m benchmarks [--quick | --full | --tiny] [--out DIR] [--only NAME ...] [--repeat N]``.
+
+``--repeat N`` runs the whole selection N times, each in a fresh process, into
+``DIR/repeats/<i>/``, and writes the combined results to ``DIR``: every figure is the median of
+the N runs' values with their range (:mod:`benchmarks.repeat`)."""
 
 from __future__ import annotations
 
@@ -33,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, default=None,
                    help="MNIST IDX folder (default: the project's shared copy when present)")
     p.add_argument("--repeats", type=int, default=None, help="timed samples per contender")
+    p.add_argument("--repeat", type=int, default=None, metavar="N",
+                   help="run the whole selection N times in fresh processes and report each "
+                        "figure as the median of the runs with their range")
     p.add_argument("--strict", action="store_true",
                    help="stop at the first failing section instead of recording the error")
     return p
@@ -104,13 +111,24 @@ def _call(mod, cfg: C.Config) -> dict:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.repeat is not None and args.repeat < 1:
+        parser.error(f"--repeat must be at least 1, got {args.repeat}")
+    if args.repeats is not None and args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     tier = args.tier
     if tier is None:
         import jax
 
         tier = "quick" if jax.default_backend() == "cpu" else "full"
-    res = run(tier, args.out, args.only, args.data_dir, args.repeats, args.strict, argv)
+    if args.repeat is not None:
+        from . import repeat
+
+        out = args.out if args.out is not None else Path("results") / C.machine_slug()
+        res = repeat.run_repeated(args.repeat, argv, out)
+    else:
+        res = run(tier, args.out, args.only, args.data_dir, args.repeats, args.strict, argv)
     failed = [n for n, s in res["sections"].items() if "error" in s]
     if failed:
         print(f"[benchmarks] sections that failed: {', '.join(failed)}", file=sys.stderr)

@@ -269,8 +269,68 @@ def check_close(name: str, a, b, tol: float = 1e-3) -> float:
 
 
 # ------------------------------------------------------------------------------ results
-def section(tables=None, data=None, notes=None, plots=None) -> dict[str, Any]:
-    return {"tables": tables or [], "data": data or {}, "notes": notes or [], "plots": plots or []}
+def section(tables=None, data=None, notes=None, plots=None, figures=None) -> dict[str, Any]:
+    """A section's results. ``figures``: ``{key: figure(...)}``, the numbers a README or docs page
+    may quote (``python -m benchmarks.report`` renders them; ``--repeat`` combines them)."""
+    return {"tables": tables or [], "data": data or {}, "notes": notes or [], "plots": plots or [],
+            "figures": figures or {}}
+
+
+def figure(label: str, value: float, *, lo: float | None = None, hi: float | None = None,
+           unit: str = "", target: float | None = None, better: str = "lower",
+           spread: str | None = None) -> dict[str, Any]:
+    """One quotable number: its ``value`` with a spread ``[lo, hi]`` (within one run: the
+    interquartile range of paired samples; over ``--repeat`` runs: the range of the runs' values),
+    a ``unit`` and, when it has one, a ``target`` that a ``better="lower"`` figure meets when its
+    upper end ``hi`` is at most the target (``"higher"``: when ``lo`` is at least the target)."""
+    if better not in ("lower", "higher"):
+        raise ValueError(f"better must be 'lower' or 'higher', got {better!r}")
+    value = float(value)
+    return {"label": label, "value": value, "lo": value if lo is None else float(lo),
+            "hi": value if hi is None else float(hi), "unit": unit, "target": target,
+            "better": better, "spread": spread or ("IQR" if lo is not None else "one value")}
+
+
+def ratio_figure(label: str, r: Mapping[str, float], target: float | None = None) -> dict:
+    """A :func:`figure` of a side-by-side ratio from :func:`ratio` (median, IQR)."""
+    return figure(label, r["median"], lo=r["q25"], hi=r["q75"], unit="×", target=target,
+                  spread="IQR")
+
+
+def target_met(fig: Mapping[str, Any]) -> bool | None:
+    """Whether a figure meets its target over its whole spread (``None`` without a target)."""
+    if fig.get("target") is None:
+        return None
+    if fig["better"] == "lower":
+        return fig["hi"] <= fig["target"]
+    return fig["lo"] >= fig["target"]
+
+
+def fmt_target(fig: Mapping[str, Any]) -> str:
+    """``≤ 1.05`` (or ``≥ …`` for a higher-is-better figure); empty without a target."""
+    if fig.get("target") is None:
+        return ""
+    return f"{'≤' if fig['better'] == 'lower' else '≥'} {fig['target']:g}"
+
+
+def fmt_met(fig: Mapping[str, Any]) -> str:
+    """``met`` / ``MISSED`` over the figure's whole spread; empty without a target."""
+    met = target_met(fig)
+    return "" if met is None else "met" if met else "MISSED"
+
+
+def fmt_figure(fig: Mapping[str, Any], digits: int | None = None) -> str:
+    """``value [lo–hi] unit``; the brackets are left out when the spread is nil."""
+    v, lo, hi = fig["value"], fig["lo"], fig["hi"]
+    if digits is None:
+        big = max(abs(v), abs(lo), abs(hi))
+        whole = all(float(x).is_integer() for x in (v, lo, hi))
+        digits = 0 if big >= 100 or whole else 1 if big >= 10 else 2 if big >= 0.1 else 3
+    f = lambda x: f"{x:,.{digits}f}"  # noqa: E731
+    unit = fig.get("unit") or ""
+    sep = "" if unit in ("", "×", "%") else " "
+    text = f(v) if f(lo) == f(hi) else f"{f(v)} [{f(lo)}–{f(hi)}]"
+    return text + sep + unit
 
 
 def table(title: str, columns: list[str], rows: list[list[Any]]) -> dict[str, Any]:
@@ -302,6 +362,13 @@ def to_markdown(results: Mapping[str, Any]) -> str:
         lines += [f"## {name}", ""]
         if "error" in sec:
             lines += [f"**failed:** `{sec['error']}`", ""]
+        if sec.get("figures"):
+            lines += ["### Figures", "", "| figure | value [spread] | spread | target | met |",
+                      "|---|---|---|---|---|"]
+            for f in sec["figures"].values():
+                lines.append(f"| {f['label']} | {fmt_figure(f)} | {f['spread']} | "
+                             f"{fmt_target(f)} | {fmt_met(f)} |")
+            lines.append("")
         for t in sec.get("tables", []):
             lines += [f"### {t['title']}", "", "| " + " | ".join(t["columns"]) + " |",
                       "|" + "---|" * len(t["columns"])]

@@ -133,7 +133,19 @@ def run(cfg: C.Config) -> dict:
                 ["model", "hamjax.relax", "hand-written", "hamux"], compile_rows),
     ]
     plots = [_plot(cfg, data)]
-    return C.section(tables, data, notes, plots)
+    figures = {}
+    for label, d in data.items():
+        figures[f"{label}: relax / hand"] = C.ratio_figure(
+            f"relax, {d['steps']} Euler steps, {label}: hamjax / hand-written",
+            d["ratio_relax_vs_hand"], 1.05)
+        figures[f"{label}: field / hand"] = C.ratio_figure(
+            f"field loop, {d['steps']} Euler steps, {label}: hamjax / hand-written",
+            d["ratio_field_vs_hand"])
+        if d["ratio_relax_vs_hamux"] is not None:
+            figures[f"{label}: relax / hamux"] = C.ratio_figure(
+                f"relax, {d['steps']} Euler steps, {label}: hamjax / hamux",
+                d["ratio_relax_vs_hamux"], 1.0)
+    return C.section(tables, data, notes, plots, figures)
 
 
 def _verdict(r, target):

@@ -60,4 +60,8 @@ def run(cfg: C.Config) -> dict:
     tab = C.table("`hamjax train` (dense HAM, BPTT 40 Euler steps, batch 32)",
                   ["dataset", "arguments", "epoch 1 (with compile)", "later epochs",
                    "total wall", "test accuracy"], rows)
-    return C.section([tab], data, notes)
+    figures = {f"{name}: later epoch": C.figure(
+        f"`hamjax train` on {name} ({' '.join(a for a in r['args'] if not a.startswith('/'))}),"
+        " seconds per epoch after the first", r["later_epoch_s"], unit="s")
+        for name, r in data.items() if r["later_epoch_s"] is not None}
+    return C.section([tab], data, notes, figures=figures)

@@ -90,8 +90,15 @@ def run(cfg: C.Config) -> dict:
                   "throughput of this machine", ["sweep", "batch", "width", "depth",
                                                  "time/step", "matmuls alone", "GFLOP/s step",
                                                  "GFLOP/s matmul", "fraction of matmul"], rows)
+    fracs = [p["fraction_of_matmul"]["median"] for pts in data.values() for p in pts]
+    figures = {"fraction of matmul, lowest": C.figure(
+                   "Euler step throughput / plain matmuls of the same shapes, lowest over the "
+                   "sweeps", min(fracs), unit="×", better="higher"),
+               "fraction of matmul, highest": C.figure(
+                   "Euler step throughput / plain matmuls of the same shapes, highest over the "
+                   "sweeps", max(fracs), unit="×", better="higher")}
     return C.section([tab], data, [f"base point: batch {base_b}, width {base_w}, depth "
-                                   f"{base_d}"], [_plot(cfg, data)])
+                                   f"{base_d}"], [_plot(cfg, data)], figures)
 
 
 def _plot(cfg, data):

@@ -171,7 +171,18 @@ def run(quick=True, out: Path | None = None) -> dict:
     try:
         from . import common as C
 
-        return C.section([C.table(title, cols, rows)], {"results": results}, notes)
+        figures = {}
+        for r in results:
+            base = next(x for x in results
+                        if x["platform"] == r["platform"] and x["devices"] == 1)
+            for what in ("fit", "relax"):
+                figures[f"{r['platform']} {r['devices']} devices: {what}"] = C.figure(
+                    f"{'train step' if what == 'fit' else 'relax'} throughput, {r['kind']}, "
+                    f"{r['devices']} device(s) / 1 device",
+                    r[f"{what}_samples_per_s"] / base[f"{what}_samples_per_s"], unit="×",
+                    better="higher")
+        return C.section([C.table(title, cols, rows)], {"results": results}, notes,
+                         figures=figures)
     except ImportError:
         return {"tables": [{"title": title, "columns": cols, "rows": rows}],
                 "data": {"results": results}, "notes": notes, "plots": []}

@@ -133,6 +133,8 @@ def run(cfg: C.Config, tol: float = 1e-4) -> dict:
                             strict=True)) for n, v in counts.items()}}
             ref = times["adaptive default (Tsit5+PID)"]["median_s"]
             for n in methods:
+                out[key].setdefault("ratios", {})[n] = C.ratio(
+                    times, n, "adaptive default (Tsit5+PID)")
                 ev, st, res, conv = counts[n]
                 rows.append([model_name, b, n, int(ev), int(st), f"{res:.2e}", bool(conv),
                              C.fmt_time(times[n]["median_s"]),
@@ -143,7 +145,17 @@ def run(cfg: C.Config, tol: float = 1e-4) -> dict:
                   rows)
     notes.append("evaluations include the stopping test's (hj.relax: one per step); the Euler "
                  "loop reuses each step's evaluation for its test")
-    return C.section([tab], {"tol": tol, "sizes": sizes, "runs": out}, notes, [_plot(cfg, out)])
+    figures = {}
+    for key, rec in out.items():
+        for n, r in rec["ratios"].items():
+            if n != "adaptive default (Tsit5+PID)":
+                figures[f"{key}: {n} / adaptive"] = C.ratio_figure(
+                    f"to residual {tol:g}, {key}: {n} / adaptive (time)", r)
+            figures[f"{key}: {n} evaluations"] = C.figure(
+                f"to residual {tol:g}, {key}: {n}, vector-field evaluations",
+                rec["counts"][n]["evaluations"])
+    return C.section([tab], {"tol": tol, "sizes": sizes, "runs": out}, notes, [_plot(cfg, out)],
+                     figures)
 
 
 def _plot(cfg, out):

@@ -153,7 +153,8 @@ def forward(cfg, models, task, batch):
                                  for n in ("hidden", "label")))
             other = int(jnp.sum(diff > 1e-2))
             rec = {"evaluations": int(ev), "steps": int(st), "all_converged": bool(conv),
-                   "max_residual": float(res), "samples_at_another_steady_state": other}
+                   "max_residual": float(res), "samples_at_another_steady_state": other,
+                   "ratio_to_ode": C.ratio(times, name, "adaptive ODE (Tsit5)")}
             data[label]["runs"][name] = rec
             rel = times[name]["median_s"] / times["adaptive ODE (Tsit5)"]["median_s"]
             rows.append([label, name, rec["evaluations"], C.fmt_time(times[name]["median_s"]),
@@ -184,7 +185,8 @@ def adjoint(cfg, models, task, batch):
             # GMRES counts restart cycles of `restart` Arnoldi steps (one product each)
             matvecs = int(steps) * restart if restart else int(steps)
             data[label]["runs"][name] = {"iterations": int(steps), "matvecs": matvecs,
-                                         "relative_difference": err}
+                                         "relative_difference": err,
+                                         "seconds": times[name]["median_s"]}
             rows.append([label, name, int(steps), matvecs, C.fmt_time(times[name]["median_s"]),
                          f"{err:.1e}"])
     tab = C.table("The adjoint system at the steady state, (CH − I)ᵀ v = ∂ℓ/∂x",
@@ -240,4 +242,33 @@ def run(cfg: C.Config) -> dict:
     t3, d3 = adjoint(cfg, models, task, batch)
     notes.append("a GMRES cycle builds a Krylov space of `restart` vectors, one matrix-vector "
                  "product each; a Neumann iteration is one product")
-    return C.section([t1, t2, t3], {"train_steps": d1, "forward": d2, "adjoint": d3}, notes)
+    return C.section([t1, t2, t3], {"train_steps": d1, "forward": d2, "adjoint": d3}, notes,
+                     figures=_figures(d1, d2, d3))
+
+
+def _figures(steps, fwd, adj) -> dict:
+    """The quotable numbers: each gradient's step cost relative to BPTT, the forward solvers'
+    evaluations and time relative to the ODE, the adjoint solvers' products and time."""
+    figures = {}
+    for label, d in steps.items():
+        for name, r in d["ratios"].items():
+            if name != "BPTT 40 steps":
+                figures[f"{label}: {name} / BPTT"] = C.ratio_figure(
+                    f"training step, {label} model: {name} / BPTT 40 steps", r,
+                    TARGETS.get(name))
+    for label, d in fwd.items():
+        for name, rec in d["runs"].items():
+            figures[f"{label}: forward {name} evaluations"] = C.figure(
+                f"forward to 1e-4, {label} model: {name}, evaluations", rec["evaluations"])
+            if name != "adaptive ODE (Tsit5)":
+                figures[f"{label}: forward {name} / ODE"] = C.ratio_figure(
+                    f"forward to 1e-4, {label} model: {name} / adaptive ODE (time)",
+                    rec["ratio_to_ode"])
+    for label, d in adj.items():
+        for name, rec in d["runs"].items():
+            figures[f"{label}: adjoint {name} products"] = C.figure(
+                f"adjoint, {label} model: {name}, matrix-vector products (at most)",
+                rec["matvecs"])
+            figures[f"{label}: adjoint {name} time"] = C.figure(
+                f"adjoint, {label} model: {name}, time", rec["seconds"] * 1e3, unit="ms")
+    return figures

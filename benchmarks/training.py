@@ -174,7 +174,21 @@ def run(cfg: C.Config) -> dict:
     notes.append("memory = compiled temporary buffers of the gradient "
                  "(`jax.jit(grad).lower(...).compile().memory_analysis().temp_size_in_bytes`)")
     plots = [_plot(cfg, d2)]
-    return C.section([t1, t2], {"bptt": d1, "implicit_vs_bptt": d2}, notes, plots)
+    model = f"dense {'-'.join(map(str, d1['sizes']))}"
+    figures = {"bptt: hamjax / hand": C.ratio_figure(
+        f"BPTT gradient, {d1['steps']} Euler steps, {model}: hamjax / hand-written",
+        d1["ratio_vs_hand"], 1.10)}
+    if d1["ratio_vs_hamux"] is not None:
+        figures["bptt: hamjax / hamux"] = C.ratio_figure(
+            f"BPTT gradient, {d1['steps']} Euler steps, {model}: hamjax / hamux",
+            d1["ratio_vs_hamux"], 1.0)
+    for p in d2["points"]:
+        for kind in ("bptt", "implicit"):
+            if p[f"{kind}_temp_bytes"] is not None:
+                figures[f"{kind} memory at {p['steps']} steps"] = C.figure(
+                    f"{'BPTT' if kind == 'bptt' else 'implicit'} gradient at {p['steps']} steps: "
+                    "compiled temporary memory", p[f"{kind}_temp_bytes"] / 2**20, unit="MiB")
+    return C.section([t1, t2], {"bptt": d1, "implicit_vs_bptt": d2}, notes, plots, figures)
 
 
 def _plot(cfg, d):

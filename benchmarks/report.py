@@ -1,0 +1,367 @@
+"""``python -m benchmarks.report [--check]``: the figures of README.md and docs/ from results files.
+
+A figure typed by hand drifts from the run it came from. So every measured number that README.md
+or a page of ``docs/`` states sits in a generated block::
+
+    <!-- report:NAME [machine=SLUG] -->
+    ...generated: never edit by hand...
+    <!-- /report:NAME -->
+
+and this script rewrites each block from the committed results of ``benchmarks/results/SLUG/``
+(``timing/results.json`` from ``python -m benchmarks --repeat N``, ``quality/*.json`` from
+``python -m benchmarks --only quality``). ``--check`` rewrites nothing and exits 1 when a block
+differs from what the files give (``tests/test_report.py`` runs it). Every block opens with the
+machine, date, versions and command its numbers come from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from . import common as C
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+DEFAULT_MACHINE = "cpu-2core-amd-epyc"
+
+BLOCK = re.compile(r"<!-- report:(?P<name>[\w-]+)(?P<args>(?: [\w-]+=\S+)*) -->\n"
+                   r"(?P<body>.*?)<!-- /report:(?P=name) -->", re.S)
+
+
+class ReportError(Exception):
+    """A block names a renderer, machine or figure that the committed results do not have."""
+
+
+# ------------------------------------------------------------------------------ reading results
+def timing(folder: Path) -> dict[str, Any]:
+    """``<folder>/timing/results.json`` (``folder``: one machine's results)."""
+    return _read(folder / "timing" / "results.json")
+
+
+def quality(folder: Path) -> list[dict[str, Any]]:
+    """The run records of ``<folder>/quality/``, in the order of ``ORDER`` (then by name)."""
+    folder = folder / "quality"
+    recs = [_read(p) for p in sorted(folder.glob("*.json")) if p.name != "results.json"]
+    if not recs:
+        raise ReportError(f"no quality records in {_rel(folder)}: run "
+                          f"`python -m benchmarks --only quality --out {_rel(folder)}`")
+    return sorted(recs, key=lambda r: (ORDER.index(r["name"]) if r["name"] in ORDER
+                                       else len(ORDER), r["name"]))
+
+
+ORDER = ("digits-dense-bptt", "digits-deep-bptt", "digits-dense-implicit",
+         "digits-dense-eqprop", "mnist-dense-bptt", "mnist-dense-implicit", "mnist-dense-eqprop",
+         "mnist-conv-bptt", "mnist-denoise")
+
+
+def _read(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise ReportError(f"{_rel(path)} does not exist")
+    return json.loads(path.read_text())
+
+
+def _rel(path: Path) -> str:
+    """``path`` relative to the repository when inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def figures(res: Mapping[str, Any], section: str) -> dict[str, dict[str, Any]]:
+    sec = res["sections"].get(section)
+    if sec is None:
+        raise ReportError(f"section {section!r} is not in the results of `{res['command']}`")
+    return sec.get("figures", {})
+
+
+def _figure(figs: Mapping[str, Any], key: str, section: str) -> dict[str, Any]:
+    if key not in figs:
+        raise ReportError(f"figure {key!r} missing from section {section!r}")
+    return figs[key]
+
+
+# ------------------------------------------------------------------------------ provenance
+def provenance(res: Mapping[str, Any], path: str) -> str:
+    """One line: where the block's numbers come from."""
+    m = res["machine"]
+    n = res.get("repeats")
+    spread = (f"medians of {n} runs in fresh processes, [range]" if n
+              else "one run: medians of paired samples, [interquartile range]")
+    return (f"_Generated from `{path}` ({_machine(m)}; {res['started'][:10]}; "
+            f"`{res['command']}`): {spread}._")
+
+
+def _machine(m: Mapping[str, Any]) -> str:
+    dev = (f"{m['cpu_cores']}-core {m['cpu']}" if m["backend"] == "cpu"
+           else f"{m['num_devices']}× {m['device_kind']}")
+    return f"{m['backend']}, {dev}, jax {m['versions']['jax']}"
+
+
+def _table(columns: list[str], rows: list[list[Any]]) -> list[str]:
+    return (["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+            + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
+
+
+def _cells(fig: Mapping[str, Any] | None) -> list[str]:
+    """``value [range]``, target, verdict."""
+    if fig is None:
+        return ["n/a", "", ""]
+    return [C.fmt_figure(fig), C.fmt_target(fig), C.fmt_met(fig)]
+
+
+def _timing_path(folder: Path) -> str:
+    return _rel(folder / "timing" / "results.json")
+
+
+# ------------------------------------------------------------------------------ renderers
+def speed(folder: Path) -> list[str]:
+    """Relaxation and BPTT cost against the hand-written loop and hamux."""
+    res = timing(folder)
+    dyn, tr = figures(res, "dynamics"), figures(res, "training")
+    rows = []
+    for figs in (dyn, tr):
+        for key, f in figs.items():
+            if key.endswith("/ hand") and not key.endswith("field / hand"):
+                hamux = figs.get(key.replace("/ hand", "/ hamux"))
+                rows.append([f["label"].split(":")[0], *_cells(f), *_cells(hamux)])
+    if not rows:
+        raise ReportError(f"no hamjax / hand-written figures in `{res['command']}`")
+    return [provenance(res, _timing_path(folder)), ""] + _table(
+        ["measurement", "hamjax / hand-written", "target", "", "hamjax / hamux", "target", ""],
+        rows)
+
+
+def memory(folder: Path) -> list[str]:
+    """Compiled memory of the implicit and the BPTT gradient as the steps grow."""
+    res = timing(folder)
+    figs = figures(res, "training")
+    steps = sorted({int(k.split()[-2]) for k in figs if " memory at " in k})
+    if not steps:
+        raise ReportError("no memory figures in the training section")
+    rows = [[n, C.fmt_figure(_figure(figs, f"bptt memory at {n} steps", "training")),
+             C.fmt_figure(_figure(figs, f"implicit memory at {n} steps", "training"))]
+            for n in steps]
+    return [provenance(res, _timing_path(folder)), ""] + _table(
+        ["relaxation steps", "BPTT gradient", "implicit gradient"], rows)
+
+
+def steady_state(folder: Path) -> list[str]:
+    """One training step per gradient estimator, as a multiple of a 40-step BPTT step."""
+    res = timing(folder)
+    figs = figures(res, "steady_state")
+    table: dict[str, dict[str, dict]] = {}
+    models: list[str] = []
+    for key, f in figs.items():
+        if key.endswith(" / BPTT"):
+            model, method = key[: -len(" / BPTT")].split(": ", 1)
+            table.setdefault(method, {})[model] = f
+            if model not in models:
+                models.append(model)
+    if not table:
+        raise ReportError("no training-step figures in the steady_state section")
+    rows = []
+    for method, per_model in table.items():
+        fs = [per_model.get(m) for m in models]
+        target = next((C.fmt_target(f) for f in fs if f and f["target"] is not None), "")
+        verdicts = {C.fmt_met(f) for f in fs if f and f["target"] is not None}
+        rows.append([method, *(C.fmt_figure(f) if f else "n/a" for f in fs), target,
+                     "MISSED" if "MISSED" in verdicts else "met" if verdicts else ""])
+    return [provenance(res, _timing_path(folder)), ""] + _table(
+        ["gradient", *(f"{m} model" for m in models), "target", ""], rows)
+
+
+def solvers(folder: Path) -> list[str]:
+    """Forward solvers to a residual of 1e-4, and the adjoint's linear solvers."""
+    res = timing(folder)
+    figs = figures(res, "steady_state")
+    fwd, adj = [], []
+    for key, f in figs.items():
+        model, rest = key.split(": ", 1)
+        if rest.startswith("forward ") and rest.endswith(" evaluations"):
+            name = rest[len("forward "): -len(" evaluations")]
+            ratio = figs.get(f"{model}: forward {name} / ODE")
+            fwd.append([model, name, C.fmt_figure(f),
+                        "1 (reference)" if ratio is None else C.fmt_figure(ratio)])
+        elif rest.startswith("adjoint ") and rest.endswith(" products"):
+            name = rest[len("adjoint "): -len(" products")]
+            t = _figure(figs, f"{model}: adjoint {name} time", "steady_state")
+            adj.append([model, name, C.fmt_figure(f), C.fmt_figure(t)])
+    if not fwd or not adj:
+        raise ReportError("no forward/adjoint figures in the steady_state section")
+    return ([provenance(res, _timing_path(folder)), "", "Forward, to a residual of 1e-4:", ""]
+            + _table(["model", "solver", "vector-field evaluations", "time / adaptive ODE"],
+                     fwd)
+            + ["", "Adjoint system (CH − I)ᵀ v = ∂ℓ/∂x at the steady state:", ""]
+            + _table(["model", "linear solver", "matrix-vector products (at most)", "time"],
+                     adj))
+
+
+def relaxation(folder: Path) -> list[str]:
+    """Relaxing noisy digits to a residual tolerance: evaluations and time per method."""
+    res = timing(folder)
+    figs = figures(res, "solvers")
+    rows = []
+    for key, f in figs.items():
+        if key.endswith(" evaluations"):
+            case, method = key[: -len(" evaluations")].split(": ", 1)
+            ratio = figs.get(f"{case}: {method} / adaptive")
+            rows.append([case, method, C.fmt_figure(f),
+                         "1 (reference)" if ratio is None else C.fmt_figure(ratio)])
+    if not rows:
+        raise ReportError("no figures in the solvers section")
+    return [provenance(res, _timing_path(folder)), ""] + _table(
+        ["model, batch", "method", "vector-field evaluations", "time / adaptive"], rows)
+
+
+def sharding(folder: Path) -> list[str]:
+    """Throughput on 1, 2, 4 devices relative to one."""
+    res = timing(folder)
+    figs = figures(res, "sharding")
+    rows = []
+    for key, f in figs.items():
+        if key.endswith(": fit"):
+            relax = _figure(figs, key[: -len("fit")] + "relax", "sharding")
+            rows.append([key.split(":")[0].replace(" devices", ""), C.fmt_figure(f),
+                         C.fmt_figure(relax)])
+    return [provenance(res, _timing_path(folder)), ""] + _table(
+        ["platform, devices", "train-step throughput / 1 device", "relax throughput / 1 device"],
+        rows)
+
+
+def scaling(folder: Path) -> list[str]:
+    """An Euler step's throughput against plain matmuls of the same shapes."""
+    res = timing(folder)
+    figs = figures(res, "scaling")
+    lo = _figure(figs, "fraction of matmul, lowest", "scaling")
+    hi = _figure(figs, "fraction of matmul, highest", "scaling")
+    return [provenance(res, _timing_path(folder)), "",
+            f"An Euler step of `hj.relax` runs at {C.fmt_figure(lo)} (lowest over the sweeps of "
+            f"batch, width and depth) to {C.fmt_figure(hi)} (highest) of the throughput of plain "
+            "`jnp` matmuls of the same shapes."]
+
+
+def quality_table(folder: Path) -> list[str]:
+    """The training results: one row per quality record."""
+    recs = quality(folder)
+    rows = []
+    for r in recs:
+        rows.append([r["title"], f"`{r['command']}`", _headline(r),
+                     "n/a" if r.get("converged") is None else f"{r['converged']:.3f}",
+                     r["epochs"], _seconds(r.get("wall_s")), _seconds(r.get("train_seconds"))])
+    machines = sorted({_machine(r["machine"]) for r in recs})
+    dates = sorted(r["started"][:10] for r in recs)
+    head = (f"_Generated from `{_rel(folder / 'quality')}/` ({'; '.join(machines)}; "
+            f"{dates[0]}{'' if dates[0] == dates[-1] else ' to ' + dates[-1]}; "
+            "`python -m benchmarks --only quality`): one run each, seed 0 unless the command "
+            "says otherwise; wall time includes start-up, compilation and pictures._")
+    return [head, ""] + _table(["task", "command", "result", "relaxations converged",
+                                "epochs", "wall time", "training time"], rows)
+
+
+def quickstart(folder: Path) -> list[str]:
+    """What ``hamjax train`` printed when its quality record was made."""
+    recs = {r["name"]: r for r in quality(folder)}
+    if "digits-dense-bptt" not in recs:
+        raise ReportError("no quality record of the default `hamjax train` (digits-dense-bptt)")
+    r = recs["digits-dense-bptt"]
+    out = r.get("stdout_tail")
+    if not out:
+        raise ReportError("the digits-dense-bptt record has no stdout_tail")
+    return [f"_Generated from `{_rel(folder / 'quality' / 'digits-dense-bptt.json')}` "
+            f"({_machine(r['machine'])}, {r['started'][:10]}): `hamjax train` took "
+            f"{_seconds(r['wall_s'])} wall, {_seconds(r['train_seconds'])} of it training._",
+            "", "```", *out.rstrip("\n").splitlines(), "```"]
+
+
+def _headline(r: Mapping[str, Any]) -> str:
+    if r.get("returncode", 0) != 0:
+        return "failed"
+    h = r["headline"]
+    name = h["name"].removeprefix("test_").replace("_", " ")
+    if "psnr" in h["name"]:
+        text = f"{name.upper()} **{h['value']:.2f} dB**"
+        if h.get("baseline") is not None:
+            text += f" (corrupted input {h['baseline']:.2f} dB)"
+        return text
+    return f"{name} **{h['value']:.4f}**"
+
+
+def _seconds(s: float | None) -> str:
+    if s is None:
+        return "n/a"
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
+
+
+RENDERERS: dict[str, Callable[..., list[str]]] = {
+    "speed": speed, "memory": memory, "steady-state": steady_state, "solvers": solvers,
+    "relaxation": relaxation, "sharding": sharding, "scaling": scaling,
+    "quality": quality_table, "quickstart": quickstart,
+}
+
+
+# ------------------------------------------------------------------------------ rewriting files
+def render_text(text: str, where: str = "<text>", results: Path = RESULTS) -> str:
+    """``text`` with every generated block rewritten from the results files under ``results``
+    (one folder per machine)."""
+
+    def block(m: re.Match) -> str:
+        name = m["name"]
+        if name not in RENDERERS:
+            raise ReportError(f"{where}: unknown report block {name!r} "
+                              f"(known: {', '.join(RENDERERS)})")
+        kw = dict(a.split("=", 1) for a in m["args"].split())
+        unknown = set(kw) - {"machine"}
+        if unknown:
+            raise ReportError(f"{where}: report block {name!r} takes only machine=, "
+                              f"got {', '.join(sorted(unknown))}")
+        try:
+            lines = RENDERERS[name](Path(results) / kw.get("machine", DEFAULT_MACHINE))
+        except ReportError as e:
+            raise ReportError(f"{where}, block {name!r}: {e}") from None
+        return (f"<!-- report:{name}{m['args']} -->\n" + "\n".join(lines)
+                + f"\n<!-- /report:{name} -->")
+
+    return BLOCK.sub(block, text)
+
+
+def documents(root: Path = ROOT) -> list[Path]:
+    """README.md and every markdown page of docs/."""
+    return [root / "README.md", *sorted((root / "docs").glob("**/*.md"))]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.report",
+                                description="rewrite README/docs figure blocks from results files")
+    p.add_argument("--check", action="store_true",
+                   help="change nothing; exit 1 when a block differs from the results files")
+    p.add_argument("--results", type=Path, default=RESULTS,
+                   help="folder of per-machine results (default: benchmarks/results)")
+    p.add_argument("files", nargs="*", type=Path, help="default: README.md and docs/**/*.md")
+    args = p.parse_args(argv)
+    stale = []
+    for path in args.files or documents():
+        text = path.read_text()
+        try:
+            new = render_text(text, str(path), args.results)
+        except ReportError as e:
+            print(f"report: {e}", file=sys.stderr)
+            return 2
+        if new != text:
+            stale.append(path)
+            if not args.check:
+                path.write_text(new)
+    verb = "differ from the results files" if args.check else "rewritten"
+    for path in stale:
+        print(f"{path}: {verb}")
+    return 1 if args.check and stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
