@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     tier.add_argument("--tiny", dest="tier", action="store_const", const="tiny",
                       help="tiny sizes, seconds: checks that everything runs (tests)")
     p.add_argument("--out", type=Path, default=None,
-                   help="results folder (default results/<machine>)")
+                   help="results folder (default benchmarks/results/<machine>/timing, or "
+                        ".../quality for --only quality)")
     p.add_argument("--only", nargs="+", choices=SECTIONS, default=None, metavar="NAME",
                    help=f"run only these sections: {', '.join(SECTIONS)}")
     p.add_argument("--data-dir", type=Path, default=None,
@@ -60,7 +61,7 @@ def run(tier: str = "quick", out=None, only=None, data_dir=None, repeats=None,
     import jax
 
     m = C.machine()
-    out = Path(out) if out is not None else Path("results") / C.machine_slug(m)
+    out = Path(out) if out is not None else C.default_out(only, m)
     cfg = C.Config.for_tier(tier, out, data_dir)
     if repeats is not None:
         cfg.repeats = repeats
@@ -125,7 +126,7 @@ def main(argv=None) -> int:
     if args.repeat is not None:
         from . import repeat
 
-        out = args.out if args.out is not None else Path("results") / C.machine_slug()
+        out = args.out if args.out is not None else C.default_out(args.only)
         res = repeat.run_repeated(args.repeat, argv, out)
     else:
         res = run(tier, args.out, args.only, args.data_dir, args.repeats, args.strict, argv)

@@ -62,6 +62,17 @@ class Config:
                    data_dir=None if data_dir is None else Path(data_dir))
 
 
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def default_out(only=None, m: Mapping[str, Any] | None = None) -> Path:
+    """``benchmarks/results/<machine>/timing`` (speed and memory) or ``.../quality`` (training
+    results, ``--only quality``): each machine its own folder, so a GPU's results never mix with a
+    CPU's."""
+    kind = "quality" if only is not None and list(only) == ["quality"] else "timing"
+    return RESULTS / machine_slug(m) / kind
+
+
 def default_data_dir() -> Path | None:
     """The shared MNIST folder of this project (``../shared/data/mnist``), when present."""
     here = Path(__file__).resolve().parent

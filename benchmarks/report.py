@@ -306,6 +306,30 @@ RENDERERS: dict[str, Callable[..., list[str]]] = {
 }
 
 
+# ------------------------------------------------------------------------------ reproducing
+def compare(stated: Mapping[str, Any], fresh: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Each figure of ``stated`` (committed results) against the same figure of ``fresh`` (a
+    re-run): ``within`` when the fresh value lies in the stated ``[lo, hi]``."""
+    rows = []
+    for name, sec in stated["sections"].items():
+        other = fresh["sections"].get(name, {}).get("figures", {})
+        for key, f in sec.get("figures", {}).items():
+            if key in other:
+                v = other[key]["value"]
+                rows.append({"section": name, "key": key, "label": f["label"], "stated": f,
+                             "fresh": other[key], "within": f["lo"] <= v <= f["hi"]})
+    return rows
+
+
+def _print_comparison(rows: list[dict[str, Any]]) -> None:
+    print("| section | figure | stated | re-run | within |\n|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['section']} | {r['label']} | {C.fmt_figure(r['stated'])} | "
+              f"{C.fmt_figure(r['fresh'])} | {'yes' if r['within'] else 'NO'} |")
+    n = sum(r["within"] for r in rows)
+    print(f"\n{n} of {len(rows)} re-run figures lie within the stated range")
+
+
 # ------------------------------------------------------------------------------ rewriting files
 def render_text(text: str, where: str = "<text>", results: Path = RESULTS) -> str:
     """``text`` with every generated block rewritten from the results files under ``results``
@@ -343,8 +367,21 @@ def main(argv=None) -> int:
                    help="change nothing; exit 1 when a block differs from the results files")
     p.add_argument("--results", type=Path, default=RESULTS,
                    help="folder of per-machine results (default: benchmarks/results)")
+    p.add_argument("--compare", type=Path, default=None, metavar="DIR",
+                   help="print whether each figure of a re-run (DIR/results.json) lies within the "
+                        "range the committed timing results state (--machine's)")
+    p.add_argument("--machine", default=DEFAULT_MACHINE, help="machine folder for --compare")
     p.add_argument("files", nargs="*", type=Path, help="default: README.md and docs/**/*.md")
     args = p.parse_args(argv)
+    if args.compare is not None:
+        try:
+            stated = timing(args.results / args.machine)
+            fresh = _read(args.compare / "results.json")
+        except ReportError as e:
+            print(f"report: {e}", file=sys.stderr)
+            return 2
+        _print_comparison(compare(stated, fresh))
+        return 0
     stale = []
     for path in args.files or documents():
         text = path.read_text()

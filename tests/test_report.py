@@ -172,3 +172,19 @@ def test_readme_states_no_hand_typed_benchmark_ratio():
     text = (report.ROOT / "README.md").read_text()
     outside = report.BLOCK.sub("", text)
     assert not re.findall(r"\d\.\d+ \[\d", outside)
+
+
+def test_compare_says_which_re_run_figures_fall_within_the_stated_range(results, tmp_path,
+                                                                        capsys):
+    fresh = tmp_path / "fresh"
+    C.write_results(repeat.combine([_run(1.0), _run(1.3)], "re-run"), fresh)
+    stated = report.timing(results / "test-machine")
+    rows = {r["key"]: r for r in report.compare(stated, report._read(fresh / "results.json"))}
+    # stated: 0.9 × [0.9, 1.1]; the re-run's median 0.9 × 1.15 = 1.035 lies above 0.99
+    assert rows["dense: relax / hand"]["within"] is False
+    # counts do not scale with the run: the same everywhere
+    assert rows["initial: forward fixed point evaluations"]["within"] is True
+    assert report.main(["--results", str(results), "--machine", "test-machine",
+                        "--compare", str(fresh)]) == 0
+    out = capsys.readouterr().out
+    assert f"of {len(rows)} re-run figures lie within the stated range" in out
