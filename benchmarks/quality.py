@@ -1,0 +1,395 @@
+"""Quality: the training results the README quotes, each from one ``hamjax train`` command.
+
+Every run is the command a user types, executed in a fresh Python process
+(``python -m hamjax.cli train ARGS --out TMP``, this checkout's ``hamjax`` first on the path) and
+timed by the wall clock around that process: start-up, compilation, training, evaluation and
+pictures. Its run folder's ``metrics.json``, ``config.json`` and ``history.csv`` are read back.
+
+Tiers: ``tiny`` (tests: one digits run of one epoch on a few images), ``quick`` (the digits runs
+of the README: ``hamjax train``, ``--model deep``, ``--gradient implicit``, ``--gradient
+eqprop``, ``--task denoise``) and ``full`` (quick + the MNIST runs, which need the MNIST folder:
+``--data-dir`` or the project's shared copy; without it they are skipped with a note).
+
+Each run writes ``<out>/quality/<name>.json`` (schema in :func:`record`) and copies its three
+text files to ``<out>/quality/runs/<name>/``. Both are replaced only once the new run has
+finished and its record is complete (temporary names, then renames), so an interrupted run
+leaves the previous record as it was. A run that fails is recorded as failed, with the tail of
+its stderr, and the next run goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import math
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import common as C
+
+NAME = "quality"
+ROOT = Path(__file__).resolve().parent.parent  # the checkout whose hamjax is measured
+RUN_FILES = ("metrics.json", "config.json", "history.csv")  # small text: the record keeps them
+STDERR_TAIL = 2000  # characters of a failed run's stderr kept in its record
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """One quoted result: ``hamjax train *args``. ``name`` is the stable slug of its files,
+    ``title`` the README's task column, ``description`` the architecture and settings in words."""
+
+    name: str
+    title: str
+    description: str
+    args: tuple[str, ...]
+
+
+_DENSE = "dense HAM {n}-{h}-10 (identity image, ReLU hidden, softmax label)"
+_BPTT = "BPTT through {steps} Euler steps of {dt}"
+_ADAM = "Adam, peak learning rate 1e-3 on a cosine to 0, batch {b}, training input noise 0.1"
+_IMPLICIT = ("implicit differentiation at the steady state (fixed-point forward to residual "
+             "1e-4, Neumann-series adjoint)")
+_EQPROP = ("equilibrium propagation at the steady state (beta 0.05, symmetric nudges, "
+           "residual 1e-4)")
+_MNIST_AUG = ("training images shifted by up to 1 pixel, rotated by up to 10 degrees, scaled "
+              "by 1±0.1")
+
+
+def _digits() -> list[Spec]:
+    dense = _DENSE.format(n=64, h=256)
+    adam = _ADAM.format(b=32)
+    return [
+        Spec("digits-dense-bptt", "digits classification",
+             f"{dense}; {_BPTT.format(steps=40, dt=0.25)}; {adam}; scikit-learn 8x8 digits",
+             ()),
+        Spec("digits-deep-bptt", "digits, deep dense",
+             "deep dense HAM 64-256-128-10 (tanh hidden layers, softmax label); "
+             f"{_BPTT.format(steps=100, dt=0.5)}; {adam}; scikit-learn 8x8 digits",
+             ("--model", "deep")),
+        Spec("digits-dense-implicit", "digits classification, implicit differentiation",
+             f"{dense}; {_IMPLICIT}; {adam}; scikit-learn 8x8 digits",
+             ("--gradient", "implicit")),
+        Spec("digits-dense-eqprop", "digits classification, equilibrium propagation",
+             f"{dense}; {_EQPROP}; {adam}; scikit-learn 8x8 digits",
+             ("--gradient", "eqprop")),
+        Spec("digits-denoise-memory", "digits denoising, Gaussian σ = 0.3",
+             "memory model: 100 memories started as training images, distance similarity, "
+             "BPTT through 10 modern-Hopfield updates; Adam 1e-3 cosine, batch 32; "
+             "corruption: Gaussian noise of std 0.3 clipped to [0, 1]; scikit-learn 8x8 digits",
+             ("--task", "denoise")),
+    ]
+
+
+def _mnist(data_dir: Path) -> list[Spec]:
+    d = str(data_dir)
+    dense_args = ("--dataset", "mnist", "--data-dir", d, "--hidden", "1024", "--shift", "1",
+                  "--rotate", "10", "--zoom", "0.1", "--batch-size", "64", "--epochs", "40")
+    dense = _DENSE.format(n=784, h=1024)
+    adam = _ADAM.format(b=64)
+    return [
+        Spec("mnist-dense-bptt", "MNIST classification, dense",
+             f"{dense}; {_BPTT.format(steps=40, dt=0.25)}; {adam}; {_MNIST_AUG}",
+             dense_args),
+        Spec("mnist-dense-implicit",
+             "MNIST classification, dense, implicit differentiation at the steady state",
+             f"{dense}; {_IMPLICIT}; {adam}; {_MNIST_AUG}",
+             (*dense_args, "--gradient", "implicit")),
+        Spec("mnist-dense-eqprop", "MNIST classification, dense, equilibrium propagation",
+             f"{dense}; {_EQPROP}; {adam}; {_MNIST_AUG}",
+             (*dense_args, "--gradient", "eqprop")),
+        Spec("mnist-conv-bptt", "MNIST classification, conv",
+             "conv HAM: 32 ReLU feature maps from a 5x5 kernel at stride 2, dense softmax "
+             f"readout; {_BPTT.format(steps=40, dt=0.25)}; {adam}",
+             ("--dataset", "mnist", "--data-dir", d, "--model", "conv", "--batch-size", "64",
+              "--epochs", "12")),
+        Spec("mnist-denoise-memory", "MNIST denoising, Gaussian σ = 0.3",
+             "memory model: 1000 memories started as training images, distance similarity, "
+             "BPTT through 10 modern-Hopfield updates; Adam 1e-3 cosine, batch 64; "
+             "corruption: Gaussian noise of std 0.3 clipped to [0, 1]",
+             ("--dataset", "mnist", "--data-dir", d, "--task", "denoise", "--hidden", "1000",
+              "--batch-size", "64", "--epochs", "3")),
+    ]
+
+
+def _tiny() -> list[Spec]:
+    return [Spec("tiny-digits-dense-bptt", "digits classification (tiny check)",
+                 "dense HAM 64-16-10 (ReLU hidden, softmax label); BPTT through 5 Euler steps "
+                 "of 0.25; one epoch on 64 training and 32 test digits: checks the pipeline, "
+                 "not a result",
+                 ("--hidden", "16", "--steps", "5", "--epochs", "1", "--limit-train", "64",
+                  "--limit-test", "32"))]
+
+
+def specs(tier: str, data_dir: Path | None) -> list[Spec]:
+    """The runs of ``tier``; the MNIST runs of ``full`` only when ``data_dir`` is given."""
+    if tier not in C.TIERS:
+        raise ValueError(f"tier must be one of {C.TIERS}, got {tier!r}")
+    if tier == "tiny":
+        return _tiny()
+    runs = _digits()
+    if tier == "full" and data_dir is not None:
+        runs += _mnist(Path(data_dir).resolve())
+    return runs
+
+
+def command(spec: Spec) -> str:
+    """The command as a user types it from the repository root (no ``--out``): a data folder
+    is written relative to the root, as the README writes ``../shared/data/mnist``."""
+    shown = []
+    for i, a in enumerate(spec.args):
+        if i and spec.args[i - 1] == "--data-dir":
+            a = os.path.relpath(a, ROOT)
+        shown.append(a)
+    return shlex.join(["hamjax", "train", *shown])
+
+
+def parse(args) -> dict:
+    """The config ``hamjax train *args`` runs with (the CLI's own parser and defaults);
+    raises ``ValueError`` naming the problem when the CLI would refuse the flags."""
+    from hamjax.cli._parser import UsageError, build_parser, defaults
+    from hamjax.cli._runs import config_of
+
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            ns = build_parser().parse_args(["train", *args])
+        return defaults(config_of(ns))
+    except SystemExit:
+        raise ValueError(err.getvalue().strip() or f"hamjax train {shlex.join(args)}: "
+                         "refused by the parser") from None
+    except UsageError as e:
+        raise ValueError(f"hamjax train: {e}") from None
+
+
+# ------------------------------------------------------------------------------ one run
+def _execute(argv: list[str], cwd: Path) -> tuple[int, float, str]:
+    """Run ``argv`` in ``cwd`` with this checkout first on ``PYTHONPATH``: ``(exit status, wall
+    seconds, stderr)``. Output goes to files, not pipes: a long run's progress bar is large."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    with open(cwd / "stdout.txt", "w") as out, open(cwd / "stderr.txt", "w") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.run(argv, cwd=cwd, env=env, stdout=out, stderr=err,
+                              stdin=subprocess.DEVNULL, check=False)
+        wall = time.perf_counter() - t0
+    return proc.returncode, wall, (cwd / "stderr.txt").read_text(errors="replace")
+
+
+def _tail(text: str, n: int = STDERR_TAIL) -> str:
+    """The last ``n`` characters of ``text`` as a terminal shows them: a progress bar redraws
+    its line with carriage returns, so only each line's last drawing is kept."""
+    lines = [ln.rsplit("\r", 1)[-1] for ln in text.replace("\r\n", "\n").split("\n")]
+    return "\n".join(ln for ln in lines if ln.strip())[-n:]
+
+
+def headline(metrics: dict, task: str | None) -> dict:
+    """The figure the README quotes: ``test_accuracy`` (classify) or ``test_psnr`` with the
+    corrupted input's ``test_psnr_input`` as ``baseline`` (image tasks). ``value`` is None when
+    the metrics lack it."""
+    if task == "classify" or (task is None and "test_accuracy" in metrics):
+        return {"name": "test_accuracy", "value": metrics.get("test_accuracy")}
+    if task is None and "test_psnr" not in metrics:  # a run refused before it had a config
+        return {"name": None, "value": None}
+    h = {"name": "test_psnr", "value": metrics.get("test_psnr")}
+    if "test_psnr_input" in metrics:
+        h["baseline"] = metrics["test_psnr_input"]
+        h["baseline_name"] = "test_psnr_input"
+    return h
+
+
+def record(spec: Spec, tier: str, run_dir: Path, returncode: int, wall: float, stderr: str,
+           started: str, load: tuple[float, float], machine: dict, git: dict) -> dict:
+    """The result file of one run::
+
+        {"name", "title", "description", "command", "argv", "tier", "seed", "epochs", "task",
+         "dataset", "model", "gradient", "started", "wall_s", "train_seconds", "returncode",
+         "metrics", "headline": {"name", "value"[, "baseline", "baseline_name"]}, "converged",
+         "loadavg": [before, after], "machine", "git_commit", "git_dirty", "status": "ok" |
+         "failed", "error": None | why, "stderr_tail": None | the failed run's stderr}
+
+    The run's identity (seed, epochs, task, ...) comes from the config.json it wrote, or from
+    the CLI's parser when it wrote none; a run that exits 0 without its headline figure is
+    failed too."""
+    error = None
+    metrics = {}
+    if (run_dir / "metrics.json").is_file():
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    cfg = {}
+    if (run_dir / "config.json").is_file():
+        cfg = json.loads((run_dir / "config.json").read_text())
+    else:
+        with contextlib.suppress(ValueError):
+            cfg = parse(spec.args)
+    head = headline(metrics, cfg.get("task"))
+    if returncode != 0:
+        error = f"exit status {returncode}"
+    elif not metrics:
+        error = "no metrics.json in the run folder"
+    elif not isinstance(head["value"], int | float) or not math.isfinite(head["value"]):
+        error = f"metrics.json has no finite {head['name']}"
+    train_s = metrics.get("train_seconds")
+    return {
+        "name": spec.name,
+        "title": spec.title,
+        "description": spec.description,
+        "command": command(spec),
+        "argv": ["hamjax", "train", *spec.args],
+        "tier": tier,
+        "seed": cfg.get("seed"),
+        "epochs": cfg.get("epochs"),
+        "task": cfg.get("task"),
+        "dataset": cfg.get("dataset"),
+        "model": cfg.get("model"),
+        "gradient": cfg.get("gradient"),
+        "started": started,
+        "wall_s": wall,
+        "train_seconds": train_s,
+        "returncode": returncode,
+        "metrics": metrics,
+        "headline": head,
+        "converged": metrics.get("test_converged"),
+        "loadavg": list(load),
+        "machine": machine,
+        "git_commit": git["commit"],
+        "git_dirty": git["dirty"],
+        "status": "failed" if error else "ok",
+        "error": error,
+        "stderr_tail": _tail(stderr) if error else None,
+    }
+
+
+def _serialise(rec: dict) -> str:
+    return json.dumps(rec, indent=1, ensure_ascii=False) + "\n"
+
+
+def commit(qdir: Path, rec: dict, run_dir: Path) -> Path:
+    """Write ``rec`` to ``qdir/<name>.json`` and the run's text files to ``qdir/runs/<name>/``.
+    Everything is staged under temporary names first; the old record is replaced only when the
+    new one is complete (the folder is swapped, then the JSON renamed over the old one)."""
+    name = rec["name"]
+    runs = qdir / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    final_json, final_dir = qdir / f"{name}.json", runs / name
+    tmp_json = staged = old = None  # old: the previous record's folder, moved aside
+    swapped = False
+    try:
+        fd, tmp_json = tempfile.mkstemp(dir=qdir, prefix=f".{name}.", suffix=".json.tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(_serialise(rec))
+        staged = Path(tempfile.mkdtemp(dir=runs, prefix=f".{name}.", suffix=".tmp"))
+        for fname in RUN_FILES:
+            if (run_dir / fname).is_file():
+                shutil.copyfile(run_dir / fname, staged / fname)
+        # a folder cannot be renamed over a non-empty one: move the old aside first
+        if final_dir.exists():
+            old = Path(tempfile.mkdtemp(dir=runs, prefix=f".{name}.", suffix=".old"))
+            os.replace(final_dir, old / name)
+        os.replace(staged, final_dir)
+        swapped = True
+        os.replace(tmp_json, final_json)
+    except BaseException:
+        # put the previous record's folder back: the JSON and its files stay a pair
+        if swapped:
+            os.replace(final_dir, staged)
+        if old is not None and (old / name).exists():
+            os.replace(old / name, final_dir)
+        if tmp_json is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp_json)
+        if staged is not None:
+            shutil.rmtree(staged, ignore_errors=True)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    return final_json
+
+
+def run_one(spec: Spec, cfg: C.Config, machine: dict, git: dict) -> dict:
+    """Run ``spec`` in a fresh process into a temporary folder, then commit its record."""
+    qdir = cfg.out / NAME
+    qdir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"hamjax-quality-{spec.name}-") as tmp:
+        tmp = Path(tmp)
+        run_dir = tmp / "run"
+        argv = [sys.executable, "-m", "hamjax.cli", "train", *spec.args, "--out", str(run_dir)]
+        started = C.now()
+        before = os.getloadavg()[0]
+        code, wall, stderr = _execute(argv, tmp)
+        after = os.getloadavg()[0]
+        rec = record(spec, cfg.tier, run_dir, code, wall, stderr, started, (before, after),
+                     machine, git)
+        commit(qdir, rec, run_dir)
+    return rec
+
+
+def git_state() -> dict:
+    """The checkout's commit and whether tracked files differ from it (None outside git)."""
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], check=True,
+                              capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain",
+                                "--untracked-files=no"], check=True, capture_output=True,
+                               text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": head, "dirty": bool(dirty)}
+
+
+# ------------------------------------------------------------------------------ the section
+def _fmt_headline(rec: dict) -> str:
+    if rec["status"] != "ok":
+        return f"failed ({rec['error']})"
+    h = rec["headline"]
+    if h["name"] == "test_psnr":
+        base = f" (input {h['baseline']:.2f} dB)" if "baseline" in h else ""
+        return f"PSNR {h['value']:.2f} dB{base}"
+    return f"accuracy {h['value']:.4f}"
+
+
+def _fmt(v, spec: str) -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def run(cfg: C.Config) -> dict:
+    data_dir = cfg.data_dir or C.default_data_dir()
+    notes = [f"tier {cfg.tier}: " + {
+        "tiny": "one tiny digits run (checks the pipeline; not a result)",
+        "quick": "the digits runs the README quotes",
+        "full": "the digits and MNIST runs the README quotes"}[cfg.tier]]
+    if cfg.tier == "full" and data_dir is None:
+        notes.append("MNIST not found (pass --data-dir DIR with the four IDX files): the MNIST "
+                     "runs were skipped")
+    machine, git = C.machine(), git_state()
+    rows, data = [], {}
+    for spec in specs(cfg.tier, data_dir):
+        print(f"[quality] {command(spec)}", flush=True)
+        rec = run_one(spec, cfg, machine, git)
+        data[spec.name] = {k: v for k, v in rec.items() if k != "machine"}
+        print(f"[quality] {spec.name}: {_fmt_headline(rec)}, {rec['wall_s']:.1f} s", flush=True)
+        rows.append([rec["title"], f"`{rec['command']}`", _fmt_headline(rec),
+                     _fmt(rec["converged"], ".3f"), rec["epochs"], C.fmt_time(rec["wall_s"]),
+                     C.fmt_time(rec["train_seconds"])])
+        if rec["status"] != "ok":
+            notes.append(f"{spec.name} failed ({rec['error']}): {rec['stderr_tail'][-300:]}")
+        elif rec["metrics"].get("warning"):
+            notes.append(f"{spec.name}: {rec['metrics']['warning']}")
+    notes.append(f"one file per run in {NAME}/<name>.json, the run's metrics.json, config.json "
+                 f"and history.csv in {NAME}/runs/<name>/; wall time is the whole command "
+                 "(start-up, compilation and pictures included)")
+    tab = C.table(f"Training results ({cfg.tier} tier): one `hamjax train` command each",
+                  ["task", "command", "headline", "converged", "epochs", "wall time",
+                   "train seconds"], rows)
+    sec = C.section([tab], data, notes)
+    failed = [n for n, r in data.items() if r["status"] != "ok"]
+    if failed:  # recorded and reported, and the suite's exit status says so
+        sec["error"] = f"runs failed: {', '.join(failed)}"
+    return sec
