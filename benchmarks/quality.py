@@ -190,6 +190,15 @@ def _tail(text: str, n: int = STDERR_TAIL) -> str:
     return "\n".join(ln for ln in lines if ln.strip())[-n:]
 
 
+def shown_stdout(text: str, run_dir: Path, keep: int = 2) -> str:
+    """What the command printed, as the README shows it: the temporary run folder written
+    ``runs/...``, and the epochs between the first ``keep`` lines and the last three elided."""
+    lines = _tail(text, len(text)).replace(str(run_dir), "runs/...").splitlines()
+    if len(lines) > keep + 4:
+        lines = lines[:keep] + ["..."] + lines[-3:]
+    return "\n".join(lines) + "\n"
+
+
 def headline(metrics: dict, task: str | None) -> dict:
     """The figure the README quotes: ``test_accuracy`` (classify) or ``test_psnr`` with the
     corrupted input's ``test_psnr_input`` as ``baseline`` (image tasks). ``value`` is None when
@@ -315,7 +324,7 @@ def commit(qdir: Path, rec: dict, run_dir: Path) -> Path:
 
 def run_one(spec: Spec, cfg: C.Config, machine: dict, git: dict) -> dict:
     """Run ``spec`` in a fresh process into a temporary folder, then commit its record."""
-    qdir = cfg.out / NAME
+    qdir = cfg.out
     qdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"hamjax-quality-{spec.name}-") as tmp:
         tmp = Path(tmp)
@@ -327,6 +336,8 @@ def run_one(spec: Spec, cfg: C.Config, machine: dict, git: dict) -> dict:
         after = os.getloadavg()[0]
         rec = record(spec, cfg.tier, run_dir, code, wall, stderr, started, (before, after),
                      machine, git)
+        rec["stdout_tail"] = shown_stdout((tmp / "stdout.txt").read_text(errors="replace"),
+                                          run_dir)
         commit(qdir, rec, run_dir)
     return rec
 

@@ -281,8 +281,8 @@ def quickstart(folder: Path) -> list[str]:
 
 
 def _headline(r: Mapping[str, Any]) -> str:
-    if r.get("returncode", 0) != 0:
-        return "failed"
+    if r.get("status", "ok") != "ok":
+        return f"failed ({r.get('error')})"
     h = r["headline"]
     name = h["name"].removeprefix("test_").replace("_", " ")
     if "psnr" in h["name"]:

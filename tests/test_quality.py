@@ -19,7 +19,7 @@ SCHEMA = {  # key -> accepted types of a finished run's record
     "started": str, "wall_s": float, "train_seconds": float, "returncode": int,
     "metrics": dict, "headline": dict, "converged": float, "loadavg": list, "machine": dict,
     "git_commit": (str, type(None)), "git_dirty": (bool, type(None)), "status": str,
-    "error": type(None), "stderr_tail": type(None),
+    "error": type(None), "stderr_tail": type(None), "stdout_tail": str,
 }
 
 
@@ -42,7 +42,7 @@ def _read(path: Path) -> dict:
 def test_tiny_tier_writes_a_complete_record(tiny):
     _, out = tiny
     (spec,) = Q.specs("tiny", None)
-    rec = _read(out / "quality" / f"{spec.name}.json")
+    rec = _read(out / f"{spec.name}.json")
     for key, types in SCHEMA.items():
         assert key in rec, key
         assert isinstance(rec[key], types), (key, rec[key])
@@ -50,7 +50,7 @@ def test_tiny_tier_writes_a_complete_record(tiny):
     assert rec["command"] == "hamjax train " + " ".join(spec.args)
     assert rec["argv"] == ["hamjax", "train", *spec.args]
     # the record's identity is what the CLI ran, and what the CLI's parser says it runs
-    run = out / "quality" / "runs" / spec.name
+    run = out / "runs" / spec.name
     assert sorted(p.name for p in run.iterdir()) == sorted(Q.RUN_FILES)
     cfg = _read(run / "config.json")
     parsed = Q.parse(spec.args)
@@ -67,13 +67,13 @@ def test_tiny_tier_writes_a_complete_record(tiny):
     assert len(rec["loadavg"]) == 2 and all(v >= 0 for v in rec["loadavg"])
     assert rec["machine"]["backend"] and rec["machine"]["versions"]["jax"]
     # nothing left behind by the staging
-    assert not [p for p in (out / "quality").rglob(".*")]
+    assert not [p for p in out.rglob(".*")]
 
 
 def test_a_failing_run_is_recorded_and_the_others_go_on(tiny):
     rc, out = tiny
     assert rc == 1  # the suite's exit status says a run failed
-    bad = _read(out / "quality" / "bad-flag.json")
+    bad = _read(out / "bad-flag.json")
     assert bad["status"] == "failed" and bad["returncode"] == 2
     assert bad["error"] == "exit status 2"
     assert "--no-such-flag" in bad["stderr_tail"]
@@ -155,6 +155,7 @@ def _fake_run(value: float):
         (run / "metrics.json").write_text(json.dumps(
             {"test_accuracy": value, "test_converged": 1.0, "train_seconds": 0.5}))
         (run / "history.csv").write_text(f"epoch,test_accuracy\n1,{value}\n")
+        (cwd / "stdout.txt").write_text(f"test accuracy: {value}\nrun folder: {run}\n")
         return 0, 1.0, ""
     return execute
 
@@ -172,7 +173,7 @@ def test_an_interrupted_run_leaves_the_previous_record(tmp_path, monkeypatch, wh
     machine, git = {"backend": "cpu"}, {"commit": None, "dirty": None}
     monkeypatch.setattr(Q, "_execute", _fake_run(0.25))
     first = Q.run_one(spec, cfg, machine, git)
-    q = tmp_path / "quality"
+    q = tmp_path
     before = _snapshot(q)
     assert first["headline"]["value"] == 0.25 and len(before) == 1 + len(Q.RUN_FILES)
 
@@ -207,3 +208,14 @@ def test_an_interrupted_run_leaves_the_previous_record(tmp_path, monkeypatch, wh
     copied = json.loads((q / "runs" / spec.name / "metrics.json").read_text())
     assert copied["test_accuracy"] == 0.75 and math.isclose(rec["wall_s"], 1.0)
     assert len(_snapshot(q)) == len(before)
+
+
+def test_the_shown_output_names_no_temporary_folder_and_elides_the_middle(tiny, tmp_path):
+    _, out = tiny
+    (spec,) = Q.specs("tiny", None)
+    rec = _read(out / f"{spec.name}.json")
+    assert "test accuracy: " in rec["stdout_tail"] and "/tmp" not in rec["stdout_tail"]
+    run = tmp_path / "run"
+    text = "".join(f"line {i}\n" for i in range(9)) + f"run folder: {run} (a, b)\n"
+    shown = Q.shown_stdout(text, run)
+    assert shown == "line 0\nline 1\n...\nline 7\nline 8\nrun folder: runs/... (a, b)\n"
