@@ -42,8 +42,6 @@ from test_maths_page import citations
 
 import hamjax
 
-ROOT = Path(hamjax.__file__).resolve().parent
-
 # Packages whose formulas are not the maths page's (images, PSNR, devices, the command line).
 NO_MATHS_PAGE = ("hamjax.data", "hamjax.sharding", "hamjax.cli")
 
