@@ -1,4 +1,22 @@
-"""hamjax: Hierarchical Associative Memories in JAX."""
+"""hamjax: Hierarchical Associative Memories in JAX.
+
+A HAM (:class:`HAM`) is a hypergraph of layers (:class:`Layer`: a shape, a Lagrangian ``L_A`` whose
+gradient is the activation ``g_A = ∇L_A(x_A)``, a time constant ``τ_A``) and synapses (scalar
+energies of the activations they connect, :mod:`hamjax.synapses`). It has one energy
+(docs/maths.md eq. 8, generalised in §2.3)::
+
+    E(x) = Σ_A [x_A·g_A − L_A(x_A) − I_A·g_A] + Σ_s E_s(g_{s_1}, g_{s_2}, ...)
+
+and its dynamics ``τ_A ẋ_A = −∂E/∂g_A`` (eq. 5) follow by autodiff; the energy never rises along
+them for convex Lagrangians (eq. 9). :func:`relax` runs the dynamics to a steady state with
+diffrax (or straight to it by fixed-point, Anderson, Newton or energy minimisation) and returns a
+:class:`Relaxation`. States are dicts ``{layer name: array of shape (*batch, *layer.shape)}``;
+energies and norms come per sample, shape ``batch``.
+
+Subpackages: :mod:`hamjax.lagrangians`, :mod:`hamjax.synapses`, :mod:`hamjax.models`,
+:mod:`hamjax.train`, :mod:`hamjax.analysis`, :mod:`hamjax.capacity`, :mod:`hamjax.data`,
+:mod:`hamjax.solvers`, :mod:`hamjax.sharding`.
+"""
 
 from . import (
     analysis,

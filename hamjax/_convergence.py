@@ -23,13 +23,22 @@ __all__ = ["FixedSteps", "FixedTime", "NonFiniteStateError", "SteadyState", "res
 
 
 class NonFiniteStateError(FloatingPointError):
-    """A relaxation produced (or was given) a NaN or infinite state."""
+    """A relaxation produced (or was given) a NaN or infinite state.
+
+    Raised by :func:`hamjax.relax` with ``on_nonfinite="raise"`` (or ``"auto"`` on an unbatched
+    state); the message names the layers, samples and step. A ``FloatingPointError``."""
 
 
 # ------------------------------------------------------------------ stopping rules
 class SteadyState(eqx.Module):
     """Stop once every sample's residual ``rms(τ dx/dt) ≤ atol + rtol·rms(x)``, or at ``t_max``
-    (model time; ``method="ode"`` only)."""
+    (model time; ``method="ode"`` only).
+
+    The residual is ``F = τ ẋ = c + I − x`` of docs/maths.md eq. (T1), its root-mean-square
+    taken over the free neurons of each sample (§5.1). ``atol`` (default ``1e-4``) and ``rtol``
+    (default 0) set the tolerance; ``t_max`` (default ``inf``) bounds the model time. The
+    default stopping rule of :func:`hamjax.relax` and the only one of its steady-state
+    methods."""
 
     atol: float = 1e-4
     rtol: float = 0.0
@@ -37,7 +46,8 @@ class SteadyState(eqx.Module):
 
 class FixedTime(eqx.Module):
     """Integrate from 0 to ``t1`` (model time, in units of the layers' ``tau``). ``atol`` and
-    ``rtol`` only judge :attr:`Relaxation.converged` at the end."""
+    ``rtol`` only judge :attr:`Relaxation.converged` at the end (``rms(F) ≤ atol +
+    rtol·rms(x)`` per sample, docs/maths.md §5.1). ``method="ode"`` only."""
 
     t1: float
     atol: float = 1e-4
@@ -45,7 +55,8 @@ class FixedTime(eqx.Module):
 
 class FixedSteps(eqx.Module):
     """Take exactly ``n`` steps of size ``dt0`` (constant step size): the classic unrolled loop.
-    ``atol`` and ``rtol`` only judge :attr:`Relaxation.converged` at the end."""
+    ``atol`` and ``rtol`` only judge :attr:`Relaxation.converged` at the end (``rms(F) ≤ atol +
+    rtol·rms(x)`` per sample, docs/maths.md §5.1). ``method="ode"`` only."""
 
     n: int
     atol: float = 1e-4
@@ -81,8 +92,11 @@ def _num_free(dyn: ClampedDynamics) -> int:
 
 def residual_norm(dyn: ClampedDynamics, x_free: Mapping[str, Array]) -> Array:
     """Per-sample root-mean-square over the free neurons of ``F = τ ẋ = c + I − x``: the
-    residual of the steady-state equations, independent of the time constants. NaN for a
-    non-finite sample."""
+    residual of the steady-state equations (docs/maths.md eq. (T1)), independent of the time
+    constants. NaN for a non-finite sample.
+
+    ``dyn``: a :class:`hamjax.ClampedDynamics` (:meth:`hamjax.HAM.dynamics`); ``x_free``: its
+    free layers' states, ``{name: (*batch, *shape)}``. Returns shape ``batch``."""
     return _rms(dyn, dyn.residual(x_free))
 
 

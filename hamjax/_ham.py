@@ -30,11 +30,19 @@ State = dict[str, Array]
 
 
 class GraphError(ValueError):
-    """The layers, synapses and edges of a HAM do not fit together."""
+    """The layers, synapses and edges of a HAM do not fit together.
+
+    Raised when a :class:`HAM` is built (an edge naming an unknown layer or synapse, a synapse
+    without an edge, a layer shape a synapse does not take) and for an unknown layer name in
+    ``clamp``. A ``ValueError``."""
 
 
 class StateError(ValueError):
-    """A state (dict of arrays) does not fit the HAM's layers."""
+    """A state (dict of arrays) does not fit the HAM's layers.
+
+    Raised for a missing or unknown layer, an array that does not end in its layer's shape, a
+    non-floating dtype, batch shapes that differ between layers, and by :func:`hamjax.relax`
+    when every layer is clamped. A ``ValueError``."""
 
 
 def _fmt_shape(shape) -> str:
@@ -51,8 +59,27 @@ def _shape_matches(expected, actual) -> bool:
 class HAM(eqx.Module):
     """A Hierarchical Associative Memory: a hypergraph of layers (nodes) and synapses (edges).
 
-    ``edges[name]`` lists, in the order the synapse's ``energy`` takes them, the layers that the
-    synapse ``synapses[name]`` connects. The graph is validated when it is built.
+    ``HAM(layers, synapses, edges)``: ``layers`` maps names to :class:`hamjax.Layer`,
+    ``synapses`` names to :class:`hamjax.synapses.Synapse`, and ``edges[name]`` lists, in the
+    order the synapse's ``energy`` takes them, the layers that the synapse ``synapses[name]``
+    connects (a single name for a one-layer synapse). The graph is validated when it is built:
+    every synapse has an edge and every edge a synapse, every named layer exists and has a shape
+    the synapse takes (:meth:`hamjax.synapses.Synapse.expected_shapes`); a
+    :class:`GraphError` says which does not.
+
+    The energy (docs/maths.md eq. 8 with biases, generalised to hyperedges in §2.3) and the
+    dynamics (eq. 5)::
+
+        E(x) = Σ_A [x_A·g_A − L_A(x_A) − I_A·g_A] + Σ_s E_s(g_{s_1}, g_{s_2}, ...)
+        τ_A ẋ_A = −∂E/∂g_A = c_A(g) + I_A − x_A,      c_A = −Σ_s ∂E_s/∂g_A
+
+    States are dicts ``{layer name: array of shape (*batch, *layer.shape)}`` with the same batch
+    shape in every layer; energies and rates are per sample, shape ``batch``.
+
+    Stored as ``layer_names``/``layer_list`` and ``synapse_names``/``synapse_list`` (tuples in
+    the order given) and ``edge_list`` (``(synapse name, layer names)`` pairs), so that the
+    layer order survives ``jax.tree.map``; read them through :attr:`layers`, :attr:`synapses`
+    and :attr:`edges`.
     """
 
     # Layers and synapses are kept as tuples in the order they were given, their names static:
@@ -137,10 +164,13 @@ class HAM(eqx.Module):
 
     @property
     def edges(self) -> dict[str, tuple[str, ...]]:
+        """``{synapse name: names of the layers it connects}``, in the order its energy takes
+        them (a copy)."""
         return dict(self.edge_list)
 
     def check_clamp(self, clamp: Iterable[str] | str) -> tuple[str, ...]:
-        """Normalise ``clamp`` to a tuple of layer names, rejecting unknown names."""
+        """Normalise ``clamp`` (one layer name or several) to a tuple of layer names, repeats
+        dropped; raises :class:`GraphError` for an unknown name."""
         clamp = (clamp,) if isinstance(clamp, str) else tuple(dict.fromkeys(clamp))
         for name in clamp:
             if name not in self.layers:
@@ -151,7 +181,11 @@ class HAM(eqx.Module):
 
     def check_state(self, x: Mapping[str, Array], what: str = "state") -> tuple[int, ...]:
         """Check that ``x`` has one floating array per layer, each ending in the layer's shape,
-        all with the same leading batch shape; return that batch shape."""
+        all with the same leading batch shape; return that batch shape.
+
+        ``what`` names the state in the messages. Raises :class:`StateError` for a non-dict, a
+        missing or unknown layer, a wrong trailing shape, a non-floating dtype or differing
+        batch shapes."""
         if not isinstance(x, Mapping):
             raise StateError(
                 f"{what} must be a dict of arrays keyed by layer name, got {type(x).__name__}"
@@ -191,8 +225,9 @@ class HAM(eqx.Module):
     # ----------------------------------------------------------------- states
     def init_state(self, batch: tuple[int, ...] | int = (), *, scale: float = 0.01,
                    key=None) -> State:
-        """Zero states (or small Gaussian ones, standard deviation ``scale``, when a key is given)
-        with leading batch shape ``batch``."""
+        """Zero states (or small Gaussian ones, standard deviation ``scale``, when a PRNG key
+        ``key`` is given) with leading batch shape ``batch`` (an int or a tuple; ``()`` for one
+        sample): ``{name: (*batch, *layer.shape)}``."""
         batch = (batch,) if isinstance(batch, int) else tuple(batch)
         if key is None:
             return {n: jnp.zeros(batch + layer.shape) for n, layer in self.layers.items()}
@@ -203,15 +238,25 @@ class HAM(eqx.Module):
         }
 
     def activations(self, x: Mapping[str, Array]) -> State:
-        """``g_A = ∇L_A(x_A)`` for every layer."""
+        """The activations ``g_A = ∇L_A(x_A)`` of every layer (docs/maths.md eq. 7).
+
+        ``x``: a state, ``{name: (*batch, *shape)}``; returns a dict of the same shapes."""
         return {n: layer.activation(x[n]) for n, layer in self.layers.items()}
 
     # ----------------------------------------------------------------- energy
     def synapse_energy(self, name: str, g: Mapping[str, Array]) -> Array:
+        """The energy ``E_s`` of synapse ``name`` per sample, given the activations ``g`` of (at
+        least) the layers it connects (docs/maths.md §2.3).
+
+        ``g``: ``{layer name: (*batch, *shape)}``; returns shape ``batch``."""
         return self.synapses[name].energy(*(g[lname] for lname in self.edges[name]))
 
     def energy_terms(self, x: Mapping[str, Array]) -> dict[str, dict[str, Array]]:
-        """Per-sample energy of each layer (Legendre term with bias) and of each synapse."""
+        """The terms of :meth:`energy`, per sample: ``{"layers": {name: E_A}, "synapses":
+        {name: E_s}}`` with ``E_A = x_A·g_A − L_A(x_A) − I_A·g_A`` the Legendre term with bias
+        and ``E_s`` the synapse energies (docs/maths.md eq. 8, §2.3).
+
+        ``x``: a state (checked, :class:`StateError`); every term has shape ``batch``."""
         self.check_state(x)
         g = self.activations(x)
         return {
@@ -220,29 +265,42 @@ class HAM(eqx.Module):
         }
 
     def energy(self, x: Mapping[str, Array]) -> Array:
-        """Total energy per sample (docs/maths.md eq. 8 with biases); a scalar for an unbatched
-        state."""
+        """Total energy per sample (docs/maths.md eq. 8 with biases; §2.3 for any synapses)::
+
+            E(x) = Σ_A [x_A·g_A − L_A(x_A) − I_A·g_A] + Σ_s E_s(g)
+
+        ``x``: a state ``{name: (*batch, *shape)}`` (checked, :class:`StateError`); returns shape
+        ``batch``, a scalar for an unbatched state."""
         terms = self.energy_terms(x)
         return sum(terms["layers"].values()) + sum(terms["synapses"].values(), 0.0)
 
     # --------------------------------------------------------------- dynamics
     def dynamics(self, x: Mapping[str, Array], *,
                  clamp: Iterable[str] | str = ()) -> ClampedDynamics:
-        """The vector field on the free (unclamped) layers, with the clamped layers of ``x`` held
-        fixed. Currents that the clamped layers send through multilinear synapses are computed
-        here, once; calling the result only recomputes what the free layers change."""
+        """The vector field on the free (unclamped) layers, with the layers named in ``clamp``
+        held fixed at their values in ``x``: a :class:`ClampedDynamics`.
+
+        Currents that the clamped layers send through multilinear synapses are computed here,
+        once; calling the result only recomputes what the free layers change. Raises
+        :class:`StateError` for a bad state and :class:`GraphError` for an unknown clamp."""
         self.check_state(x)
         return ClampedDynamics(self, x, clamp=self.check_clamp(clamp))
 
     def vector_field(self, x: Mapping[str, Array], *, clamp: Iterable[str] | str = ()) -> State:
-        """``dx_A/dt = (−∂E/∂g_A)/τ_A`` for every layer; zero on clamped layers."""
+        """The dynamics ``dx_A/dt = (−∂E/∂g_A)/τ_A = (c_A + I_A − x_A)/τ_A`` for every layer
+        (docs/maths.md eq. 5, §2.3); zero on the layers in ``clamp``.
+
+        ``x``: a state ``{name: (*batch, *shape)}``; returns a dict of the same shapes."""
         dyn = self.dynamics(x, clamp=clamp)
         dx = dyn(dyn.free_state(x))
         return {n: dx[n] if n in dx else jnp.zeros_like(x[n]) for n in self.layers}
 
     def energy_rate(self, x: Mapping[str, Array], *, clamp: Iterable[str] | str = ()) -> Array:
         """``dE/dt = −Σ_A τ_A ẋ_Aᵀ H_A ẋ_A`` per sample (docs/maths.md eq. 9), with ``H_A ẋ_A`` a
-        Jacobian-vector product of the activation (no Hessian is formed)."""
+        Jacobian-vector product of the activation (no Hessian is formed).
+
+        ``x``: a state ``{name: (*batch, *shape)}``, the layers in ``clamp`` held fixed (they
+        contribute nothing); returns shape ``batch``. Non-positive for convex Lagrangians."""
         dx = self.vector_field(x, clamp=clamp)
         rate = 0.0
         for n, layer in self.layers.items():
@@ -252,14 +310,21 @@ class HAM(eqx.Module):
 
 
 class ClampedDynamics(eqx.Module):
-    """``τ_A ẋ_A = c_A + I_A − x_A`` on the free layers of a HAM whose clamped layers are fixed:
-    the one implementation of a HAM's currents, used by :func:`hamjax.relax`, by
-    :class:`hamjax.analysis.FlatSystem` and the post-activation systems.
+    """``τ_A ẋ_A = c_A + I_A − x_A`` on the free layers of a HAM whose clamped layers are fixed
+    (docs/maths.md eq. 5, §2.3): the one implementation of a HAM's currents, used by
+    :func:`hamjax.relax`, by :class:`hamjax.analysis.FlatSystem` and the post-activation systems.
+    Built by :meth:`HAM.dynamics`; calling it, ``dyn(x_free)``, gives ``ẋ_A``.
 
     The currents ``c_A = −Σ_s ∂E_s/∂g_A`` split into constant ones (from multilinear synapses
     whose other layers are all clamped, computed once at construction) and dynamic ones (autodiff
     of the remaining synapse energies with respect to the free activations only). States are
-    dicts over the free layers, ``(*batch, *shape)`` each."""
+    dicts over the free layers, ``(*batch, *shape)`` each.
+
+    Fields: ``net`` (the :class:`HAM`), ``free`` (the free layer names, in the HAM's order),
+    ``clamped_state`` and ``clamped_activations`` (the clamped layers' states and activations),
+    ``constant_currents`` (``{free layer: current}`` from the multilinear synapses whose other
+    layers are clamped) and ``dynamic_synapses`` (the names of the synapses differentiated at
+    every call)."""
 
     net: HAM
     clamped_state: dict[str, Array]
@@ -297,19 +362,27 @@ class ClampedDynamics(eqx.Module):
         self.dynamic_synapses = tuple(dynamic)
 
     def free_state(self, x: Mapping[str, Array]) -> State:
+        """The free layers of a full state ``x``: ``{name: x[name]}`` for the names in
+        :attr:`free` (shapes unchanged)."""
         return {n: x[n] for n in self.free}
 
     def full_state(self, x_free: Mapping[str, Array]) -> State:
-        """Free states joined with the clamped ones, in the HAM's layer order."""
+        """Free states joined with the clamped ones, in the HAM's layer order (the inverse of
+        :meth:`free_state`); shapes unchanged."""
         return {n: x_free[n] if n in x_free else self.clamped_state[n] for n in self.net.layers}
 
     def activations(self, x_free: Mapping[str, Array]) -> State:
-        """``g_A = ∇L_A(x_A)`` of the free layers."""
+        """The activations ``g_A = ∇L_A(x_A)`` of the free layers (docs/maths.md eq. 7).
+
+        ``x_free``: ``{free name: (*batch, *shape)}``; returns a dict of the same shapes."""
         return {n: self.net.layers[n].activation(x_free[n]) for n in self.free}
 
     def currents(self, g_free: Mapping[str, Array]) -> State:
-        """``c_A(g) = −Σ_s ∂E_s/∂g_A`` for every free layer (bias excluded), given the free
-        layers' activations ``g_free``."""
+        """The currents ``c_A(g) = −Σ_s ∂E_s/∂g_A`` into every free layer (bias excluded;
+        docs/maths.md §2.3), given the free layers' activations ``g_free`` (the clamped ones are
+        fixed). For dense synapses this is the bottom-up plus top-down current of eq. (5).
+
+        ``g_free``: ``{free name: (*batch, *shape)}``; returns a dict of the same shapes."""
         net = self.net
         out = {n: self.constant_currents.get(n) for n in self.free}
         if self.dynamic_synapses:
@@ -330,24 +403,33 @@ class ClampedDynamics(eqx.Module):
 
     def drive(self, g_free: Mapping[str, Array]) -> State:
         """``c_A(g) + I_A``: where the activations ``g`` drive each free layer's state; a steady
-        state is ``x_A = drive_A(g(x))``."""
+        state is ``x_A = drive_A(g(x))`` (docs/maths.md eq. (T1)).
+
+        ``g_free``: ``{free name: (*batch, *shape)}``; returns a dict of the same shapes."""
         c = self.currents(g_free)
         return {n: c[n] if self.net.layers[n].bias is None else c[n] + self.net.layers[n].bias
                 for n in self.free}
 
     def fixed_point_map(self, x_free: Mapping[str, Array]) -> State:
-        """``x_A ← c_A + I_A``: the synchronous update whose fixed points are the steady states
-        (an Euler step of the dynamics with ``dt = τ_A``)."""
+        """``x_A ← c_A(g(x)) + I_A``: the synchronous update whose fixed points are the steady
+        states (an Euler step of the dynamics with ``dt = τ_A``; docs/maths.md §5.1).
+
+        ``x_free``: ``{free name: (*batch, *shape)}``; returns a dict of the same shapes."""
         return self.drive(self.activations(x_free))
 
     def residual(self, x_free: Mapping[str, Array]) -> State:
         """``F_A(x) = τ_A ẋ_A = c_A + I_A − x_A``: how far each free layer is from its
-        steady-state equation (independent of the time constants)."""
+        steady-state equation (docs/maths.md eq. (T1); independent of the time constants).
+
+        ``x_free``: ``{free name: (*batch, *shape)}``; returns a dict of the same shapes."""
         target = self.fixed_point_map(x_free)
         return {n: target[n] - x_free[n] for n in self.free}
 
     def __call__(self, x_free: Mapping[str, Array]) -> State:
-        """``ẋ_A = F_A(x) / τ_A``."""
+        """The vector field ``ẋ_A = F_A(x) / τ_A = (c_A + I_A − x_A) / τ_A`` on the free layers
+        (docs/maths.md eq. 5).
+
+        ``x_free``: ``{free name: (*batch, *shape)}``; returns a dict of the same shapes."""
         f = self.residual(x_free)
         return {n: f[n] / self.net.layers[n].tau if self.net.layers[n].tau != 1.0 else f[n]
                 for n in self.free}

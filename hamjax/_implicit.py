@@ -73,8 +73,10 @@ def _steady_force(dyn, x: Mapping[str, Array], x_init: Mapping[str, Array]) -> d
 
 class ImplicitSteadyState(eqx.Module):
     """Differentiate a steady state ``F(x*; θ) = 0`` by the implicit function theorem:
-    ``dx*/dθ = −(∂F/∂x)⁻¹ ∂F/∂θ`` (``optimistix.implicit_jvp``). The forward solve is not
-    differentiated, so memory does not grow with the number of relaxation steps.
+    ``dx*/dθ = −(∂F/∂x)⁻¹ ∂F/∂θ`` (docs/maths.md eqs. (T2)–(T3); ``optimistix.implicit_jvp``).
+    The forward solve is not differentiated, so memory does not grow with the number of
+    relaxation steps. Pass it as ``relax(..., adjoint=ImplicitSteadyState(linear_solver))``;
+    ``adjoint="implicit"`` is ``ImplicitSteadyState()``.
 
     ``F = τ ẋ = c + I − x`` (frozen neurons: ``x₀ − x``), whose Jacobian at a stable steady
     state is ``C H − I``. Dead neurons make ``H`` (and the energy Hessian ``H − HCH``) singular,
@@ -83,7 +85,10 @@ class ImplicitSteadyState(eqx.Module):
     :class:`hamjax.solvers.Neumann` (fixed-point iteration of the adjoint equation, per sample,
     GMRES as fallback); :class:`hamjax.solvers.PhantomGradient` truncates it for a cheap
     approximate gradient; any lineax solver works (``lx.GMRES(...)``; ``"implicit_dense"``:
-    a dense least-squares solve that survives a truly singular system, for small nets)."""
+    a dense least-squares solve that survives a truly singular system, for small nets).
+
+    ``linear_solver``: the lineax solver of the adjoint system ``(CH − I)ᵀ λ = ∇ℓ`` (default
+    ``Neumann()``); hamjax's own solvers are told the batch axes by :func:`hamjax.relax`."""
 
     linear_solver: lx.AbstractLinearSolver = Neumann()
 

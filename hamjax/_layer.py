@@ -35,6 +35,16 @@ class Layer(eqx.Module):
     so the dynamics ``τ_A ẋ_A = −∂E/∂g_A`` give the leak ``−x_A`` and the bias ``+I_A`` of
     docs/maths.md eq. (5) with no autodiff through ``L_A``. At ``g = ∇L(x)`` this is the Legendre
     term of eq. (8) plus the bias term of docs/maths.md §2.
+
+    Fields (and constructor arguments): ``shape``, the layer's own shape (an int or a tuple of
+    positive ints; a state of the layer is ``(*batch, *shape)``); ``lagrangian``, a
+    :class:`hamjax.lagrangians.Lagrangian` (default ``Identity``, ``L = ½|x|²``); ``tau``, the
+    time constant ``τ_A`` (positive, finite; default 1); ``bias``, the input current ``I_A`` of
+    shape ``shape``: ``None``/``False`` for none, ``True`` for a trainable one starting at zero,
+    or an array.
+
+    Raises ``TypeError`` for a ``lagrangian`` that is not a hamjax Lagrangian and ``ValueError``
+    for a non-positive size, a non-positive or infinite ``tau`` or a bias of the wrong shape.
     """
 
     shape: tuple[int, ...] = eqx.field(static=True)
@@ -74,28 +84,40 @@ class Layer(eqx.Module):
 
     @property
     def ndim(self) -> int:
+        """The number of the layer's own axes, ``len(shape)``."""
         return len(self.shape)
 
     @property
     def size(self) -> int:
+        """The number of neurons ``N_A``, the product of ``shape``."""
         return math.prod(self.shape)
 
     def batch_shape(self, x: Array) -> tuple[int, ...]:
-        """The leading batch dimensions of a state of this layer."""
+        """The leading batch dimensions of a state of this layer: ``batch`` for ``x`` of shape
+        ``(*batch, *shape)``. Raises ``ValueError`` when ``x`` does not end in ``shape``."""
         if x.ndim < self.ndim or tuple(x.shape[x.ndim - self.ndim :]) != self.shape:
             raise ValueError(f"expected a state ending in shape {self.shape}, got {x.shape}")
         return tuple(x.shape[: x.ndim - self.ndim])
 
     def activation(self, x: Array) -> Array:
-        """``g = ∇L(x)``, closed form."""
+        """The activation ``g_A = ∇L_A(x_A)`` (docs/maths.md eq. 7), in closed form.
+
+        ``x``: ``(*batch, *shape)``; returns the same shape."""
         return self.lagrangian.activation(x, self.ndim)
 
     def lagrangian_value(self, x: Array) -> Array:
-        """``L(x)`` per sample."""
+        """The Lagrangian ``L_A(x_A)`` per sample (summed over the layer's own axes).
+
+        ``x``: ``(*batch, *shape)``; returns shape ``batch``."""
         return self.lagrangian(x, self.ndim)
 
     def energy(self, x: Array, g: Array | None = None) -> Array:
-        """``x·g − L(x) − I·g`` per sample; ``g`` defaults to the activation of ``x``."""
+        """The layer's energy ``E_A = x·g − L(x) − I·g`` per sample (docs/maths.md eq. 8, the
+        Legendre term, with the bias term of §2).
+
+        ``x`` and ``g``: ``(*batch, *shape)``; ``g`` defaults to the activation of ``x`` (pass it
+        to treat state and activation as independent variables, as the dynamics do). Returns
+        shape ``batch``."""
         g = self.activation(x) if g is None else g
         e = sum_trailing(x * g, self.ndim) - self.lagrangian_value(x)
         if self.bias is not None:

@@ -52,10 +52,12 @@ __all__ = ["Relaxation", "relax"]
 
 # ------------------------------------------------------------------ result
 class Relaxation(eqx.Module):
-    """The outcome of :func:`relax`.
+    """The outcome of :func:`relax`. Per-sample fields have shape ``batch`` (the batch shape of
+    ``x0``; ``()`` for one sample).
 
-    * ``state``: the final state, every layer (clamped ones included);
-    * ``converged``: per sample, finite and ``residual ≤ tolerance`` (judged whatever the stop);
+    * ``state``: the final state, every layer (clamped ones included), ``(*batch, *shape)``;
+    * ``converged``: per sample, finite and ``residual ≤ tolerance`` (judged whatever the stop;
+      docs/maths.md §5.1);
     * ``residual``: per-sample RMS of ``τ dx/dt`` (the fixed-point residual) at the end (NaN for
       a non-finite sample);
     * ``tolerance``: per sample, the ``atol + rtol·rms(x)`` that ``converged`` was judged by;
@@ -83,7 +85,9 @@ class Relaxation(eqx.Module):
     energies: Array | None = None
 
     def energy_trace(self) -> np.ndarray:
-        """The saved energies as a NumPy array, unused slots (after the last step) dropped."""
+        """The saved energies as a NumPy array, unused slots (after the last step) dropped:
+        shape ``(saved steps, *batch)``. Raises ``ValueError`` when no energies were saved
+        (``relax(..., save="energy")`` or ``"both"`` saves them)."""
         if self.energies is None:
             raise ValueError("no energies were saved: call relax(..., save='energy')")
         e = np.asarray(self.energies)
@@ -172,6 +176,21 @@ def relax(
         save_ts: the times to save at (a finite end time is needed).
         progress: show a tqdm progress bar (fraction of ``t1``/``t_max``; give SteadyState a
             finite ``t_max`` for a meaningful bar).
+
+    Shapes: ``x0`` is ``{layer name: (*batch, *layer.shape)}`` for every layer of ``net`` (the
+    clamped ones included), the same ``batch`` in all; the :class:`Relaxation` keeps those
+    shapes, with per-sample fields of shape ``batch``. The dynamics are docs/maths.md eq. (5),
+    the steady state eq. (T1), the gradients §5.2–5.3.
+
+    Errors, raised before any work: :class:`StateError` for a state that does not fit ``net``,
+    every layer clamped, or a ``freeze`` mask of a layer that is not free or of a shape that
+    does not broadcast; :class:`GraphError` for an unknown layer in ``clamp``; ``ValueError``
+    for an unknown ``method``, ``stop`` or ``adjoint``, a keyword that does not apply to the
+    method, ``max_steps < 1``, a bad ``on_nonfinite``, ``freeze`` with ``"root"`` or
+    ``"minimise"``, or a combination of ``stop``, ``adjoint`` and saving that cannot work (the
+    implicit adjoint away from a ``SteadyState``, ``save_ts`` without a finite end time);
+    :class:`hamjax.sharding.ShardingError` for a ``mesh`` with an unbatched ``x0`` or an
+    indivisible batch. :class:`NonFiniteStateError` as ``on_nonfinite`` says.
     """
     clamp = net.check_clamp(clamp)
     batch = net.check_state(x0, "x0")

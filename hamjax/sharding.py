@@ -29,7 +29,10 @@ __all__ = ["make_mesh", "shard_batch", "replicate", "initialize_distributed", "S
 
 
 class ShardingError(ValueError):
-    """A mesh that cannot be built, or a batch that cannot be split over it."""
+    """A mesh that cannot be built, or a batch that cannot be split over it.
+
+    Raised for too few devices, an empty device list, a mesh with more than one axis, a scalar
+    to split, and a batch size not divisible by the device count. A ``ValueError``."""
 
 
 def make_mesh(devices: int | Sequence | None = None, axis: str = "batch") -> Mesh:
@@ -39,7 +42,10 @@ def make_mesh(devices: int | Sequence | None = None, axis: str = "batch") -> Mes
     The axis is automatic (``AxisType.Auto``): ``jit`` propagates the batch's sharding through
     the relaxation and its gradient. Devices that JAX picks are laid out by
     :func:`jax.make_mesh`, which orders them along their interconnect (a ring on a TPU torus,
-    so that the gradient's all-reduce takes the short links)."""
+    so that the gradient's all-reduce takes the short links).
+
+    Raises :class:`ShardingError` for fewer than one device, an empty list, or more devices
+    than JAX sees (with the ``XLA_FLAGS`` that forces CPU devices in the message)."""
     auto = (AxisType.Auto,)
     available = jax.devices()
     count = isinstance(devices, int | np.integer) and not isinstance(devices, bool)
@@ -90,7 +96,9 @@ def shard_batch(tree, mesh: Mesh):
     """Split every array leaf of ``tree`` along its leading (batch) axis over ``mesh``.
 
     The batch size must be divisible by the number of devices (no silent padding: a padded sample
-    would change the mean loss). Non-array leaves are left as they are."""
+    would change the mean loss). Non-array leaves are left as they are; shapes are unchanged
+    (``(batch, ...)`` globally, ``(batch / devices, ...)`` on each device). Raises
+    :class:`ShardingError` for a scalar leaf, an indivisible batch or a mesh of several axes."""
     axis = _axis(mesh)
     n = mesh.size
     sharding = NamedSharding(mesh, P(axis))
@@ -113,7 +121,8 @@ def shard_batch(tree, mesh: Mesh):
 
 def replicate(tree, mesh: Mesh):
     """Put a full copy of every array leaf of ``tree`` (a model, an optimiser state) on every
-    device of ``mesh`` (``PartitionSpec()``). Non-array leaves are left as they are."""
+    device of ``mesh`` (``PartitionSpec()``). Non-array leaves are left as they are; shapes are
+    unchanged."""
     sharding = NamedSharding(mesh, P())
     return jax.tree.map(lambda v: _place(v, sharding) if eqx.is_array(v) else v, tree)
 

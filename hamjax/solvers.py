@@ -12,10 +12,11 @@
 
 Why these fit a HAM: at a steady state of ``τ ẋ = F(x) = c(g(x)) + I − x`` the Jacobian is
 ``∂F/∂x = C H − I`` with ``H`` the Lagrangian Hessian and ``C = −∂²E_syn/∂g²``; at a stable
-steady state ``CH`` has real eigenvalues below 1, and on trained networks they are small
-(``|λ| ≈ 0.1``), so both the forward map ``x ← x + F(x)`` and the adjoint iteration
-``v ← (CH)ᵀ v − b`` contract in a few steps. Dead neurons (``H D = 0``) only add eigenvalues 0
-to ``CH``: the iteration stays well defined there (docs/maths.md §4.5).
+steady state ``CH`` has real eigenvalues below 1, and on trained networks they are typically
+small in magnitude, so both the forward map ``x ← x + F(x)`` and the adjoint iteration
+``v ← (CH)ᵀ v − b`` contract in a few steps (docs/maths.md §5.1, eq. (T4)). Dead neurons
+(``H D = 0``) only add eigenvalues 0 to ``CH``: the iteration stays well defined there
+(docs/maths.md §4.5).
 
 "Per sample": the leading ``batch_ndim`` axes of every leaf index independent problems (a batch
 of relaxations). Each sample is tested against its own tolerance and stops when it meets it;
@@ -43,7 +44,10 @@ __all__ = ["Anderson", "Neumann", "PhantomGradient", "LinearSolveWarning"]
 
 class LinearSolveWarning(RuntimeWarning):
     """Some samples of a linear solve did not meet its tolerance, and were given a zero
-    solution (they drop out of a gradient) instead of failing the whole batch."""
+    solution (they drop out of a gradient) instead of failing the whole batch.
+
+    Issued by :class:`Neumann` with ``on_failure="zero"`` (the default), e.g. for the adjoint
+    system of a steady state that is unstable or nearly so. A ``RuntimeWarning``."""
 
 
 # ------------------------------------------------------------------ per-sample flattening
@@ -93,7 +97,9 @@ class _AndersonState(eqx.Module):
 
 
 class Anderson(optx.AbstractFixedPointSolver):
-    """Anderson acceleration (Anderson 1965; Walker & Ni 2011) of ``x ← f(x)``, per sample.
+    """Anderson acceleration (Anderson 1965; Walker & Ni 2011) of ``x ← f(x)``, per sample: the
+    accelerated steady-state iteration of docs/maths.md §5.1 (``method="anderson"`` of
+    :func:`hamjax.relax`, where ``f(x) = c(g(x)) + I``).
 
     With ``g_i = f(x_i) − x_i`` over the last ``m = history`` iterates, each sample solves
     ``min_α |Σ_i α_i g_i|²`` subject to ``Σ_i α_i = 1`` (regularised normal equations
@@ -101,7 +107,9 @@ class Anderson(optx.AbstractFixedPointSolver):
 
         x_{k+1} = Σ_i α_i (x_i + β g_i)        (β = ``mixing``; β = 1: Σ α_i f(x_i)).
 
-    ``history=1`` is the damped fixed-point iteration ``x ← x + β (f(x) − x)``.
+    ``history=1`` is the damped fixed-point iteration ``x ← x + β (f(x) − x)``. ``history``
+    (static, default 5) is ``m``; ``mixing`` (default 1) is β, in ``(0, 1]``;
+    ``regularisation`` (default ``1e-5``) is λ.
 
     A sample has converged when ``rms(f(x) − x) ≤ atol + rtol · rms(x)`` (root-mean-square over
     its features); it is then held where it is while the others go on. Safeguards, per sample:
@@ -118,13 +126,16 @@ class Anderson(optx.AbstractFixedPointSolver):
 
     Anderson acceleration converges to *a* fixed point, not necessarily one the plain
     iteration (or the dynamics) would reach: its extrapolation can land on an unstable fixed
-    point. On a 6-5-3 ReLU chain it settled one sample of four on a saddle of the energy
-    (largest Jacobian eigenvalue +0.67, energy −1.87) where the dynamics reach the attractor
-    at −3.08. The plain iteration cannot converge to such a point (it repels it), which is why
+    point. On a small ReLU chain it can settle a sample on a saddle of the energy (a Jacobian
+    eigenvalue with positive real part, at a higher energy than the attractor the dynamics
+    reach). The plain iteration cannot converge to such a point (it repels it), which is why
     hamjax's training methods default to ``history=1``.
 
     ``batch_ndim``: the leading axes of every leaf that index independent samples (0: one
-    problem). :func:`hamjax.relax` sets it, and the tolerances from its ``SteadyState``.
+    problem). :func:`hamjax.relax` sets it, and the tolerances ``rtol`` and ``atol`` from its
+    ``SteadyState`` (used alone, give both: without them a step raises ``ValueError``).
+    ``norm`` is the field every optimistix solver carries; the per-sample test above is used
+    instead. ``history < 1`` or ``mixing`` outside ``(0, 1]`` raises ``ValueError``.
     """
 
     rtol: float | None = None
@@ -339,7 +350,14 @@ class Neumann(lx.AbstractLinearSolver):
     ``"raise"`` the solve fails (lineax raises under its default ``throw=True``).
 
     The transposed system (what reverse-mode differentiation solves) is iterated the same
-    way with ``Mᵀ``, whose spectrum is that of ``M``.
+    way with ``Mᵀ``, whose spectrum is that of ``M``. For the adjoint of a steady state,
+    ``M = (CH)ᵀ`` and the iteration is the Neumann series of docs/maths.md eq. (T4), the
+    default linear solver of :class:`hamjax.ImplicitSteadyState`.
+
+    Fields: ``rtol`` (default ``1e-4``), ``atol`` (default ``1e-9``), ``max_steps`` (static,
+    default 100), ``damping`` λ (default 1: the plain series), ``fallback`` (a lineax solver or
+    ``None``), ``on_failure`` (``"zero"`` or ``"raise"``, else ``ValueError``) and
+    ``batch_ndim`` (the leading axes that index samples; :func:`hamjax.relax` sets it).
     """
 
     rtol: float = 1e-4
@@ -420,9 +438,14 @@ class Neumann(lx.AbstractLinearSolver):
 
 class PhantomGradient(lx.AbstractLinearSolver):
     """The truncated, damped Neumann series: ``steps`` iterations of ``v ← v + λ (A v − b)``
-    from ``v = 0`` (Geng et al. 2021, "On training implicit models": the phantom gradient).
-    An approximation by design, so it reports success whatever the residual: use it for a
-    cheap gradient whose direction, not precision, matters. ``steps`` matrix-vector products."""
+    from ``v = 0`` (Geng et al. 2021, "On training implicit models": the phantom gradient;
+    docs/maths.md eq. (T4) truncated). An approximation by design, so it reports success
+    whatever the residual: use it for a cheap gradient whose direction, not precision, matters.
+    ``steps`` matrix-vector products.
+
+    Fields: ``steps`` (static, default 5; below 1 raises ``ValueError``), ``damping`` λ
+    (default 1) and ``batch_ndim`` (the leading axes that index samples; :func:`hamjax.relax`
+    sets it). ``adjoint="phantom"`` of :func:`hamjax.relax` uses the defaults."""
 
     steps: int = eqx.field(static=True, default=5)
     damping: float = 1.0

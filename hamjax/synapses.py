@@ -146,13 +146,24 @@ def _padding(padding):
 
 
 class Synapse(eqx.Module):
-    """Base class: an energy of the activations of one or more layers (a hyperedge)."""
+    """Base class: an energy ``E_s(g_{s_1}, g_{s_2}, …)`` of the activations of one or more layers
+    (a hyperedge of the HAM; docs/maths.md §2.3). The current it sends into layer ``A`` is
+    ``c_A = −∂E_s/∂g_A``, by autodiff.
+
+    A subclass implements :meth:`energy` (per sample, batch-native) and :meth:`expected_shapes`,
+    and sets the class attribute ``multilinear`` (default False) to True when the energy is
+    linear in each argument separately: the current such a synapse sends into its only free
+    layer is then a constant of a relaxation, computed once."""
 
     multilinear: ClassVar[bool] = False
 
     @abc.abstractmethod
     def energy(self, *activations: Array) -> Array:
-        """Energy per sample."""
+        """Energy per sample, ``E_s(g_1, g_2, …)``, of the activations of the layers on the
+        synapse's edge, in the edge's order (docs/maths.md §2.3).
+
+        Each ``activations[i]``: ``(*batch, *shape_i)``, the same ``batch`` for all; returns
+        shape ``batch``."""
 
     @abc.abstractmethod
     def expected_shapes(self, shapes: tuple[Shape, ...]) -> tuple[ExpectedShape, ...]:
@@ -161,6 +172,9 @@ class Synapse(eqx.Module):
         Entries of ``None`` accept any size. The number of entries is the synapse's arity."""
 
     def __call__(self, *activations: Array) -> Array:
+        """The same as :meth:`energy`: ``synapse(g_1, …)`` is ``E_s`` per sample.
+
+        Each argument ``(*batch, *shape_i)``; returns shape ``batch``."""
         return self.energy(*activations)
 
 
@@ -170,7 +184,11 @@ class Dense(Synapse):
     multi-axis layer (e.g. a feature map), contracted over all its axes.
 
     The weight is the given ``weight`` matrix of shape ``(out size, in size)``, or drawn from
-    ``key``: Gaussian with standard deviation ``scale`` (default ``1/sqrt(in size)``)."""
+    ``key``: Gaussian with standard deviation ``scale`` (default ``1/sqrt(in size)``).
+    ``in_features`` and ``out_features`` (an int or a shape) are kept as ``in_shape`` and
+    ``out_shape``. The current into ``b`` is ``W g_a`` and the feedback into ``a`` is ``Wᵀ g_b``
+    (tied weights by construction). Raises ``ValueError`` for a non-positive size, a weight of
+    the wrong shape, or neither ``weight`` nor ``key``."""
 
     multilinear: ClassVar[bool] = True
     weight: Array
@@ -195,6 +213,9 @@ class Dense(Synapse):
                                       " (out, in)")
 
     def energy(self, g_a, g_b):
+        """``E = −g_bᵀ W g_a`` per sample (docs/maths.md eq. 8).
+
+        ``g_a``: ``(*batch, *in_shape)``, ``g_b``: ``(*batch, *out_shape)``; returns ``batch``."""
         # written as a dot_general against W itself, not against W.T: with `@ W.T` the feedback
         # current Wᵀg_b is transposed through the transpose, and XLA's CPU backend then
         # multiplies by a physically transposed W with the short axis innermost (slow in BPTT)
@@ -202,6 +223,9 @@ class Dense(Synapse):
         return -jnp.sum(_flat(g_b, self.out_shape) * current, axis=-1)
 
     def expected_shapes(self, shapes):
+        """``(in_shape, out_shape)``: the edge is ``(a, b)``, input layer first.
+
+        ``shapes`` (the shapes offered) is not needed."""
         return (self.in_shape, self.out_shape)
 
 
@@ -210,7 +234,8 @@ class Bias(Synapse):
     extension).
 
     ``b`` has the layer's ``shape``: the given ``bias``, else zero, or Gaussian with standard
-    deviation ``scale`` drawn from ``key`` when ``scale`` is not zero."""
+    deviation ``scale`` drawn from ``key`` when ``scale`` is not zero. The current it sends is
+    ``b`` itself, a constant. (A :class:`hamjax.Layer`'s own ``bias`` does the same.)"""
 
     multilinear: ClassVar[bool] = True
     bias: Array
@@ -232,9 +257,15 @@ class Bias(Synapse):
             self.bias = _given_or_drawn("Bias", "bias", bias, key, self.shape, scale)
 
     def energy(self, g):
+        """``E = −b·g`` per sample (docs/maths.md §2, bias extension).
+
+        ``g``: ``(*batch, *shape)``; returns shape ``batch``."""
         return -sum_trailing(self.bias * g, len(self.shape))
 
     def expected_shapes(self, shapes):
+        """``(shape,)``: one layer of the bias's shape.
+
+        ``shapes`` (the shapes offered) is not needed."""
         return (self.shape,)
 
 
@@ -245,7 +276,9 @@ class Lateral(Synapse):
 
     ``W`` of shape ``(N, N)``, ``N`` the layer's size: the given ``weight`` (e.g. the Hebbian
     ``W = (1/N) Σ_μ ξ_μ ξ_μᵀ`` of a classical Hopfield network), or drawn from ``key`` with
-    standard deviation ``scale`` (default ``1/sqrt(N)``)."""
+    standard deviation ``scale`` (default ``1/sqrt(N)``). ``features`` (an int or a shape) is
+    kept as ``shape``. Not multilinear: the energy is quadratic in ``g``, its current
+    ``W g`` depends on the layer's own state."""
 
     weight: Array
     shape: Shape = eqx.field(static=True)
@@ -269,16 +302,22 @@ class Lateral(Synapse):
 
     @property
     def symmetric_weight(self) -> Array:
+        """``sym(W) = (W + Wᵀ)/2``, its diagonal zeroed when ``zero_diagonal``: ``(N, N)``."""
         w = 0.5 * (self.weight + self.weight.T)
         if self.zero_diagonal:
             w = w * (1.0 - jnp.eye(w.shape[0], dtype=w.dtype))
         return w
 
     def energy(self, g):
+        """``E = −½ gᵀ sym(W) g`` per sample (docs/maths.md eq. 3); its current is
+        ``sym(W) g``. ``g``: ``(*batch, *shape)``; returns shape ``batch``."""
         f = _flat(g, self.shape)
         return -0.5 * jnp.sum(f * (f @ self.symmetric_weight), axis=-1)
 
     def expected_shapes(self, shapes):
+        """``(shape,)``: one layer of ``N`` neurons in the given shape.
+
+        ``shapes`` (the shapes offered) is not needed."""
         return (self.shape,)
 
 
@@ -289,7 +328,12 @@ class Conv2D(Synapse):
     The current into ``g_in`` is ``conv2d_T(g_out)``, the transposed convolution with the same
     kernel, obtained by autodiff: the HAM paper's symmetric-weight condition for convolutions.
     Kernel layout HWIO: ``(kh, kw, in_channels, out_channels)``: the given ``kernel``, or drawn
-    from ``key`` with standard deviation ``scale`` (default ``1/sqrt(kh·kw·in_channels)``)."""
+    from ``key`` with standard deviation ``scale`` (default ``1/sqrt(kh·kw·in_channels)``).
+    ``stride`` (an int or a pair) and ``padding`` (``"VALID"``, ``"SAME"``, an int or pairs)
+    are those of ``lax.conv_general_dilated``. Feature maps are ``(*batch, H, W, C)``; the
+    output size is ``M = ⌊(N − w)/s⌋ + 1`` per spatial axis for ``"VALID"`` (eq. 22). Raises
+    ``ValueError`` for non-positive sizes, a bad padding, a kernel of the wrong shape, or
+    neither ``kernel`` nor ``key``."""
 
     multilinear: ClassVar[bool] = True
     kernel: Array
@@ -323,14 +367,18 @@ class Conv2D(Synapse):
 
     @property
     def in_channels(self) -> int:
+        """The input layer's channel count, ``kernel.shape[2]``."""
         return self.kernel.shape[2]
 
     @property
     def out_channels(self) -> int:
+        """The output layer's channel count, ``kernel.shape[3]``."""
         return self.kernel.shape[3]
 
     def convolve(self, g_in: Array) -> Array:
-        """``conv2d(g_in)``: the current this synapse sends into its output layer."""
+        """``conv2d(g_in; ξ, stride, padding)``: the current this synapse sends into its output
+        layer. ``g_in``: ``(*batch, H, W, in_channels)``; returns ``(*batch, H', W',
+        out_channels)`` (:meth:`output_shape`)."""
         imgs, batch = _images(g_in)
         out = lax.conv_general_dilated(
             imgs,
@@ -342,13 +390,21 @@ class Conv2D(Synapse):
         return out.reshape(batch + out.shape[1:])
 
     def energy(self, g_in, g_out):
+        """``E = −⟨g_out, conv2d(g_in)⟩`` per sample (docs/maths.md eq. 23's coupling term).
+
+        ``g_in``: ``(*batch, H, W, in_channels)``, ``g_out``: ``(*batch, H', W', out_channels)``;
+        returns shape ``batch``."""
         return -sum_trailing(g_out * self.convolve(g_in), 3)
 
     def output_shape(self, in_shape: Shape) -> Shape:
+        """The output layer's shape ``(H', W', out_channels)`` for an input layer of shape
+        ``in_shape = (H, W, in_channels)`` (no batch axes)."""
         struct = jax.ShapeDtypeStruct(tuple(in_shape), self.kernel.dtype)
         return tuple(jax.eval_shape(self.convolve, struct).shape)
 
     def expected_shapes(self, shapes):
+        """``((H, W, in_channels), output_shape)``: any image size with the kernel's input
+        channels, and the output shape that size gives (only the channels when unknown)."""
         expected_in = (None, None, self.in_channels)
         s = shapes[0] if shapes else ()
         if len(s) == 3 and s[2] == self.in_channels:
@@ -361,8 +417,13 @@ class Conv2D(Synapse):
 
 class AvgPool2D(Synapse):
     """``E = −⟨g_out, avgpool(g_in)⟩``: average pooling is a fixed linear operator ``P``; its
-    feedback is ``Pᵀ`` by autodiff, so the energy stays a Lyapunov function (HAM paper §4.3;
-    max-pooling has no adjoint and is not offered)."""
+    feedback is ``Pᵀ`` by autodiff, so the energy stays a Lyapunov function (HAM paper §4.3,
+    docs/maths.md §3.3; max-pooling has no adjoint and is not offered).
+
+    ``window`` (an int or a pair, default 2), ``stride`` (default: the window) and ``padding``
+    (``"VALID"``, ``"SAME"``, an int or pairs) of the pooling over the spatial axes of NHWC
+    feature maps; no parameters to train. Raises ``ValueError`` for non-positive sizes or a bad
+    padding."""
 
     multilinear: ClassVar[bool] = True
     window: tuple[int, int] = eqx.field(static=True)
@@ -381,6 +442,9 @@ class AvgPool2D(Synapse):
         self.padding = _padding(padding)
 
     def pool(self, g_in: Array) -> Array:
+        """``P g_in``: the average over every window, channel by channel.
+
+        ``g_in``: ``(*batch, H, W, C)``; returns ``(*batch, H', W', C)`` (:meth:`output_shape`)."""
         imgs, batch = _images(g_in)
         if self.window == self.stride and self.padding == "VALID":
             # Non-overlapping windows: a reshape and a mean. Same numbers as reduce_window, but
@@ -401,13 +465,20 @@ class AvgPool2D(Synapse):
         return out.reshape(batch + out.shape[1:])
 
     def energy(self, g_in, g_out):
+        """``E = −⟨g_out, P g_in⟩`` per sample (docs/maths.md §3.3, pooling).
+
+        ``g_in``: ``(*batch, H, W, C)``, ``g_out``: ``(*batch, H', W', C)``; returns ``batch``."""
         return -sum_trailing(g_out * self.pool(g_in), 3)
 
     def output_shape(self, in_shape: Shape) -> Shape:
+        """The pooled shape ``(H', W', C)`` of an input layer of shape ``in_shape = (H, W, C)``
+        (no batch axes)."""
         struct = jax.ShapeDtypeStruct(tuple(in_shape), jnp.float32)
         return tuple(jax.eval_shape(self.pool, struct).shape)
 
     def expected_shapes(self, shapes):
+        """``((H, W, C), output_shape)``: any feature map, and the pooled shape it gives (any
+        size when the input shape is unknown)."""
         s = shapes[0] if shapes else ()
         if len(s) == 3:
             try:
@@ -433,7 +504,12 @@ class Memory(Synapse):
     noisy probe). Its update ``v ← ξᵀ softmax(β h)`` is mean shift over the memories.
 
     ``ξ`` of shape ``(K, *features)`` (or ``(K, N)`` flattened): the given ``memories``, or drawn
-    from ``key`` with standard deviation ``scale`` (default ``1/sqrt(N)``)."""
+    from ``key`` with standard deviation ``scale`` (default ``1/sqrt(N)``); stored flattened,
+    ``(K, N)``. ``features`` (an int or a shape) is kept as ``shape``; ``num_memories`` is
+    ``K``. ``lagrangian`` (kept as ``hidden``, default ``Softmax(beta)``) is ``L_h``;
+    ``similarity`` is ``"dot"`` (default) or ``"distance"``. Not multilinear. Raises
+    ``ValueError`` for an unknown ``similarity``, non-positive sizes, memories of the wrong
+    shape, or neither ``memories`` nor ``key``."""
 
     memories: Array
     hidden: Lagrangian
@@ -471,19 +547,27 @@ class Memory(Synapse):
 
     @property
     def num_memories(self) -> int:
+        """The number of memories ``K``."""
         return self.memories.shape[0]
 
     def similarities(self, g: Array) -> Array:
-        """``h_μ = ξ_μ · g`` (or ``ξ_μ · g − ½|ξ_μ|²``), the hidden layer's equilibrium state."""
+        """``h_μ = ξ_μ · g`` (or ``ξ_μ · g − ½|ξ_μ|²``), the hidden layer's equilibrium state
+        (docs/maths.md §3.1). ``g``: ``(*batch, *features)``; returns ``(*batch, K)``."""
         h = _flat(g, self.shape) @ self.memories.T
         if self.similarity == "distance":
             h = h - 0.5 * jnp.sum(self.memories**2, axis=-1)
         return h
 
     def energy(self, g):
+        """``E = −L_h(h(g))`` per sample, ``h`` the :meth:`similarities` (docs/maths.md §2.2).
+
+        ``g``: ``(*batch, *features)``; returns shape ``batch``."""
         return -self.hidden(self.similarities(g), 1)
 
     def expected_shapes(self, shapes):
+        """``(features,)``: one layer of the memories' pattern shape.
+
+        ``shapes`` (the shapes offered) is not needed."""
         return (self.shape,)
 
 
@@ -496,11 +580,15 @@ class Attention(Synapse):
 
     ``h`` runs over heads, ``α`` over the head dimension, ``B`` (keys) and ``C`` (queries) over
     tokens. A token does not attend to itself. The current ``−∂E/∂g`` carries both the query and
-    the key path (the Energy Transformer's two attention terms); autodiff derives both.
+    the key path (the Energy Transformer's two attention terms); autodiff derives both. A
+    synapse energy of one layer in the sense of docs/maths.md §2.3, so the HAM energy stays a
+    Lyapunov function.
 
     ``W^K`` and ``W^Q`` of shape ``(num_heads, head_dim, dim)``: the given ``key_weight`` /
     ``query_weight``, or drawn from ``key`` with standard deviation ``scale`` (default
-    ``1/sqrt(dim)``). ``β`` defaults to ``1/sqrt(head_dim)``."""
+    ``1/sqrt(dim)``). ``beta`` (β) defaults to ``1/sqrt(head_dim)``. ``dim`` is ``D``, the
+    token width. Not multilinear. Raises ``ValueError`` for non-positive sizes, weights of the
+    wrong shape, or neither weights nor ``key``."""
 
     key_weight: Array
     query_weight: Array
@@ -534,15 +622,22 @@ class Attention(Synapse):
 
     @property
     def num_heads(self) -> int:
+        """The number of heads, ``key_weight.shape[0]``."""
         return self.key_weight.shape[0]
 
     def scores(self, g: Array) -> Array:
-        """``A_{hBC} = Σ_α K_{hαB} Q_{hαC}``, shape ``(*batch, heads, T_keys, T_queries)``."""
+        """``A_{hBC} = Σ_α K_{hαB} Q_{hαC}``, shape ``(*batch, heads, T_keys, T_queries)``.
+
+        ``g``: ``(*batch, T, dim)``. The self-scores ``B = C`` are included (the energy masks
+        them)."""
         k = jnp.einsum("had,...bd->...hba", self.key_weight, g)
         q = jnp.einsum("had,...cd->...hca", self.query_weight, g)
         return jnp.einsum("...hba,...hca->...hbc", k, q)
 
     def energy(self, g):
+        """``E = −(1/β) Σ_h Σ_C log Σ_{B≠C} exp(β A_{hBC})`` per sample (:meth:`scores`).
+
+        ``g``: ``(*batch, T, dim)`` with ``T ≥ 2`` (else ``ValueError``); returns ``batch``."""
         t = g.shape[-2]
         if t < 2:
             raise ValueError(f"Attention needs at least two tokens, got {t}")
@@ -552,6 +647,9 @@ class Attention(Synapse):
         return -jnp.sum(lse, axis=(-2, -1)) / self.beta
 
     def expected_shapes(self, shapes):
+        """``((T, dim),)``: one layer of any number of tokens of width ``dim``.
+
+        ``shapes`` (the shapes offered) is not needed."""
         return ((None, self.dim),)
 
 
@@ -566,7 +664,10 @@ class TokenMemory(Synapse):
     instead flattens all tokens into one pattern.)
 
     ``ξ`` of shape ``(K, D)``: the given ``memories``, or drawn from ``key`` with standard
-    deviation ``scale`` (default ``1/sqrt(D)``)."""
+    deviation ``scale`` (default ``1/sqrt(D)``). ``dim`` is ``D``; ``lagrangian`` (kept as
+    ``hidden``) is ``L_h``. The token-wise form of the eliminated hidden layer of
+    docs/maths.md §2.2. Not multilinear. Raises ``ValueError`` for non-positive sizes, memories
+    of the wrong shape, or neither ``memories`` nor ``key``."""
 
     memories: Array
     hidden: Lagrangian
@@ -591,12 +692,20 @@ class TokenMemory(Synapse):
         self.hidden = ReLU() if lagrangian is None else lagrangian
 
     def similarities(self, g: Array) -> Array:
-        """``h_{Cμ} = ξ_μ·g_C`` for every token ``C``: shape ``(*batch, T, K)``."""
+        """``h_{Cμ} = ξ_μ·g_C`` for every token ``C``: shape ``(*batch, T, K)``.
+
+        ``g``: ``(*batch, T, D)``."""
         return g @ self.memories.T
 
     def energy(self, g):
+        """``E = −Σ_C L_h(h_C)`` per sample, ``h`` the :meth:`similarities`.
+
+        ``g``: ``(*batch, T, D)``; returns shape ``batch``."""
         # the hidden Lagrangian acts on each token's row (a softmax along the memories axis)
         return -self.hidden(self.similarities(g), 2)
 
     def expected_shapes(self, shapes):
+        """``((T, D),)``: one layer of any number of tokens of width ``D``.
+
+        ``shapes`` (the shapes offered) is not needed."""
         return ((None, self.dim),)

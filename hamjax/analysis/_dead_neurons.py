@@ -30,12 +30,15 @@ __all__ = ["DeadNeurons", "layer_spectrum", "dead_neurons", "energy_along", "is_
 
 @dataclasses.dataclass(frozen=True)
 class DeadNeurons:
-    """Dead directions of the free layers at one state.
+    """Dead directions of the free layers at one state (docs/maths.md §4.3), as returned by
+    :func:`dead_neurons`.
 
     ``directions[A]`` is an ``(N_A, k_A)`` matrix with orthonormal columns in layer ``A``'s
     flattened coordinates; ``live[A]`` (``(N_A, N_A − k_A)``) completes it to an orthonormal basis
     and ``live_eigenvalues[A]`` are the Hessian eigenvalues on it (``H_A = live Λ liveᵀ``).
-    Elementwise dead directions point further into the flat region (``sign(x_i) e_i``)."""
+    Elementwise dead directions point further into the flat region (``sign(x_i) e_i``).
+    ``counts[A]`` is ``k_A``, ``tol[A]`` the eigenvalue tolerance used for layer ``A``, and
+    ``index`` the :class:`FlatIndex` of the free layers (``N = Σ_A N_A``)."""
 
     index: FlatIndex
     counts: dict[str, int]
@@ -46,14 +49,17 @@ class DeadNeurons:
 
     @property
     def total(self) -> int:
+        """The number of dead directions over all free layers, ``k = Σ_A k_A``."""
         return sum(self.counts.values())
 
     def basis(self) -> np.ndarray:
-        """All dead directions as columns of one ``(N, k)`` matrix over the flat free state."""
+        """``D``: all dead directions as columns of one ``(N, k)`` matrix over the flat free
+        state (rows in :class:`FlatIndex` order, columns layer by layer)."""
         return self._embed(self.directions)
 
     def live_basis(self) -> np.ndarray:
-        """``A``: orthonormal columns spanning ``range(H)`` over the flat free state."""
+        """``A``: orthonormal columns spanning ``range(H)`` over the flat free state, an
+        ``(N, N − k)`` matrix (docs/maths.md §4.5)."""
         return self._embed(self.live)
 
     def _embed(self, blocks: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -66,7 +72,8 @@ class DeadNeurons:
         return np.concatenate(cols, axis=1)
 
     def states(self) -> list[dict[str, Array]]:
-        """Each dead direction as a dict state (zero on other layers)."""
+        """Each dead direction as a dict state over the free layers (zero on other layers):
+        a list of ``k`` dicts ``{name: array of the layer's shape}``."""
         d = self.basis()
         return [self.index.unflatten(jnp.asarray(d[:, j])) for j in range(d.shape[1])]
 
@@ -82,13 +89,19 @@ class DeadNeurons:
         return out
 
     def projector(self) -> np.ndarray:
-        """``P = D Dᵀ``, the orthogonal projector onto the dead subspace ``ker H``."""
+        """``P = D Dᵀ``, the orthogonal projector onto the dead subspace ``ker H``
+        (docs/maths.md §4.6): an ``(N, N)`` NumPy matrix."""
         d = self.basis()
         return d @ d.T
 
 
 def layer_spectrum(layer, x: Array, rtol: float = 1e-5, atol: float = 0.0):
-    """``(dead, live, live_eigenvalues, tol)`` of one layer's Lagrangian Hessian at ``x``."""
+    """``(dead, live, live_eigenvalues, tol)`` of one layer's Lagrangian Hessian ``H_A`` at ``x``
+    (docs/maths.md §4.3): orthonormal columns ``(N_A, k_A)`` spanning ``ker H_A``, orthonormal
+    columns ``(N_A, N_A − k_A)`` spanning ``range H_A``, the eigenvalues on the latter, and the
+    tolerance ``max(atol, rtol·max|λ|)`` below which ``|λ|`` counted as zero.
+
+    ``layer``: a :class:`hamjax.Layer`; ``x``: one sample of its state, shape ``layer.shape``."""
     n = layer.size
     lag = layer.lagrangian
     x = jnp.asarray(x)
@@ -152,7 +165,11 @@ def energy_along(
     clamp: Iterable[str] | str = (),
 ) -> Array:
     """``E(x + α d)`` for every α in ``alphas``; ``d`` a flat vector over the free layers or a dict
-    state (missing layers zero)."""
+    state (missing layers zero). The energy along a dead direction is flat (docs/maths.md §4.3,
+    Proposition 1).
+
+    ``x``: one unbatched state; ``direction``: ``(N,)`` in :class:`FlatIndex` order (else
+    ``ValueError``) or a dict; returns an array of ``alphas``' length."""
     sys = flat_system(net, x, clamp=clamp)
     d = _direction(sys.index, direction)
     alphas = jnp.asarray(alphas, sys.x.dtype)
@@ -170,8 +187,9 @@ def is_flat(
     rtol: float = 1e-5,
     atol: float = 1e-5,
 ) -> bool:
-    """Whether ``E(x + α d) = E(x)`` for every α in ``alphas`` (Proposition 1), within
-    ``atol + rtol·|E(x)|``. For one-sided dead directions (ReLU, sigmoid) pass α's inside the cone;
-    the directions of :func:`dead_neurons` point into it, so positive α's are."""
+    """Whether ``E(x + α d) = E(x)`` for every α in ``alphas`` (Proposition 1, docs/maths.md
+    §4.3), within ``atol + rtol·|E(x)|``. For one-sided dead directions (ReLU, sigmoid) pass α's
+    inside the cone; the directions of :func:`dead_neurons` point into it, so positive α's are.
+    ``x`` and ``direction`` as for :func:`energy_along`; returns a Python bool."""
     e = np.asarray(energy_along(net, x, direction, [0.0, *list(np.asarray(alphas))], clamp=clamp))
     return bool(np.all(np.abs(e[1:] - e[0]) <= atol + rtol * abs(e[0])))

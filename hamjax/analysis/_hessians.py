@@ -54,34 +54,44 @@ State = dict[str, Array]
 class FlatIndex:
     """The map between dict states of some layers and one flat vector, and back from a flat
     position to ``(layer name, neuron index)``. Layers are laid out in ``names`` order, each
-    flattened in C order."""
+    flattened in C order; ``shapes`` are the layers' shapes. The flat vector has length
+    ``N = Σ_A N_A`` (:attr:`size`): the stacked state ``x`` of docs/maths.md §1.3."""
 
     names: tuple[str, ...]
     shapes: tuple[tuple[int, ...], ...]
 
     @property
     def sizes(self) -> tuple[int, ...]:
+        """The layers' sizes ``N_A``, in ``names`` order."""
         return tuple(math.prod(s) for s in self.shapes)
 
     @property
     def offsets(self) -> tuple[int, ...]:
+        """Where each layer starts in the flat vector, in ``names`` order."""
         return tuple(int(o) for o in np.cumsum((0,) + self.sizes[:-1]))
 
     @property
     def size(self) -> int:
+        """The flat vector's length ``N = Σ_A N_A``."""
         return sum(self.sizes)
 
     def slice(self, name: str) -> slice:
-        """Positions of layer ``name`` in the flat vector."""
+        """Positions of layer ``name`` in the flat vector: a ``slice`` of length ``N_A``.
+
+        Raises ``ValueError`` for a name not indexed."""
         i = self.names.index(name)
         return slice(self.offsets[i], self.offsets[i] + self.sizes[i])
 
     def flatten(self, state: Mapping[str, Array]) -> Float[Array, " n"]:
-        """Concatenate ``state[name]`` (unbatched) for the indexed layers."""
+        """Concatenate ``state[name]`` (unbatched) for the indexed layers.
+
+        ``state``: ``{name: array of the layer's shape}`` (other keys ignored); returns ``(N,)``."""
         return jnp.concatenate([jnp.reshape(state[n], (-1,)) for n in self.names])
 
     def unflatten(self, v: Float[Array, " n"]) -> State:
-        """The dict state whose flattening is ``v``."""
+        """The dict state whose flattening is ``v``: the inverse of :meth:`flatten`.
+
+        ``v``: ``(N,)``; returns ``{name: array of the layer's shape}``."""
         return {
             n: jnp.reshape(v[o : o + s], shape)
             for n, shape, o, s in zip(
@@ -90,7 +100,9 @@ class FlatIndex:
         }
 
     def locate(self, i: int) -> tuple[str, tuple[int, ...]]:
-        """``(layer name, neuron index inside the layer's shape)`` of flat position ``i``."""
+        """``(layer name, neuron index inside the layer's shape)`` of flat position ``i``.
+
+        Raises ``IndexError`` unless ``0 ≤ i < N``."""
         if not 0 <= i < self.size:
             raise IndexError(f"flat index {i} out of range for {self.size} neurons")
         k = int(np.searchsorted(np.asarray(self.offsets), i, side="right")) - 1
@@ -98,11 +110,13 @@ class FlatIndex:
         return self.names[k], tuple(int(j) for j in np.unravel_index(local, self.shapes[k]))
 
     def layer_of(self) -> np.ndarray:
-        """For every flat position, the position of its layer in ``names``."""
+        """For every flat position, the position of its layer in ``names``: an integer NumPy
+        array of shape ``(N,)``."""
         return np.repeat(np.arange(len(self.names)), self.sizes)
 
     def labels(self) -> list[str]:
-        """Human-readable names ``layer[i, j]`` of every flat position."""
+        """Human-readable names ``layer[i, j]`` of every flat position: a list of ``N``
+        strings, e.g. to label the rows of a Hessian."""
         out = []
         for i in range(self.size):
             name, idx = self.locate(i)
@@ -121,12 +135,19 @@ def _single_sample(net: HAM, x: Mapping[str, Array]) -> None:
 
 class FlatSystem(eqx.Module):
     """A HAM at a state, seen as the flat Krotov–Hopfield system ``dx/dt = T⁻¹(c(g(x)) + b − x)``
-    on its free layers (clamped layers fixed at their values in ``x``).
+    on its free layers (clamped layers fixed at their values in ``x``; docs/maths.md §1.3).
 
     The currents are those of :class:`hamjax.ClampedDynamics` (``dynamics``), read through
-    :class:`FlatIndex`: every method takes and returns flat vectors over ``index``. A PyTree
-    (``eqx.Module``), so the module-level jitted helpers reuse their compilation for every state
-    of the same network.
+    :class:`FlatIndex`: every method takes and returns flat vectors over ``index``, of length
+    ``N`` (:attr:`n`). A PyTree (``eqx.Module``), so the module-level jitted helpers reuse their
+    compilation for every state of the same network.
+
+    ``FlatSystem(net, x, clamp=...)`` (or :func:`flat_system`): ``x`` one unbatched state
+    (a batch raises ``ValueError``, as does clamping every layer). Fields: ``state`` (the state
+    given, every layer), ``x`` (its free part flattened, ``(N,)``), ``tau`` (``τ`` of every
+    free neuron, the diagonal of ``T``, ``(N,)``), ``bias`` (``b``, the layer biases, zero
+    where a layer has none, ``(N,)``), ``clamp`` (the clamped layer names), ``index`` and
+    ``dynamics``.
     """
 
     dynamics: ClampedDynamics
@@ -162,79 +183,105 @@ class FlatSystem(eqx.Module):
 
     @property
     def net(self) -> HAM:
+        """The :class:`hamjax.HAM` analysed."""
         return self.dynamics.net
 
     @property
     def free(self) -> tuple[str, ...]:
+        """The free layer names, in the HAM's order (the order of :attr:`index`)."""
         return self.dynamics.free
 
     @property
     def clamped_state(self) -> State:
+        """``{name: state}`` of the clamped layers, as given."""
         return {n: self.state[n] for n in self.clamp}
 
     # ------------------------------------------------------------ functions of flat vectors
     @property
     def n(self) -> int:
+        """The number of free neurons ``N``, the length of every flat vector."""
         return self.index.size
 
     def full_state(self, z: Float[Array, " n"]) -> State:
-        """The full dict state: free layers from ``z``, clamped ones as given."""
+        """The full dict state: free layers from ``z``, clamped ones as given.
+
+        ``z``: ``(N,)``; returns ``{name: array of the layer's shape}`` for every layer."""
         return self.dynamics.full_state(self.index.unflatten(z))
 
     def activation(self, z: Float[Array, " n"]) -> Float[Array, " n"]:
-        """``g(x)`` of the free layers."""
+        """``g(x)`` of the free layers (docs/maths.md eq. 7), flat.
+
+        ``z``: ``(N,)``; returns ``(N,)``."""
         return self.index.flatten(self.dynamics.activations(self.index.unflatten(z)))
 
     def lagrangian(self, z: Float[Array, " n"]) -> Array:
-        """``Σ_A L_A(x_A)`` over free layers."""
+        """``L(x) = Σ_A L_A(x_A)`` over the free layers.
+
+        ``z``: ``(N,)``; returns a scalar."""
         s = self.index.unflatten(z)
         return sum(self.net.layers[n].lagrangian_value(s[n]) for n in self.free)
 
     def synapse_energy(self, gz: Float[Array, " n"]) -> Array:
-        """``E_syn(g)`` with the free activations ``gz`` and the clamped ones fixed."""
+        """``E_syn(g) = Σ_s E_s(g)`` with the free activations ``gz`` and the clamped ones fixed
+        (docs/maths.md §2.3). ``gz``: ``(N,)``; returns a scalar."""
         g = {**self.dynamics.clamped_activations, **self.index.unflatten(gz)}
         return sum((self.net.synapse_energy(s, g) for s, _ in self.net.edge_list), jnp.zeros(()))
 
     def currents(self, gz: Float[Array, " n"]) -> Float[Array, " n"]:
-        """``c(g) = −∂E_syn/∂g``: the input currents of the free layers (bias excluded)."""
+        """``c(g) = −∂E_syn/∂g``: the input currents of the free layers (bias excluded;
+        docs/maths.md §1.3). ``gz``: ``(N,)``; returns ``(N,)``."""
         return self.index.flatten(self.dynamics.currents(self.index.unflatten(gz)))
 
     def drive(self, gz: Float[Array, " n"]) -> Float[Array, " n"]:
-        """``c(g) + b``: where the activations ``g`` drive the free states."""
+        """``c(g) + b``: where the activations ``g`` drive the free states (a steady state is
+        ``x = c(g(x)) + b``). ``gz``: ``(N,)``; returns ``(N,)``."""
         return self.index.flatten(self.dynamics.drive(self.index.unflatten(gz)))
 
     def fixed_point_map(self, z: Float[Array, " n"]) -> Float[Array, " n"]:
-        """``x ← c(g(x)) + b``; its fixed points are the steady states."""
+        """``x ← c(g(x)) + b``; its fixed points are the steady states (docs/maths.md §5.1).
+
+        ``z``: ``(N,)``; returns ``(N,)``."""
         return self.index.flatten(self.dynamics.fixed_point_map(self.index.unflatten(z)))
 
     def residual(self, z: Float[Array, " n"]) -> Float[Array, " n"]:
-        """``F(x) = c(g(x)) + b − x`` (the field times τ); zero exactly at steady states."""
+        """``F(x) = c(g(x)) + b − x`` (the field times τ); zero exactly at steady states
+        (docs/maths.md eq. (T1)). ``z``: ``(N,)``; returns ``(N,)``."""
         return self.index.flatten(self.dynamics.residual(self.index.unflatten(z)))
 
     def field(self, z: Float[Array, " n"]) -> Float[Array, " n"]:
-        """``dx/dt = T⁻¹ F(x)`` (equal to ``net.vector_field`` on the free layers)."""
+        """``dx/dt = T⁻¹ F(x)`` (equal to ``net.vector_field`` on the free layers;
+        docs/maths.md §1.3). ``z``: ``(N,)``; returns ``(N,)``."""
         return self.residual(z) / self.tau
 
     def energy(self, z: Float[Array, " n"]) -> Array:
-        """``E(x)`` (docs/maths.md eq. 8 with biases) as a function of the free neurons."""
+        """``E(x)`` (docs/maths.md eq. 8 with biases) as a function of the free neurons.
+
+        ``z``: ``(N,)``; returns a scalar."""
         return self.net.energy(self.full_state(z))
 
     def energies(self, zs: Float[Array, "m n"]) -> Float[Array, " m"]:
-        """``E`` at each row of ``zs``."""
+        """``E`` (docs/maths.md eq. 8) at each row of ``zs``.
+
+        ``zs``: ``(m, N)``; returns ``(m,)``."""
         return jax.vmap(self.energy)(zs)
 
     # ---------------------------------------------------------------- linearisations
     def hessian_mv(self, z: Float[Array, " n"], v: Float[Array, " n"]) -> Float[Array, " n"]:
-        """``H(x) v``: a Jacobian-vector product of the activation (no matrix is formed)."""
+        """``H(x) v``: a Jacobian-vector product of the activation (no matrix is formed).
+
+        ``z``, ``v``: ``(N,)``; returns ``(N,)``."""
         return jax.jvp(self.activation, (z,), (v,))[1]
 
     def dense_lagrangian_hessian(self) -> Array:
-        """``H(x)`` as a dense block-diagonal matrix over the free layers."""
+        """``H(x) = ∂g/∂x`` at the system's own state ``x`` as a dense block-diagonal matrix
+        over the free layers, ``(N, N)`` (diagonal blocks in closed form for elementwise
+        Lagrangians, docs/maths.md eq. 11)."""
         blocks = [_layer_hessian_dense(self.net.layers[n], self.state[n]) for n in self.free]
         return jax.scipy.linalg.block_diag(*blocks)
 
     def coupling_mv(self, gz: Float[Array, " n"], v: Float[Array, " n"]) -> Float[Array, " n"]:
-        """``C(g) v = ∂c/∂g · v``."""
+        """``C(g) v = ∂c/∂g · v``, the coupling ``C = −∂²E_syn/∂g²`` (docs/maths.md §1.3)
+        applied to ``v`` by a Jacobian-vector product. ``gz``, ``v``: ``(N,)``; returns ``(N,)``."""
         return jax.jvp(self.currents, (gz,), (v,))[1]
 
 
@@ -273,7 +320,11 @@ def _fixed_point_hvp(sys: FlatSystem, v: Array) -> Array:
 
 def flat_system(net: HAM, x: Mapping[str, Array], *,
                 clamp: Iterable[str] | str = ()) -> FlatSystem:
-    """The HAM ``net`` at the (unbatched) state ``x`` as a flat system over its free layers."""
+    """The HAM ``net`` at the (unbatched) state ``x`` as a flat system over its free layers
+    (docs/maths.md §1.3), the layers in ``clamp`` held fixed: a :class:`FlatSystem`.
+
+    ``x``: ``{name: array of the layer's shape}``. Raises ``ValueError`` for a batched state or
+    when every layer is clamped."""
     return FlatSystem(net, x, clamp=clamp)
 
 
@@ -301,12 +352,13 @@ def lagrangian_hessian(
     clamp: Iterable[str] | str = (),
     dense: bool = True,
 ):
-    """The Lagrangian Hessian ``H = ∂²L/∂x∂x = ∂g/∂x`` at ``x``.
+    """The Lagrangian Hessian ``H = ∂²L/∂x∂x = ∂g/∂x`` at ``x`` (docs/maths.md §0, §2.1).
 
     With ``layer`` given: that layer's ``(N_A, N_A)`` Hessian (its state flattened in C order).
     Without: the block-diagonal Hessian over all free layers in :class:`FlatIndex` order.
     ``dense=False`` returns a symmetric ``lineax.FunctionLinearOperator`` whose ``mv`` is a
     Jacobian-vector product of the activation, for layers too large to hold ``N²`` numbers.
+    ``x``: one unbatched state (else ``ValueError``); an unknown ``layer`` raises ``KeyError``.
     """
     _single_sample(net, x)
     if layer is not None:
@@ -331,7 +383,10 @@ def lagrangian_hessian(
 
 def coupling(net: HAM, x: Mapping[str, Array], *, clamp: Iterable[str] | str = (), dense=True):
     """``C = ∂c/∂g = −∂²E_syn/∂g²`` at the activations of ``x``: the symmetric coupling ("W" of
-    docs/maths.md §4) that the synapses of ``net`` imply between free neurons."""
+    docs/maths.md §4) that the synapses of ``net`` imply between free neurons.
+
+    ``x``: one unbatched state; returns an ``(N, N)`` matrix in :class:`FlatIndex` order, or a
+    symmetric ``lineax`` operator with ``dense=False``."""
     sys = flat_system(net, x, clamp=clamp)
     gz = _call(sys, "activation", sys.x)
     if dense:
@@ -353,6 +408,9 @@ def energy_hessian(
     ``jvp(grad E)`` when ``dense=False``). With ``at_fixed_point=True`` the closed form of
     docs/maths.md eq. (DN6), ``H − H C H``, which drops the term ``Σ_k ∂H/∂x · F_k`` that
     vanishes at a steady state (so it is exact only there).
+
+    ``x``: one unbatched state; returns an ``(N, N)`` matrix in :class:`FlatIndex` order, or a
+    symmetric ``lineax`` operator (Hessian-vector products) with ``dense=False``.
     """
     sys = flat_system(net, x, clamp=clamp)
     if at_fixed_point:
@@ -368,7 +426,9 @@ def energy_hessian(
 
 def jacobian(net: HAM, x: Mapping[str, Array], *, clamp: Iterable[str] | str = (), dense=True):
     """The Jacobian of the vector field on the free layers, ``∂ẋ/∂x = T⁻¹(C H − I)``
-    (by autodiff of the field: exact for any synapse, e.g. ``C`` state-dependent for Memory)."""
+    (by autodiff of the field: exact for any synapse, e.g. ``C`` state-dependent for Memory;
+    docs/maths.md §4.5). ``x``: one unbatched state; returns an ``(N, N)`` matrix, or a
+    (non-symmetric) ``lineax`` operator with ``dense=False``."""
     sys = flat_system(net, x, clamp=clamp)
     if dense:
         return _jacfwd(sys, "field", sys.x)
@@ -378,7 +438,8 @@ def jacobian(net: HAM, x: Mapping[str, Array], *, clamp: Iterable[str] | str = (
 def hessian(net: HAM, x: Mapping[str, Array], of: str = "energy", *, clamp=()) -> Array:
     """Dense Hessian for small nets: ``of="lagrangian"`` gives ``H`` (block-diagonal over free
     layers), ``of="energy"`` gives ``∇²E``; rows and columns in :class:`FlatIndex` order
-    (``flat_system(net, x, clamp=clamp).index`` maps them back to layers and neurons)."""
+    (``flat_system(net, x, clamp=clamp).index`` maps them back to layers and neurons).
+    Shape ``(N, N)``; another ``of`` raises ``ValueError``."""
     if of == "lagrangian":
         return lagrangian_hessian(net, x, clamp=clamp)
     if of == "energy":
@@ -404,6 +465,9 @@ def lanczos(op, steps: int, *, key=None) -> tuple[Array, Array]:
     reorthogonalisation the extremal Ritz values converge to the extremal eigenvalues without the
     ghost copies plain Lanczos makes; on breakdown (an invariant subspace found) the iteration
     restarts from a fresh random vector orthogonal to the basis, so ``steps = n`` is exact.
+    ``op``: an ``(n, n)`` symmetric matrix (a non-square one raises ``ValueError``) or a
+    symmetric operator on vectors of ``n`` entries; ``steps`` is capped at ``n``; ``key`` draws
+    the start vector (default ``PRNGKey(0)``). Shapes: ``(steps,)`` and ``(n, steps)``.
 
     Written here rather than taken from a library: lineax has no eigensolver, and SciPy's
     ARPACK (``eigsh`` on a ``LinearOperator``) iterates on the host, one device round trip per
@@ -455,7 +519,9 @@ def extremal_eigenvalues(op, num: int = 1, which: str = "largest", steps: int | 
                          *, key=None) -> Array:
     """The ``num`` largest (``which="largest"``) or smallest eigenvalues of a symmetric matrix or
     ``lineax`` operator, matrix-free by Lanczos (:func:`lanczos`, ``steps`` defaulting to
-    ``min(n, max(4·num, 40))``). Largest first for "largest", smallest first for "smallest"."""
+    ``min(n, max(4·num, 40))``). Largest first for "largest", smallest first for "smallest".
+    Returns shape ``(num,)``; another ``which`` raises ``ValueError``. ``key`` as for
+    :func:`lanczos`."""
     n = math.prod(_as_operator(op).in_structure().shape)
     steps = min(n, max(4 * num, 40)) if steps is None else steps
     vals, _ = lanczos(op, steps, key=key)

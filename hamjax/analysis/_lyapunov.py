@@ -32,15 +32,19 @@ __all__ = [
 
 
 def energy_rates(net: HAM, xs: Mapping[str, Array], *, clamp: Iterable[str] | str = ()) -> Array:
-    """``dE/dt`` (eq. 9) at every state of a trajectory ``xs`` (dict of arrays with a leading time
-    axis, then any batch axes); the dynamics are batch-native, so time is just another batch axis.
+    """``dE/dt = −Σ_A τ_A ẋ_Aᵀ H_A ẋ_A`` (docs/maths.md eq. 9) at every state of a trajectory
+    ``xs`` (dict of arrays with a leading time axis, then any batch axes); the dynamics are
+    batch-native, so time is just another batch axis.
+
+    ``xs``: ``{name: (T, *batch, *shape)}``; returns shape ``(T, *batch)``.
     """
     return net.energy_rate(dict(xs), clamp=clamp)
 
 
 def max_energy_increase(energies: Array, axis: int = 0) -> Array:
-    """``max_t (E(t_{k+1}) − E(t_k))`` along ``axis`` (time): ≤ 0 on a Lyapunov trajectory.
-    Per sample when ``energies`` has batch axes after time."""
+    """``max_k (E(t_{k+1}) − E(t_k))`` along ``axis`` (time): ≤ 0 on a Lyapunov trajectory
+    (docs/maths.md eq. 9). Per sample when ``energies`` has batch axes after time:
+    ``(T, *batch)`` gives ``batch``."""
     return jnp.max(jnp.diff(jnp.asarray(energies), axis=axis), axis=axis)
 
 
@@ -58,7 +62,8 @@ def simulate(
     """The trajectory of ``τ_A ẋ_A = −∂E/∂g_A`` from ``x0`` over ``[0, t1]`` at ``n_save`` evenly
     spaced times: :func:`hamjax.relax` with ``FixedTime(t1)``, Tsit5 and an ``rtol``/``atol``
     step-size control. Returns the save times and the states (leading time axis, clamped
-    layers repeated)."""
+    layers repeated): ``(n_save,)`` and ``{name: (n_save, *batch, *shape)}`` (docs/maths.md
+    eq. 5). Raises ``RuntimeError`` when the solve reaches ``max_steps`` before ``t1``."""
     ts = jnp.linspace(0.0, t1, n_save)
     sol = relax(net, x0, clamp=clamp, stop=FixedTime(t1), save="trajectory", save_ts=ts,
                 stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
@@ -74,7 +79,11 @@ def simulate(
 @dataclasses.dataclass(frozen=True)
 class LyapunovCheck:
     """Result of :func:`check_lyapunov`: ``ok`` when the energy never rose by more than the
-    tolerance between saved states and ``dE/dt`` never exceeded it; the evidence alongside."""
+    tolerance between saved states and ``dE/dt`` never exceeded it; the evidence alongside.
+
+    ``max_increase`` (the largest rise of ``E`` between saved states), ``max_rate`` (the largest
+    ``dE/dt``, eq. 9 of docs/maths.md), ``tolerance`` (``atol + rtol·max|E|``), and the
+    ``times`` ``(T,)``, ``energies`` and ``rates`` ``(T, *batch)`` they come from."""
 
     ok: bool
     max_increase: float
@@ -105,7 +114,9 @@ def check_lyapunov(
     :func:`simulate`) or along a given ``trajectory = (times, states)``.
 
     Passes when ``max ΔE`` and ``max dE/dt`` are both ``≤ atol + rtol·max|E|``: round-off lets a
-    converged trajectory's energy wobble by a few ulps, never by more."""
+    converged trajectory's energy wobble by a few ulps, never by more (docs/maths.md eq. 9).
+    ``trajectory``: ``(times (T,), {name: (T, *batch, *shape)})``; ``t1`` and ``n_save`` as for
+    :func:`simulate`. Raises ``ValueError`` with neither ``x0`` nor ``trajectory``."""
     if trajectory is None:
         if x0 is None:
             raise ValueError("check_lyapunov needs an initial state x0 or a trajectory")

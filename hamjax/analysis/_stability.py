@@ -56,7 +56,8 @@ _WORDS = {True: "stable", False: "unstable", None: "undecided"}
 
 @dataclasses.dataclass(frozen=True)
 class StabilityReport:
-    """The verdict on a steady state and the evidence for it.
+    """The verdict on a steady state and the evidence for it, as returned by :func:`stability`
+    (docs/maths.md §4.5). ``N`` is the number of free neurons.
 
     * ``stable``: True, False, or None when undecided; ``reason`` says why.
     * ``spectrum``: eigenvalues of the Jacobian restricted to ``range(H)`` (real when ``H ⪰ 0``),
@@ -67,6 +68,8 @@ class StabilityReport:
     * ``flat_directions``: ``(N, m)`` flat directions of the energy in ``range(H)`` (not dead
       neurons), flat over the free layers; ``index`` maps rows back to layers and neurons.
     * ``residual``: ``max|F(x*)|``, how far ``x*`` is from being a steady state.
+    * ``hessian_psd``: whether every Lagrangian Hessian is positive definite on its range (the
+      energy is then a Lyapunov function and the spectrum real).
     * ``jacobian_spectrum``: all eigenvalues of the full Jacobian (``dense=True`` only).
     """
 
@@ -114,7 +117,10 @@ def stability(
     which an eigenvalue counts as zero (relative to ``max(1/τ, |spectrum|)``); ``steady_tol``
     bounds ``max|F(x*)| / (1 + max|x*|)`` for ``x_star`` to count as a steady state.
     ``dense=False`` never forms an ``N×N`` matrix: it finds the largest eigenvalues of the
-    symmetrised Jacobian ``T^{-1/2}(H^{1/2} C H^{1/2} − I)T^{-1/2}`` matrix-free (needs ``H ⪰ 0``).
+    symmetrised Jacobian ``T^{-1/2}(H^{1/2} C H^{1/2} − I)T^{-1/2}`` matrix-free (needs ``H ⪰ 0``,
+    else ``ValueError``). ``x_star``: one unbatched state. Returns a :class:`StabilityReport`
+    whose ``stable`` is None when ``x_star`` is not a steady state or a zero eigenvalue leaves
+    the linearisation undecided.
     """
     sys = flat_system(net, x_star, clamp=clamp)
     dn = dead_neurons(net, x_star, clamp=clamp, rtol=rtol)
@@ -250,9 +256,11 @@ def _lanczos_spectrum(net: HAM, sys, dn: DeadNeurons, gz: Array, num: int = 6) -
 
 @dataclasses.dataclass(frozen=True)
 class RecoveredState:
-    """Proposition 4.3: ``state`` is the steady state ``x* = c(g(x̃)) + b`` (clamped layers kept);
+    """Proposition 4.3 (docs/maths.md §4.6), as returned by :func:`recover_steady_state`:
+    ``state`` is the steady state ``x* = c(g(x̃)) + b`` (clamped layers kept);
     ``projected`` the same by the projector form ``(I − P)x̃ + P(c(g(x̃)) + b)``; ``projector`` the
-    dense ``P`` onto ``ker H(x̃)`` (flat free coordinates); ``residual`` is ``max|F(x*)|``."""
+    dense ``P`` onto ``ker H(x̃)`` (flat free coordinates, ``(N, N)``); ``residual`` is
+    ``max|F(x*)|``; ``dead`` the :class:`DeadNeurons` at ``x̃``."""
 
     state: dict[str, Array]
     projected: dict[str, Array]
@@ -273,7 +281,8 @@ def recover_steady_state(
     Minimising ``E`` fixes only the live part of the state: along dead directions ``E`` is flat and
     the minimiser may sit anywhere (e.g. ``x̃_0 = −42`` where the steady state has
     ``x*_0 = −1``). One fixed-point step ``x* = c(g(x̃)) + b`` restores it, since
-    ``g(x*) = g(x̃)``."""
+    ``g(x*) = g(x̃)``. ``x_tilde``: one unbatched state; ``rtol`` is the dead-neuron tolerance
+    of :func:`dead_neurons`. Returns a :class:`RecoveredState`."""
     sys = flat_system(net, x_tilde, clamp=clamp)
     dn = dead_neurons(net, x_tilde, clamp=clamp, rtol=rtol)
     target = _call(sys, "fixed_point_map", sys.x)
@@ -302,7 +311,10 @@ def minimise_energy(
 ) -> dict[str, Array]:
     """A local minimiser of ``E`` over the free layers, found directly with optimistix (BFGS by
     default) from ``x0``. Dead coordinates have zero gradient, so they stay where ``x0`` put them:
-    follow with :func:`recover_steady_state` to get the dynamical steady state."""
+    follow with :func:`recover_steady_state` to get the dynamical steady state (docs/maths.md
+    §4.6). ``x0``: a state (any batch axes; samples are minimised together, their energies
+    summed); returns the full state, same shapes, clamped layers unchanged. ``solver``: an
+    optimistix minimiser (default ``BFGS(rtol, atol)``), at most ``max_steps`` steps."""
     dyn = net.dynamics(x0, clamp=clamp)
     solver = optx.BFGS(rtol=rtol, atol=atol) if solver is None else solver
     sol = _minimise(dyn, dyn.free_state(x0), solver, max_steps)

@@ -21,13 +21,16 @@ from ._binary import classical_hopfield, dense_associative_memory, sign_update
 
 # ----------------------------------------------------------------------------- patterns
 def random_patterns(num_patterns: int, num_neurons: int, *, key) -> Array:
-    """``K`` independent uniform ±1 patterns of ``N`` bits, shape ``(K, N)``, float32."""
+    """``K = num_patterns`` independent uniform ±1 patterns of ``N = num_neurons`` bits, drawn
+    from the PRNG key ``key``: shape ``(K, N)``, float32 (the patterns of docs/maths.md §6)."""
     return jnp.where(jax.random.bernoulli(key, 0.5, (num_patterns, num_neurons)), 1.0, -1.0)
 
 
 def flip_bits(patterns: Array, num_flips: int, *, key) -> Array:
     """Flip exactly ``num_flips`` bits of every pattern (``(*batch, N)``), at positions drawn
-    independently from ``key``."""
+    independently for every pattern from the PRNG key ``key``; returns the same shape.
+
+    Raises ``ValueError`` unless ``0 ≤ num_flips ≤ N``."""
     patterns = jnp.asarray(patterns)
     n = patterns.shape[-1]
     if num_flips == 0:
@@ -41,7 +44,10 @@ def flip_bits(patterns: Array, num_flips: int, *, key) -> Array:
 
 
 def overlap(sigma: Array, patterns: Array) -> Array:
-    """``m = σ·ξ / N`` row by row (1 when ``σ = ξ``)."""
+    """The overlap ``m = σ·ξ / N`` row by row (1 when ``σ = ξ``, −1 when ``σ = −ξ``; the
+    normalised overlap ``ξ_μ·σ`` of docs/maths.md §6.2).
+
+    ``sigma`` and ``patterns``: ``(*batch, N)``; returns shape ``batch``."""
     return jnp.sum(sigma * patterns, axis=-1) / sigma.shape[-1]
 
 
@@ -82,7 +88,9 @@ def retrieve(model, sigma0: Array, *, steps: int | None = 1, mode: str = "sync",
     changes (a fixed point) or ``max_steps`` updates (asynchronous sweeps reach a fixed point;
     synchronous updates may 2-cycle). ``chunk`` bounds memory: samples are processed
     ``chunk`` at a time (a dense associative memory needs ``O(chunk·K·N)``).
-    Returns ``(σ, number of updates, reached a fixed point)``."""
+    Returns ``(σ, number of updates, reached a fixed point)``: ``σ`` of shape ``(B, N)``, the
+    count a scalar, the flag a scalar (True when the last update changed nothing). ``mode``
+    and ``key`` are those of :func:`sign_update`."""
     sigma0 = jnp.asarray(sigma0, dtype=jnp.float32)
     limit = max_steps if steps is None else int(steps)
     s, t, fixed = _iterate(model, sigma0, limit, mode, key, chunk)
@@ -92,7 +100,10 @@ def retrieve(model, sigma0: Array, *, steps: int | None = 1, mode: str = "sync",
 def relax_retrieve(net, x0: Array, *, layer: str = "image", binarize: bool = True, **relax_kw):
     """Retrieve with a continuous HAM: relax ``net`` (:func:`hamjax.relax`, diffrax) from
     ``x0`` placed in ``layer`` (other layers start at zero) and read out the sign of that
-    layer's activation (or the activation itself when ``binarize`` is False)."""
+    layer's activation (or the activation itself when ``binarize`` is False).
+
+    ``x0``: ``(*batch, *layer shape)``; ``relax_kw`` go to :func:`hamjax.relax`. Returns
+    ``(readout, relaxation)``: the readout of ``x0``'s shape and the :class:`hamjax.Relaxation`."""
     x0 = jnp.asarray(x0, dtype=jnp.float32)
     batch = x0.shape[: x0.ndim - net.layers[layer].ndim]
     state = net.init_state(batch)
@@ -105,7 +116,10 @@ def relax_retrieve(net, x0: Array, *, layer: str = "image", binarize: bool = Tru
 def one_step_errors(model, patterns: Array, probe: int | None = None,
                     chunk: int | None = None) -> Array:
     """Per probed pattern, the number of bits that one synchronous update from the stored
-    pattern flips (the first ``probe`` patterns; all when None). Bit-error rate = mean / N."""
+    pattern flips (the first ``probe`` patterns; all when None). Bit-error rate = mean / N,
+    to compare with docs/maths.md eq. (C3).
+
+    ``patterns``: ``(K, N)``; returns an integer array of shape ``(probe,)`` (``(K,)``)."""
     xi = patterns if probe is None else patterns[:probe]
     s, _, _ = retrieve(model, xi, steps=1, chunk=chunk)
     return jnp.sum(s != xi, axis=-1)
@@ -117,8 +131,11 @@ def recovery(model, patterns: Array, *, flips: int = 0, probe: int | None = None
     """Store-corrupt-retrieve: flip ``flips`` bits of (the first ``probe``) stored patterns,
     retrieve, and call a pattern recovered when at most ``tolerance·N`` of its bits are wrong.
 
-    Returns a dict of numpy arrays: ``recovered`` (bool per probe), ``errors`` (wrong bits per
-    probe), ``overlap`` and ``fraction`` (the recovered fraction)."""
+    Returns a dict: ``recovered`` (bool), ``errors`` (wrong bits) and ``overlap``, NumPy arrays
+    of shape ``(probe,)``, and ``fraction`` (the recovered fraction, a float). ``steps``,
+    ``mode``, ``max_steps`` and ``chunk`` are those of :func:`retrieve` (default: asynchronous
+    sweeps to a fixed point). ``key`` (a PRNG key) draws the flips and the update order;
+    flipping bits without one raises ``ValueError``."""
     if flips and key is None:
         raise ValueError(f"recovery needs a PRNG key, key=, to flip {flips} bits")
     xi = patterns if probe is None else patterns[:probe]
@@ -135,7 +152,10 @@ def recovery(model, patterns: Array, *, flips: int = 0, probe: int | None = None
 
 def make_memory(kind: str, patterns: Array, n: int = 3):
     """``"hebbian"`` (classical Hopfield), ``"poly"`` (rectified ``x^n``), ``"poly_plain"``
-    (non-rectified ``x^n``) or ``"exp"`` dense associative memory of ``patterns``."""
+    (non-rectified ``x^n``) or ``"exp"`` dense associative memory of ``patterns``.
+
+    ``patterns``: ``(K, N)``. Returns a :class:`BinaryHopfield` or
+    :class:`DenseAssociativeMemory`; an unknown ``kind`` raises ``ValueError``."""
     if kind == "hebbian":
         return classical_hopfield(patterns)
     if kind == "poly":
@@ -157,7 +177,10 @@ def capacity_curve(kind: str, num_neurons: int, num_patterns: Sequence[int], *,
     For each ``K`` in ``num_patterns`` and each trial, draw ``K`` random ±1 patterns of
     ``num_neurons`` bits (or take the first ``K`` rows of ``patterns``), store them
     (:func:`make_memory`), measure :func:`recovery` on ``probe`` of them and the one-step
-    bit-error rate. Returns lists keyed ``K``, ``fraction``, ``ber`` and ``mean_errors``."""
+    bit-error rate. Returns lists keyed ``K``, ``fraction``, ``ber`` and ``mean_errors`` (one
+    entry per ``K``, means over the trials), with ``kind``, ``N`` and ``n``: the measurements to
+    put beside :func:`snr_bit_error_rate` and the capacities of docs/maths.md §6. The other
+    keywords are those of :func:`recovery`; ``key`` (a PRNG key) draws everything."""
     out = {"kind": kind, "N": num_neurons, "n": n, "K": [], "fraction": [], "ber": [],
            "mean_errors": []}
     for k_count in num_patterns:

@@ -23,7 +23,11 @@ def _image_batch(x, what: str) -> np.ndarray:
 def random_shift(x, max_shift: int, rng) -> np.ndarray:
     """Translate each image of ``x`` (``(n, H, W)`` or ``(n, H, W, C)``) by its own random
     offset of ``−max_shift … max_shift`` pixels along each axis, filling with zeros:
-    the classical augmentation of MNIST-like data (pen strokes move, labels do not)."""
+    the classical augmentation of MNIST-like data (pen strokes move, labels do not).
+
+    ``rng``: a ``np.random.Generator`` or an integer seed. Returns a new array of ``x``'s shape;
+    raises :class:`DataError` for a batch that is not images, a negative ``max_shift`` or one
+    not smaller than the image."""
     x = _image_batch(x, "random_shift")
     s = int(max_shift)
     if s < 0 or s >= min(x.shape[1:3]):
@@ -50,7 +54,9 @@ def random_affine(x, rng, max_rotation: float = 0.0, max_zoom: float = 0.0) -> n
     distortions, without the shear).
 
     Output pixel ``p`` (relative to the centre ``((H−1)/2, (W−1)/2)``) reads the input at
-    ``R(−θ) p / zoom``.
+    ``R(−θ) p / zoom``. ``rng``: a ``np.random.Generator`` or an integer seed. Returns a new
+    array of ``x``'s shape; raises :class:`DataError` for a batch that is not images,
+    ``max_rotation`` outside ``[0, 180]`` or ``max_zoom`` outside ``[0, 1)``.
     """
     x = _image_batch(x, "random_affine")
     if not (0.0 <= max_rotation <= 180.0 and 0.0 <= max_zoom < 1.0):

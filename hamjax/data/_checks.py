@@ -11,11 +11,16 @@ import numpy as np
 
 
 class DataError(ValueError):
-    """A data file, array or argument is not what was expected; the message says what was."""
+    """A data file, array or argument is not what was expected; the message says what was.
+
+    Raised throughout :mod:`hamjax.data`, naming the file or argument and what was expected. A
+    ``ValueError``."""
 
 
 class DataFileNotFoundError(DataError, FileNotFoundError):
-    """A data file or directory does not exist; the message lists the names looked for."""
+    """A data file or directory does not exist; the message lists the names looked for.
+
+    Both a :class:`DataError` and a ``FileNotFoundError``, so either ``except`` catches it."""
 
 
 def as_rng(rng, what: str = "rng") -> np.random.Generator:

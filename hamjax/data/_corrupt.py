@@ -45,7 +45,9 @@ def _random_elements(shape, fraction: float, rng: np.random.Generator) -> np.nda
 def gaussian_noise(x, sigma: float, rng, clip: bool = True) -> Corrupted:
     """``x + sigma * N(0, 1)`` elementwise, clipped to ``[0, 1]`` when ``clip``.
 
-    ``mask`` is all ``True`` for ``sigma > 0`` (every value is perturbed), all ``False`` for 0.
+    ``x``: ``(n, ...)``; ``rng``: a ``np.random.Generator`` or an integer seed. ``mask`` is all
+    ``True`` for ``sigma > 0`` (every value is perturbed), all ``False`` for 0. Raises
+    :class:`DataError` for a negative ``sigma`` or a missing ``rng``.
     """
     x = as_batch(x, "gaussian_noise")
     sigma = float(sigma)
@@ -62,7 +64,10 @@ def gaussian_noise(x, sigma: float, rng, clip: bool = True) -> Corrupted:
 def salt_and_pepper(x, fraction: float, rng) -> Corrupted:
     """Set exactly ``round(fraction * D)`` values of each example (``D`` values each) to 0 or 1,
     each with probability 1/2. ``mask`` marks the chosen values (some may keep their value when
-    it was already 0 or 1)."""
+    it was already 0 or 1).
+
+    ``x``: ``(n, ...)``; ``rng``: a ``np.random.Generator`` or an integer seed. Raises
+    :class:`DataError` for a fraction outside ``[0, 1]`` or a missing ``rng``."""
     x = as_batch(x, "salt_and_pepper")
     fraction = as_fraction(fraction, "salt_and_pepper")
     rng = as_rng(rng)
@@ -74,7 +79,10 @@ def salt_and_pepper(x, fraction: float, rng) -> Corrupted:
 
 def mask_random(x, fraction: float, rng, fill: float = 0.0) -> Corrupted:
     """Hide exactly ``round(fraction * D)`` values of each example (``D`` values each), chosen
-    uniformly, by setting them to ``fill``. ``mask`` marks the hidden values."""
+    uniformly, by setting them to ``fill``. ``mask`` marks the hidden values.
+
+    ``x``: ``(n, ...)``; ``rng``: a ``np.random.Generator`` or an integer seed. Raises
+    :class:`DataError` for a fraction outside ``[0, 1]`` or a missing ``rng``."""
     x = as_batch(x, "mask_random")
     fraction = as_fraction(fraction, "mask_random")
     mask = _random_elements(x.shape, fraction, as_rng(rng))
@@ -82,6 +90,7 @@ def mask_random(x, fraction: float, rng, fill: float = 0.0) -> Corrupted:
 
 
 REGIONS = ("bottom_half", "top_half", "left_half", "right_half", "center")
+"""The named regions :func:`mask_region` hides: halves of the image and the central box."""
 
 
 def mask_region(x, region="bottom_half", fill: float = 0.0, image_shape=None) -> Corrupted:
@@ -92,7 +101,9 @@ def mask_region(x, region="bottom_half", fill: float = 0.0, image_shape=None) ->
     ``"bottom_half"`` (rows ``H // 2`` to ``H``), ``"top_half"``, ``"left_half"``,
     ``"right_half"``, ``"center"`` (the central ``H // 2 × W // 2`` box), or a tuple
     ``(top, left, height, width)`` in pixels that lies inside the image. All channels of a
-    hidden pixel are hidden. ``mask`` is ``True`` on the hidden values.
+    hidden pixel are hidden. ``mask`` is ``True`` on the hidden values. Raises
+    :class:`DataError` for an unknown region, a box outside the image, or a batch that is not
+    images.
     """
     x = as_batch(x, "mask_region")
     flat_shape = None
@@ -134,6 +145,8 @@ def mask_region(x, region="bottom_half", fill: float = 0.0, image_shape=None) ->
 
 
 CORRUPTIONS = ("gaussian", "salt_and_pepper", "mask_random", "mask_region", "mask_bottom")
+"""The corruption kinds :func:`corrupt` dispatches on (and the tasks of :mod:`hamjax.train`
+accept)."""
 
 
 def corrupt(x, kind: str, level, rng=None, *, fill: float = 0.0, image_shape=None) -> Corrupted:
@@ -149,7 +162,9 @@ def corrupt(x, kind: str, level, rng=None, *, fill: float = 0.0, image_shape=Non
     ``mask_bottom``       fraction of image rows hidden from the bottom          no
     ====================  =====================================================  ===========
 
-    ``image_shape`` lets the region masks work on flat ``(n, D)`` batches.
+    ``image_shape`` lets the region masks work on flat ``(n, D)`` batches; ``fill`` is the value
+    of hidden entries. Returns a :class:`Corrupted` pair; raises :class:`DataError` for an
+    unknown ``kind`` (the kinds are :data:`CORRUPTIONS`) or a bad level.
     """
     if kind == "gaussian":
         return gaussian_noise(x, level, rng)

@@ -52,10 +52,12 @@ class Dataset:
 
     @property
     def num_train(self) -> int:
+        """The number of training examples, ``n_train``."""
         return len(self.x_train)
 
     @property
     def num_test(self) -> int:
+        """The number of test examples, ``n_test``."""
         return len(self.x_test)
 
     @property
@@ -64,13 +66,17 @@ class Dataset:
         return math.prod(self.image_shape)
 
     def flat(self) -> Dataset:
-        """The same data with images flattened to ``(n, H * W * C)``; ``image_shape`` is kept."""
+        """The same data with images flattened to ``(n, H * W * C)``; ``image_shape`` is kept.
+
+        Returns a new :class:`Dataset` (labels shared, images reshaped)."""
         return dataclasses.replace(
             self, x_train=flatten(self.x_train), x_test=flatten(self.x_test)
         )
 
     def images(self) -> Dataset:
-        """The same data with images in their ``(n, *image_shape)`` shape (undoes :meth:`flat`)."""
+        """The same data with images in their ``(n, *image_shape)`` shape (undoes :meth:`flat`).
+
+        Returns a new :class:`Dataset` (labels shared, images reshaped)."""
         return dataclasses.replace(
             self,
             x_train=unflatten(self.x_train, self.image_shape),
@@ -84,7 +90,9 @@ class Dataset:
 
 
 def flatten(x) -> np.ndarray:
-    """``(n, ...)`` → ``(n, D)`` with ``D`` the product of the trailing dimensions."""
+    """``(n, ...)`` → ``(n, D)`` with ``D`` the product of the trailing dimensions.
+
+    Returns a NumPy array (a view where possible); raises :class:`DataError` for a scalar."""
     x = np.asarray(x)
     if x.ndim < 1:
         raise DataError(f"flatten needs a batch (n, ...); got a scalar of shape {x.shape}")
@@ -92,7 +100,10 @@ def flatten(x) -> np.ndarray:
 
 
 def unflatten(x, image_shape) -> np.ndarray:
-    """``(n, D)`` (or ``(n, *image_shape)``) → ``(n, *image_shape)``."""
+    """``(n, D)`` (or ``(n, *image_shape)``) → ``(n, *image_shape)``.
+
+    Returns a NumPy array; raises :class:`DataError` when an example does not hold
+    ``prod(image_shape)`` values."""
     x = np.asarray(x)
     image_shape = tuple(int(s) for s in image_shape)
     if x.ndim < 1 or math.prod(x.shape[1:]) != math.prod(image_shape):
@@ -102,7 +113,10 @@ def unflatten(x, image_shape) -> np.ndarray:
 
 
 def one_hot(y, num_classes: int, dtype=np.float32) -> np.ndarray:
-    """Class indices ``(...)`` in ``[0, num_classes)`` → one-hot ``(..., num_classes)``."""
+    """Class indices ``(...)`` in ``[0, num_classes)`` → one-hot ``(..., num_classes)``.
+
+    ``dtype`` (default ``float32``) is the output's. Raises :class:`DataError` for non-integer
+    labels, a non-positive ``num_classes`` or a label outside ``[0, num_classes)``."""
     y = as_labels(y, "y")
     if num_classes < 1:
         raise DataError(f"num_classes must be positive; got {num_classes}")
@@ -124,7 +138,11 @@ def from_arrays(x_train, y_train, x_test=None, y_test=None, *, test_fraction: fl
     ``y``: integer class indices ``>= 0``, shape ``(n,)``; ``num_classes`` defaults to the
     largest label plus one.
     Without ``x_test``/``y_test`` the training arrays are split by :func:`split_indices`
-    (``test_fraction``, ``seed``, ``stratify``).
+    (``test_fraction``, ``seed``, ``stratify``). ``name`` names the dataset.
+
+    Raises :class:`DataError` for a bad shape, an empty array, non-finite or out-of-range
+    values, labels that do not match the images, only one of ``x_test``/``y_test``, or a label
+    not below ``num_classes``.
     """
     if (x_test is None) != (y_test is None):
         raise DataError("from_arrays: give both x_test and y_test, or neither (then the "

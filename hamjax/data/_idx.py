@@ -43,7 +43,9 @@ def read_idx(path, dtype=None, ndim: int | None = None) -> np.ndarray:
     ``0x0C`` int32, ``0x0D`` float32, ``0x0E`` float64), the number of dimensions, one
     big-endian uint32 per dimension, then the values, big-endian, row-major. With ``dtype``
     and/or ``ndim`` the magic number must say exactly that. The data must be exactly as long
-    as the dimensions require. Returns an array in native byte order.
+    as the dimensions require. Returns an array in native byte order. Raises
+    :class:`DataFileNotFoundError` for a missing file and :class:`DataError` for a malformed one
+    (magic number, truncation, trailing data, a corrupt gzip stream).
     """
     path = Path(path)
     if not path.is_file():
@@ -97,7 +99,8 @@ def read_idx(path, dtype=None, ndim: int | None = None) -> np.ndarray:
 def write_idx(path, array, compress: bool | None = None) -> Path:
     """Write ``array`` (uint8, int8, int16, int32, float32 or float64; at least 1-D) as an IDX
     file, gzip-compressed when ``compress`` is true or, by default, when ``path`` ends in
-    ``.gz``. The file is written under a temporary name and renamed, so it appears whole."""
+    ``.gz``. The file is written under a temporary name and renamed, so it appears whole.
+    Returns the path; raises :class:`DataError` for an unsupported dtype or shape."""
     path = Path(path)
     array = np.asarray(array)
     code = _idx_code(array.dtype)

@@ -19,6 +19,7 @@ from ._idx import read_idx
 from ._split import split_indices
 
 DATASETS = ("digits", "mnist")
+"""The dataset names :func:`load_dataset` accepts."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -49,6 +50,8 @@ MNIST_FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
+"""The standard names of MNIST's four IDX files, which :func:`load_mnist` looks for (each may
+also end in ``.gz``)."""
 
 
 def _find_mnist_file(data_dir: Path, base: str) -> Path:

@@ -16,6 +16,8 @@ def split_indices(y, test_fraction: float = 0.2, seed: int = 0, stratify: bool =
     contributes in proportion to its size (largest remainders decide the rounding), so class
     proportions agree between the parts to within one example per class. Both index arrays are
     in a shuffled order. The same ``(y, test_fraction, seed)`` always gives the same split.
+    ``y``: ``(n,)`` integer labels. Raises :class:`DataError` for ``test_fraction`` outside
+    ``(0, 1)`` or one that leaves either part empty.
     """
     # Not scikit-learn's train_test_split: it refuses a class of one example, and fewer test
     # (or training) examples than classes, where the proportional quota below is still well
@@ -57,7 +59,10 @@ def batches(x, y=None, batch_size: int = 128, seed: int = 0, epoch: int = 0,
     The order is a permutation drawn from ``(seed, epoch)``: the same pair always gives the same
     batches, and each epoch a different order. ``y`` may be ``None`` (then ``y_batch`` is
     ``None``). The last, smaller batch is dropped when ``drop_last``. With ``shuffle=False``
-    the examples come in their stored order.
+    the examples come in their stored order. ``x``: ``(n, ...)``, ``y``: ``(n, ...)``; batches
+    are ``(batch_size, ...)``. Raises :class:`DataError` (when called, not on the first
+    ``next``) for mismatched lengths, a non-positive ``batch_size`` or a negative
+    ``seed``/``epoch``.
     """
     x = np.asarray(x)
     if x.ndim < 1:

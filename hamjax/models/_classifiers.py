@@ -30,7 +30,8 @@ def dense_classifier(
 ) -> HAM:
     """``image (Identity) —W₁— hidden (ReLU, bias) —W₂— label (Softmax β=4, bias)``.
 
-    With the image clamped the steady state is ``h = W₁g_v + W₂ᵀ g_ℓ + b_h``,
+    With the image clamped the steady state (docs/maths.md eq. (T1), §4.1) is
+    ``h = W₁g_v + W₂ᵀ g_ℓ + b_h``,
     ``ℓ = W₂ g_h + b_ℓ``: a one-hidden-layer perceptron with symmetric feedback, read out as the
     label activations ``softmax(βℓ)`` (probabilities: train with ``Classification(loss_kind=
     "nll")``). The softmax keeps the top-down current ``W₂ᵀ g_ℓ`` bounded, so with the ReLU's
@@ -38,7 +39,9 @@ def dense_classifier(
     settles (an identity label layer lets the hidden–label loop run away).
 
     Shapes: ``image_shape`` (any), ``hidden`` neurons, ``num_classes`` labels; ``W₁`` and ``W₂``
-    are drawn from ``key``."""
+    are drawn from ``key``. ``hidden_lagrangian``/``label_lagrangian`` replace the ReLU and
+    Softmax(4) Lagrangians, ``tau_hidden``/``tau_label`` the time constants (default 1).
+    :func:`deep_dense_classifier` with one hidden layer named ``"hidden"``."""
     return deep_dense_classifier(
         image_shape, num_classes, (hidden,), key=key,
         hidden_lagrangian=hidden_lagrangian, label_lagrangian=label_lagrangian,
@@ -60,7 +63,11 @@ def deep_dense_classifier(
 ) -> HAM:
     """A chain ``image — hidden₁ — … — hiddenₖ — label`` of dense synapses ``"w1", "w2", …``
     (docs/maths.md eq. 5), ``W_A: (N_A, N_{A−1})`` drawn from ``key``; hidden layers ReLU with a
-    bias, the label Softmax(4) with a bias, unless other Lagrangians are given."""
+    bias, the label Softmax(4) with a bias, unless other Lagrangians are given.
+
+    ``hidden``: the hidden layer sizes; ``names``: their names (default ``"hidden1"``, …);
+    ``tau_hidden``/``tau_label``: time constants. The image layer (Identity, ``image_shape``)
+    is meant to be clamped: :class:`hamjax.train.Classification` does."""
     hidden = tuple(hidden)
     names = (tuple(names) if names is not None
              else tuple(f"hidden{i + 1}" for i in range(len(hidden))))
@@ -98,7 +105,11 @@ def conv_classifier(
     is the adjoint of average pooling, both by autodiff, so the energy is a Lyapunov function.
 
     Shapes: ``image_shape = (H, W, C)``; the kernel ``(kernel_size, kernel_size, C, channels)``
-    and the readout are drawn from ``key``; ``pool = 1`` leaves the pooling layer out."""
+    and the readout are drawn from ``key``; ``pool = 1`` leaves the pooling layer out. Layers
+    ``"image"`` (Identity), ``"features"`` (``feature_lagrangian``, default ``Softmax(beta,
+    axis=-1)``, with a bias), ``"pooled"`` (Identity; only when ``pool > 1``) and ``"label"``
+    (Softmax(4), with a bias); synapses ``"conv"``, ``"pool"`` (when ``pool > 1``) and
+    ``"readout"``. Raises ``ValueError`` when ``image_shape`` is not ``(H, W, C)``."""
     image_shape = tuple(image_shape)
     if len(image_shape) != 3:
         raise ValueError(f"conv_classifier needs images (H, W, C), got shape {image_shape}")
@@ -141,7 +152,10 @@ def memory_model(
     over the memories, ``v ← ξᵀ softmax(β ξ v)``. With ``similarity="distance"``,
     ``E = −(1/β) logsumexp(−β/2 |ξ − v|²)``: retrieval of the nearest memory.
 
-    ``ξ`` has shape ``(K, *image_shape)``: the given ``patterns``, or drawn from ``key``."""
+    ``ξ`` has shape ``(K, *image_shape)`` (``K = num_memories``): the given ``patterns``, or drawn
+    from ``key`` (``ValueError`` when neither is given). One layer ``"image"`` and one synapse
+    ``"memory"``; ``hidden_lagrangian`` replaces ``L_h = Softmax(beta)`` (e.g. ``RePU(n)``, the
+    dense associative memory)."""
     if key is None and patterns is None:
         raise ValueError("memory_model needs a PRNG key, key=, to draw its memories, or "
                          "patterns= given")

@@ -1,4 +1,8 @@
-"""An Energy-Transformer block (Hoover et al. 2023) on image patches, and the patch helpers."""
+"""An Energy-Transformer block (Hoover et al. 2023) on image patches, and the patch helpers.
+
+The block is a HAM of one token layer with two synapse energies (docs/maths.md §2.3): energy
+attention (:class:`hamjax.synapses.Attention`) and a token-wise Hopfield memory
+(:class:`hamjax.synapses.TokenMemory`)."""
 
 from __future__ import annotations
 
@@ -16,7 +20,9 @@ from ..synapses import Attention, TokenMemory
 
 def patchify(images, patch_size: int) -> Array:
     """``(*batch, H, W, C)`` images → ``(*batch, T, p·p·C)`` tokens, ``T = (H/p)(W/p)``, patches
-    in row-major order, each flattened as ``(p, p, C)``."""
+    in row-major order, each flattened as ``(p, p, C)``; ``p = patch_size``.
+
+    Raises ``ValueError`` when ``H`` or ``W`` is not a multiple of ``p``."""
     x = jnp.asarray(images)
     *batch, h, w, c = x.shape
     p = int(patch_size)
@@ -29,7 +35,9 @@ def patchify(images, patch_size: int) -> Array:
 
 def unpatchify(tokens, image_shape: Sequence[int], patch_size: int) -> Array:
     """The inverse of :func:`patchify`: ``(*batch, T, p·p·C)`` tokens → ``(*batch, H, W, C)``
-    images of ``image_shape = (H, W, C)``."""
+    images of ``image_shape = (H, W, C)``.
+
+    ``p = patch_size``; ``T`` must be ``(H/p)(W/p)``."""
     h, w, c = image_shape
     p = int(patch_size)
     t = jnp.asarray(tokens)
@@ -55,7 +63,10 @@ def energy_transformer_block(image_shape: Sequence[int] = (8, 8, 1), patch_size:
               or − (1/β_h) Σ_C log Σ_μ exp(β_h ξ_μ·g_C)           (hopfield="softmax")
         τ dx_C/dt = −∂E/∂g_C = (attention + Hopfield currents) − x_C
 
-    ``β`` defaults to ``1/sqrt(head_dim)``; ``num_memories`` to ``4 D``."""
+    ``β`` (``beta``) defaults to ``1/sqrt(head_dim)``; ``num_memories`` to ``4 D``;
+    ``hopfield_beta`` is ``β_h``, ``gamma`` the LayerNorm gain, ``tau`` the time constant. The
+    synapse energies are those of docs/maths.md §2.3, so the energy is a Lyapunov function.
+    Raises ``ValueError`` for a ``hopfield`` other than ``"relu"`` or ``"softmax"``."""
     image_shape = tuple(image_shape)
     toks = patchify(jnp.zeros((1,) + image_shape), patch_size).shape[1:]
     t, d = toks

@@ -39,10 +39,11 @@ def continuous_hopfield(patterns, beta: float = 1.0, *, tau: float = 1.0) -> HAM
 
 def fixed_point_step(net: HAM, x, *, clamp=()):
     """One synchronous fixed-point step of a HAM: ``x_A ← c_A(x) + I_A`` on the free layers
-    (the Euler step of ``τ_A ẋ_A = c_A + I_A − x_A`` with ``dt = τ_A``); ``x`` is a state dict
-    with any leading batch axes. For :func:`modern_hopfield` this is
+    (the Euler step of ``τ_A ẋ_A = c_A + I_A − x_A`` with ``dt = τ_A``; docs/maths.md §5.1);
+    ``x`` is a state dict ``{name: (*batch, *shape)}``, the layers in ``clamp`` held fixed.
+    Returns the full state after the step, same shapes. For :func:`modern_hopfield` this is
     ``v ← ξᵀ softmax(β ξ v)``: attention with queries ``v`` and keys = values = the stored
-    patterns."""
+    patterns (§3.1)."""
     dyn = net.dynamics(x, clamp=clamp)
     return dyn.full_state(dyn.fixed_point_map(dyn.free_state(x)))
 
@@ -55,7 +56,8 @@ def modern_hopfield(patterns, beta: float = 1.0, *, tau: float = 1.0) -> HAM:
         τ dv/dt = ξᵀ softmax(β ξ v) − v;  one update (:func:`fixed_point_step`):
         v ← ξᵀ softmax(β ξ v) = Attention(Q=v, K=ξ, V=ξ) with inverse temperature β
 
-    ``patterns`` has shape ``(K, *pattern_shape)``; the layer has the pattern shape."""
+    ``patterns`` has shape ``(K, *pattern_shape)``; the layer has the pattern shape. ``tau`` is
+    its time constant. Raises ``ValueError`` for patterns with fewer than two axes."""
     xi = _patterns(patterns)
     shape = tuple(xi.shape[1:])
     return HAM(
@@ -74,7 +76,8 @@ def ham_1hidden(xi, beta: float = 1.0, *, adiabatic: bool = False, tau_visible: 
         τ_v dv/dt = ξᵀ f − v,    τ_h dh/dt = ξ v − h
 
     ``adiabatic=True`` eliminates the hidden layer (``h = ξv``): the modern Hopfield network,
-    ``E = ½|v|² − (1/β) log Σ_μ exp(β ξ_μ·v)``."""
+    ``E = ½|v|² − (1/β) log Σ_μ exp(β ξ_μ·v)`` (:func:`modern_hopfield`). ``tau_visible`` and
+    ``tau_hidden`` are the time constants (the hidden layer faster, eq. 12)."""
     xi = _patterns(xi, "xi")
     if adiabatic:
         return modern_hopfield(xi, beta, tau=tau_visible)
@@ -97,7 +100,7 @@ def ham_2hidden(xi, theta, beta: float = 1.0, gamma: float = 1.0, *, adiabatic_t
 
     ``adiabatic_top=True`` eliminates the top layer (``z = Θf``, eq. 19): a
     :class:`~hamjax.synapses.Memory` ``"theta"`` on the hidden layer with energy
-    ``−(1/γ) log Σ_α exp(γ Σ_μ Θ_αμ f_μ)``."""
+    ``−(1/γ) log Σ_α exp(γ Σ_μ Θ_αμ f_μ)``. ``taus = (τ_v, τ_h, τ_z)``."""
     xi, theta = _patterns(xi, "xi"), _patterns(theta, "theta")
     k, n = xi.shape
     tv, th, tz = taus
@@ -135,7 +138,9 @@ def ham_conv(kernel, theta, image_shape: Sequence[int], beta: float = 1.0, gamma
             − ⟨f, conv2d(v; ξ, s)⟩ − gᵀ Θ flatten(f)
         τ_v v̇ = conv2d_T(f) − v,  τ_h ḣ = conv2d(v) + reshape(Θᵀg) − h,  τ_z ż = Θ flatten(f) − z
 
-    ``adiabatic_top=True`` eliminates ``"top"`` (eq. 23) into a Memory on the features."""
+    ``adiabatic_top=True`` eliminates ``"top"`` (eq. 23) into a Memory on the features.
+    ``image_shape = (N, N, C)`` (any ``(H, W, C)``), ``stride`` is ``s``, ``taus = (τ_v, τ_h,
+    τ_z)``. Raises ``ValueError`` for a kernel that is not 4-d."""
     image_shape = tuple(image_shape)
     kernel = jnp.asarray(kernel, dtype=jnp.result_type(float))
     if kernel.ndim != 4:
@@ -165,7 +170,9 @@ def deep_dense_ham(sizes: Sequence[int] = (64, 128, 64, 10), *,
 
     Defaults: Identity on the input layer, Softmax(β) on the others, ``τ_A = 1, ½, ¼, …``
     (higher layers faster, eq. 12). The matrices are the given ``weights``, else drawn from
-    ``key``."""
+    ``key``. ``sizes``: the layer sizes ``N_0, N_1, …`` (at least two); ``lagrangians`` and
+    ``taus``: one per layer. Raises ``ValueError`` for fewer than two layers, the wrong number
+    of weights, or neither ``weights`` nor ``key``."""
     sizes = tuple(int(s) for s in sizes)
     if len(sizes) < 2:
         raise ValueError(f"deep_dense_ham needs at least two layers, got sizes {sizes}")
@@ -195,7 +202,8 @@ def conv_pool_ham(image_shape: Sequence[int] = (8, 8, 1), channels: int = 8,
                   kernel_size: int = 3, stride: int = 1, pool: int = 2, num_top: int = 10, *,
                   beta: float = 1.0, gamma: float = 1.0,
                   taus: Sequence[float] = (1.0, 0.2, 0.2, 0.05), key: PRNGKeyArray) -> HAM:
-    """A convolutional HAM with average pooling (HAM paper §4.3, pooling remark): ``"image"``
+    """A convolutional HAM with average pooling (HAM paper §4.3, pooling remark; docs/maths.md
+    §3.3): ``"image"``
     (Identity, ``(H, W, C)``) —conv ξ— ``"features"`` (Softmax(β) over channels) —avgpool P—
     ``"pooled"`` (Identity) —Θ— ``"top"`` (Softmax(γ), ``num_top``), ξ and Θ drawn from
     ``key``::
@@ -203,7 +211,9 @@ def conv_pool_ham(image_shape: Sequence[int] = (8, 8, 1), channels: int = 8,
         E = Σ_A [x_A·g_A − L_A(x_A)] − ⟨f, conv(v)⟩ − ⟨p, P f⟩ − gᵀ Θ flatten(p)
         τ_h ḣ = conv(v) + Pᵀ p − h,   τ_p ṗ = P f + reshape(Θᵀ g) − p,   τ_z ż = Θ p − z
 
-    ``P`` is linear, so its feedback ``Pᵀ`` (autodiff) keeps the energy a Lyapunov function."""
+    ``P`` is linear, so its feedback ``Pᵀ`` (autodiff) keeps the energy a Lyapunov function.
+    ``image_shape = (H, W, C)``; the kernel is ``(kernel_size, kernel_size, C, channels)``,
+    the pooling window ``pool``; ``taus = (τ_v, τ_h, τ_p, τ_z)``."""
     image_shape = tuple(image_shape)
     k1, k2 = jax.random.split(key)
     conv = Conv2D(image_shape[2], channels, kernel_size, stride=stride, key=k1)

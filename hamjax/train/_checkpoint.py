@@ -37,11 +37,19 @@ _RESERVED = ("format", "version", "payload_bytes", "payload_sha256")
 
 
 class CheckpointError(ValueError):
-    """A checkpoint file is missing, unreadable or does not fit the model."""
+    """A checkpoint file is missing, unreadable or does not fit the model.
+
+    Raised for a missing file, a bad header, a truncated or corrupt payload (length or SHA-256
+    mismatch), a file of an older format version, and leaves that do not fit the skeletons. A
+    ``ValueError``."""
 
 
 def save_checkpoint(path, model, opt_state, meta: dict) -> Path:
-    """Atomically write ``(model, opt_state)`` and the JSON-serialisable ``meta`` to ``path``."""
+    """Atomically write ``(model, opt_state)`` and the JSON-serialisable ``meta`` to ``path``.
+
+    Creates missing parent folders and returns the path. Raises ``ValueError`` when ``meta``
+    uses a key the header reserves (``format``, ``version``, ``payload_bytes``,
+    ``payload_sha256``)."""
     path = Path(path)
     clash = [k for k in _RESERVED if k in meta]
     if clash:
@@ -73,7 +81,9 @@ def save_checkpoint(path, model, opt_state, meta: dict) -> Path:
 
 def read_checkpoint_meta(path, verify: bool = False) -> dict:
     """The JSON header of a checkpoint; with ``verify``, also check the leaves against the
-    header's length and checksum (:func:`verify_checkpoint`)."""
+    header's length and checksum (:func:`verify_checkpoint`).
+
+    Returns a dict; raises :class:`CheckpointError` for a missing file or a bad header."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
@@ -114,7 +124,11 @@ def verify_checkpoint(path, meta: dict | None = None) -> None:
 
 
 def load_checkpoint(path, model_like, opt_state_like):
-    """Read ``(model, opt_state, meta)`` from ``path`` into skeletons of the same structure."""
+    """Read ``(model, opt_state, meta)`` from ``path`` into skeletons of the same structure.
+
+    ``model_like`` and ``opt_state_like``: a model built from the same config and
+    ``optimizer.init`` of it. The payload is verified first; raises :class:`CheckpointError`
+    for a missing, corrupt or older-version file and for leaves that do not fit."""
     meta = read_checkpoint_meta(path)
     if meta.get("version") != _VERSION:
         raise CheckpointError(

@@ -31,11 +31,17 @@ History = list  # one dict per epoch
 
 
 class ConvergenceWarning(UserWarning):
-    """Training relaxations of a steady-state gradient estimator did not converge."""
+    """Training relaxations of a steady-state gradient estimator did not converge.
+
+    Issued by :func:`fit` after an epoch in which fewer than 90 % of the training samples
+    reached a steady state in every phase (they were left out of the gradient). A
+    ``UserWarning``."""
 
 
 def check_task(net: HAM, task: Task) -> None:
-    """Raise a ValueError naming the layers when ``task`` reads or clamps a layer ``net`` lacks."""
+    """Raise a ValueError naming the layers when ``task`` reads or clamps a layer ``net`` lacks.
+
+    Checks ``task.input_layer`` and ``task.output_layer`` against ``net.layers``; returns None."""
     names = {"input_layer": task.input_layer, "output_layer": task.output_layer}
     for what, name in names.items():
         if name not in net.layers:
@@ -48,7 +54,9 @@ def check_task(net: HAM, task: Task) -> None:
 def default_task(net: HAM, num_classes: int) -> Classification:
     """Classification of layer ``"image"`` into layer ``"label"``, with the loss that suits the
     label layer: ``"nll"`` (−log g_y) when its activations are already probabilities (a Softmax
-    Lagrangian), ``"ce"`` (the activations as logits) otherwise."""
+    Lagrangian), ``"ce"`` (the activations as logits) otherwise.
+
+    Raises ``ValueError`` (:func:`check_task`) when ``net`` lacks either layer."""
     from ..lagrangians import Softmax
 
     task = Classification(num_classes=num_classes)
@@ -70,7 +78,12 @@ def _strongly_typed(tree):
 def train_step(net: HAM, opt_state, batch: dict, task: Task, gradient: GradientEstimator,
                optimizer, *, key=None):
     """One optimiser step: ``(net, opt_state, loss, per-sample metrics)``. ``key``: a PRNG key
-    for the estimators that draw random numbers (``gradient.needs_key``)."""
+    for the estimators that draw random numbers (``gradient.needs_key``).
+
+    ``batch``: a prepared batch of ``n`` samples (``task.prepare``, as JAX arrays); the loss is
+    the mean over it (a scalar), the metrics ``(n,)`` arrays. The gradient is
+    ``gradient.loss_and_grad`` and the update ``optimizer`` (an ``optax`` transformation) on the
+    inexact arrays of ``net``. Compiled with ``eqx.filter_jit``."""
     loss, grads, metrics = gradient.loss_and_grad(net, task, batch, key=key)
     params = eqx.filter(net, eqx.is_inexact_array)
     updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -93,7 +106,8 @@ def evaluate(net: HAM, x, y, task: Task, gradient: GradientEstimator, batch_size
              seed: int = 0, mesh=None) -> dict[str, float]:
     """Mean loss and metrics over ``(x, y)`` (``accuracy`` for classification, ``mse`` and
     ``psnr`` for image tasks, ``converged``: the fraction of relaxations that converged), each
-    relaxed by ``gradient``'s own relaxation (:meth:`GradientEstimator.relax`).
+    relaxed by ``gradient``'s own relaxation (:meth:`GradientEstimator.relax`). ``x``: ``(n,
+    ...)`` images, ``y``: ``(n,)`` labels or None; returns ``{name: float}``.
 
     Batches keep one shape (the last is padded, and the padding ignored), so one compilation
     serves the whole set. Corruptions are drawn from ``seed``: the same every call. With a

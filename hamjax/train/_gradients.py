@@ -1,4 +1,5 @@
-"""Gradient estimators: how the gradient of a loss on a relaxed state reaches the parameters.
+"""Gradient estimators: how the gradient of a loss on a relaxed state reaches the parameters
+(docs/maths.md §5).
 
 * :class:`BPTT`: backpropagation through the solver's steps (``RecursiveCheckpointAdjoint``).
 * :class:`Implicit`: implicit function theorem at the steady state ``F(x*; θ) = 0``:
@@ -83,13 +84,22 @@ def _check_steady(m) -> None:
 
 
 class GradientEstimator(eqx.Module):
-    """Base class: a relaxation recipe plus a way to differentiate through it."""
+    """Base class: a relaxation recipe plus a way to differentiate through it (docs/maths.md §5).
+
+    A subclass implements :meth:`relax_kwargs` (how to relax) and :meth:`loss_and_grad` (the
+    gradient ``dℓ/dθ`` of the mean loss over a batch), and says with :attr:`steady_state`
+    whether its gradient holds only at a converged steady state and with :attr:`needs_key`
+    whether it draws random numbers."""
 
     @abc.abstractmethod
     def relax_kwargs(self) -> dict:
-        """Keyword arguments of :func:`hamjax.relax` for this estimator's relaxation."""
+        """Keyword arguments of :func:`hamjax.relax` for this estimator's relaxation (method,
+        stopping rule, solver, adjoint): the same for training and evaluation."""
 
     def relax(self, net: HAM, task: Task, batch: dict):
+        """Relax ``net`` from ``task.initial_state(net, batch)`` with the task's clamped layers
+        and frozen neurons, non-finite samples flagged: a :class:`hamjax.Relaxation` with batch
+        ``(n,)``."""
         return _relaxation(net, task, batch, **self.relax_kwargs())
 
     @property
@@ -104,20 +114,27 @@ class GradientEstimator(eqx.Module):
 
     @property
     def needs_key(self) -> bool:
+        """Whether :meth:`loss_and_grad` needs a PRNG key (False here)."""
         return False
 
     @abc.abstractmethod
     def loss_and_grad(self, net: HAM, task: Task, batch: dict, *, key=None):
-        """``(mean loss, grads, per-sample metrics)``."""
+        """``(mean loss, grads, per-sample metrics)`` of ``task`` on a prepared ``batch`` of
+        ``n`` samples: a scalar, a PyTree shaped like ``eqx.filter(net, eqx.is_inexact_array)``,
+        and a dict of ``(n,)`` arrays (the task's metrics with ``converged``). ``key``: a PRNG
+        key, for the estimators that draw random numbers (:attr:`needs_key`)."""
 
 
 class BPTT(GradientEstimator):
-    """Backpropagation through time: ``steps`` steps of ``solver`` with step ``dt0``; with
-    ``steps=None``, an adaptive solve to a steady state (``atol``), still backpropagated
-    through every step. ``atol`` also judges ``converged`` after fixed steps.
-    ``residual_penalty`` ρ adds ``ρ·mean|τẋ|²`` at the final state to the loss, so that a fixed
-    number of steps ends at (near) a fixed point: without it the network can learn to classify
-    with a transient that later diverges."""
+    """Backpropagation through time (docs/maths.md §5.2): ``steps`` steps of ``solver`` with
+    step ``dt0``; with ``steps=None``, an adaptive solve to a steady state (``atol``, at most
+    ``max_steps`` steps), still backpropagated through every step. ``atol`` also judges
+    ``converged`` after fixed steps. ``residual_penalty`` ρ adds ``ρ·mean|τẋ|²`` at the final
+    state to the loss, so that a fixed number of steps ends at (near) a fixed point: without it
+    the network can learn to classify with a transient that later diverges.
+
+    Defaults: 20 Euler steps of 0.25, ``atol=1e-4``, ``max_steps=256``, ``residual_penalty=0``.
+    Exact for the computation performed, converged or not; memory grows with the steps."""
 
     steps: int | None = eqx.field(static=True, default=20)
     dt0: float = eqx.field(static=True, default=0.25)
@@ -127,6 +144,8 @@ class BPTT(GradientEstimator):
     residual_penalty: float = eqx.field(static=True, default=0.0)
 
     def relax_kwargs(self):
+        """``solver``, ``dt0``, the stop (``FixedSteps(steps)`` or ``SteadyState(atol)`` with
+        ``max_steps``) and ``adjoint="recursive"`` for :func:`hamjax.relax`."""
         if self.steps is None:
             return dict(solver=self.solver, dt0=self.dt0, stop=SteadyState(atol=self.atol),
                         max_steps=self.max_steps, adjoint="recursive")
@@ -134,6 +153,8 @@ class BPTT(GradientEstimator):
                     adjoint="recursive")
 
     def loss_and_grad(self, net, task, batch, *, key=None):
+        """``(mean loss, grads, metrics)`` by reverse-mode autodiff through every solver step
+        (plus the residual penalty); ``key`` is not used."""
         def f(net):
             sol = self.relax(net, task, batch)
             return _mean_loss_and_metrics(net, task, batch, sol, self.residual_penalty)
@@ -143,7 +164,8 @@ class BPTT(GradientEstimator):
 
 
 class Implicit(GradientEstimator):
-    """Implicit differentiation at the steady state (residual ``atol``).
+    """Implicit differentiation at the steady state (residual ``atol``; docs/maths.md §5.3,
+    eqs. (T2)–(T4)).
 
     ``method``: how the steady state is found: ``"fixed_point"`` (default: ``x ← c + I``, which
     converges only to stable steady states, the ODE finishing samples it cannot; it jumps to
@@ -158,7 +180,9 @@ class Implicit(GradientEstimator):
     series: cheaper, approximate), ``"implicit_dense"`` or an :class:`ImplicitSteadyState`.
 
     Samples whose relaxation did not converge are left out of the gradient (``used`` in the
-    metrics) and of nothing else: the loss reported is the mean over all samples."""
+    metrics) and of nothing else: the loss reported is the mean over all samples. Bad
+    ``method``, ``solver``/``dt0`` with a method other than ``"ode"``, or a non-positive
+    ``atol`` raise ``ValueError``."""
 
     atol: float = eqx.field(static=True, default=1e-4)
     method: str = eqx.field(static=True, default="fixed_point")
@@ -172,12 +196,18 @@ class Implicit(GradientEstimator):
 
     @property
     def steady_state(self):
+        """True: the implicit gradient holds only at a converged steady state."""
         return True
 
     def relax_kwargs(self):
+        """``method``, ``stop=SteadyState(atol)``, ``max_steps`` (with ``solver``/``dt0`` for
+        ``"ode"``) and ``adjoint`` for :func:`hamjax.relax`."""
         return dict(_steady_kwargs(self), adjoint=self.adjoint)
 
     def loss_and_grad(self, net, task, batch, *, key=None):
+        """``(mean loss, grads, metrics)``: the gradient of the loss summed over converged
+        samples, divided by ``n``, by the implicit function theorem (eq. (T3)); metrics gain
+        ``converged`` and ``used``. ``key`` is not used."""
         def f(net):
             sol = self.relax(net, task, batch)
             ev = task.evaluate(net, sol.state, batch)
@@ -195,8 +225,12 @@ class Implicit(GradientEstimator):
 
 class Nudge(Synapse):
     """``E = β · cost(g)``: the cost of a task as an energy term on the output layer, so that the
-    nudged dynamics receive the current ``−β ∂cost/∂g`` (equilibrium propagation). ``beta`` is
-    a scalar or one value per sample."""
+    nudged dynamics receive the current ``−β ∂cost/∂g`` (equilibrium propagation; docs/maths.md
+    §5.4, the nudged energy ``E_β = E + β C``). ``beta`` is a scalar or one value per sample.
+
+    Fields: ``beta``; ``batch``, the prepared batch the cost reads its targets from; ``cost``, a
+    per-sample ``cost(g, batch)``; ``shape``, the output layer's shape. :class:`EqProp` builds
+    it."""
 
     beta: jax.Array
     batch: dict
@@ -204,9 +238,15 @@ class Nudge(Synapse):
     shape: tuple[int, ...] = eqx.field(static=True)
 
     def energy(self, g):
+        """``β · cost(g, batch)`` per sample.
+
+        ``g``: ``(n, *shape)``; returns shape ``(n,)``."""
         return self.beta * self.cost(g, self.batch)
 
     def expected_shapes(self, shapes):
+        """``(shape,)``: the output layer.
+
+        ``shapes`` (the shapes offered) is not needed."""
         return (self.shape,)
 
 
@@ -237,7 +277,8 @@ def _nudged(net: HAM, task: Task, batch: dict, beta, kind: str = "cost",
 
 
 class EqProp(GradientEstimator):
-    """Equilibrium propagation with nudging strength ``beta``.
+    """Equilibrium propagation with nudging strength ``beta`` (Scellier & Bengio; docs/maths.md
+    §5.4, eqs. (T5)–(T6)).
 
     ``beta``: small enough that the nudged steady states stay close and stable. The −β phase of
     a squared-error nudge adds up to ``β·max H_out²`` to the spectrum of ``CH`` (for the Softmax
@@ -266,10 +307,12 @@ class EqProp(GradientEstimator):
     Cross-entropy on the label activations (``"ce"``) and squared errors are nudged by the
     cost itself (bounded below for both signs on bounded or quadratic output layers).
 
-    Every phase relaxes to a steady state (``atol``) by ``method`` (as :class:`Implicit`); the
-    nudged phases start from the free steady state. A sample any of whose needed phases did
-    not converge is left out of the gradient; ``converged`` (free phase), ``converged_nudged``
-    and ``used`` report it per sample."""
+    Every phase relaxes to a steady state (``atol``) by ``method`` (as :class:`Implicit`, with
+    its ``solver``, ``dt0`` and ``max_steps``); the nudged phases start from the free steady
+    state. A sample any of whose needed phases did not converge is left out of the gradient;
+    ``converged`` (free phase), ``converged_nudged`` and ``used`` report it per sample. Bad
+    ``variant``, ``nudge``, ``method`` or a non-positive ``beta`` or ``atol`` raise
+    ``ValueError``."""
 
     beta: float = eqx.field(static=True, default=0.05)
     variant: str = eqx.field(static=True, default="symmetric")
@@ -293,13 +336,17 @@ class EqProp(GradientEstimator):
 
     @property
     def steady_state(self):
+        """True: the estimate holds only at converged steady states."""
         return True
 
     @property
     def needs_key(self):
+        """True for ``variant="random_sign"``, which draws the sign of β per sample."""
         return self.variant == "random_sign"
 
     def relax_kwargs(self):
+        """``method``, ``stop=SteadyState(atol)`` and ``max_steps`` (with ``solver``/``dt0``
+        for ``"ode"``) for :func:`hamjax.relax`: every phase relaxes the same way."""
         return _steady_kwargs(self)
 
     def _nudge(self, task: Task) -> str:
@@ -308,6 +355,10 @@ class EqProp(GradientEstimator):
         return "squared_error" if getattr(task, "loss_kind", None) == "nll" else "cost"
 
     def loss_and_grad(self, net, task, batch, *, key=None):
+        """``(mean loss, grads, metrics)``: the free phase's loss, the estimate (T6) of the
+        gradient over the samples ``used`` (divided by ``n``), and the metrics with
+        ``converged``, ``converged_nudged`` and ``used``. ``key``: a PRNG key, required by
+        ``variant="random_sign"`` (else ``ValueError``)."""
         net = jax.lax.stop_gradient(net)
         free = self.relax(net, task, batch)
         ev = task.evaluate(net, free.state, batch)

@@ -3,7 +3,8 @@
 A task turns a batch of images (and labels) into the relaxation's initial state, says which
 layers are clamped (or which neurons frozen), and scores the relaxed state. Every loss is written
 as a per-sample ``cost(g_out, batch)`` of the output layer's *activations*, so that equilibrium
-propagation can nudge the dynamics with ``−β ∂cost/∂g_out`` (a current, like any synapse's).
+propagation can nudge the dynamics with ``−β ∂cost/∂g_out`` (a current, like any synapse's;
+docs/maths.md §5.4).
 
 * :class:`Classification`: image clamped, label layer read out; cross-entropy with the label
   activations as logits (or squared error on them).
@@ -31,13 +32,22 @@ __all__ = ["Task", "Classification", "Denoising", "Completion", "Storage"]
 
 
 class Task(eqx.Module):
-    """Base class for training tasks."""
+    """Base class for training tasks: what the relaxed state of a HAM must do, and the loss on it.
+
+    A task names ``input_layer`` (whose initial state is the prepared input) and
+    ``output_layer`` (whose activations the cost reads), says which layers are clamped
+    (:attr:`clamp`) and which input neurons frozen (:meth:`frozen`), and turns NumPy batches
+    into arrays (:meth:`prepare`). The loss is ``ℓ = cost(g_out(x*))`` per sample, a function of
+    the output layer's activations at the relaxed state ``x*`` (docs/maths.md §5), so that
+    equilibrium propagation can add it to the energy as a nudge (§5.4). A subclass implements
+    :meth:`prepare`, :meth:`cost` and :meth:`metrics`. Batches hold ``n`` samples."""
 
     input_layer: eqx.AbstractVar[str]
     output_layer: eqx.AbstractVar[str]
 
     @property
     def clamp(self) -> tuple[str, ...]:
+        """The layers held fixed at their initial values during relaxation (none here)."""
         return ()
 
     @abc.abstractmethod
@@ -50,21 +60,32 @@ class Task(eqx.Module):
 
     @abc.abstractmethod
     def cost(self, g_out: Array, batch: dict) -> Array:
-        """Per-sample loss as a function of the output layer's activations."""
+        """Per-sample loss as a function of the output layer's activations.
+
+        ``g_out``: ``(n, *output layer shape)``; ``batch``: the prepared batch (:meth:`prepare`,
+        as arrays). Returns shape ``(n,)``."""
 
     @abc.abstractmethod
     def metrics(self, g_out: Array, batch: dict) -> dict[str, Array]:
-        """Per-sample quality figures (``correct`` or ``mse``/``psnr``)."""
+        """Per-sample quality figures (``correct`` or ``mse``/``psnr``).
+
+        Arguments as for :meth:`cost`; each figure has shape ``(n,)``."""
 
     @property
     def main_metric(self) -> str:
+        """The figure :func:`hamjax.train.fit` reports as the task's headline (``"accuracy"``
+        here, the mean of ``correct``)."""
         return "accuracy"
 
     def frozen(self, batch: dict) -> dict[str, Array] | None:
+        """``{layer: bool mask}`` of neurons held at their initial values during relaxation
+        (``freeze`` of :func:`hamjax.relax`), or None for none (here)."""
         return None
 
     def initial_state(self, net, batch: dict) -> dict[str, Array]:
-        """Zero states, with the input layer set to ``batch["input"]`` (reshaped to its shape)."""
+        """Zero states, with the input layer set to ``batch["input"]`` (reshaped to its shape).
+
+        Returns ``{name: (n, *shape)}`` for every layer of ``net``."""
         inp = batch["input"]
         layer = net.layers[self.input_layer]
         inp = inp.reshape(inp.shape[:1] + layer.shape)
@@ -73,11 +94,15 @@ class Task(eqx.Module):
         return x
 
     def loss(self, net, state: dict[str, Array], batch: dict) -> Array:
-        """Per-sample loss of a relaxed state."""
+        """Per-sample loss of a relaxed state: ``cost(g_out)`` with ``g_out`` the activation of
+        the output layer of ``state`` (``{name: (n, *shape)}``). Returns shape ``(n,)``."""
         g = net.layers[self.output_layer].activation(state[self.output_layer])
         return self.cost(g, batch)
 
     def evaluate(self, net, state: dict[str, Array], batch: dict) -> dict[str, Array]:
+        """``{"loss": cost, **metrics}`` of a relaxed state, per sample.
+
+        ``state``: ``{name: (n, *shape)}``; every entry has shape ``(n,)``."""
         g = net.layers[self.output_layer].activation(state[self.output_layer])
         return {"loss": self.cost(g, batch), **self.metrics(g, batch)}
 
@@ -85,13 +110,17 @@ class Task(eqx.Module):
 class Classification(Task):
     """Image clamped, label read out after relaxation.
 
-    ``loss="ce"``: cross-entropy ``−log softmax(g_label)_y`` (label activations as logits);
+    ``loss_kind="ce"`` (default): cross-entropy ``−log softmax(g_label)_y`` (label activations
+    as logits); ``loss_kind="nll"``: ``−log g_label,y`` (label activations already
+    probabilities: a Softmax label layer); ``loss_kind="mse"``: ``½|g_label − onehot(y)|²``
+    (another value raises ``ValueError``). The cost of docs/maths.md §5, ``ℓ = C(g_out(x*))``.
     ``noise``: std of Gaussian noise added to training images (augmentation; none at test);
     ``shift``: training images translated by up to that many pixels
     (:func:`hamjax.data.random_shift`); ``rotate`` (degrees) and ``zoom``: random rotations and
     scalings (:func:`hamjax.data.random_affine`), applied before the shift.
-    ``loss="nll"``: ``−log g_label,y`` (label activations already probabilities: a Softmax
-    label layer); ``loss="mse"``: ``½|g_label − onehot(y)|²``."""
+
+    ``input_layer`` (default ``"image"``) is clamped to the images, ``output_layer`` (default
+    ``"label"``) holds ``num_classes`` (default 10) label neurons."""
 
     input_layer: str = "image"
     output_layer: str = "label"
@@ -110,9 +139,13 @@ class Classification(Task):
 
     @property
     def clamp(self):
+        """``(input_layer,)``: the image is clamped."""
         return (self.input_layer,)
 
     def prepare(self, x, y, rng, train=True):
+        """``{"input": images, "target": labels}``: ``x`` (``(n, H, W, C)`` or ``(n, D)``, values
+        in ``[0, 1]``) augmented when ``train`` (affine, shift, noise, drawn from ``rng``), and
+        ``y`` (``(n,)``) as ``int32``. Raises ``ValueError`` without labels."""
         if y is None:
             raise ValueError("Classification needs labels")
         x = np.asarray(x, np.float32)
@@ -126,6 +159,9 @@ class Classification(Task):
         return {"input": x, "target": np.asarray(y, np.int32)}
 
     def cost(self, g_out, batch):
+        """The ``loss_kind`` cost of the label activations against ``batch["target"]``.
+
+        ``g_out``: ``(n, num_classes)``; returns shape ``(n,)``."""
         flat = g_out.reshape(g_out.shape[0], -1)
         onehot = jax.nn.one_hot(batch["target"], flat.shape[-1], dtype=flat.dtype)
         if self.loss_kind == "ce":
@@ -135,6 +171,9 @@ class Classification(Task):
         return 0.5 * jnp.sum((flat - onehot) ** 2, axis=-1)
 
     def metrics(self, g_out, batch):
+        """``{"correct": 1.0 where argmax g_out is the label, else 0.0}``.
+
+        ``g_out``: ``(n, num_classes)``; ``correct`` has shape ``(n,)``."""
         flat = g_out.reshape(g_out.shape[0], -1)
         return {"correct": (jnp.argmax(flat, axis=-1) == batch["target"]).astype(jnp.float32)}
 
@@ -152,7 +191,11 @@ def _image_psnr(g_out, target):
 
 class Denoising(Task):
     """The corrupted image is the initial state of the free image layer; loss
-    ``½ Σ (g_image − clean)²`` per sample (reported as per-pixel MSE and PSNR)."""
+    ``½ Σ (g_image − clean)²`` per sample (reported as per-pixel MSE and PSNR).
+
+    ``corruption`` (default ``"gaussian"``) and ``level`` (default 0.3) are a kind and level of
+    :func:`hamjax.data.corrupt`; ``input_layer`` and ``output_layer`` are both ``"image"`` by
+    default (no layer is clamped)."""
 
     input_layer: str = "image"
     output_layer: str = "image"
@@ -160,17 +203,24 @@ class Denoising(Task):
     level: float = eqx.field(static=True, default=0.3)
 
     def prepare(self, x, y, rng, train=True):
+        """``{"input": corrupted images, "target": clean images}``, both of ``x``'s shape
+        ``(n, ...)``; the corruption is drawn from ``rng``, the labels ``y`` are not used."""
         x = np.asarray(x, np.float32)
         corrupted = hd.corrupt(x, self.corruption, self.level, rng)
         return {"input": corrupted.images.astype(np.float32), "target": x}
 
     def cost(self, g_out, batch):
+        """``½ Σ (g_out − target)²`` over each sample's pixels.
+
+        ``g_out``: ``(n, *image shape)``; returns shape ``(n,)``."""
         t = batch["target"]
         return 0.5 * jnp.sum(
             (g_out.reshape(g_out.shape[0], -1) - t.reshape(t.shape[0], -1)) ** 2, axis=-1
         )
 
     def metrics(self, g_out, batch):
+        """``mse`` (per-pixel mean squared error), ``psnr`` of the restored image and
+        ``psnr_input`` of the corrupted input (the baseline), each of shape ``(n,)``."""
         mse = _image_mse(g_out, batch["target"])
         # the corrupted input's PSNR beside the restored one's: the baseline to beat
         return {"mse": mse, "psnr": _image_psnr(g_out, batch["target"]),
@@ -178,17 +228,23 @@ class Denoising(Task):
 
     @property
     def main_metric(self):
+        """``"psnr"``: the restoration's peak signal-to-noise ratio (dB)."""
         return "psnr"
 
 
 class Completion(Denoising):
     """Part of the image hidden (``mask_bottom``: that fraction of the rows, or ``mask_random``);
-    the visible pixels are frozen at their values, the hidden ones relax from ``fill``."""
+    the visible pixels are frozen at their values, the hidden ones relax from ``fill``.
+
+    ``corruption`` (default ``"mask_bottom"``) and ``level`` (default 0.5) as for
+    :class:`Denoising`; ``input_layer`` and ``output_layer`` are both ``"image"`` by default."""
 
     corruption: str = eqx.field(static=True, default="mask_bottom")
     level: float = eqx.field(static=True, default=0.5)
 
     def prepare(self, x, y, rng, train=True):
+        """``{"input": masked images, "target": clean images, "frozen": visible-pixel mask}``,
+        each of ``x``'s shape ``(n, ...)``; ``frozen`` is True where a pixel was not hidden."""
         x = np.asarray(x, np.float32)
         corrupted = hd.corrupt(x, self.corruption, self.level, rng)
         return {
@@ -198,12 +254,18 @@ class Completion(Denoising):
         }
 
     def frozen(self, batch):
+        """``{input_layer: batch["frozen"]}``: the visible pixels are held at their values.
+
+        The mask has shape ``(n, *image shape)``."""
         return {self.input_layer: batch["frozen"]}
 
 
 class Storage(Denoising):
     """Unsupervised storage: each image, perturbed by Gaussian noise of std ``level``, must relax
-    back to itself; the memories move onto the data."""
+    back to itself; the memories move onto the data.
+
+    :class:`Denoising` with ``corruption="gaussian"`` and a small ``level`` (default 0.1);
+    ``input_layer`` and ``output_layer`` are both ``"image"`` by default."""
 
     corruption: str = eqx.field(static=True, default="gaussian")
     level: float = eqx.field(static=True, default=0.1)
