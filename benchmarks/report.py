@@ -259,8 +259,9 @@ def quality_table(folder: Path) -> list[str]:
     dates = sorted(r["started"][:10] for r in recs)
     head = (f"_Generated from `{_rel(folder / 'quality')}/` ({'; '.join(machines)}; "
             f"{dates[0]}{'' if dates[0] == dates[-1] else ' to ' + dates[-1]}; "
-            "`python -m benchmarks --only quality`): one run each, seed 0 unless the command "
-            "says otherwise; wall time includes start-up, compilation and pictures._")
+            f"`python -m benchmarks --only quality`; load average {_load(recs)}): one run "
+            "each, seed 0 unless the command says otherwise; wall time includes start-up, "
+            "compilation and pictures, and grows with the machine's load._")
     return [head, ""] + _table(["task", "command", "result", "relaxations converged",
                                 "epochs", "wall time", "training time"], rows)
 
@@ -278,6 +279,12 @@ def quickstart(folder: Path) -> list[str]:
             f"({_machine(r['machine'])}, {r['started'][:10]}): `hamjax train` took "
             f"{_seconds(r['wall_s'])} wall, {_seconds(r['train_seconds'])} of it training._",
             "", "```", *out.rstrip("\n").splitlines(), "```"]
+
+
+def _load(recs: list[Mapping[str, Any]]) -> str:
+    """The range of the 1-minute load averages seen before and after the runs."""
+    loads = [x for r in recs for x in r.get("loadavg") or []]
+    return "n/a" if not loads else f"{min(loads):.1f}–{max(loads):.1f}"
 
 
 def _headline(r: Mapping[str, Any]) -> str:

@@ -142,7 +142,7 @@ def test_quality_blocks_come_from_the_run_records(results, tmp_path):
            "command": "hamjax train", "epochs": 30, "started": "2026-12-01T01:00:00",
            "wall_s": 15.2, "train_seconds": 6.1, "returncode": 0, "converged": 0.624,
            "headline": {"name": "test_accuracy", "value": 0.9721}, "machine": MACHINE,
-           "stdout_tail": "test accuracy: 0.9721\n"}
+           "stdout_tail": "test accuracy: 0.9721\n", "loadavg": [1.5, 2.0]}
     (q / "digits-dense-bptt.json").write_text(json.dumps(rec))
     den = {**rec, "name": "mnist-denoise", "title": "MNIST denoising", "epochs": 3,
            "command": "hamjax train --task denoise", "converged": None,
@@ -157,6 +157,7 @@ def test_quality_blocks_come_from_the_run_records(results, tmp_path):
     assert len(rows) == 2 and "accuracy **0.9721**" in rows[0] and "0.624" in rows[0]
     assert "PSNR **14.97 dB** (corrupted input 13.33 dB)" in rows[1]
     assert "```\ntest accuracy: 0.9721\n```" in text and "15 s wall" in text
+    assert "load average 1.5–2.0" in text
 
 
 def test_readme_and_docs_figures_are_the_committed_results():
