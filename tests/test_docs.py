@@ -3,9 +3,10 @@ public name.
 
 * Every ```` ```python ```` block of README.md and of every page under docs/ runs: the blocks of
   one page in order, in one namespace (a page may build on its earlier blocks), in a temporary
-  working folder. A page that calls ``make_mesh(N)`` runs in a fresh process with ``N`` forced
-  host devices. A block that cannot run here is marked by a ``<!-- skip-test: reason -->`` line
-  just before it; the skips are counted, each needs its reason, and there are few.
+  working folder. The pages that call ``make_mesh(N)`` run together in one fresh process with
+  ``N`` forced host devices. A block that cannot run here is marked by a
+  ``<!-- skip-test: reason -->`` line just before it; the skips are counted, each needs its
+  reason, and there are few.
 * Every command line in a ```` ```bash ```` block that runs ``hamjax …`` is parsed by the
   command's own parser (nothing runs), ``python -m benchmarks …`` by the benchmarks' parser and
   ``python examples/NAME.py …`` by the example's, so a renamed flag fails here.
@@ -21,6 +22,7 @@ import dataclasses
 import importlib
 import importlib.util
 import io
+import json
 import os
 import re
 import runpy
@@ -54,6 +56,7 @@ _FENCE = re.compile(
 _SKIP = re.compile(r"<!--\s*skip-test:(?P<reason>.*?)-->\s*$")
 _MESH = re.compile(r"make_mesh\(\s*(\d+)\s*\)")
 _SHELL = ("bash", "sh", "shell", "console")
+_RESULT = "DOCS-PAGE-RESULT "  # a line of the device pages' process: [page, error or null]
 
 
 @dataclasses.dataclass
@@ -127,22 +130,60 @@ def _devices(path: Path) -> int:
 
 
 _PYTHON_PAGES = [p for p in PAGES if any(b.skip is None for b in _blocks(p, ("python", "py")))]
+# the pages that run in another process (several devices) last: that process runs meanwhile
+_PYTHON_PAGES.sort(key=lambda p: _devices(p) > 1)
 
 
-@pytest.mark.parametrize("path", _PYTHON_PAGES, ids=_rel)
-def test_python_blocks_run(path, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    devices = _devices(path)
-    if devices == 1:
-        run_page(path)
+@pytest.fixture(scope="module", autouse=True)
+def device_process(tmp_path_factory):
+    """The pages that need several devices, started at once in one fresh process with forced
+    host devices (they must exist before JAX starts). It runs beside the other pages, on the
+    core this single-process test run leaves idle; their tests come last and wait for it."""
+    pages = [p for p in _PYTHON_PAGES if _devices(p) > 1]
+    if not pages:
+        yield None
         return
-    # forced host devices must exist before JAX starts: a fresh process
+    devices = max(_devices(p) for p in pages)
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(
         [str(ROOT), os.environ.get("PYTHONPATH", "")]),
         XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    out = subprocess.run([sys.executable, __file__, str(path)], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, f"{_rel(path)} with {devices} devices:\n{out.stdout}\n{out.stderr}"
+    cwd = tmp_path_factory.mktemp("device_pages")
+    proc = subprocess.Popen([sys.executable, __file__, *map(str, pages)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    yield pages, proc
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
+
+
+@pytest.fixture(scope="module")
+def device_pages(device_process) -> dict[str, str | None]:
+    """``{page: None if it ran, else the error}`` for the pages of :func:`device_process`."""
+    pages, proc = device_process
+    try:
+        stdout, stderr = proc.communicate(timeout=900)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, stderr = proc.communicate()
+    results = {}
+    for line in stdout.splitlines():
+        if line.startswith(_RESULT):
+            page, error = json.loads(line[len(_RESULT):])
+            results[page] = error
+    for page in pages:
+        results.setdefault(_rel(page), f"no result (exit {proc.returncode}):\n{stdout[-3000:]}"
+                                        f"\n{stderr[-3000:]}")
+    return results
+
+
+@pytest.mark.parametrize("path", _PYTHON_PAGES, ids=_rel)
+def test_python_blocks_run(path, tmp_path, monkeypatch, request):
+    if _devices(path) > 1:
+        error = request.getfixturevalue("device_pages")[_rel(path)]
+        assert error is None, f"{_rel(path)} with {_devices(path)} devices: {error}"
+        return
+    monkeypatch.chdir(tmp_path)
+    run_page(path)
 
 
 def test_skipped_blocks_are_few_and_explained():
@@ -364,5 +405,15 @@ def test_generated_figure_blocks_are_well_formed():
 
 
 if __name__ == "__main__":
-    # one page in this process: used for pages that need forced host devices
-    run_page(Path(sys.argv[1]))
+    # pages that need forced host devices, run in this fresh process, each in its own folder
+    for arg in sys.argv[1:]:
+        page = Path(arg)
+        folder = Path.cwd() / page.stem
+        folder.mkdir()
+        os.chdir(folder)
+        try:
+            run_page(page)
+            error = None
+        except AssertionError as e:
+            error = str(e)
+        print(_RESULT + json.dumps([_rel(page), error]), flush=True)
