@@ -135,11 +135,13 @@ _PYTHON_PAGES.sort(key=lambda p: _devices(p) > 1)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def device_process(tmp_path_factory):
+def device_process(request, tmp_path_factory):
     """The pages that need several devices, started at once in one fresh process with forced
     host devices (they must exist before JAX starts). It runs beside the other pages, on the
     core this single-process test run leaves idle; their tests come last and wait for it."""
-    pages = [p for p in _PYTHON_PAGES if _devices(p) > 1]
+    selected = {item.name for item in request.session.items}
+    pages = [p for p in _PYTHON_PAGES if _devices(p) > 1
+             and f"test_python_blocks_run[{_rel(p)}]" in selected]
     if not pages:
         yield None
         return
