@@ -1,6 +1,6 @@
 """Capacity and retrieval of associative memories, measured against theory.
 
-    python examples/capacity.py [--out DIR] [--quick]
+    python examples/capacity.py [--out DIR] [--quick | --tiny]
 
 Writes to DIR (default ``capacity_out/``):
 
@@ -35,30 +35,43 @@ from hamjax import models as M  # noqa: E402
 MNIST_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
 
 
-def random_curves(ns, quick):
+# points per curve and repeats: the full figure, a quicker one, and a smoke test (--tiny)
+SIZES = {
+    "full": dict(ns=(100, 200, 400), hebbian=12, poly=9, exp=(1, 5, 20), trials=2, probe=20,
+                 images=[2, 5, 10, 20, 50, 100, 200, 500], betas=12),
+    "quick": dict(ns=(100, 200), hebbian=8, poly=6, exp=(1, 5), trials=2, probe=20,
+                  images=[2, 5, 10, 50, 200], betas=9),
+    "tiny": dict(ns=(48,), hebbian=2, poly=2, exp=(1,), trials=1, probe=8, images=[40], betas=3),
+}
+
+
+def random_curves(size):
     key = jax.random.PRNGKey(0)
     res = {"hebbian": {}, "poly": {}, "exp": {}}
-    for n in ns:
-        ks = np.unique(np.round(np.linspace(0.02, 0.3, 8 if quick else 12) * n).astype(int))
-        fixed = C.capacity_curve("hebbian", n, ks, key=key, probe=None, steps=1, trials=2)
-        small = C.capacity_curve("hebbian", n, ks, key=key, probe=20, flips=n // 20, steps=None,
-                                 mode="async", tolerance=0.05, max_steps=20, trials=2)
+    probe, trials = size["probe"], size["trials"]
+    for n in size["ns"]:
+        ks = np.unique(np.round(np.linspace(0.02, 0.3, size["hebbian"]) * n).astype(int))
+        fixed = C.capacity_curve("hebbian", n, ks, key=key, probe=None, steps=1, trials=trials)
+        small = C.capacity_curve("hebbian", n, ks, key=key, probe=probe, flips=n // 20,
+                                 steps=None, mode="async", tolerance=0.05, max_steps=20,
+                                 trials=trials)
         res["hebbian"][n] = {"K": fixed["K"], "fixed": fixed["fraction"], "ber": fixed["ber"],
                              "small_error": small["fraction"]}
         kef = float(C.polynomial_error_free_capacity(n, 3, rectified=True))
-        kp = np.unique(np.round(np.geomspace(0.25, 3.0, 6 if quick else 9) * kef).astype(int))
-        poly = C.capacity_curve("poly", n, kp, key=key, n=3, probe=20, steps=1, chunk=2)
+        kp = np.unique(np.round(np.geomspace(0.25, 3.0, size["poly"]) * kef).astype(int))
+        poly = C.capacity_curve("poly", n, kp, key=key, n=3, probe=probe, steps=1, chunk=2)
         res["poly"][n] = {"K": poly["K"], "fixed": poly["fraction"], "ber": poly["ber"],
                           "K_error_free": kef}
-        ke = [n, 5 * n] if quick else [n, 5 * n, 20 * n]
-        ex = C.capacity_curve("exp", n, ke, key=key, probe=20, flips=n // 5, steps=1, chunk=2)
+        ke = [m * n for m in size["exp"]]
+        ex = C.capacity_curve("exp", n, ke, key=key, probe=probe, flips=n // 5, steps=1,
+                              chunk=2)
         res["exp"][n] = {"K": ex["K"], "recovered_20pct_flips": ex["fraction"]}
     return res
 
 
 def plot_random(res, path):
     fig, ax = plt.subplots(2, 2, figsize=(12, 9))
-    colors = {100: "C0", 200: "C1", 400: "C2"}
+    colors = {n: f"C{i}" for i, n in enumerate(res["hebbian"])}
     a = ax[0, 0]
     for n, r in res["hebbian"].items():
         k = np.asarray(r["K"])
@@ -122,16 +135,16 @@ def image_patterns():
     return np.where(x > x.mean(1, keepdims=True), 1.0, -1.0).astype(np.float32), name
 
 
-def image_curves(quick):
+def image_curves(size):
     xi, name = image_patterns()
     n = xi.shape[1]
     rng = np.random.default_rng(0)
     xi = xi[rng.permutation(len(xi))]
-    ks = [2, 5, 10, 20, 50, 100, 200, 500] if not quick else [2, 5, 10, 50, 200]
+    ks = size["images"]
     out = {"name": name, "N": n, "K": ks}
     for kind in ("hebbian", "poly", "exp"):
-        r = C.capacity_curve(kind, n, ks, key=jax.random.PRNGKey(0), n=3, probe=40, steps=1,
-                             chunk=4, patterns=xi)
+        r = C.capacity_curve(kind, n, ks, key=jax.random.PRNGKey(0), n=3, probe=2 * size["probe"],
+                             steps=1, chunk=4, patterns=xi)
         out[kind] = r["fraction"]
     return out
 
@@ -155,14 +168,14 @@ def plot_images(res, path):
     plt.close(fig)
 
 
-def beta_sweep(path, quick):
+def beta_sweep(path, size):
     ds = hj.data.load_digits()
     x = ds.x_train.reshape(len(ds.x_train), -1)
     idx = np.concatenate([np.flatnonzero(ds.y_train == c)[:2] for c in range(10)])
     xi = jnp.asarray(x[idx])  # 20 stored digits, two per class
     queries = x[idx[[0, 6, 13]]].copy()
     queries[:, 32:] = 0.0  # bottom half masked
-    betas = np.geomspace(0.1, 5.0, 9 if quick else 12)
+    betas = np.geomspace(0.1, 5.0, size["betas"])
     rows, neff = [], []
     for b in betas:
         net = M.modern_hopfield(xi, float(b))
@@ -198,19 +211,30 @@ def beta_sweep(path, quick):
     return {"betas": betas.tolist(), "effective_patterns": neff.tolist()}
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="capacity_out")
-    ap.add_argument("--quick", action="store_true", help="N = 100, 200 and fewer points")
-    args = ap.parse_args(argv)
+    tier = ap.add_mutually_exclusive_group()
+    tier.add_argument("--quick", action="store_true", help="N = 100, 200 and fewer points")
+    tier.add_argument("--tiny", action="store_true",
+                      help="N = 48 and a few points: seconds, checks that everything runs")
+    return ap
+
+
+def main(argv=None) -> dict:
+    """Write the three figures; return the curves and the β sweep they show."""
+    args = build_parser().parse_args(argv)
+    size = SIZES["tiny" if args.tiny else "quick" if args.quick else "full"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    ns = (100, 200) if args.quick else (100, 200, 400)
-    plot_random(random_curves(ns, args.quick), out / "capacity_random.png")
-    plot_images(image_curves(args.quick), out / "capacity_images.png")
-    sweep = beta_sweep(out / "modern_hopfield_beta.png", args.quick)
+    random = random_curves(size)
+    plot_random(random, out / "capacity_random.png")
+    images = image_curves(size)
+    plot_images(images, out / "capacity_images.png")
+    sweep = beta_sweep(out / "modern_hopfield_beta.png", size)
     print("effective number of patterns vs beta:", np.round(sweep["effective_patterns"], 2))
     print(f"wrote {out}/capacity_random.png, capacity_images.png, modern_hopfield_beta.png")
+    return {"random": random, "images": images, "beta_sweep": sweep}
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ Right: the same field with the residual energy ``½|F(x)|²`` (DN eq. 14 with α
 decreases along the same dynamics (``‖W‖₂ ≤ 1``) and has no flat directions: one bowl around the
 steady state.
 
-    python examples/dead_neurons_figure1.py [--out dead_neurons_figure1.png]
+    python examples/dead_neurons_figure1.py [--out dead_neurons_figure1.png] [--grid N]
 """
 
 import argparse
@@ -35,13 +35,15 @@ def two_neuron_relu():
     return hj.HAM({"x": layer}, {"w": lateral}, {"w": ("x",)})
 
 
-def main(out: str = "dead_neurons_figure1.png") -> str:
+def main(out: str = "dead_neurons_figure1.png", grid: int = 201) -> dict:
+    """Draw the figure; return its path, the stability report at ``x*`` and the two energies
+    on the ``grid × grid`` mesh of ``[−4, 4]²`` (rows along ``x₁``, columns along ``x₀``)."""
     net = two_neuron_relu()
     x_star = {"x": jnp.array([-1.0, 2.0])}
     report = an.stability(net, x_star)
     print(report)
 
-    lo, hi, n = -4.0, 4.0, 201
+    lo, hi, n = -4.0, 4.0, grid
     g0, g1 = jnp.meshgrid(jnp.linspace(lo, hi, n), jnp.linspace(lo, hi, n))
     grid = {"x": jnp.stack([g0, g1], axis=-1)}  # batch (n, n) of two-neuron states
     e_kh = np.asarray(net.energy(grid))
@@ -74,11 +76,20 @@ def main(out: str = "dead_neurons_figure1.png") -> str:
     fig.suptitle(f"dx/dt = W relu(x) − x + b; stability: {verdict} "
                  f"({report.n_dead['x']} dead neuron at x*)")
     fig.savefig(out, dpi=110)
+    plt.close(fig)
     print(f"wrote {out}")
-    return out
+    return {"out": out, "report": report, "grid": (g0, g1), "energy": e_kh,
+            "residual_energy": e_res}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="dead_neurons_figure1.png")
+    parser.add_argument("--grid", type=int, default=201,
+                        help="energy evaluations per axis of the contour plots")
+    return parser
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="dead_neurons_figure1.png")
-    main(parser.parse_args().out)
+    args = build_parser().parse_args()
+    main(args.out, args.grid)
