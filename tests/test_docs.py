@@ -45,8 +45,6 @@ PACKAGES = ("hamjax", "hamjax.lagrangians", "hamjax.synapses", "hamjax.solvers",
             "hamjax.analysis")
 # code that needs what a test machine has not got (several hosts); each skip names its reason
 MAX_SKIPS = 1
-# the blocks ``python -m benchmarks.report`` fills from the committed results files
-REPORTS = ("steady-state", "speed", "quality", "quickstart", "solvers", "sharding")
 
 _FENCE = re.compile(
     r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<lang>[\w+-]*)[^\n]*\n"
@@ -392,10 +390,12 @@ def test_every_page_is_in_the_navigation():
 def test_generated_figure_blocks_are_well_formed():
     """Measured figures are never typed into a page: they sit in blocks that
     ``python -m benchmarks.report`` fills, each opened and closed once with a known name."""
+    from benchmarks.report import RENDERERS as REPORTS
+
     seen = set()
     for path in PAGES:
         text = path.read_text(encoding="utf-8")
-        opened = re.findall(r"<!--\s*report:([\w-]+)\s*-->", text)
+        opened = re.findall(r"<!-- report:([\w-]+)(?: [\w-]+=\S+)* -->", text)
         closed = re.findall(r"<!--\s*/report:([\w-]+)\s*-->", text)
         assert opened == closed, f"{_rel(path)}: report blocks {opened} closed as {closed}"
         for name in opened:
