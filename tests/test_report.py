@@ -167,12 +167,15 @@ def test_readme_and_docs_figures_are_the_committed_results():
     assert report.main(["--check"]) == 0
 
 
-def test_readme_states_no_hand_typed_benchmark_ratio():
-    """Outside generated blocks, the README quotes no ratio with a range (the form every measured
-    figure takes)."""
-    text = (report.ROOT / "README.md").read_text()
-    outside = report.BLOCK.sub("", text)
-    assert not re.findall(r"\d\.\d+ \[\d", outside)
+def test_no_page_states_a_hand_typed_measurement():
+    """Outside generated blocks, neither the README nor a docs page quotes a figure with a range,
+    a ratio, a time or an accuracy (the forms measured figures take)."""
+    measured = re.compile(r"\d\.\d+ \[\d|\d\.\d+\s?×|\d\s?(ms|µs|MiB)\b|\d s wall"
+                          r"|accuracy \**0\.\d")
+    for path in report.documents():
+        outside = report.BLOCK.sub("", path.read_text())
+        found = [m.group(0) for m in measured.finditer(outside)]
+        assert not found, f"{path.name}: hand-typed figures {found}"
 
 
 def test_compare_says_which_re_run_figures_fall_within_the_stated_range(results, tmp_path,
