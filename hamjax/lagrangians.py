@@ -128,7 +128,7 @@ class ElementwiseLagrangian(Lagrangian):
 
 class Identity(ElementwiseLagrangian):
     """``L = ½ Σ x²``, ``g = x``: the linear (visible) neurons of HAM eq. (13) (docs/maths.md
-    eq. 13).
+    eqs. 13, L1).
 
     No parameters. ``H = I``: no neuron is ever dead. The default Lagrangian of a
     :class:`hamjax.Layer`."""
@@ -153,7 +153,7 @@ class Identity(ElementwiseLagrangian):
 
 
 class ReLU(ElementwiseLagrangian):
-    """``L = ½ Σ relu(x)²``, ``g = relu(x)`` (DN Example 2; docs/maths.md §4.2).
+    """``L = ½ Σ relu(x)²``, ``g = relu(x)`` (DN Example 2; docs/maths.md eq. L2, §4.2).
 
     No parameters. Dead neurons where ``x < 0``: there ``f' = 0`` and the energy is flat along
     the neuron's axis, on an unbounded region (§4.2–4.3)."""
@@ -182,7 +182,7 @@ class RePU(ElementwiseLagrangian):
     """Rectified polynomial ``L = (1/n) Σ relu(x)^n``, ``g = relu(x)^(n−1)``; ``n ≥ 2``.
 
     The dense associative memory energy ``F(x) = relu(x)^n`` of Krotov & Hopfield (2016), model A
-    of docs/maths.md §1.2. ``n``: the degree (a static hyperparameter, default 2; ``n < 2``
+    of docs/maths.md §1.2 (eq. L3). ``n``: the degree (a static hyperparameter, default 2; ``n < 2``
     raises ``ValueError``, the Lagrangian would not be convex). Dead neurons where ``x < 0``."""
 
     n: float = eqx.field(static=True, default=2.0)
@@ -212,7 +212,7 @@ class RePU(ElementwiseLagrangian):
 
 class Exp(ElementwiseLagrangian):
     """``L = (1/β) Σ exp(βx)``, ``g = exp(βx)``: the exponential dense associative memory
-    (model A of docs/maths.md §1.2 with an exponential interaction function, §6.2).
+    (docs/maths.md eq. L4; model A of §1.2 with an exponential interaction function, §6.2).
 
     ``beta``: the inverse temperature β (a trainable array, default 1; positive for a convex
     ``L``)."""
@@ -246,7 +246,8 @@ def _log_cosh(y):
 
 class Tanh(ElementwiseLagrangian):
     """``L = (1/β) Σ log cosh(βx)``, ``g = tanh(βx)``: the graded-response neurons of the
-    continuous Hopfield network (docs/maths.md §1.1; :func:`hamjax.models.continuous_hopfield`).
+    continuous Hopfield network (docs/maths.md eq. L5, §1.1;
+    :func:`hamjax.models.continuous_hopfield`).
 
     ``beta``: the gain β (a trainable array, default 1; positive for a convex ``L``). Saturates
     for large ``|x|``, where ``f'`` falls to zero in floating point (dead neurons, §4.2)."""
@@ -274,7 +275,7 @@ class Tanh(ElementwiseLagrangian):
 
 
 class Sigmoid(ElementwiseLagrangian):
-    """``L = (1/β) Σ log(1 + e^{βx})``, ``g = σ(βx)`` (DN Example 3; docs/maths.md §4.2).
+    """``L = (1/β) Σ log(1 + e^{βx})``, ``g = σ(βx)`` (DN Example 3; docs/maths.md eq. L6, §4.2).
 
     ``beta``: the gain β (a trainable array, default 1; positive for a convex ``L``). Where
     ``σ(βx)`` saturates in floating point, ``f' = 0``: dead neurons (§4.2)."""
@@ -305,8 +306,8 @@ class Softmax(Lagrangian):
     """``L = (1/β) Σ_{other axes} log Σ_axis exp(βx)``, ``g = softmax(βx, axis)``.
 
     HAM eq. (13)/(16); along the channel axis of a feature map it is the convolutional hidden layer
-    of eq. (20) (docs/maths.md eqs. 13, 16, 20). ``L(x + α·1) = L(x) + α``: the shift direction
-    is a dead direction (DN Example 4; docs/maths.md §4.2).
+    of eq. (20) (docs/maths.md eqs. 13, 16, 20, L7). ``L(x + α·1) = L(x) + α``: the shift
+    direction is a dead direction (DN Example 4; docs/maths.md §4.2).
 
     ``beta``: the inverse temperature β (a trainable array, default 1). ``axis``: the axis the
     softmax runs along (static, default −1), counted inside the layer's own shape; a negative
@@ -356,8 +357,8 @@ class LayerNorm(_Normalisation):
     """``L = γ D sqrt(var(x) + ε) + Σ δ·x`` along ``axis`` (D its length), summed over other axes.
 
     ``g = γ (x − mean x) / sqrt(var(x) + ε) + δ``: layer normalisation as a gradient
-    (the Energy Transformer's token norm; docs/maths.md §1.2). ``γ`` is a learnable scalar gain
-    (a per-neuron gain is not the gradient of any Lagrangian), ``δ`` a learnable bias broadcast
+    (the Energy Transformer's token norm; docs/maths.md eq. L8). ``γ`` is a learnable scalar
+    gain (a per-neuron gain is not the gradient of any Lagrangian), ``δ`` a learnable bias broadcast
     along ``axis``.
 
     Fields: ``gamma`` (γ, default 1), ``delta`` (δ, a scalar or a vector of the axis' length,
@@ -380,7 +381,7 @@ class LayerNorm(_Normalisation):
 
 class SphericalNorm(_Normalisation):
     """``L = γ sqrt(Σ x² + ε) + Σ δ·x`` along ``axis``: divisive normalisation, model C of
-    Krotov & Hopfield (docs/maths.md §1.2); ``g = γ x / sqrt(Σ x² + ε) + δ``.
+    Krotov & Hopfield (docs/maths.md eq. L9, §1.2); ``g = γ x / sqrt(Σ x² + ε) + δ``.
 
     Fields: ``gamma`` (γ, default 1), ``delta`` (δ, a scalar or a vector of the axis' length,
     default 0), ``axis`` (static, default −1, counted inside the layer's shape) and ``eps``

@@ -581,8 +581,8 @@ class Attention(Synapse):
     ``h`` runs over heads, ``α`` over the head dimension, ``B`` (keys) and ``C`` (queries) over
     tokens. A token does not attend to itself. The current ``−∂E/∂g`` carries both the query and
     the key path (the Energy Transformer's two attention terms); autodiff derives both. A
-    synapse energy of one layer in the sense of docs/maths.md §2.3, so the HAM energy stays a
-    Lyapunov function.
+    synapse energy of one layer in the sense of docs/maths.md §2.3 (eq. ET1), so the HAM energy
+    stays a Lyapunov function.
 
     ``W^K`` and ``W^Q`` of shape ``(num_heads, head_dim, dim)``: the given ``key_weight`` /
     ``query_weight``, or drawn from ``key`` with standard deviation ``scale`` (default
@@ -666,8 +666,8 @@ class TokenMemory(Synapse):
     ``ξ`` of shape ``(K, D)``: the given ``memories``, or drawn from ``key`` with standard
     deviation ``scale`` (default ``1/sqrt(D)``). ``dim`` is ``D``; ``lagrangian`` (kept as
     ``hidden``) is ``L_h``. The token-wise form of the eliminated hidden layer of
-    docs/maths.md §2.2. Not multilinear. Raises ``ValueError`` for non-positive sizes, memories
-    of the wrong shape, or neither ``memories`` nor ``key``."""
+    docs/maths.md §2.2 (eq. ET2). Not multilinear. Raises ``ValueError`` for non-positive sizes,
+    memories of the wrong shape, or neither ``memories`` nor ``key``."""
 
     memories: Array
     hidden: Lagrangian
