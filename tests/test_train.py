@@ -96,8 +96,10 @@ def runs(net, batch):
             n, opt_state = net, SGD.init(eqx.filter(net, eqx.is_inexact_array))
             losses, grad = [], None
             for _ in range(TRAIN_STEPS + 1):
+                # key=None spelled out as fit passes it: the compiled step is keyed on the
+                # keywords given, so fit then reuses this one
                 new, opt_state, loss, metrics = T.train_step(n, opt_state, batch, CLS, gradient,
-                                                             SGD)
+                                                             SGD, key=None)
                 if grad is None:
                     grad = (_flat(n) - _flat(new)) / LR
                     assert metrics["correct"].shape == (8,)
@@ -569,7 +571,7 @@ def _step_grad(gradient, net, batch):
     (``params_before − params_after = lr · gradient``, with lr a power of two), which the
     gradient tests and ``fit`` compile for the same estimators, net structure and batch shape."""
     opt_state = SGD.init(eqx.filter(net, eqx.is_inexact_array))
-    new, _, loss, metrics = T.train_step(net, opt_state, batch, CLS, gradient, SGD)
+    new, _, loss, metrics = T.train_step(net, opt_state, batch, CLS, gradient, SGD, key=None)
     return loss, (_flat(net) - _flat(new)) / LR, metrics
 
 
