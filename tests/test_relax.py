@@ -523,9 +523,11 @@ def test_relax_under_a_users_jit_with_x0_closed_over(net, x0, steady):
         # both methods, forward, gradient and vmap, in one compilation
         out = {}
         for method in methods:
-            (_, lab), g = jax.value_and_grad(
-                lambda m, method=method: (jnp.sum(lab := label(m, x0, method)), lab),
-                has_aux=True)(n)
+            def objective(m, method=method):
+                lab = label(m, x0, method)
+                return jnp.sum(lab), lab
+
+            (_, lab), g = jax.value_and_grad(objective, has_aux=True)(n)
 
             def one(img, method=method):
                 return label(net, {**{k: v[0] for k, v in x0.items()}, "image": img}, method)

@@ -555,9 +555,8 @@ NLL = T.Classification(num_classes=10, loss_kind="nll")
 
 @eqx.filter_jit
 def _loss_and_grad(gradient, net, task, batch, key=None):
-    """``gradient.loss_and_grad`` as one compiled program per estimator and batch shape (called
-    eagerly, its relaxations' loops and adjoints compile piece by piece, again on every call
-    with a new estimator)."""
+    """``gradient.loss_and_grad`` compiled as one program per estimator and batch shape (called
+    eagerly, every relaxation's loops and adjoint compile separately)."""
     return gradient.loss_and_grad(net, task, batch, key=key)
 
 
