@@ -1,6 +1,8 @@
-"""Shared test configuration: float32 on CPU, small hypothesis budgets."""
+"""Shared test configuration: float32 on CPU, quick compilation, small hypothesis budgets."""
 
 import os
+import subprocess
+import sys
 
 import jax
 import pytest
@@ -12,6 +14,34 @@ jax.config.update("jax_enable_x64", False)
 jax.config.update("jax_default_matmul_precision", "highest")
 if "JAX_PLATFORMS" not in os.environ:
     jax.config.update("jax_platforms", "cpu")
+
+
+def _xla_accepts(flag: str) -> bool:
+    """Whether this jaxlib's XLA knows ``flag``: it aborts the process on an unknown one, so a
+    throwaway process starts a CPU client with it."""
+    try:
+        probe = subprocess.run(
+            [sys.executable, "-c", "from jaxlib import xla_client; xla_client.make_cpu_client()"],
+            env=dict(os.environ, XLA_FLAGS=flag), capture_output=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        return False
+    return probe.returncode == 0
+
+
+if os.environ.get("JAX_PLATFORMS", "cpu") == "cpu":
+    # The tests' programs are small and run a few times each: compiling them is most of the
+    # suite's time, and most of a CPU compilation goes to LLVM optimising the generated code
+    # and to the MLIR fusion emitters, neither of which pays at these sizes (no fast-math
+    # either way; results may differ from a default build in the last bits, as between XLA
+    # versions). XLA reads the flags when the backend starts, at the first computation, after
+    # this file; subprocesses started by the tests inherit them.
+    _flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_backend_optimization_level" not in _flags:
+        _flags += " --xla_backend_optimization_level=0"
+    if "xla_cpu_use_fusion_emitters" not in _flags and _xla_accepts(
+            "--xla_cpu_use_fusion_emitters=false"):
+        _flags += " --xla_cpu_use_fusion_emitters=false"
+    os.environ["XLA_FLAGS"] = _flags.strip()
 
 # Tests compile small JAX programs per drawn shape: keep example counts low, never time out on
 # the first (compiling) example, and draw the same examples on every run. No shrinking: every

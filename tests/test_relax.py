@@ -124,26 +124,30 @@ def test_optimistix_methods_agree_with_ode(net, x0, steady):
 
 
 def test_fixed_point_method_agrees_with_ode_and_differentiates(net, x0, steady):
-    fp = hj.relax(net, x0, clamp="image", method="fixed_point", stop=hj.SteadyState(atol=1e-6))
-    assert bool(jnp.all(fp.converged)) and float(jnp.max(fp.residual)) <= 1e-6
-    assert 1 <= int(fp.steps) < 4096 and int(fp.evaluations) == int(fp.steps)
-    for name in ("hidden", "label"):
-        np.testing.assert_allclose(fp.state[name], steady.state[name], atol=1e-5)
-    # frozen neurons stay put, the others settle
     mask = jnp.zeros((4, N_HID), bool).at[:, 0].set(True)
-    fr = hj.relax(net, x0, clamp="image", method="fixed_point", freeze={"hidden": mask},
-                  stop=hj.SteadyState(atol=1e-6))
-    np.testing.assert_array_equal(fr.state["hidden"][:, 0], x0["hidden"][:, 0])
-    assert bool(jnp.all(fr.converged))
 
-    # the gradient (implicit function theorem at either steady state) equals the ODE's
     def loss(n, method):
         sol = hj.relax(n, x0, clamp="image", method=method, stop=hj.SteadyState(atol=1e-7),
                        adjoint="implicit")
         return jnp.sum(sol.state["label"] * jnp.arange(N_OUT))
 
-    g_fp = eqx.filter_grad(loss)(net, "fixed_point")
-    g_ode = eqx.filter_grad(loss)(net, "ode")
+    @eqx.filter_jit
+    def run(n):
+        # one compilation for the four relaxations (each alone would compile its own loops)
+        fp = hj.relax(n, x0, clamp="image", method="fixed_point", stop=hj.SteadyState(atol=1e-6))
+        fr = hj.relax(n, x0, clamp="image", method="fixed_point", freeze={"hidden": mask},
+                      stop=hj.SteadyState(atol=1e-6))
+        return fp, fr, eqx.filter_grad(loss)(n, "fixed_point"), eqx.filter_grad(loss)(n, "ode")
+
+    fp, fr, g_fp, g_ode = run(net)
+    assert bool(jnp.all(fp.converged)) and float(jnp.max(fp.residual)) <= 1e-6
+    assert 1 <= int(fp.steps) < 4096 and int(fp.evaluations) == int(fp.steps)
+    for name in ("hidden", "label"):
+        np.testing.assert_allclose(fp.state[name], steady.state[name], atol=1e-5)
+    # frozen neurons stay put, the others settle
+    np.testing.assert_array_equal(fr.state["hidden"][:, 0], x0["hidden"][:, 0])
+    assert bool(jnp.all(fr.converged))
+    # the gradient (implicit function theorem at either steady state) equals the ODE's
     for u, v in zip(jax.tree.leaves(g_fp), jax.tree.leaves(g_ode), strict=True):
         np.testing.assert_allclose(u, v, rtol=2e-3, atol=2e-5)
 
@@ -186,9 +190,22 @@ def test_fixed_steps_scan_equals_diffeqsolve(net, x0):
     # energies, counts and BPTT gradients.
     kw = dict(clamp="image", stop=hj.FixedSteps(6), dt0=0.1, save="both")
     few = diffrax.RecursiveCheckpointAdjoint(checkpoints=2)
-    for solver in ("euler", "tsit5"):
-        a = hj.relax(net, x0, solver=solver, **kw)
-        b = hj.relax(net, x0, solver=solver, adjoint=few, **kw)
+
+    def loss(n, adjoint, solver):
+        sol = hj.relax(n, x0, clamp="image", solver=solver, stop=hj.FixedSteps(6), dt0=0.1,
+                       adjoint=adjoint)
+        return jnp.sum(sol.state["label"] * jnp.arange(N_OUT))
+
+    @eqx.filter_jit
+    def run(n):
+        # both solvers and both paths in one compilation
+        return {solver: (hj.relax(n, x0, solver=solver, **kw),
+                         hj.relax(n, x0, solver=solver, adjoint=few, **kw),
+                         eqx.filter_grad(loss)(n, "recursive", solver),
+                         eqx.filter_grad(loss)(n, few, solver))
+                for solver in ("euler", "tsit5")}
+
+    for solver, (a, b, ga, gb) in run(net).items():
         for name in net.layers:
             np.testing.assert_allclose(a.state[name], b.state[name], rtol=1e-5, atol=1e-6)
             np.testing.assert_allclose(a.trajectory[name], b.trajectory[name], rtol=1e-5,
@@ -197,16 +214,8 @@ def test_fixed_steps_scan_equals_diffeqsolve(net, x0):
         np.testing.assert_allclose(a.ts, b.ts, atol=1e-6)
         assert a.trajectory["hidden"].shape == (7, 4, N_HID)
         for f in ("steps", "num_steps", "evaluations"):
-            assert int(getattr(a, f)) == int(getattr(b, f)), f
+            assert int(getattr(a, f)) == int(getattr(b, f)), (solver, f)
         np.testing.assert_allclose(float(a.t_final), float(b.t_final), atol=1e-6)
-
-        def loss(n, adjoint, solver=solver):
-            sol = hj.relax(n, x0, clamp="image", solver=solver, stop=hj.FixedSteps(6), dt0=0.1,
-                           adjoint=adjoint)
-            return jnp.sum(sol.state["label"] * jnp.arange(N_OUT))
-
-        ga = eqx.filter_grad(loss)(net, "recursive")
-        gb = eqx.filter_grad(loss)(net, few)
         for u, v in zip(jax.tree.leaves(ga), jax.tree.leaves(gb), strict=True):
             np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-6)
 
@@ -281,7 +290,9 @@ def test_adjoints_agree_with_finite_differences(net, x0):
         sol = hj.relax(net, x0, clamp="image", adjoint=adjoint, stop=hj.SteadyState(atol=1e-6))
         return jnp.sum((sol.state["label"] - target) ** 2)
 
-    grads = {a: eqx.filter_grad(loss)(net, a) for a in ("recursive", "implicit")}
+    # each a single compilation, the loss of w2 reused for every finite difference
+    grads = eqx.filter_jit(lambda n: {a: eqx.filter_grad(loss)(n, a)
+                                      for a in ("recursive", "implicit")})(net)
     wr = grads["recursive"].synapses["w2"].weight
     wi = grads["implicit"].synapses["w2"].weight
     np.testing.assert_allclose(wi, wr, rtol=2e-3, atol=2e-5)
@@ -290,12 +301,12 @@ def test_adjoints_agree_with_finite_differences(net, x0):
     np.testing.assert_allclose(bi, br, rtol=2e-3, atol=2e-5)
 
     # central finite differences on two entries of w2 (float32: a wide step)
+    loss_of_w2 = jax.jit(lambda w: loss(eqx.tree_at(lambda n: n.synapses["w2"].weight, net, w),
+                                        "recursive"))
     w = net.synapses["w2"].weight
     for idx in [(0, 1), (2, 4)]:
         eps = 1e-2
-        plus = eqx.tree_at(lambda n: n.synapses["w2"].weight, net, w.at[idx].add(eps))
-        minus = eqx.tree_at(lambda n: n.synapses["w2"].weight, net, w.at[idx].add(-eps))
-        fd = (loss(plus, "recursive") - loss(minus, "recursive")) / (2 * eps)
+        fd = (loss_of_w2(w.at[idx].add(eps)) - loss_of_w2(w.at[idx].add(-eps))) / (2 * eps)
         np.testing.assert_allclose(wi[idx], fd, rtol=2e-2, atol=1e-4)
 
 
@@ -305,8 +316,8 @@ def test_gradient_with_respect_to_clamped_input(net, x0):
         sol = hj.relax(net, x, clamp="image", adjoint=adjoint, stop=hj.SteadyState(atol=1e-6))
         return jnp.sum(sol.state["label"][:, 0])
 
-    gr = jax.grad(loss)(x0["image"], "recursive")
-    gi = jax.grad(loss)(x0["image"], "implicit")
+    gr, gi = jax.jit(lambda img: [jax.grad(loss)(img, a) for a in ("recursive", "implicit")])(
+        x0["image"])
     assert float(jnp.max(jnp.abs(gr))) > 1e-4
     np.testing.assert_allclose(gi, gr, rtol=2e-3, atol=2e-5)
 
@@ -402,7 +413,11 @@ def test_anderson_reaches_the_ode_steady_state_in_fewer_evaluations(net, x0, ste
     np.testing.assert_allclose(an.tolerance, 1e-6)
 
 
-def _frozen_loss(net, x0, mask, **kw):
+FROZEN = np.zeros((4, N_HID), bool)
+FROZEN[:, :2] = True  # the first two hidden neurons of every sample
+
+
+def _frozen_loss(mask, **kw):
     """A completion-style loss: hidden neurons partly frozen, label read out."""
     def loss(n, x):
         sol = hj.relax(n, x, clamp="image", freeze={"hidden": mask},
@@ -412,31 +427,45 @@ def _frozen_loss(net, x0, mask, **kw):
     return loss
 
 
+@eqx.filter_jit
+def _grads_and_difference(loss, net, x0, bump=None):
+    """The gradients of ``loss`` with respect to the parameters and to the hidden initial
+    state (one backward pass) and, given ``bump``, ``loss(x0 + bump) − loss(x0 − bump)``."""
+    g, gx = eqx.filter_grad(lambda nx: loss(*nx))((net, x0))
+    if bump is None:
+        return g, gx["hidden"]
+    diff = (loss(net, {**x0, "hidden": x0["hidden"] + bump})
+            - loss(net, {**x0, "hidden": x0["hidden"] - bump}))
+    return g, gx["hidden"], diff
+
+
+@pytest.fixture(scope="module")
+def frozen_reference(net, x0):
+    """BPTT (recursive adjoint through Tsit5) to the same steady state, shared by the three
+    implicit methods: gradients with respect to the parameters and the hidden initial state."""
+    return _grads_and_difference(_frozen_loss(FROZEN, max_steps=4096), net, x0)
+
+
 @pytest.mark.parametrize("kw", [dict(adjoint="implicit"), dict(method="fixed_point"),
                                 dict(method="anderson")], ids=["ode", "fixed_point", "anderson"])
-def test_frozen_neurons_differentiate_at_the_steady_state(net, x0, kw):
+def test_frozen_neurons_differentiate_at_the_steady_state(net, x0, frozen_reference, kw):
     """Freezing makes ``τẋ`` zero on the frozen rows whatever the state, so the implicit
     function theorem on it is singular; on ``F = x₀ − x`` there it is not. The implicit
     gradients (parameters, and the frozen values themselves) equal BPTT through the ODE to the
     same steady state, which finite differences confirm."""
-    mask = jnp.zeros((4, N_HID), bool).at[:, :2].set(True)
-    loss = _frozen_loss(net, x0, mask, **kw)
-    ref = _frozen_loss(net, x0, mask, max_steps=4096)  # recursive adjoint through Tsit5
-    g = eqx.filter_grad(loss)(net, x0)
-    g_ref = eqx.filter_grad(ref)(net, x0)
-    for u, v in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref), strict=True):
-        assert bool(jnp.all(jnp.isfinite(u)))
-        np.testing.assert_allclose(u, v, rtol=5e-3, atol=5e-5)
-    gx = jax.grad(loss, argnums=1)(net, x0)["hidden"]
-    gx_ref = jax.grad(ref, argnums=1)(net, x0)["hidden"]
-    np.testing.assert_allclose(gx, gx_ref, rtol=5e-3, atol=5e-5)
-    assert float(jnp.max(jnp.abs(gx[:, :2]))) > 1e-3  # the frozen values do matter
-    np.testing.assert_allclose(gx[:, 2:], 0.0, atol=1e-4)  # where a free neuron began does not
+    loss = _frozen_loss(FROZEN, **kw)
     # central difference on one frozen value
     eps = 1e-2
     bump = jnp.zeros_like(x0["hidden"]).at[1, 0].set(eps)
-    fd = (loss(net, {**x0, "hidden": x0["hidden"] + bump})
-          - loss(net, {**x0, "hidden": x0["hidden"] - bump})) / (2 * eps)
+    g, gx, diff = _grads_and_difference(loss, net, x0, bump)
+    fd = diff / (2 * eps)
+    g_ref, gx_ref = frozen_reference
+    for u, v in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref), strict=True):
+        assert bool(jnp.all(jnp.isfinite(u)))
+        np.testing.assert_allclose(u, v, rtol=5e-3, atol=5e-5)
+    np.testing.assert_allclose(gx, gx_ref, rtol=5e-3, atol=5e-5)
+    assert float(jnp.max(jnp.abs(gx[:, :2]))) > 1e-3  # the frozen values do matter
+    np.testing.assert_allclose(gx[:, 2:], 0.0, atol=1e-4)  # where a free neuron began does not
     np.testing.assert_allclose(gx[1, 0], fd, rtol=2e-2, atol=1e-3)
 
 
@@ -456,21 +485,26 @@ def test_implicit_gradient_is_right_at_dead_neurons():
                        stop=hj.SteadyState(atol=1e-7))
         return jnp.sum(sol.state["label"] * jnp.arange(N_OUT)), sol
 
-    _, sol = loss(net, "recursive")
+    cases = (("recursive", "ode"), ("implicit", "ode"), ("implicit", "fixed_point"),
+             ("implicit_dense", "ode"), ("implicit_dense", "fixed_point"),
+             ("phantom", "fixed_point"))
+    # every gradient (and its relaxation) in one compilation
+    out = eqx.filter_jit(lambda n: {c: eqx.filter_grad(lambda m, c=c: loss(m, *c),
+                                                       has_aux=True)(n) for c in cases})(net)
+    flat = lambda g: np.concatenate([np.ravel(v) for v in jax.tree.leaves(g)])  # noqa: E731
+    ref, sol = out["recursive", "ode"]
+    ref = flat(ref)
     assert bool(jnp.all(sol.state["hidden"][:, :2] < 0))  # dead
     # the fixed-point iteration settles where the dynamics do (this net has a saddle that
     # Anderson's extrapolation can land on instead: see hamjax.solvers.Anderson)
-    _, fp = loss(net, "implicit", "fixed_point")
+    fp = out["implicit", "fixed_point"][1]
     np.testing.assert_allclose(fp.state["label"], sol.state["label"], atol=1e-5)
-    flat = lambda g: np.concatenate([np.ravel(v) for v in jax.tree.leaves(g)])  # noqa: E731
-    ref = flat(eqx.filter_grad(lambda n: loss(n, "recursive")[0])(net))
-    for adjoint, method in (("implicit", "ode"), ("implicit", "fixed_point"),
-                            ("implicit_dense", "ode"), ("implicit_dense", "fixed_point")):
-        g = flat(eqx.filter_grad(lambda n, a=adjoint, m=method: loss(n, a, m)[0])(net))
+    for adjoint, method in cases[1:-1]:
+        g = flat(out[adjoint, method][0])
         rel = np.linalg.norm(g - ref) / np.linalg.norm(ref)
         assert rel < 1e-4, (adjoint, method, rel)
     # the phantom gradient approximates it
-    g = flat(eqx.filter_grad(lambda n: loss(n, "phantom", "fixed_point")[0])(net))
+    g = flat(out["phantom", "fixed_point"][0])
     assert np.dot(g, ref) / (np.linalg.norm(g) * np.linalg.norm(ref)) > 0.99
 
 
@@ -478,22 +512,33 @@ def test_relax_under_a_users_jit_with_x0_closed_over(net, x0, steady):
     """x0 is a constant of the traced function and the net a tracer: relax must not try to
     read a traced value (the non-finite check) and must give the eager answer, under grad and
     vmap too."""
-    for method in ("ode", "anderson"):
-        @jax.jit
-        def run(n, method=method):
-            return hj.relax(n, x0, clamp="image", method=method,
-                            stop=hj.SteadyState(atol=1e-6)).state["label"]
+    methods = ("ode", "anderson")
 
-        np.testing.assert_allclose(run(net), steady.state["label"], atol=2e-5)
-        g = jax.jit(jax.grad(lambda n: jnp.sum(run(n))))(net)
-        assert all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(g))
-        def one(img, method=method):
-            x = {**{k: v[0] for k, v in x0.items()}, "image": img}
-            return hj.relax(net, x, clamp="image", method=method,
-                            stop=hj.SteadyState(atol=1e-6)).state["label"]
+    def label(n, x, method):
+        return hj.relax(n, x, clamp="image", method=method,
+                        stop=hj.SteadyState(atol=1e-6)).state["label"]
 
-        per = jax.vmap(one)(x0["image"])
-        np.testing.assert_allclose(per, steady.state["label"], atol=2e-5)
+    @jax.jit
+    def run(n):
+        # both methods, forward, gradient and vmap, in one compilation
+        out = {}
+        for method in methods:
+            def objective(m, method=method):
+                lab = label(m, x0, method)
+                return jnp.sum(lab), lab
+
+            (_, lab), g = jax.value_and_grad(objective, has_aux=True)(n)
+
+            def one(img, method=method):
+                return label(net, {**{k: v[0] for k, v in x0.items()}, "image": img}, method)
+
+            out[method] = lab, g, jax.vmap(one)(x0["image"])
+        return out
+
+    for method, (lab, g, per) in run(net).items():
+        np.testing.assert_allclose(lab, steady.state["label"], atol=2e-5, err_msg=method)
+        assert all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(g)), method
+        np.testing.assert_allclose(per, steady.state["label"], atol=2e-5, err_msg=method)
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(solver="euler", dt0=0.2, max_steps=2000),

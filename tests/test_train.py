@@ -96,8 +96,10 @@ def runs(net, batch):
             n, opt_state = net, SGD.init(eqx.filter(net, eqx.is_inexact_array))
             losses, grad = [], None
             for _ in range(TRAIN_STEPS + 1):
+                # key=None spelled out as fit passes it: the compiled step is keyed on the
+                # keywords given, so fit then reuses this one
                 new, opt_state, loss, metrics = T.train_step(n, opt_state, batch, CLS, gradient,
-                                                             SGD)
+                                                             SGD, key=None)
                 if grad is None:
                     grad = (_flat(n) - _flat(new)) / LR
                     assert metrics["correct"].shape == (8,)
@@ -522,8 +524,9 @@ def test_evaluate_accuracy_is_a_hand_count_and_padding_is_ignored(two_epochs, ti
     net = two_epochs[0]
     x, y = tiny.x_test, tiny.y_test
     b = {k: jnp.asarray(v) for k, v in CLS.prepare(x, y, None, train=False).items()}
-    # the estimator's own relaxation
-    sol = relax(net, CLS.initial_state(net, b), clamp=CLS.clamp, **FIT_GRADIENT.relax_kwargs())
+    # the estimator's own relaxation (compiled: eagerly its loops compile piece by piece)
+    sol = eqx.filter_jit(lambda n, b: relax(n, CLS.initial_state(n, b), clamp=CLS.clamp,
+                                            **FIT_GRADIENT.relax_kwargs()))(net, b)
     pred = np.argmax(np.asarray(sol.state["label"]), axis=-1)
     hand = float(np.mean(pred == y))
     hand_loss = float(np.mean(CLS.loss(net, sol.state, b)))
@@ -550,9 +553,25 @@ def _softmax_classifier(seed=0):
 NLL = T.Classification(num_classes=10, loss_kind="nll")
 
 
+@eqx.filter_jit
+def _loss_and_grad(gradient, net, task, batch, key=None):
+    """``gradient.loss_and_grad`` compiled as one program per estimator and batch shape (called
+    eagerly, every relaxation's loops and adjoint compile separately)."""
+    return gradient.loss_and_grad(net, task, batch, key=key)
+
+
 def _grad(gradient, net, task, batch, key=None):
-    loss, grads, metrics = gradient.loss_and_grad(net, task, batch, key=key)
+    loss, grads, metrics = _loss_and_grad(gradient, net, task, batch, key=key)
     return _flat(grads), metrics
+
+
+def _step_grad(gradient, net, batch):
+    """``(loss, flat gradient, metrics)`` of ``gradient`` on a batch of 8 through the SGD step
+    (``params_before − params_after = lr · gradient``, with lr a power of two), which the
+    gradient tests and ``fit`` compile for the same estimators, net structure and batch shape."""
+    opt_state = SGD.init(eqx.filter(net, eqx.is_inexact_array))
+    new, _, loss, metrics = T.train_step(net, opt_state, batch, CLS, gradient, SGD, key=None)
+    return loss, (_flat(net) - _flat(new)) / LR, metrics
 
 
 def test_nll_nudge_is_bounded_for_both_signs(batch):
@@ -584,7 +603,7 @@ def test_random_sign_eqprop(net, batch):
     rs = T.EqProp(beta=BETA, variant="random_sign", atol=ATOL, max_steps=MAX_STEPS)
     assert rs.needs_key and not GRADIENTS["eqprop"].needs_key
     with pytest.raises(ValueError, match="key"):
-        rs.loss_and_grad(net, CLS, one)
+        _loss_and_grad(rs, net, CLS, one)
     keys = [jax.random.PRNGKey(i) for i in range(8)]
     signs = [float(jax.random.rademacher(k, (1,), jnp.float32)[0]) for k in keys]
     k_plus, k_minus = keys[signs.index(1.0)], keys[signs.index(-1.0)]
@@ -597,6 +616,9 @@ def test_random_sign_eqprop(net, batch):
     assert _rel(g_plus, g_minus) > 1e-3  # the two one-sided estimates do differ
 
 
+UNCONVERGED = T.Implicit(atol=1e-8, max_steps=1)  # one iteration: no sample converges
+
+
 def test_unconverged_and_nonfinite_samples_are_left_out(net, batch):
     """A NaN image: its sample is reported (converged 0, used 0) and the gradient is that of
     the other samples (finite, equal to their batch's gradient times 7/8); the loss reported
@@ -604,17 +626,16 @@ def test_unconverged_and_nonfinite_samples_are_left_out(net, batch):
     bad = {**batch, "input": batch["input"].at[3, 5].set(jnp.nan)}
     keep = np.array([0, 1, 2, 4, 5, 6, 7])
     good = {k: v[keep] for k, v in batch.items()}
-    for gradient in (T.Implicit(atol=ATOL, max_steps=MAX_STEPS), GRADIENTS["eqprop"]):
-        loss, grads, m = gradient.loss_and_grad(net, CLS, bad)
-        g = _flat(grads)
+    for gradient in (GRADIENTS["implicit"], GRADIENTS["eqprop"]):
+        loss, g, m = _step_grad(gradient, net, bad)
         assert np.all(np.isfinite(g)) and not np.isfinite(float(loss))
         assert float(m["used"][3]) == 0.0 and float(m["converged"][3]) == 0.0
         assert float(jnp.sum(m["used"])) == 7.0
         g_good, _ = _grad(gradient, net, CLS, good)
         np.testing.assert_allclose(g, g_good * 7 / 8, rtol=1e-3, atol=1e-6)
     # too few iterations for anyone: nothing is used, the gradient is zero, and it says so
-    _, grads, m = T.Implicit(atol=1e-8, max_steps=1).loss_and_grad(net, CLS, batch)
-    assert float(jnp.sum(m["used"])) == 0.0 and not np.any(_flat(grads))
+    _, g, m = _step_grad(UNCONVERGED, net, batch)
+    assert float(jnp.sum(m["used"])) == 0.0 and not np.any(g)
 
 
 def test_estimator_settings_are_checked():
@@ -666,6 +687,7 @@ def test_fit_warns_when_training_relaxations_do_not_converge(digits):
     tiny = dataclasses.replace(digits, x_train=digits.x_train[:16], y_train=digits.y_train[:16],
                                x_test=digits.x_test[:8], y_test=digits.y_test[:8])
     with pytest.warns(T.ConvergenceWarning, match=r"only 0% of the training samples"):
-        _, hist = T.fit(_classifier(), tiny, gradient=T.Implicit(atol=1e-8, max_steps=1),
-                        epochs=1, batch_size=8, progress=False, verbose=False)
+        # the optimiser and estimator of test_unconverged_...: its compiled step serves
+        _, hist = T.fit(_classifier(), tiny, gradient=UNCONVERGED, optimizer=SGD, epochs=1,
+                        batch_size=8, progress=False, verbose=False)
     assert hist[0]["train_used"] == 0.0 and hist[0]["train_converged"] == 0.0
