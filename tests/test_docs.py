@@ -146,7 +146,10 @@ def device_process(request, tmp_path_factory):
     devices = max(_devices(p) for p in pages)
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(
         [str(ROOT), os.environ.get("PYTHONPATH", "")]),
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+        # conftest's compilation flags carry over; any earlier device count is replaced
+        XLA_FLAGS=" ".join([f for f in os.environ.get("XLA_FLAGS", "").split()
+                            if not f.startswith("--xla_force_host_platform_device_count")]
+                           + [f"--xla_force_host_platform_device_count={devices}"]))
     cwd = tmp_path_factory.mktemp("device_pages")
     proc = subprocess.Popen([sys.executable, __file__, *map(str, pages)], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
