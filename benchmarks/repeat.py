@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shlex
 import shutil
 import statistics
@@ -46,22 +47,27 @@ def run_repeated(n: int, argv: Sequence[str], out: Path) -> dict:
     """Run ``python -m benchmarks argv`` (without ``--repeat`` and ``--out``) ``n`` times in
     fresh processes, combine, write ``out/results.{json,md}`` and return the combined dict.
 
+    The runs are written to ``out/.repeats-staging/`` and moved to ``out/repeats/`` only when all
+    have finished, so an interrupted or failed repeat leaves the earlier results as they were.
     Raises ``RuntimeError`` when a run exits without writing its results (a crashed process);
     a section that failed inside a run is recorded by that run and carried into the combination.
     """
     out = Path(out)
     inner = _without(_without(argv, "--repeat"), "--out")
+    # the runs go to a staging folder: an interrupted repeat leaves the earlier results whole
+    staging = out / ".repeats-staging"
+    if staging.exists():
+        shutil.rmtree(staging)
     runs = []
     for i in range(1, n + 1):
-        folder = out / "repeats" / str(i)
-        if folder.exists():
-            shutil.rmtree(folder)
+        folder = staging / str(i)
         cmd = [sys.executable, "-m", "benchmarks", *inner, "--out", str(folder)]
         print(f"[benchmarks] run {i} of {n}: {shlex.join(cmd[1:])}", flush=True)
         proc = subprocess.run(cmd, cwd=ROOT)
         path = folder / "results.json"
         if not path.exists():
-            raise RuntimeError(f"run {i} of {n} wrote no results (exit status {proc.returncode})")
+            raise RuntimeError(f"run {i} of {n} wrote no results (exit status {proc.returncode}); "
+                               f"the earlier results in {out} are unchanged")
         runs.append(json.loads(path.read_text()))
         # the plots and section files of later runs duplicate run 1's: keep the numbers only
         if i > 1:
@@ -69,10 +75,11 @@ def run_repeated(n: int, argv: Sequence[str], out: Path) -> dict:
                 if p.is_file() and p.name not in ("results.json", "results.md"):
                     p.unlink()
     combined = combine(runs, "python -m benchmarks " + shlex.join(argv))
-    combined["repeat_folders"] = [str((out / "repeats" / str(i)).relative_to(out))
-                                  for i in range(1, n + 1)]
-    first = out / "repeats" / "1"
-    for p in first.iterdir():
+    combined["repeat_folders"] = [f"repeats/{i}" for i in range(1, n + 1)]
+    if (out / "repeats").exists():
+        shutil.rmtree(out / "repeats")
+    os.replace(staging, out / "repeats")
+    for p in (out / "repeats" / "1").iterdir():
         if p.is_file() and p.name not in ("results.json", "results.md"):
             shutil.copy2(p, out / p.name)
     jpath, _ = C.write_results(combined, out)

@@ -3,6 +3,8 @@ whole-suite repeats combine into medians with ranges (benchmarks.repeat)."""
 
 import json
 import re
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -192,3 +194,40 @@ def test_compare_says_which_re_run_figures_fall_within_the_stated_range(results,
                         "--compare", str(fresh)]) == 0
     out = capsys.readouterr().out
     assert f"of {len(rows)} re-run figures lie within the stated range" in out
+
+
+def _fake_suite(scales, fail_at=None):
+    """A stand-in for ``python -m benchmarks``: run i writes ``_run(scales[i])`` to its --out."""
+    calls = []
+
+    def fake(cmd, cwd):
+        calls.append(cmd)
+        if len(calls) != fail_at:
+            C.write_results(_run(scales[len(calls) - 1]), Path(cmd[cmd.index("--out") + 1]))
+        return subprocess.CompletedProcess(cmd, 0 if len(calls) != fail_at else 1)
+
+    return fake, calls
+
+
+def test_repeated_runs_are_combined_and_a_failed_repeat_keeps_the_earlier_results(
+        tmp_path, monkeypatch):
+    out = tmp_path / "timing"
+    fake, calls = _fake_suite([1.0, 1.1, 0.9])
+    monkeypatch.setattr(repeat.subprocess, "run", fake)
+    res = repeat.run_repeated(3, ["--quick", "--repeat", "3", "--out", str(out)], out)
+    assert len(calls) == 3 and all("--repeat" not in c for c in calls)
+    assert [c[c.index("--out") + 1] for c in calls] == [
+        str(out / ".repeats-staging" / str(i)) for i in (1, 2, 3)]
+    f = res["sections"]["dynamics"]["figures"]["dense: relax / hand"]
+    assert (f["value"], f["lo"], f["hi"]) == pytest.approx((0.9, 0.81, 0.99))
+    assert json.loads((out / "results.json").read_text())["repeats"] == 3
+    assert sorted(p.name for p in (out / "repeats").iterdir()) == ["1", "2", "3"]
+    assert not (out / ".repeats-staging").exists()
+    before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    fake, calls = _fake_suite([2.0, 2.0, 2.0], fail_at=2)
+    monkeypatch.setattr(repeat.subprocess, "run", fake)
+    with pytest.raises(RuntimeError, match="run 2 of 3 wrote no results"):
+        repeat.run_repeated(3, ["--quick"], out)
+    after = {p: p.read_bytes() for p in sorted(out.rglob("*"))
+             if p.is_file() and ".repeats-staging" not in p.parts}
+    assert after == before
