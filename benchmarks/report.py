@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from . import common as C
+from . import quality as Q
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -55,9 +56,8 @@ def quality(folder: Path) -> list[dict[str, Any]]:
                                        else len(ORDER), r["name"]))
 
 
-ORDER = ("digits-dense-bptt", "digits-deep-bptt", "digits-dense-implicit",
-         "digits-dense-eqprop", "digits-denoise-memory", "mnist-dense-bptt",
-         "mnist-dense-implicit", "mnist-dense-eqprop", "mnist-conv-bptt", "mnist-denoise-memory")
+# the rows in the order the quality section runs them (digits first, then MNIST)
+ORDER = tuple(spec.name for spec in Q.specs("full", ROOT))
 
 
 def _read(path: Path) -> dict[str, Any]:

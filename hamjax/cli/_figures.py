@@ -93,11 +93,18 @@ def _dense_fields(net, sol):
     act = np.asarray(net.layers[name].activation(sol.state[name])).reshape(
         len(sol.state[name]), -1)
     score = act.mean(0)
-    order = np.argsort(-score)[:16]
-    caps = [f"unit {i}\nḡ={score[i]:.2f}" for i in order]
+    order, caps = _most_active(score, "unit")
     title = (f"input weights of the {len(order)} most active of {w.shape[0]} hidden units "
              f"(ḡ: mean activation over {len(act)} test images)")
     return w[order], caps, title, "weight from pixel to unit", "RdBu_r", True
+
+
+def _most_active(score, what: str, n: int = 16):
+    """The indices of the ``n`` largest mean activations ``score`` and their captions."""
+    import numpy as np
+
+    order = np.argsort(-score)[:n]
+    return order, [f"{what} {i}\nḡ={score[i]:.2f}" for i in order]
 
 
 def _conv_fields(net, sol):
@@ -107,8 +114,7 @@ def _conv_fields(net, sol):
     k = np.moveaxis(np.asarray(net.synapses["conv"].kernel)[:, :, 0, :], -1, 0)
     act = np.asarray(net.layers["features"].activation(sol.state["features"]))
     score = act.reshape(-1, act.shape[-1]).mean(0)
-    order = np.argsort(-score)[:16]
-    caps = [f"map {i}\nḡ={score[i]:.2f}" for i in order]
+    order, caps = _most_active(score, "map")
     title = (f"kernels of the {len(order)} most active of {k.shape[0]} feature maps "
              f"(ḡ: mean activation over test images and positions)")
     return k[order], caps, title, "kernel weight", "RdBu_r", True
