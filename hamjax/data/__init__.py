@@ -41,7 +41,7 @@ from ._dataset import Dataset, flatten, from_arrays, one_hot, unflatten
 from ._idx import read_idx, write_idx
 from ._loaders import DATASETS, MNIST_FILES, load_dataset, load_digits, load_mnist
 from ._psnr import psnr
-from ._split import batches, split_indices
+from ._split import batch_indices, batches, split_indices
 
 __all__ = [
     "CORRUPTIONS",
@@ -52,6 +52,7 @@ __all__ = [
     "DataError",
     "DataFileNotFoundError",
     "Dataset",
+    "batch_indices",
     "batches",
     "corrupt",
     "flatten",
