@@ -14,6 +14,8 @@ from ._fit import (
     default_task,
     evaluate,
     fit,
+    prepare_rows,
+    sample_rng,
     train_step,
 )
 from ._gradients import BPTT, EqProp, GradientEstimator, Implicit, Nudge
@@ -37,7 +39,9 @@ __all__ = [
     "evaluate",
     "fit",
     "load_checkpoint",
+    "prepare_rows",
     "read_checkpoint_meta",
+    "sample_rng",
     "save_checkpoint",
     "train_step",
     "verify_checkpoint",
