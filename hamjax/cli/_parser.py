@@ -195,6 +195,21 @@ def _run_flags(t) -> None:
                         "them, parameters replicated (--batch-size must be a multiple of N). "
                         "On a CPU, create N host devices by setting "
                         "XLA_FLAGS=--xla_force_host_platform_device_count=N before running")
+    t.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="several processes (one per host): join the run whose process 0 listens "
+                        "at HOST:PORT; with --num-processes and --process-id. Each batch is "
+                        "split over every device of every process (python -m hamjax.launch "
+                        "starts N processes on this machine)")
+    t.add_argument("--num-processes", type=_positive_int, default=None, metavar="N",
+                   help="the number of processes of the run (with --coordinator)")
+    t.add_argument("--process-id", type=_nonneg_int, default=None, metavar="I",
+                   help="this process's rank in [0, N) (with --coordinator); process 0 prints "
+                        "and writes the run folder, which all processes must see")
+    t.add_argument("--distributed", action="store_true",
+                   help="several processes, the coordinator, count and rank read from the "
+                        "cluster's environment (SLURM, Open MPI, Cloud TPU)")
+    t.add_argument("--join-timeout", type=_positive_float, default=120.0, metavar="S",
+                   help="seconds to wait for every process to join before giving up")
 
 
 def given_flags(argv) -> set[str]:
