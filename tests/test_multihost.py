@@ -223,3 +223,41 @@ def test_local_rows_and_global_batch_in_one_process():
     sharding.barrier("one process: returns at once")
     arr = jax.numpy.ones(3)
     assert sharding.local_replica({"a": arr})["a"] is arr
+
+
+_UNSHARED = r"""
+import sys
+from hamjax import data as hd, sharding, train as T
+import jax, optax
+rank, port, folder = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+sharding.initialize_distributed(f"127.0.0.1:{port}", 2, rank, timeout=60)
+import hamjax as hj
+d = hd.load_digits()
+net = hj.models.dense_classifier(d.image_shape, 10, hidden=8, key=jax.random.PRNGKey(0))
+ckpt = f"{folder}/ckpt-of-process-{rank}.eqx"  # as if each saw a different file system
+kw = dict(gradient=T.BPTT(steps=2), batch_size=64, checkpoint=ckpt, progress=False,
+          verbose=False, mesh=sharding.make_mesh())
+T.fit(net, d, epochs=1, **kw)
+try:
+    T.fit(net, d, epochs=2, resume=True, **kw)
+except T.CheckpointError as e:
+    print("REFUSED", e)
+"""
+
+
+@multiprocess
+@needs_loopback
+def test_processes_that_see_different_checkpoints_are_refused(tmp_path):
+    script = tmp_path / "unshared.py"
+    script.write_text(_UNSHARED)
+    port = str(free_port())
+    procs = [subprocess.Popen([sys.executable, str(script), str(i), port, str(tmp_path)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=180) for p in procs]
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-2000:]
+        assert "REFUSED the processes would start at different epochs (process 0: epoch 2, " \
+               "process 1: epoch 1)" in out
+    # only process 0 wrote
+    assert sorted(f.name for f in tmp_path.glob("*.eqx")) == ["ckpt-of-process-0.eqx"]

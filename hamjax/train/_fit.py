@@ -22,6 +22,7 @@ from .._ham import HAM
 from ..sharding import (
     ShardingError,
     barrier,
+    gather_text,
     global_batch,
     is_main_process,
     local_rows,
@@ -217,6 +218,7 @@ def fit(
     optimizer = optax.adam(1e-3) if optimizer is None else optimizer
     _check_sizes(data, epochs, batch_size, mesh)
     net, opt_state, history, first = _initial_state(net, optimizer, checkpoint, resume)
+    _same_start(first, checkpoint)
     main = is_main_process()
     progress, verbose = progress and main, verbose and main
     if mesh is not None:
@@ -256,6 +258,19 @@ def _check_sizes(data: hd.Dataset, epochs: int, batch_size: int, mesh) -> None:
     if mesh is not None and batch_size % mesh.size:
         raise ShardingError(f"batch_size {batch_size} is not divisible by the {mesh.size} devices "
                             f"of the mesh; use a multiple of {mesh.size}")
+
+
+def _same_start(first: int, checkpoint) -> None:
+    """Several processes must start at the same epoch: one that cannot see process 0's
+    checkpoint would train from scratch beside the others (and wait for them forever)."""
+    if jax.process_count() == 1:
+        return
+    starts = [int(t) for t in gather_text(str(first))]
+    if len(set(starts)) > 1:
+        each = ", ".join(f"process {i}: epoch {e + 1}" for i, e in enumerate(starts))
+        raise CheckpointError(
+            f"the processes would start at different epochs ({each}): they read different "
+            f"checkpoints at {checkpoint}; put it on a file system every process sees")
 
 
 def _initial_state(net: HAM, optimizer, checkpoint, resume: bool):
