@@ -153,8 +153,10 @@ def load_image_folder(root, *, size=None, mode: str | None = None, test_fraction
         names = sorted(classes)
         files = [f for c in names for f in classes[c]]
         y = np.asarray([k for k, c in enumerate(names) for _ in classes[c]], np.int32)
-        train_idx, test_idx = split_indices(y, test_fraction, seed, stratify=True)
+        train_idx = test_idx = None
     images, colour = _stack(files, mode, size)
+    if train_idx is None:
+        train_idx, test_idx = split_indices(y, test_fraction, seed, stratify=True)
     if mode is None and not colour:
         images = images[..., :1]  # every pixel grey: R = G = B, and that value is its luma
     x = images.astype(np.float32)
