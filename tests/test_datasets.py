@@ -4,6 +4,7 @@ itself (nothing is downloaded) and checks values, shapes, names and errors again
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 from pathlib import Path
@@ -388,3 +389,109 @@ def test_dataset_class_names_are_checked():
         hd.from_arrays(x, [0, 1, 0, 1], x, [0, 1, 1, 0], class_names=["a", "b", "c"])
     with pytest.raises(hd.DataError, match=r"label 2 is not in \[0, 2\)"):
         ds.label_name(2)
+
+
+# ------------------------------------------------------------------------------------------
+# Colour images through the command line
+
+
+def _colourful(run: Path, name: str) -> float:
+    """The fraction of a picture's pixels whose red, green and blue differ visibly."""
+    import matplotlib.pyplot as plt
+
+    img = plt.imread(run / name)[..., :3]
+    return float(np.mean(np.ptp(img, axis=-1) > 0.2))
+
+
+def _cli(argv, capsys) -> str:
+    from hamjax import cli
+
+    capsys.readouterr()
+    assert cli.main(argv) == 0
+    return capsys.readouterr().out
+
+
+TINY_RUN = ["--epochs", "1", "--steps", "3", "--batch-size", "8", "--no-progress"]
+
+
+@pytest.mark.parametrize("model", ["dense", "conv"])
+def test_cli_trains_a_classifier_on_cifar_colour_images(tmp_path, capsys, model):
+    _write_cifar10(tmp_path / "data", per_batch=4, n_test=6)
+    out = tmp_path / "run"
+    printed = _cli(["train", "--dataset", "cifar10", "--data-dir", str(tmp_path / "data"),
+                    "--model", model, "--hidden", "4", *TINY_RUN, "--out", str(out)], capsys)
+    assert "classify on cifar10 (20 train / 6 test)" in printed and "test accuracy" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["steps"] == 2
+    assert set(metrics["pictures"]) == {"weights.png", "predictions.png", "energy.png"}
+    for name in metrics["pictures"]:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the random colour test images are drawn in colour (grey, only a wrong label's red
+    # caption would be)
+    assert _colourful(out, "predictions.png") > 0.1
+    if model == "conv":
+        printed = _cli(["eval", str(out)], capsys)  # the run reloads its data and model
+        assert f"test accuracy: {metrics['test_accuracy']:.4f}" in printed
+
+
+def test_cli_restores_colour_images_from_an_image_folder(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for c, colour in enumerate(((220, 30, 30), (30, 200, 40), (40, 60, 230))):
+        for i in range(5):
+            # mixed sizes: --image-size brings them to one
+            size = (10, 12) if i % 2 else (20, 24)
+            a = np.clip(np.array(colour) + rng.normal(0, 20, (*size, 3)), 0, 255)
+            _save(tmp_path / "imgs" / f"class{c}" / f"{i}.png", a.astype(np.uint8))
+    out = tmp_path / "run"
+    printed = _cli(["train", "--dataset", "folder", "--data-dir", str(tmp_path / "imgs"),
+                    "--image-size", "10,12", "--task", "denoise", "--hidden", "6", *TINY_RUN,
+                    "--out", str(out)], capsys)
+    assert "denoise on imgs (12 train / 3 test)" in printed and "test PSNR" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test_psnr"] > metrics["test_psnr_input"]  # the memories restore colour
+    assert metrics["config"]["image_size"] == [10, 12]
+    assert _colourful(out, "reconstructions.png") > 0.05  # colour images shown as colour
+    assert _colourful(out, "weights.png") > 0.05  # the memories are colour images
+
+
+def test_cli_data_flags_are_checked_before_training(tmp_path, capsys):
+    from hamjax import cli
+
+    def fails(argv):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv + ["--out", str(tmp_path / "r")])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert not (tmp_path / "r").exists()
+        return err
+
+    assert "--dataset cifar10 needs --data-dir DIR" in fails(["train", "--dataset", "cifar10"])
+    assert "reads no --data-dir" in fails(["train", "--data-dir", str(tmp_path)])
+    err = fails(["train", "--dataset", "cifar100", "--data-dir", str(tmp_path)])
+    assert f"{tmp_path}/cifar-100-python/train not found" in err
+    _write_cifar10(tmp_path / "c")
+    assert "--image-size resizes the images of --dataset folder" in fails(
+        ["train", "--dataset", "cifar10", "--data-dir", str(tmp_path / "c"), "--image-size",
+         "16,16"])
+    path = tmp_path / "c" / "cifar-10-batches-py" / "data_batch_4"
+    path.write_bytes(path.read_bytes()[:100])
+    assert "data_batch_4: not a readable CIFAR batch" in fails(
+        ["train", "--dataset", "cifar10", "--data-dir", str(tmp_path / "c")])
+    assert "expected H,W" in fails(["train", "--image-size", "3,x"])
+
+
+def test_cli_dataset_choices_are_the_registry_and_conv_takes_colour():
+    from hamjax.cli import _commands, _parser
+
+    assert _parser.DATASETS == tuple(hd.DATASETS)
+    assert _commands._conv_shape((32, 32, 3)) == (5, 2, 1)
+    assert _commands._conv_shape((28, 28, 1)) == (5, 2, 1)
+    assert _commands._conv_shape((8, 8, 1)) == (3, 1, 2)
+    assert _commands._conv_shape((64, 64, 3)) == (5, 2, 2)
+    x = np.zeros((4, 32, 32, 3), np.uint8)
+    data = hd.from_arrays(x, [0, 1, 0, 1], x, [0, 1, 1, 0])
+    net = _commands._model({"model": "conv", "seed": 0, "hidden": [4]}, data)
+    assert net.synapses["conv"].kernel.shape == (5, 5, 3, 4)
+    assert net.layers["features"].shape == (14, 14, 4)
