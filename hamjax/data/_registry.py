@@ -24,7 +24,8 @@ class DatasetSource(NamedTuple):
     folder: str | None
 
     def keywords(self) -> tuple[str, ...]:
-        """The keyword arguments ``load`` takes (the directory excluded)."""
+        """The names of the keyword arguments ``load`` takes, in its signature's order (the
+        directory, its first argument when ``folder`` is set, excluded)."""
         params = list(inspect.signature(self.load).parameters.values())
         if self.folder is not None:
             params = params[1:]
