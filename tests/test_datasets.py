@@ -495,3 +495,42 @@ def test_cli_dataset_choices_are_the_registry_and_conv_takes_colour():
     net = _commands._model({"model": "conv", "seed": 0, "hidden": [4]}, data)
     assert net.synapses["conv"].kernel.shape == (5, 5, 3, 4)
     assert net.layers["features"].shape == (14, 14, 4)
+
+
+def test_corruptions_and_tasks_on_colour_images():
+    """NHWC with three channels: a hidden pixel hides all its channels, flat batches too, and
+    the memory tasks prepare colour batches of their own shape."""
+    from hamjax import train as T
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.1, 1.0, (3, 6, 4, 3)).astype(np.float32)
+    out, mask = hd.corrupt(x, "mask_bottom", 0.5)
+    assert mask.shape == x.shape and mask[:, 3:].all() and not mask[:, :3].any()
+    np.testing.assert_array_equal(out, np.where(mask, 0.0, x))
+    flat, flat_mask = hd.mask_region(x.reshape(3, -1), "left_half", image_shape=(6, 4, 3))
+    np.testing.assert_array_equal(flat_mask.reshape(x.shape)[:, :, :2], True)
+    np.testing.assert_array_equal(flat_mask.reshape(x.shape)[:, :, 2:], False)
+    assert flat.shape == (3, 72)
+    hidden = hd.mask_random(x, 0.25, 0).mask
+    assert hidden.shape == x.shape and hidden.reshape(3, -1).sum(1).tolist() == [18, 18, 18]
+    batch = T.Completion(level=0.5).prepare(x, None, np.random.default_rng(0), train=True)
+    assert batch["input"].shape == x.shape and batch["frozen"].shape == x.shape
+    np.testing.assert_array_equal(batch["frozen"], ~mask)
+    noisy = T.Denoising(level=0.3).prepare(x, None, np.random.default_rng(0), train=True)
+    assert noisy["input"].shape == x.shape and not np.array_equal(noisy["input"], x)
+
+
+def test_image_folder_scales_16_bit_grey_and_refuses_32_bit(tmp_path):
+    wide = np.array([[0, 257 * 100], [65535, 257 * 7]], np.uint16)
+    for c in ("a", "b"):
+        (tmp_path / "w" / c).mkdir(parents=True)
+        Image.fromarray(wide).save(tmp_path / "w" / c / "x.png")
+    assert Image.open(tmp_path / "w" / "a" / "x.png").mode.startswith("I;16")
+    ds = hd.load_image_folder(tmp_path / "w", test_fraction=0.5)
+    assert ds.image_shape == (2, 2, 1)
+    np.testing.assert_allclose(ds.x_train[0, ..., 0] * 255, [[0, 100], [255, 7]], atol=1e-4)
+    (tmp_path / "f" / "a").mkdir(parents=True)
+    Image.fromarray(np.zeros((2, 2), np.float32)).save(tmp_path / "f" / "a" / "x.tiff")
+    (tmp_path / "f" / "a" / "x.tiff").rename(tmp_path / "f" / "a" / "x.png")
+    with pytest.raises(hd.DataError, match=r"a/x\.png: pixels of mode F"):
+        hd.load_image_folder(tmp_path / "f")

@@ -51,8 +51,19 @@ def _read(path: Path, mode: str | None, size):
     try:
         with Image.open(path) as img:
             img.load()
+            if img.mode.startswith("I;16"):
+                # Pillow's conversion of 16-bit grey to 8 bits clips at 255 rather than
+                # scaling: scale 0..65535 to 0..255 here
+                wide = np.asarray(img).astype(np.uint32)
+                img = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8))
+            elif img.mode in ("I", "F"):
+                raise DataError(f"{path}: pixels of mode {img.mode} (32-bit integer or "
+                                "floating point) have no fixed range; expected 8- or 16-bit "
+                                "images (save them as 8-bit PNG or JPEG)")
             img = img.convert("L" if mode == "L" else "RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        if isinstance(e, DataError):
+            raise
         raise DataError(f"{path}: cannot read it as an image (truncated or corrupt?): "
                         f"{type(e).__name__}: {e}") from e
     if size is not None and img.size != (size[1], size[0]):
