@@ -385,8 +385,14 @@ def test_dataset_class_names_are_checked():
     ds = hd.from_arrays(x, [0, 1, 0, 1], x, [0, 1, 1, 0], class_names=["no", "yes"])
     assert ds.class_names == ("no", "yes") and ds.label_name(1) == "yes"
     assert ds.flat().class_names == ("no", "yes")
+    # a class without examples still counts when it is named
+    assert hd.from_arrays(x, [0, 1, 0, 1], x, [0, 1, 1, 0],
+                          class_names=["a", "b", "c"]).num_classes == 3
     with pytest.raises(hd.DataError, match="3 class names for 2 classes"):
-        hd.from_arrays(x, [0, 1, 0, 1], x, [0, 1, 1, 0], class_names=["a", "b", "c"])
+        hd.from_arrays(x, [0, 1, 0, 1], x, [0, 1, 1, 0], num_classes=2,
+                       class_names=["a", "b", "c"])
+    with pytest.raises(hd.DataError, match="num_classes=1 but a label is 1"):
+        hd.from_arrays(x, [0, 1, 0, 1], x, [0, 1, 1, 0], class_names=["a"])
     with pytest.raises(hd.DataError, match=r"label 2 is not in \[0, 2\)"):
         ds.label_name(2)
 

@@ -57,12 +57,12 @@ def _show(ax, image, image_shape) -> None:
     if a.ndim == 3 and a.shape[-1] == 3:
         ax.imshow(a)
     else:
-        ax.imshow(_grey_squeezed(a[None])[0], cmap="gray", vmin=0, vmax=1)
+        ax.imshow(a[..., 0] if a.ndim == 3 else a, cmap="gray", vmin=0, vmax=1)
 
 
 def _label(data, label) -> str:
     """Class ``label`` as the pictures show it: its name, shortened, or its number."""
-    name = data.label_name(label) if hasattr(data, "label_name") else str(int(label))
+    name = data.label_name(label)
     return name if len(name) <= 10 else name[:9] + "…"
 
 

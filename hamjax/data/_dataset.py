@@ -155,7 +155,7 @@ def from_arrays(x_train, y_train, x_test=None, y_test=None, *, test_fraction: fl
     ``image_shape = (D,)``). ``uint8`` values are scaled from 0..255 to ``[0, 1]``; any other
     numeric values must already lie in ``[0, 1]``. Stored as ``float32``.
     ``y``: integer class indices ``>= 0``, shape ``(n,)``; ``num_classes`` defaults to the
-    largest label plus one.
+    number of ``class_names`` when given, else to the largest label plus one.
     Without ``x_test``/``y_test`` the training arrays are split by :func:`split_indices`
     (``test_fraction``, ``seed``, ``stratify``). ``name`` names the dataset; ``class_names``
     (optional) names each of the ``num_classes`` classes.
@@ -180,8 +180,8 @@ def from_arrays(x_train, y_train, x_test=None, y_test=None, *, test_fraction: fl
                             f"x_train examples {x_tr.shape[1:]}; expected the same")
     top = max(int(y_tr.max(initial=-1)), int(y_te.max(initial=-1)))
     if num_classes is None:
-        num_classes = top + 1
-    elif top >= num_classes:
+        num_classes = top + 1 if class_names is None else len(class_names)
+    if top >= num_classes:
         raise DataError(f"from_arrays: num_classes={num_classes} but a label is {top}; labels "
                         f"must lie in [0, {num_classes})")
     return Dataset(x_tr, y_tr.astype(np.int32), x_te, y_te.astype(np.int32),
