@@ -30,22 +30,31 @@ from ._runs import (
 
 # ---------------------------------------------------------------------------------- building
 def load_data(cfg: dict, data_dir=None):
-    """The dataset ``cfg`` names, cut to ``--limit-train`` / ``--limit-test``."""
+    """The dataset ``cfg`` names (a key of :data:`hamjax.data.DATASETS`), cut to
+    ``--limit-train`` / ``--limit-test``; ``--seed`` splits the sets without a test part,
+    ``--image-size`` resizes an image folder. A missing or superfluous ``--data-dir``, or an
+    ``--image-size`` for a dataset that cannot be resized, is a :class:`UsageError`; a file
+    that is missing or unreadable a :class:`hamjax.data.DataError`."""
     from .. import data as hd
 
-    if cfg["dataset"] == "digits":
-        d = hd.load_digits(seed=cfg["seed"])
-    else:
-        d = hd.load_mnist(data_dir or cfg.get("data_dir"), limit_train=cfg.get("limit_train"),
-                          limit_test=cfg.get("limit_test"))
-    if cfg["dataset"] == "digits" and (cfg.get("limit_train") or cfg.get("limit_test")):
-        import dataclasses
-
-        d = dataclasses.replace(
-            d, x_train=d.x_train[: cfg.get("limit_train")], y_train=d.y_train[: cfg.get(
-                "limit_train")], x_test=d.x_test[: cfg.get("limit_test")],
-            y_test=d.y_test[: cfg.get("limit_test")])
-    return d
+    source = hd.DATASETS[cfg["dataset"]]
+    data_dir = data_dir or cfg.get("data_dir")
+    # checked before anything is read: each flag takes effect or is refused
+    if source.folder is not None and data_dir is None:
+        raise UsageError(f"--dataset {cfg['dataset']} needs --data-dir DIR (a folder holding "
+                         f"{source.folder}); nothing is downloaded")
+    if source.folder is None and data_dir is not None:
+        raise UsageError(f"--dataset {cfg['dataset']} is bundled and reads no --data-dir; "
+                         f"drop it, or name the dataset the folder holds")
+    if cfg.get("image_size") and "size" not in source.keywords():
+        raise UsageError(f"--image-size resizes the images of --dataset folder; --dataset "
+                         f"{cfg['dataset']} has images of one size already")
+    kw = {"limit_train": cfg.get("limit_train"), "limit_test": cfg.get("limit_test")}
+    if "seed" in source.keywords():
+        kw["seed"] = cfg["seed"]
+    if cfg.get("image_size"):
+        kw["size"] = tuple(cfg["image_size"])
+    return hd.load_dataset(cfg["dataset"], data_dir, **kw)
 
 
 def build(cfg: dict, data):
@@ -74,12 +83,13 @@ def _model(cfg: dict, data):
         from ..lagrangians import ReLU
 
         # ReLU feature maps classify better than the HAM paper's softmax over channels. A 5×5
-        # kernel at stride 2 on 28×28 images (3×3, stride 1, 2×2 pooling on the 8×8 digits)
-        # keeps the feature maps small enough to train on a CPU
-        small = data.image_shape[0] <= 8
+        # kernel at stride 2 on 28×28 or 32×32 images (12×12 or 14×14 feature maps; 3×3,
+        # stride 1, 2×2 pooling on the 8×8 digits) keeps the feature maps small enough to train
+        # on a CPU; larger images are pooled 2×2 as well. The kernel takes every input channel
+        kernel, stride, pool = _conv_shape(data.image_shape)
         return models.conv_classifier(data.image_shape, data.num_classes, channels=h[0],
-                                      kernel_size=3 if small else 5, stride=1 if small else 2,
-                                      pool=2 if small else 1, feature_lagrangian=ReLU(), key=key)
+                                      kernel_size=kernel, stride=stride, pool=pool,
+                                      feature_lagrangian=ReLU(), key=key)
     # memories start as K training images (a modern Hopfield network storing them); from
     # small random vectors every softmax is flat and each image relaxes to the global mean
     import numpy as np
@@ -90,6 +100,15 @@ def _model(cfg: dict, data):
     return models.memory_model(data.image_shape, num_memories=h[0],
                                patterns=data.x_train[idx].reshape(h[0], -1),
                                similarity="distance", key=key)
+
+
+def _conv_shape(image_shape) -> tuple[int, int, int]:
+    """``(kernel size, stride, pooling)`` of the CLI's conv model for ``(H, W, C)`` images."""
+    h, w = image_shape[:2]
+    if min(h, w) <= 8:
+        return 3, 1, 2
+    features = (min(h, w) - 5) // 2 + 1
+    return 5, 2, 2 if features > 16 else 1
 
 
 def _task(cfg: dict, data):
@@ -168,9 +187,6 @@ def _prepare(cfg: dict, joined: bool = False):
     batch size and the number of memories against the training set."""
     from ..data import DataError
 
-    if cfg["dataset"] == "mnist" and cfg["data_dir"] is None:
-        raise UsageError("--dataset mnist needs --data-dir DIR (a folder "
-                         "with the four MNIST IDX files); nothing is downloaded")
     mesh = _mesh(cfg, joined)
     try:
         data = load_data(cfg)
