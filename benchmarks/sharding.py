@@ -89,7 +89,7 @@ def _worker(n: int, batch: int, width: int, steps: int, repeats: int, processes:
 
     def step():
         state["net"], state["opt"], loss, _ = T.train_step(state["net"], state["opt"], b, task,
-                                                           gradient, opt)
+                                                           gradient, opt, mesh=mesh)
         return loss
 
     step_s, step_compile = timed(step)

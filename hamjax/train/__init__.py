@@ -11,6 +11,7 @@ from ._checkpoint import (
 from ._fit import (
     ConvergenceWarning,
     check_task,
+    data_parallel,
     default_task,
     evaluate,
     fit,
@@ -35,6 +36,7 @@ __all__ = [
     "Storage",
     "Task",
     "check_task",
+    "data_parallel",
     "default_task",
     "evaluate",
     "fit",

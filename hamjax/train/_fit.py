@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
 
 from .. import data as hd
 from .._ham import HAM
@@ -32,8 +33,8 @@ from ._checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ._gradients import BPTT, GradientEstimator
 from ._tasks import Classification, Task
 
-__all__ = ["fit", "train_step", "evaluate", "History", "ConvergenceWarning", "check_task",
-           "default_task", "sample_rng", "prepare_rows"]
+__all__ = ["fit", "train_step", "data_parallel", "evaluate", "History", "ConvergenceWarning",
+           "check_task", "default_task", "sample_rng", "prepare_rows"]
 
 History = list  # one dict per epoch
 
@@ -84,28 +85,93 @@ def _strongly_typed(tree):
 
 @eqx.filter_jit
 def train_step(net: HAM, opt_state, batch: dict, task: Task, gradient: GradientEstimator,
-               optimizer, *, key=None):
+               optimizer, *, key=None, mesh=None):
     """One optimiser step: ``(net, opt_state, loss, per-sample metrics)``. ``key``: a PRNG key
     for the estimators that draw random numbers (``gradient.needs_key``).
 
     ``batch``: a prepared batch of ``n`` samples (``task.prepare``, as JAX arrays); the loss is
     the mean over it (a scalar), the metrics ``(n,)`` arrays. The gradient is
     ``gradient.loss_and_grad`` and the update ``optimizer`` (an ``optax`` transformation) on the
-    inexact arrays of ``net``. Compiled with ``eqx.filter_jit``."""
-    loss, grads, metrics = gradient.loss_and_grad(net, task, batch, key=key)
+    inexact arrays of ``net``. Compiled with ``eqx.filter_jit``.
+
+    With ``mesh`` (the batch split over it, the model replicated), data parallelism by
+    :func:`jax.shard_map`: each device computes the loss and gradient of its own samples and
+    one all-reduce averages them (:func:`data_parallel`)."""
+    if mesh is None:
+        loss, grads, metrics = gradient.loss_and_grad(net, task, batch, key=key)
+    else:
+        loss, grads, metrics = data_parallel(gradient, mesh)(net, task, batch, key=key)
     params = eqx.filter(net, eqx.is_inexact_array)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return eqx.apply_updates(net, updates), opt_state, loss, metrics
 
 
-@eqx.filter_jit
-def _eval_sums(net, batch, valid, task, gradient):
-    """The sums over the ``valid`` samples of the batch of every per-sample figure: scalars,
-    replicated on every device (and process) of a split batch."""
+def data_parallel(gradient: GradientEstimator, mesh):
+    """``gradient.loss_and_grad`` over a batch split along the one axis of ``mesh``: each device
+    relaxes and differentiates its own ``n/d`` samples with no communication, then one
+    all-reduce (``pmean``) averages the losses and gradients over the ``d`` devices. Returns a
+    function with ``loss_and_grad``'s signature ``(net, task, batch, *, key) -> (mean loss,
+    grads, (n,) metrics)``; call it under ``jit``.
+
+    Left to XLA's automatic partitioner, the gradient of a relaxation is summed over devices
+    inside the backward loop, once per solver step: free between devices of one process,
+    costly between processes (a network round trip each). Here there is one per training step.
+    Every loss of the library is a mean over the batch divided by ``n``, so the average of the
+    devices' means is the batch's mean. A steady-state estimator stops each device's relaxation
+    when its own samples have converged; an estimator that draws random numbers
+    (``needs_key``) draws each device's from the key folded with the device's index, so those
+    draws differ from a one-device run's."""
+    from jax.sharding import PartitionSpec as P
+
+    if len(mesh.axis_names) != 1:
+        raise ShardingError(f"expected a one-axis mesh, got axes {mesh.axis_names}")
+    axis = mesh.axis_names[0]
+
+    def loss_and_grad(net, task, batch, *, key=None):
+        params, static = eqx.partition(net, eqx.is_array)
+
+        def local(params, batch, key):
+            if key is not None:
+                key = jax.random.fold_in(key, jax.lax.axis_index(axis))
+            loss, grads, metrics = gradient.loss_and_grad(eqx.combine(params, static), task,
+                                                          batch, key=key)
+            # one buffer, one all-reduce: between processes each collective is a round trip
+            flat, unravel = ravel_pytree((loss, grads))
+            loss, grads = unravel(jax.lax.pmean(flat, axis))
+            return loss, grads, metrics
+
+        run = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axis), P()),
+                            out_specs=(P(), P(), P(axis)), check_vma=False)
+        return run(params, batch, key)
+
+    return loss_and_grad
+
+
+def _eval_sums_local(net, batch, valid, task, gradient):
     sol = gradient.relax(net, task, batch)
     ev = task.evaluate(net, sol.state, batch)
     ev["converged"] = sol.converged.astype(jnp.float32)
     return {k: jnp.sum(jnp.where(valid, v, 0.0)) for k, v in ev.items()}
+
+
+@eqx.filter_jit
+def _eval_sums(net, batch, valid, task, gradient, mesh=None):
+    """The sums over the ``valid`` samples of the batch of every per-sample figure: scalars.
+    With ``mesh``, each device relaxes its own samples and one ``psum`` adds the devices' sums
+    (as in :func:`data_parallel`)."""
+    if mesh is None:
+        return _eval_sums_local(net, batch, valid, task, gradient)
+    from jax.sharding import PartitionSpec as P
+
+    axis = mesh.axis_names[0]
+    params, static = eqx.partition(net, eqx.is_array)
+
+    def local(params, batch, valid):
+        sums = _eval_sums_local(eqx.combine(params, static), batch, valid, task, gradient)
+        return jax.lax.psum(sums, axis)
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axis), P(axis)), out_specs=P(),
+                         check_vma=False)(params, batch, valid)
 
 
 @eqx.filter_jit
@@ -156,7 +222,7 @@ def evaluate(net: HAM, x, y, task: Task, gradient: GradientEstimator, batch_size
         idx = np.where(valid, idx, start)  # padding: a copy of the batch's first sample
         local = prepare_rows(task, x, y, idx, seed, [(1, i) for i in idx], train=False)
         batch, ok = global_batch((local, valid), mesh, rows, size)
-        for name, v in _eval_sums(net, batch, ok, task, gradient).items():
+        for name, v in _eval_sums(net, batch, ok, task, gradient, mesh).items():
             sums[name] = sums.get(name, 0.0) + float(v)
     out = {name: s / n for name, s in sums.items()}
     if "correct" in out:
@@ -317,7 +383,7 @@ def _train_epoch(net: HAM, opt_state, data: hd.Dataset, task: Task, gradient: Gr
         key = (jax.random.fold_in(base_key, epoch * steps_per_epoch + step)
                if gradient.needs_key else None)
         net, opt_state, loss, metrics = train_step(net, opt_state, current, task, gradient,
-                                                    optimizer, key=key)
+                                                    optimizer, key=key, mesh=mesh)
         means = _means(metrics)
         if step + 1 < steps_per_epoch:
             upcoming = batch(step + 1)
