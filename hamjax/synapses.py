@@ -162,7 +162,8 @@ def _positions(wrt, n: int, who: str) -> tuple[int, ...]:
 class Synapse(eqx.Module):
     """Base class: an energy ``E_s(g_{s_1}, g_{s_2}, …)`` of the activations of one or more layers
     (a hyperedge of the HAM; docs/maths.md §2.3). The current it sends into layer ``A`` is
-    ``c_A = −∂E_s/∂g_A``, by autodiff.
+    ``c_A = −∂E_s/∂g_A`` (:meth:`currents`), by autodiff unless the subclass sets
+    ``explicit_currents`` and gives closed forms.
 
     A subclass implements :meth:`energy` (per sample, batch-native) and :meth:`expected_shapes`,
     and sets the class attribute ``multilinear`` (default False) to True when the energy is
@@ -366,8 +367,10 @@ class Conv2D(Synapse):
     """``E = −⟨g_out, conv2d(g_in; ξ, stride, padding)⟩`` on NHWC feature maps
     (docs/maths.md eqs. 20–21).
 
-    The current into ``g_in`` is ``conv2d_T(g_out)``, the transposed convolution with the same
-    kernel, obtained by autodiff: the HAM paper's symmetric-weight condition for convolutions.
+    The current into ``g_in`` is ``conv2d_T(g_out)`` (:meth:`transpose`), the transposed
+    convolution with the same kernel: the HAM paper's symmetric-weight condition for convolutions.
+    :meth:`currents` gives both currents in closed form, so a HAM does not differentiate the
+    energy (forward convolution included) to find them.
     Kernel layout HWIO: ``(kh, kw, in_channels, out_channels)``: the given ``kernel``, or drawn
     from ``key`` with standard deviation ``scale`` (default ``1/sqrt(kh·kw·in_channels)``).
     ``stride`` (an int or a pair) and ``padding`` (``"VALID"``, ``"SAME"``, an int or pairs)
@@ -486,8 +489,9 @@ class Conv2D(Synapse):
 
 class AvgPool2D(Synapse):
     """``E = −⟨g_out, avgpool(g_in)⟩``: average pooling is a fixed linear operator ``P``; its
-    feedback is ``Pᵀ`` by autodiff, so the energy stays a Lyapunov function (HAM paper §4.3,
-    docs/maths.md §3.3; max-pooling has no adjoint and is not offered).
+    feedback is the adjoint ``Pᵀ`` (:meth:`transpose`), so the energy stays a Lyapunov function
+    (HAM paper §4.3, docs/maths.md §3.3; max-pooling has no adjoint and is not offered).
+    :meth:`currents` gives both currents in closed form.
 
     ``window`` (an int or a pair, default 2), ``stride`` (default: the window) and ``padding``
     (``"VALID"``, ``"SAME"``, an int or pairs) of the pooling over the spatial axes of NHWC

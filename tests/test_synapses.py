@@ -457,6 +457,32 @@ def test_currents_are_minus_the_energy_gradient(name, syn, shapes):
         syn.currents(*g, wrt=(len(shapes),))
 
 
+@pytest.mark.parametrize("syn, in_shape", [
+    (S.Conv2D(3, 2, 3, stride=2, padding="SAME", key=_keys(1, 5)[0]), (7, 6, 3)),
+    (S.AvgPool2D(3, 2, "SAME"), (7, 6, 2)),
+], ids=["conv", "pool"])
+def test_closed_form_currents_differentiate_like_autodiff_ones(syn, in_shape):
+    """Training differentiates the currents (BPTT through a relaxation): the gradient of a loss of
+    the closed-form currents, with respect to the synapse's parameters and the activations, is
+    that of the autodiff currents."""
+    v = _rand(60, (2,) + in_shape)
+    f = _rand(61, (2,) + syn.expected_shapes((in_shape,))[1])
+    w_in, w_out = _rand(62, v.shape), _rand(63, f.shape)
+
+    def grads(currents):
+        def loss(syn, v, f):
+            c_in, c_out = currents(syn, v, f)
+            return jnp.sum(jnp.tanh(c_in) * w_in) + jnp.sum(jnp.tanh(c_out) * w_out)
+        return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(syn, v, f)
+
+    got = jax.tree.leaves(grads(lambda syn, v, f: syn.currents(v, f)))
+    ref = jax.tree.leaves(grads(lambda syn, v, f: _currents.__wrapped__(syn, v, f)))
+    assert len(got) == len(ref) == (3 if isinstance(syn, S.Conv2D) else 2)  # kernel, v, f
+    for a, b in zip(got, ref, strict=True):
+        assert np.abs(np.asarray(b)).max() > 0
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_explicit_currents_flags():
     flags = {name: syn.explicit_currents for name, syn, _ in SYN_CASES}
     assert flags == {"dense": False, "bias": False, "lateral": False, "conv": True,
