@@ -348,9 +348,13 @@ class ClampedDynamics(eqx.Module):
             syn = net.synapses[name]
             if syn.multilinear and len(free_in) == 1 and conn.count(free_in[0]) == 1:
                 f = free_in[0]
-                # linear in g_f, the current into f does not depend on it: any probe will do
-                args = [jnp.zeros_like(x[f]) if lname == f else g_clamped[lname] for lname in conn]
-                current = syn.currents(*args, wrt=(conn.index(f),))[conn.index(f)]
+                probe = jnp.zeros_like(x[f])
+
+                def e(gf, syn=syn, conn=conn, f=f):
+                    args = (gf if lname == f else g_clamped[lname] for lname in conn)
+                    return jnp.sum(syn.energy(*args))
+
+                current = -jax.grad(e)(probe)
                 const[f] = const[f] + current if f in const else current
             else:
                 dynamic.append(name)
@@ -381,27 +385,15 @@ class ClampedDynamics(eqx.Module):
         ``g_free``: ``{free name: (*batch, *shape)}``; returns a dict of the same shapes."""
         net = self.net
         out = {n: self.constant_currents.get(n) for n in self.free}
-        # clamped activations are constants of the relaxation, computed once in __init__
-        g_all = {**self.clamped_activations, **g_free}
-        # synapses with closed-form currents (Synapse.explicit_currents) send them directly; the
-        # others' currents come from one gradient of their summed energies
-        autodiff = []
-        for s in self.dynamic_synapses:
-            syn, conn = net.synapses[s], net.edges[s]
-            if not syn.explicit_currents:
-                autodiff.append(s)
-                continue
-            wrt = tuple(i for i, ln in enumerate(conn) if ln in g_free)
-            cs = syn.currents(*(g_all[ln] for ln in conn), wrt=wrt)
-            for i in wrt:
-                n = conn[i]
-                out[n] = cs[i] if out[n] is None else out[n] + cs[i]
-        if autodiff:
-            touched = sorted({ln for s in autodiff for ln in net.edges[s] if ln in g_free})
+        if self.dynamic_synapses:
+            touched = sorted(
+                {ln for s in self.dynamic_synapses for ln in net.edges[s] if ln in g_free}
+            )
 
             def e(gt):
-                g = {**g_all, **gt}
-                return sum(jnp.sum(net.synapse_energy(s, g)) for s in autodiff)
+                # clamped activations are constants of the relaxation, computed once in __init__
+                g = {**self.clamped_activations, **g_free, **gt}
+                return sum(jnp.sum(net.synapse_energy(s, g)) for s in self.dynamic_synapses)
 
             # samples do not interact, so the gradient of the summed energy is per sample exact
             grads = jax.grad(e)({n: g_free[n] for n in touched})

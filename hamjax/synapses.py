@@ -3,9 +3,8 @@
 A synapse on the edge ``(A, B, ...)`` is called as ``synapse.energy(g_A, g_B, ...)`` and returns one
 energy per sample: every argument may carry the same leading batch dimensions, and contractions run
 over the layers' own trailing axes only (batch-native; no ``vmap`` inside). The current a synapse
-sends into layer ``A`` is ``−∂E_synapse/∂g_A`` (:meth:`Synapse.currents`): by default autodiff
-derives it from the energy; :class:`Conv2D` and :class:`AvgPool2D` give it in closed form (the
-convolution and its transpose, the pooling and its adjoint; docs/maths.md §3.3).
+sends into layer ``A`` is ``−∂E_synapse/∂g_A``; autodiff derives the feedback path, e.g. the
+transposed convolution of :class:`Conv2D` (docs/maths.md §3.3).
 
 Every synapse declares :meth:`Synapse.expected_shapes`, used by :class:`hamjax.HAM` to validate the
 graph before any tracing, and ``multilinear`` (linear in each argument separately): the current a
@@ -146,24 +145,10 @@ def _padding(padding):
     return tuple(_pair(p) for p in padding)
 
 
-def _positions(wrt, n: int, who: str) -> tuple[int, ...]:
-    """``wrt`` (argument positions of an ``n``-layer edge, or None for all) as a tuple of distinct
-    positions in ``range(n)``; a ValueError names ``who`` otherwise."""
-    if wrt is None:
-        return tuple(range(n))
-    wrt = tuple(dict.fromkeys(wrt))
-    for i in wrt:
-        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < n:
-            raise ValueError(f"{who}.currents: wrt={wrt} names a position outside its "
-                             f"{n}-layer edge (positions 0..{n - 1})")
-    return tuple(int(i) for i in wrt)
-
-
 class Synapse(eqx.Module):
     """Base class: an energy ``E_s(g_{s_1}, g_{s_2}, …)`` of the activations of one or more layers
     (a hyperedge of the HAM; docs/maths.md §2.3). The current it sends into layer ``A`` is
-    ``c_A = −∂E_s/∂g_A`` (:meth:`currents`), by autodiff unless the subclass sets
-    ``explicit_currents`` and gives closed forms.
+    ``c_A = −∂E_s/∂g_A``, by autodiff.
 
     A subclass implements :meth:`energy` (per sample, batch-native) and :meth:`expected_shapes`,
     and sets the class attribute ``multilinear`` (default False) to True when the energy is
@@ -171,9 +156,6 @@ class Synapse(eqx.Module):
     layer is then a constant of a relaxation, computed once."""
 
     multilinear: ClassVar[bool] = False
-    # True when a subclass overrides `currents` with closed forms that a HAM should call instead
-    # of differentiating the energy
-    explicit_currents: ClassVar[bool] = False
 
     @abc.abstractmethod
     def energy(self, *activations: Array) -> Array:
@@ -194,30 +176,6 @@ class Synapse(eqx.Module):
 
         Each argument ``(*batch, *shape_i)``; returns shape ``batch``."""
         return self.energy(*activations)
-
-    def currents(self, *activations: Array, wrt: Sequence[int] | None = None
-                 ) -> tuple[Array | None, ...]:
-        """The currents ``c_i = −∂E_s/∂g_i`` this synapse sends into the layers on its edge
-        (docs/maths.md §2.3), for the argument positions in ``wrt`` (default: all); ``None`` at
-        the other positions.
-
-        Each ``activations[i]``: ``(*batch, *shape_i)``; ``c_i`` has the same shape. Here by
-        autodiff of the energy summed over the batch (samples do not interact, so the gradient of
-        the sum is the per-sample one); subclasses with ``explicit_currents`` give closed forms.
-        Raises ``ValueError`` for a position outside the edge."""
-        wrt = _positions(wrt, len(activations), type(self).__name__)
-
-        def e(picked):
-            args = list(activations)
-            for i, v in zip(wrt, picked, strict=True):
-                args[i] = v
-            return jnp.sum(self.energy(*args))
-
-        grads = jax.grad(e)(tuple(activations[i] for i in wrt))
-        out: list[Array | None] = [None] * len(activations)
-        for i, gr in zip(wrt, grads, strict=True):
-            out[i] = -gr
-        return tuple(out)
 
 
 class Dense(Synapse):
@@ -367,10 +325,8 @@ class Conv2D(Synapse):
     """``E = −⟨g_out, conv2d(g_in; ξ, stride, padding)⟩`` on NHWC feature maps
     (docs/maths.md eqs. 20–21).
 
-    The current into ``g_in`` is ``conv2d_T(g_out)`` (:meth:`transpose`), the transposed
-    convolution with the same kernel: the HAM paper's symmetric-weight condition for convolutions.
-    :meth:`currents` gives both currents in closed form, so a HAM does not differentiate the
-    energy (forward convolution included) to find them.
+    The current into ``g_in`` is ``conv2d_T(g_out)``, the transposed convolution with the same
+    kernel, obtained by autodiff: the HAM paper's symmetric-weight condition for convolutions.
     Kernel layout HWIO: ``(kh, kw, in_channels, out_channels)``: the given ``kernel``, or drawn
     from ``key`` with standard deviation ``scale`` (default ``1/sqrt(kh·kw·in_channels)``).
     ``stride`` (an int or a pair) and ``padding`` (``"VALID"``, ``"SAME"``, an int or pairs)
@@ -380,7 +336,6 @@ class Conv2D(Synapse):
     neither ``kernel`` nor ``key``."""
 
     multilinear: ClassVar[bool] = True
-    explicit_currents: ClassVar[bool] = True
     kernel: Array
     stride: tuple[int, int] = eqx.field(static=True)
     padding: str | tuple = eqx.field(static=True)
@@ -434,39 +389,12 @@ class Conv2D(Synapse):
         )
         return out.reshape(batch + out.shape[1:])
 
-    def transpose(self, g_out: Array, in_shape: Shape) -> Array:
-        """``conv2d_T(g_out)``: the transposed convolution with the same kernel, the adjoint of
-        :meth:`convolve` (``⟨conv2d(v), f⟩ = ⟨v, conv2d_T(f)⟩``; docs/maths.md eq. 21): the
-        current this synapse sends into its input layer.
-
-        ``g_out``: ``(*batch, H', W', out_channels)``; ``in_shape``: the input layer's shape
-        ``(H, W, in_channels)`` (a strided or padded convolution maps several input sizes to one
-        output size); returns ``(*batch, *in_shape)``."""
-        outs, batch = _images(g_out)
-        struct = jax.ShapeDtypeStruct((outs.shape[0],) + tuple(in_shape), outs.dtype)
-
-        def conv(v):
-            return lax.conv_general_dilated(v, self.kernel, window_strides=self.stride,
-                                            padding=self.padding,
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-        (imgs,) = jax.linear_transpose(conv, struct)(outs)
-        return imgs.reshape(batch + imgs.shape[1:])
-
     def energy(self, g_in, g_out):
         """``E = −⟨g_out, conv2d(g_in)⟩`` per sample (docs/maths.md eq. 23's coupling term).
 
         ``g_in``: ``(*batch, H, W, in_channels)``, ``g_out``: ``(*batch, H', W', out_channels)``;
         returns shape ``batch``."""
         return -sum_trailing(g_out * self.convolve(g_in), 3)
-
-    def currents(self, g_in, g_out, *, wrt=None):
-        """``(conv2d_T(g_out), conv2d(g_in))``, the currents ``−∂E/∂g_in`` and ``−∂E/∂g_out`` in
-        closed form (docs/maths.md eq. 21), for the positions in ``wrt`` (default both; ``None``
-        elsewhere). Shapes as in :meth:`energy`."""
-        wrt = _positions(wrt, 2, "Conv2D")
-        return (self.transpose(g_out, g_in.shape[-3:]) if 0 in wrt else None,
-                self.convolve(g_in) if 1 in wrt else None)
 
     def output_shape(self, in_shape: Shape) -> Shape:
         """The output layer's shape ``(H', W', out_channels)`` for an input layer of shape
@@ -489,9 +417,8 @@ class Conv2D(Synapse):
 
 class AvgPool2D(Synapse):
     """``E = −⟨g_out, avgpool(g_in)⟩``: average pooling is a fixed linear operator ``P``; its
-    feedback is the adjoint ``Pᵀ`` (:meth:`transpose`), so the energy stays a Lyapunov function
-    (HAM paper §4.3, docs/maths.md §3.3; max-pooling has no adjoint and is not offered).
-    :meth:`currents` gives both currents in closed form.
+    feedback is ``Pᵀ`` by autodiff, so the energy stays a Lyapunov function (HAM paper §4.3,
+    docs/maths.md §3.3; max-pooling has no adjoint and is not offered).
 
     ``window`` (an int or a pair, default 2), ``stride`` (default: the window) and ``padding``
     (``"VALID"``, ``"SAME"``, an int or pairs) of the pooling over the spatial axes of NHWC
@@ -499,7 +426,6 @@ class AvgPool2D(Synapse):
     padding."""
 
     multilinear: ClassVar[bool] = True
-    explicit_currents: ClassVar[bool] = True
     window: tuple[int, int] = eqx.field(static=True)
     stride: tuple[int, int] = eqx.field(static=True)
     padding: str | tuple = eqx.field(static=True)
@@ -538,32 +464,11 @@ class AvgPool2D(Synapse):
         out = summed / (self.window[0] * self.window[1])
         return out.reshape(batch + out.shape[1:])
 
-    def transpose(self, g_out: Array, in_shape: Shape) -> Array:
-        """``Pᵀ g_out``: the adjoint of :meth:`pool` (``⟨P v, f⟩ = ⟨v, Pᵀ f⟩``; docs/maths.md
-        §3.3, pooling), the current this synapse sends into its input layer: every window's value
-        spread evenly over the window (summed where windows overlap; zero on rows and columns no
-        window covers).
-
-        ``g_out``: ``(*batch, H', W', C)``; ``in_shape``: the input layer's shape ``(H, W, C)``;
-        returns ``(*batch, *in_shape)``."""
-        outs, batch = _images(g_out)
-        struct = jax.ShapeDtypeStruct((outs.shape[0],) + tuple(in_shape), outs.dtype)
-        (imgs,) = jax.linear_transpose(self.pool, struct)(outs)
-        return imgs.reshape(batch + imgs.shape[1:])
-
     def energy(self, g_in, g_out):
         """``E = −⟨g_out, P g_in⟩`` per sample (docs/maths.md §3.3, pooling).
 
         ``g_in``: ``(*batch, H, W, C)``, ``g_out``: ``(*batch, H', W', C)``; returns ``batch``."""
         return -sum_trailing(g_out * self.pool(g_in), 3)
-
-    def currents(self, g_in, g_out, *, wrt=None):
-        """``(Pᵀ g_out, P g_in)``, the currents ``−∂E/∂g_in`` and ``−∂E/∂g_out`` in closed form
-        (docs/maths.md §3.3), for the positions in ``wrt`` (default both; ``None`` elsewhere).
-        Shapes as in :meth:`energy`."""
-        wrt = _positions(wrt, 2, "AvgPool2D")
-        return (self.transpose(g_out, g_in.shape[-3:]) if 0 in wrt else None,
-                self.pool(g_in) if 1 in wrt else None)
 
     def output_shape(self, in_shape: Shape) -> Shape:
         """The pooled shape ``(H', W', C)`` of an input layer of shape ``in_shape = (H, W, C)``
