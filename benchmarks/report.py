@@ -299,7 +299,9 @@ def _headline(r: Mapping[str, Any]) -> str:
     if "psnr" in h["name"]:
         text = f"{name.upper()} **{h['value']:.2f} dB**"
         if h.get("baseline") is not None:
-            text += f" (corrupted input {h['baseline']:.2f} dB)"
+            what = {"test_psnr_nearest": "nearest training image"}.get(
+                h.get("baseline_name"), "corrupted input")
+            text += f" ({what} {h['baseline']:.2f} dB)"
         return text
     return f"{name} **{h['value']:.4f}**"
 

@@ -172,8 +172,8 @@ def test_cli_completion_run_writes_baselines_and_pictures(tmp_path, capsys):
 ])
 def test_transformer_usage_errors(argv, words, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        cli.main(["train", *argv, "--epochs", "1", "--limit-train", "16", "--batch-size", "8", "--out",
-                  str(tmp_path / "x")])
+        cli.main(["train", *argv, "--epochs", "1", "--limit-train", "16", "--batch-size", "8",
+                  "--out", str(tmp_path / "x")])
     assert e.value.code == 2
     assert words in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

@@ -158,9 +158,9 @@ def _training_flags(t) -> None:
                         "(32, a multiple of its 4 heads) and the Hopfield memories K (4D)")
     t.add_argument("--steps", type=_positive_int, default=None,
                    help="relaxation steps for bptt (Euler; dense/conv: 40, deep: 100, memory "
-                        "tasks: 10, transformer: 12)")
+                        "tasks: 10, transformer: 4)")
     t.add_argument("--dt", type=_positive_float, default=None,
-                   help="relaxation step size (dense/conv: 0.25, deep: 0.5, transformer: 0.5; "
+                   help="relaxation step size (dense/conv: 0.25, deep: 0.5, transformer: 0.25; "
                         "memory tasks: 1.0, where one Euler step is the modern Hopfield update "
                         "v <- ξᵀ softmax(β h))")
     t.add_argument("--residual-penalty", type=_nonneg_float, default=1.0,
@@ -247,8 +247,9 @@ def defaults(cfg: dict) -> dict:
 
 def _transformer_defaults(cfg: dict) -> None:
     """``--model transformer``: masked patch completion only; token width 32 (``--hidden D`` or
-    ``D,K``, ``D`` a multiple of the 4 heads), 12 Euler steps of 0.5 (the Energy Transformer's
-    few steps of descent on the energy)."""
+    ``D,K``, ``D`` a multiple of the 4 heads), 4 Euler steps of 0.25 (the Energy Transformer's
+    few steps of descent on the energy: a long relaxation settles the tokens into the memories'
+    attractors and forgets the visible patches)."""
     if cfg["task"] != "complete":
         raise UsageError(f"--model transformer does masked patch completion; use --task "
                          f"complete (not {cfg['task']})")
@@ -260,6 +261,6 @@ def _transformer_defaults(cfg: dict) -> None:
     cfg.setdefault("steps", None)
     cfg.setdefault("dt", None)
     if cfg["steps"] is None:
-        cfg["steps"] = 12
+        cfg["steps"] = 4
     if cfg["dt"] is None:
-        cfg["dt"] = 0.5
+        cfg["dt"] = 0.25

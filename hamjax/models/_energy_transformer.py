@@ -130,8 +130,8 @@ def energy_transformer(image_shape: Sequence[int] = (8, 8, 1), patch_size: int =
     when ``p`` does not divide ``H`` and ``W``); ``dim`` is ``D``; ``head_dim`` defaults to
     ``dim // num_heads``; ``num_memories`` to ``4 D``; ``beta``, ``hopfield``, ``hopfield_beta``,
     ``gamma`` and ``tau`` (of every layer) as for :func:`energy_transformer_block`. Weights are
-    drawn from ``key``; the positional embedding with standard deviation 0.1, the decoder bias
-    at zero."""
+    drawn from ``key``; the mask token and the positional embedding with standard deviations
+    0.02 and 0.1, the decoder bias at zero."""
     image_shape = tuple(image_shape)
     if len(image_shape) != 3:
         raise ValueError(f"image_shape must be (H, W, C), got {image_shape}")
@@ -151,7 +151,7 @@ def energy_transformer(image_shape: Sequence[int] = (8, 8, 1), patch_size: int =
                 "mask": Layer((t, 1), L.Identity(), tau=tau),
                 "tokens": Layer((t, dim), L.LayerNorm(gamma, axis=-1), tau=tau)},
         synapses={"encode": TokenDense(p, dim, key=ke),
-                  "mask_token": TokenDense(1, dim, key=ku),
+                  "mask_token": TokenDense(1, dim, scale=0.02, key=ku),
                   "position": Bias((t, dim), scale=0.1, key=kp),
                   "decode_bias": Bias((t, p)),
                   "attention": Attention(dim, num_heads, head_dim, beta=beta, key=ka),

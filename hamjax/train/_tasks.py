@@ -281,7 +281,8 @@ def _masked_psnr(sq_err_sum, count):
 
 class PatchCompletion(Task):
     """Masked patch completion, the Energy Transformer's image task (Hoover et al. 2023), for a
-    HAM with a patch layer, a mask layer and a token layer (:func:`hamjax.models.energy_transformer`).
+    HAM with a patch layer, a mask layer and a token layer
+    (:func:`hamjax.models.energy_transformer`).
 
     Each image ``(H, W, C)`` is cut into ``T`` patches of ``P = p·p·C`` pixels
     (:func:`hamjax.models.patchify`, ``p = patch_size``); ``round(level · T)`` of them (at least
