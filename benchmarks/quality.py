@@ -119,7 +119,7 @@ def _mnist(data_dir: Path) -> list[Spec]:
              "visible patches",
              ("--dataset", "mnist", "--data-dir", d, "--model", "transformer", "--task",
               "complete", "--lr", "3e-3", "--residual-penalty", "0", "--batch-size", "64",
-              "--epochs", "3")),
+              "--epochs", "7")),
         Spec("mnist-denoise-memory", "MNIST denoising, Gaussian σ = 0.3",
              "memory model: 1000 memories started as training images, distance similarity, "
              "BPTT through 10 modern-Hopfield updates; Adam 1e-3 cosine, batch 64; "

@@ -92,6 +92,9 @@ def test_the_loss_reads_only_the_masked_patches():
     mets = TASK.metrics(g, b)
     np.testing.assert_allclose(mets["mse"], d2 / 8, rtol=1e-6)
     np.testing.assert_allclose(mets["psnr"], -10 * np.log10(d2 / 8), rtol=1e-5)
+    # an exact completion is capped at 8-bit quantisation noise, not infinite
+    exact = TASK.metrics(b["target"], b)["psnr"]
+    np.testing.assert_allclose(exact, 10 * np.log10(12 * 255.0**2), rtol=1e-5)
 
 
 def test_the_bptt_gradient_matches_finite_differences():

@@ -274,9 +274,16 @@ class Storage(Denoising):
     level: float = eqx.field(static=True, default=0.1)
 
 
+# 8-bit pixels: an error below their quantisation noise, (1/255)²/12, is not measurable. An
+# exact fill (masked patches that are all background, filled with background) would otherwise
+# be +inf and make every mean over samples infinite
+_MSE_FLOOR = (1.0 / 255.0) ** 2 / 12.0
+
+
 def _masked_psnr(sq_err_sum, count):
-    """``10 log10(1 / MSE)`` with ``MSE = sq_err_sum / count`` (pixels in ``[0, 1]``)."""
-    return -10.0 * jnp.log10(sq_err_sum / count)
+    """``10 log10(1 / max(MSE, (1/255)²/12))`` with ``MSE = sq_err_sum / count`` (pixels in
+    ``[0, 1]``): at most 58.9 dB, the PSNR of 8-bit quantisation noise."""
+    return -10.0 * jnp.log10(jnp.maximum(sq_err_sum / count, _MSE_FLOOR))
 
 
 class PatchCompletion(Task):
@@ -293,7 +300,9 @@ class PatchCompletion(Task):
     + e_C`` (the encoder of docs/maths.md ET3, the Energy Transformer's embedded tokens).
 
     The cost is ``½ Σ_C m_C |p_C − target_C|²`` over the masked patches only; the metrics are
-    the per-pixel ``mse`` and ``psnr`` on the masked patches, and ``psnr_input`` of the ``fill``.
+    the per-pixel ``mse`` and ``psnr`` on the masked patches, and ``psnr_input`` of the ``fill``
+    (each PSNR capped at 58.9 dB, that of 8-bit quantisation noise: a blank masked patch filled
+    with 0 is exact, and one infinite sample would make the mean infinite).
     ``level`` must lie in ``(0, 1)`` (else ``ValueError``)."""
 
     input_layer: str = "patches"
