@@ -720,7 +720,8 @@ class TokenDense(Synapse):
     ``Wᵀ g_{b,C}`` (the decoder, tied to it).
 
     ``W`` of shape ``(out_features, in_features)``: the given ``weight``, or drawn from ``key``
-    with standard deviation ``scale`` (default ``1/sqrt(in_features)``). Multilinear. Raises
+    with standard deviation ``scale`` (default ``1/sqrt(in_features)``); ``in_features`` and
+    ``out_features`` are kept as given. Multilinear. Raises
     ``ValueError`` for non-positive sizes, a weight of the wrong shape, or neither ``weight``
     nor ``key``."""
 

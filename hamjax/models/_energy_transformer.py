@@ -104,7 +104,7 @@ def energy_transformer(image_shape: Sequence[int] = (8, 8, 1), patch_size: int =
     Three layers: ``"patches"`` ``(T, P)`` (identity Lagrangian: the pixels of the ``T`` patches,
     ``P = p·p·C``, :func:`patchify`), ``"mask"`` ``(T, 1)`` (identity: 1 on a masked patch, 0 on
     a visible one; clamped by the task) and ``"tokens"`` ``(T, D)`` (per-token LayerNorm, as in
-    :func:`energy_transformer_block`). The energy (docs/maths.md ET1–ET3)::
+    :func:`energy_transformer_block`). The energy (docs/maths.md eqs. ET1–ET3)::
 
         E = Σ_A [x_A·g_A − L_A(x_A)]
             − Σ_C g_C · (W_e p_C + u m_C + e_C)       "encode" (W_e), "mask_token" (u),

@@ -297,13 +297,15 @@ class PatchCompletion(Task):
     starts at the patches with the masked ones set to ``fill`` and the visible ones frozen; the
     mask layer (clamped) holds ``m_C = 1`` on masked patches, 0 elsewhere; the token layer starts
     at the currents the linear synapses send into it at zero token activation, ``W_e p_C + u m_C
-    + e_C`` (the encoder of docs/maths.md ET3, the Energy Transformer's embedded tokens).
+    + e_C`` (the encoder of docs/maths.md eq. ET3, the Energy Transformer's embedded tokens).
 
     The cost is ``½ Σ_C m_C |p_C − target_C|²`` over the masked patches only; the metrics are
     the per-pixel ``mse`` and ``psnr`` on the masked patches, and ``psnr_input`` of the ``fill``
     (each PSNR capped at 58.9 dB, that of 8-bit quantisation noise: a blank masked patch filled
     with 0 is exact, and one infinite sample would make the mean infinite).
-    ``level`` must lie in ``(0, 1)`` (else ``ValueError``)."""
+    ``level`` must lie in ``(0, 1)`` (else ``ValueError``). Layers: ``input_layer`` and
+    ``output_layer`` (both ``"patches"``), ``mask_layer`` (``"mask"``) and ``token_layer``
+    (``"tokens"``); ``patch_size`` is ``p`` (default 2)."""
 
     input_layer: str = "patches"
     output_layer: str = "patches"
@@ -324,7 +326,9 @@ class PatchCompletion(Task):
         return (self.mask_layer,)
 
     def num_masked(self, num_patches: int) -> int:
-        """Patches masked per image: ``round(level · T)``, within ``[1, T − 1]``."""
+        """Patches masked per image: ``round(level · T)``, within ``[1, T − 1]``.
+
+        ``num_patches``: ``T``, the patches of one image; returns an int."""
         return int(min(max(round(self.level * num_patches), 1), num_patches - 1))
 
     def prepare(self, x, y, rng, train=True):
