@@ -211,8 +211,9 @@ def shown_stdout(text: str, run_dir: Path, keep: int = 2) -> str:
 
 def headline(metrics: dict, task: str | None) -> dict:
     """The figure the README quotes: ``test_accuracy`` (classify) or ``test_psnr`` with the
-    corrupted input's ``test_psnr_input`` as ``baseline`` (image tasks). ``value`` is None when
-    the metrics lack it."""
+    corrupted input's ``test_psnr_input`` as ``baseline`` (image tasks; for masked patch
+    completion the nearest training image's ``test_psnr_nearest``, with the training mean's
+    ``test_psnr_mean_fill`` as ``mean_fill``). ``value`` is None when the metrics lack it."""
     if task == "classify" or (task is None and "test_accuracy" in metrics):
         return {"name": "test_accuracy", "value": metrics.get("test_accuracy")}
     if task is None and "test_psnr" not in metrics:  # a run refused before it had a config
@@ -222,6 +223,7 @@ def headline(metrics: dict, task: str | None) -> dict:
         # masked completion: the no-network fill to beat is the nearest training image's
         h["baseline"] = metrics["test_psnr_nearest"]
         h["baseline_name"] = "test_psnr_nearest"
+        h["mean_fill"] = metrics.get("test_psnr_mean_fill")
     elif "test_psnr_input" in metrics:
         h["baseline"] = metrics["test_psnr_input"]
         h["baseline_name"] = "test_psnr_input"
@@ -234,7 +236,8 @@ def record(spec: Spec, tier: str, run_dir: Path, returncode: int, wall: float, s
 
         {"name", "title", "description", "command", "argv", "tier", "seed", "epochs", "task",
          "dataset", "model", "gradient", "started", "wall_s", "train_seconds", "returncode",
-         "metrics", "headline": {"name", "value"[, "baseline", "baseline_name"]}, "converged",
+         "metrics", "headline": {"name", "value"[, "baseline", "baseline_name", "mean_fill"]},
+         "converged",
          "loadavg": [before, after], "machine", "git_commit", "git_dirty", "status": "ok" |
          "failed", "error": None | why, "stderr_tail": None | the failed run's stderr}
 

@@ -301,7 +301,9 @@ def _headline(r: Mapping[str, Any]) -> str:
         if h.get("baseline") is not None:
             what = {"test_psnr_nearest": "nearest training image"}.get(
                 h.get("baseline_name"), "corrupted input")
-            text += f" ({what} {h['baseline']:.2f} dB)"
+            mean = (f"training mean {h['mean_fill']:.2f} dB, "
+                    if h.get("mean_fill") is not None else "")
+            text += f" ({mean}{what} {h['baseline']:.2f} dB)"
         return text
     return f"{name} **{h['value']:.4f}**"
 
