@@ -248,8 +248,8 @@ def defaults(cfg: dict) -> dict:
 def _transformer_defaults(cfg: dict) -> None:
     """``--model transformer``: masked patch completion only; token width 32 (``--hidden D`` or
     ``D,K``, ``D`` a multiple of the 4 heads), 4 Euler steps of 0.25 (the Energy Transformer's
-    few steps of descent on the energy: a long relaxation settles the tokens into the memories'
-    attractors and forgets the visible patches)."""
+    few steps of descent on the energy, read out on the way: BPTT's cost grows with the steps,
+    and the completion need not wait for the steady state)."""
     if cfg["task"] != "complete":
         raise UsageError(f"--model transformer does masked patch completion; use --task "
                          f"complete (not {cfg['task']})")
