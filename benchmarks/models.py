@@ -13,6 +13,10 @@ rounding; the benchmarks check that before timing anything.
 The hand-written versions know what autodiff has to discover: the clamped image's current
 (``W₁ g_img`` or the convolution of the image) is computed once, the feedback of a dense synapse
 is ``g @ W``, that of the average pooling an upsampling by 1/4, and activations are closed form.
+The conv model's parameters, the feature softmax's inverse temperature β included, are arguments
+of the hand-written relaxation as they are of hamjax's: a β folded into the code as the constant 1
+would compare a cheaper function than the model's (XLA's CPU softmax fusion pays a full pass over
+the feature maps for the multiplication by β).
 hamux knows nothing of clamping: its user zeroes the update of the image layer, and every step
 differentiates the whole energy (hamux's ``dEdact``), as its documentation does.
 """
@@ -113,8 +117,10 @@ def hand_dense_relax(ws, bs, image, x_free, steps: int, dt: float):
 
 
 def conv_params(net: hj.HAM):
+    """``(kernel, b_f, W_r, b_ℓ, β)``: the arguments of :func:`hand_conv_relax` before the image."""
     return (net.synapses["conv"].kernel, net.layers["features"].bias,
-            net.synapses["readout"].weight, net.layers["label"].bias)
+            net.synapses["readout"].weight, net.layers["label"].bias,
+            net.layers["features"].lagrangian.beta)
 
 
 def _conv(img, kernel):
@@ -131,17 +137,17 @@ def _avgpool2_adjoint(p):
     return jnp.repeat(jnp.repeat(p, 2, axis=1), 2, axis=2) * 0.25
 
 
-def hand_conv_relax(kernel, bf, wr, bl, image, x_free, steps: int, dt: float):
+def hand_conv_relax(kernel, bf, wr, bl, beta, image, x_free, steps: int, dt: float):
     """Closed-form Euler steps of the convolutional HAM (image clamped)::
 
-        f ← f + dt·(conv(img) + Pᵀ g_p + b_f − f)        g_f = softmax over channels
+        f ← f + dt·(conv(img) + Pᵀ g_p + b_f − f)        g_f = softmax(β f) over channels
         p ← p + dt·(P g_f + W_rᵀ g_ℓ − p)                  P: 2×2 average pooling
         ℓ ← ℓ + dt·(W_r g_p + b_ℓ − ℓ)"""
     c0 = _conv(image, kernel)
 
     def body(_, xs):
         f, p, l = xs
-        gf = jax.nn.softmax(f, axis=-1)
+        gf = jax.nn.softmax(beta * f, axis=-1)
         b = p.shape[0]
         f2 = f + dt * (c0 + _avgpool2_adjoint(p) + bf - f)
         p2 = p + dt * (_avgpool2(gf) + (l @ wr).reshape(p.shape) - p)

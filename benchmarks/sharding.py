@@ -1,11 +1,14 @@
 """Data-parallel throughput: samples per second of training steps and batched relaxations on 1, 2
-and 4 devices (``hamjax.sharding``: batch split over a mesh, parameters replicated).
+and 4 devices (``hamjax.sharding``: batch split over a mesh, parameters replicated), and on 2
+processes of one device each, joined over 127.0.0.1 as hosts of a cluster are.
 
 On a CPU the devices are forced host devices
 (``XLA_FLAGS=--xla_force_host_platform_device_count=N``, which must be set before JAX is imported,
 so every device count runs in its own subprocess). They share the same cores, so on a CPU this
-measures the *overhead* of SPMD partitioning and the gradient all-reduce, not a speed-up. When
-the default backend is a GPU/TPU, the same is measured on 1..N of its devices as well.
+measures the *overhead* of SPMD partitioning and the gradient all-reduce, not a speed-up. The
+2-process row adds what several hosts add: JAX's distributed runtime, and the all-reduce going
+through gloo over TCP between processes. When the default backend is a GPU/TPU, the same is
+measured on 1..N of its devices as well.
 
 ``python -m benchmarks.sharding [--full] [--out DIR]``, or ``run(quick=True, out=DIR)``, writes
 ``sharding.json`` and ``sharding.md`` into ``out``.
@@ -23,10 +26,12 @@ from pathlib import Path
 
 NAME = "sharding"
 DEVICE_COUNTS = (1, 2, 4)
+PROCESSES = 2  # the multi-process row: processes of one CPU device each
 
 
 # ------------------------------------------------------------------ worker (one device count)
-def _worker(n: int, batch: int, width: int, steps: int, repeats: int) -> dict:
+def _worker(n: int, batch: int, width: int, steps: int, repeats: int, processes: int = 1,
+            rank: int = 0, port: int = 0) -> dict:
     import equinox as eqx
     import jax
     import jax.numpy as jnp
@@ -37,7 +42,12 @@ def _worker(n: int, batch: int, width: int, steps: int, repeats: int) -> dict:
     from hamjax import sharding
     from hamjax import train as T
 
-    mesh = sharding.make_mesh(n) if n > 1 else None  # 1 device: the plain single-device run
+    if processes > 1:
+        sharding.initialize_distributed(f"127.0.0.1:{port}", processes, rank, timeout=120)
+        mesh = sharding.make_mesh()  # every device of every process
+        n = mesh.size
+    else:
+        mesh = sharding.make_mesh(n) if n > 1 else None  # 1 device: the plain single-device run
     key = jax.random.PRNGKey(0)
     net = hj.models.dense_classifier((784,), 10, hidden=width, key=key)
     net = jax.tree.map(lambda v: jnp.array(v, dtype=v.dtype) if eqx.is_array(v) else v, net)
@@ -50,29 +60,36 @@ def _worker(n: int, batch: int, width: int, steps: int, repeats: int) -> dict:
     opt_state = opt.init(eqx.filter(net, eqx.is_inexact_array))
     if mesh is not None:
         net, opt_state = sharding.replicate(net, mesh), sharding.replicate(opt_state, mesh)
-        b = sharding.shard_batch(b, mesh)
+        # each process holds only its rows of the batch, as fit feeds it
+        rows = sharding.local_rows(mesh, batch)
+        b = sharding.global_batch({k: np.asarray(v)[rows] for k, v in b.items()}, mesh, rows,
+                                  batch)
 
     def timed(call, min_s=0.3):
         t0 = time.perf_counter()
         jax.block_until_ready(call())  # compile
         compile_s = time.perf_counter() - t0
+        # processes run the same number of calls (each is a collective): calibrate once on
+        # process 0's clock and share the count
+        t0 = time.perf_counter()
+        jax.block_until_ready(call())
+        once = time.perf_counter() - t0
+        k = max(1, int(min_s / max(once, 1e-6)))
+        if processes > 1:
+            k = int(sharding.gather_text(str(k))[0])
         samples = []
         for _ in range(repeats):
-            k, t0 = 0, time.perf_counter()
-            while True:
+            t0 = time.perf_counter()
+            for _ in range(k):
                 jax.block_until_ready(call())
-                k += 1
-                dt = time.perf_counter() - t0
-                if dt >= min_s:
-                    break
-            samples.append(dt / k)
+            samples.append((time.perf_counter() - t0) / k)
         return float(np.median(samples)), compile_s
 
     state = {"net": net, "opt": opt_state}
 
     def step():
         state["net"], state["opt"], loss, _ = T.train_step(state["net"], state["opt"], b, task,
-                                                           gradient, opt)
+                                                           gradient, opt, mesh=mesh)
         return loss
 
     step_s, step_compile = timed(step)
@@ -91,6 +108,7 @@ def _worker(n: int, batch: int, width: int, steps: int, repeats: int) -> dict:
         "relax_steps": steps, "step_s": step_s, "fit_samples_per_s": batch / step_s,
         "relax_s": relax_s, "relax_samples_per_s": batch / relax_s,
         "step_compile_s": step_compile, "relax_compile_s": relax_compile,
+        "processes": processes,
     }
 
 
@@ -110,6 +128,30 @@ def _spawn(n: int, platform: str, args: dict) -> dict:
         raise RuntimeError(f"sharding worker ({platform}, {n} devices) failed:\n"
                            f"{proc.stderr[-3000:]}")
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT "):])
+
+
+def _spawn_processes(p: int, args: dict) -> dict:
+    """``p`` CPU worker processes of one device each, joined over 127.0.0.1: process 0's
+    result."""
+    from hamjax.launch import free_port
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                                if not f.startswith("--xla_force_host_platform_device_count"))
+    root = Path(__file__).resolve().parent.parent
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    port = free_port()
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.sharding", "--worker", "1", "--processes", str(p),
+         "--rank", str(i), "--port", str(port), *(f"--{k}={v}" for k, v in args.items())],
+        env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(p)]
+    outs = [proc.communicate(timeout=1800) for proc in procs]
+    for i, (proc, (_, err)) in enumerate(zip(procs, outs, strict=True)):
+        if proc.returncode != 0:
+            raise RuntimeError(f"sharding worker (process {i} of {p}) failed:\n{err[-3000:]}")
+    line = [ln for ln in outs[0][0].splitlines() if ln.startswith("RESULT ")][-1]
     return json.loads(line[len("RESULT "):])
 
 
@@ -141,10 +183,17 @@ def run(quick=True, out: Path | None = None) -> dict:
         r = _spawn(n, platform, args)
         r["kind"] = "forced host devices" if platform == "cpu" else platform
         results.append(r)
+    print(f"[sharding] cpu, {PROCESSES} processes over 127.0.0.1 ...", flush=True)
+    r = _spawn_processes(PROCESSES, args)
+    r["kind"] = f"{PROCESSES} processes, gloo over 127.0.0.1"
+    results.append(r)
     rows = []
     for r in results:
-        base = next(x for x in results if x["platform"] == r["platform"] and x["devices"] == 1)
-        rows.append([r["platform"], r["devices"], f"{r['fit_samples_per_s']:.0f}",
+        base = next(x for x in results if x["platform"] == r["platform"] and x["devices"] == 1
+                    and x.get("processes", 1) == 1)
+        where = (f"{r['devices']} ({r['processes']} processes)" if r.get("processes", 1) > 1
+                 else r["devices"])
+        rows.append([r["platform"], where, f"{r['fit_samples_per_s']:.0f}",
                      f"{r['fit_samples_per_s'] / base['fit_samples_per_s']:.2f}×",
                      f"{r['relax_samples_per_s']:.0f}",
                      f"{r['relax_samples_per_s'] / base['relax_samples_per_s']:.2f}×",
@@ -155,7 +204,10 @@ def run(quick=True, out: Path | None = None) -> dict:
              f"BPTT/relax {args['steps']} Euler steps")
     notes = [f"{os.cpu_count()} CPU cores. Forced host devices share those cores: on a CPU the "
              "ratios show the overhead of SPMD partitioning and the gradient all-reduce, not a "
-             "speed-up. 1 device = the plain single-device run (no mesh)."]
+             "speed-up. 1 device = the plain single-device run (no mesh).",
+             f"{PROCESSES} processes: one CPU device each, joined by JAX's distributed runtime "
+             "over 127.0.0.1, each holding only its rows of the batch; the gradient all-reduce "
+             "goes through gloo. Both processes share this machine's cores."]
     if backend == "cpu":
         notes.append("no GPU/TPU on this machine: accelerator rows absent")
     elif jax.device_count() == 1:
@@ -173,10 +225,13 @@ def run(quick=True, out: Path | None = None) -> dict:
 
         figures = {}
         for r in results:
-            base = next(x for x in results
-                        if x["platform"] == r["platform"] and x["devices"] == 1)
+            base = next(x for x in results if x["platform"] == r["platform"]
+                        and x["devices"] == 1 and x.get("processes", 1) == 1)
+            many = r.get("processes", 1) > 1
             for what in ("fit", "relax"):
-                figures[f"{r['platform']} {r['devices']} devices: {what}"] = C.figure(
+                name = (f"{r['platform']} {r['processes']} processes: {what}" if many
+                        else f"{r['platform']} {r['devices']} devices: {what}")
+                figures[name] = C.figure(
                     f"{'train step' if what == 'fit' else 'relax'} throughput, {r['kind']}, "
                     f"{r['devices']} device(s) / 1 device",
                     r[f"{what}_samples_per_s"] / base[f"{what}_samples_per_s"], unit="×",
@@ -191,6 +246,9 @@ def run(quick=True, out: Path | None = None) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.sharding")
     p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--processes", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--rank", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, default=128, help=argparse.SUPPRESS)
     p.add_argument("--width", type=int, default=256, help=argparse.SUPPRESS)
     p.add_argument("--steps", type=int, default=20, help=argparse.SUPPRESS)
@@ -200,7 +258,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=Path("results"))
     a = p.parse_args(argv)
     if a.worker is not None:
-        r = _worker(a.worker, a.batch, a.width, a.steps, a.repeats)
+        r = _worker(a.worker, a.batch, a.width, a.steps, a.repeats, a.processes, a.rank,
+                    a.port)
         print("RESULT " + json.dumps(r), flush=True)
         return 0
     sec = run(quick="tiny" if a.tiny else not a.full, out=a.out)

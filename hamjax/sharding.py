@@ -7,9 +7,17 @@ gradient; XLA's SPMD partitioner inserts the one collective that data parallelis
 all-reduce of the mean loss's gradient. Samples do not interact in a HAM, so a sharded run computes
 the same numbers as a single-device one (up to the order of that final sum).
 
-Several hosts: call :func:`initialize_distributed` first on every host (it wraps
-``jax.distributed.initialize``); :func:`make_mesh` then spans every host's devices, and each host
-runs the same program on the same global batches (``fit`` draws them from the same seed).
+Several processes (one per host, or several on one machine): every process calls
+:func:`initialize_distributed` first (it wraps ``jax.distributed.initialize`` with a bounded wait
+and a check that all processes agree); :func:`make_mesh` then spans every process's devices. Each
+process prepares only its own rows of every global batch (:func:`local_rows`) and
+:func:`global_batch` joins them into one array split over the mesh, so no process holds the whole
+batch; parameters are replicated, and XLA all-reduces the gradient across processes as across
+devices. :func:`is_main_process` picks the process that prints and writes files,
+:func:`barrier` waits for every process, and :func:`local_replica` turns a replicated result
+back into an ordinary array of this process. On CPUs the processes talk through gloo
+(``jax_cpu_collectives_implementation``), so a multi-process run can be tried on one machine over
+127.0.0.1 (``python -m hamjax.launch``).
 
 On a CPU, test with forced host devices: ``XLA_FLAGS=--xla_force_host_platform_device_count=4``
 set before JAX is imported.
@@ -17,6 +25,10 @@ set before JAX is imported.
 
 from __future__ import annotations
 
+import os
+import socket
+import sys
+import threading
 from collections.abc import Sequence
 
 import equinox as eqx
@@ -25,7 +37,9 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-__all__ = ["make_mesh", "shard_batch", "replicate", "initialize_distributed", "ShardingError"]
+__all__ = ["make_mesh", "shard_batch", "replicate", "initialize_distributed", "ShardingError",
+           "DistributedError", "local_rows", "global_batch", "local_replica", "is_main_process",
+           "barrier", "gather_text"]
 
 
 class ShardingError(ValueError):
@@ -33,6 +47,13 @@ class ShardingError(ValueError):
 
     Raised for too few devices, an empty device list, a mesh with more than one axis, a scalar
     to split, and a batch size not divisible by the device count. A ``ValueError``."""
+
+
+class DistributedError(RuntimeError):
+    """A multi-process run that cannot start: arguments that do not describe one process of a
+    run (a rank outside ``[0, num_processes)``, a coordinator address that is not
+    ``host:port``, some but not all of the three given), a second initialisation, or processes
+    that disagree on the number of processes. A ``RuntimeError``."""
 
 
 def make_mesh(devices: int | Sequence | None = None, axis: str = "batch") -> Mesh:
@@ -85,8 +106,9 @@ def _axis(mesh: Mesh) -> str:
 def _place(v, sharding: NamedSharding):
     if isinstance(v, jax.core.Tracer):
         return jax.lax.with_sharding_constraint(v, sharding)
-    if sharding.is_fully_addressable:
-        return jax.device_put(v, sharding)
+    if sharding.is_fully_addressable or (isinstance(v, jax.Array)
+                                         and not v.is_fully_addressable):
+        return jax.device_put(v, sharding)  # a global array already: re-laid out by JAX
     # several hosts: every host holds the same global value; each keeps its devices' slices
     host = np.asarray(v)
     return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
@@ -127,24 +149,205 @@ def replicate(tree, mesh: Mesh):
     return jax.tree.map(lambda v: _place(v, sharding) if eqx.is_array(v) else v, tree)
 
 
+def local_rows(mesh: Mesh | None, n: int) -> np.ndarray:
+    """The rows of an ``n``-sample global batch that this process's devices hold when the batch
+    is split over ``mesh`` (all ``n`` rows without a mesh, or when every device is local):
+    ascending ``int64`` indices into ``[0, n)``.
+
+    A process prepares only these rows of each batch and passes them to :func:`global_batch`.
+    Raises :class:`ShardingError` when ``n`` is not divisible by the mesh's device count."""
+    if mesh is None:
+        return np.arange(n)
+    axis = _axis(mesh)
+    if n % mesh.size:
+        raise ShardingError(f"batch size {n} is not divisible by the {mesh.size} devices of the "
+                            f"mesh; use a multiple of {mesh.size}")
+    spans = NamedSharding(mesh, P(axis)).addressable_devices_indices_map((n,)).values()
+    rows = set()
+    for idx in spans:
+        rows.update(range(*idx[0].indices(n)))
+    return np.array(sorted(rows), dtype=np.int64)
+
+
+def global_batch(local, mesh: Mesh | None, rows, n: int):
+    """One global batch of ``n`` samples from this process's ``rows`` of it (:func:`local_rows`):
+    every array leaf of ``local`` holds those rows, in that order, ``(len(rows), ...)``; each
+    becomes a ``(n, ...)`` array split along its first axis over ``mesh``, every device taking
+    its slice from the process that holds it. Without a mesh the leaves become ordinary JAX
+    arrays (``rows`` must then be all ``n``). Non-array leaves are left as they are.
+
+    Raises :class:`ShardingError` when a leaf has not ``len(rows)`` rows, or when a device
+    needs a row this process does not hold."""
+    rows = np.asarray(rows, dtype=np.int64)
+    position = np.full(n, -1, dtype=np.int64)
+    position[rows] = np.arange(len(rows))
+
+    def put(v):
+        if not eqx.is_array(v) and not isinstance(v, np.ndarray):
+            return v
+        v = np.asarray(v)
+        if v.ndim == 0 or len(v) != len(rows):
+            raise ShardingError(f"a leaf of shape {v.shape} does not hold the {len(rows)} local "
+                                "rows of the batch along its first axis")
+        if mesh is None:
+            if len(rows) != n:
+                raise ShardingError(f"without a mesh the batch needs all {n} rows, got "
+                                    f"{len(rows)}")
+            return jax.numpy.asarray(v)
+
+        def fetch(idx):
+            where = position[np.arange(n)[idx[0]]]
+            if (where < 0).any():
+                raise ShardingError("a device of this process needs rows of the batch that "
+                                    "the process did not prepare; use local_rows(mesh, n)")
+            return v[where]
+
+        return jax.make_array_from_callback((n, *v.shape[1:]), NamedSharding(mesh, P(_axis(
+            mesh))), fetch)
+
+    return jax.tree.map(put, local, is_leaf=lambda v: isinstance(v, np.ndarray))
+
+
+def local_replica(tree):
+    """``tree`` with every replicated array that spans several processes replaced by this
+    process's own copy (an ordinary array on its first device), for work one process does
+    alone (pictures, analysis). Arrays this process fully holds are returned as they are."""
+    def local(v):
+        if isinstance(v, jax.Array) and not v.is_fully_addressable:
+            if not v.is_fully_replicated:
+                raise ShardingError(f"an array of shape {v.shape} is split over several "
+                                    "processes; only replicated arrays have a local copy")
+            return v.addressable_data(0)
+        return v
+
+    return jax.tree.map(local, tree)
+
+
+def is_main_process() -> bool:
+    """True on process 0 (always in a single-process run): the one that prints, shows progress
+    and writes files, so that N processes do not write the same file N times."""
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Wait until every process has reached the barrier ``name`` (nothing in a one-process
+    run). ``name`` must be the same string on every process."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def gather_text(text: str, size: int = 2048) -> list[str]:
+    """Every process's ``text``, in process order (``[text]`` in a one-process run): how the
+    processes of a run compare their configurations and report each other's errors. Texts are
+    truncated to ``size`` bytes of UTF-8."""
+    if jax.process_count() == 1:
+        return [text]
+    from jax.experimental import multihost_utils
+
+    raw = text.encode()[:size]
+    buf = np.zeros(size + 4, dtype=np.uint8)
+    buf[:4] = np.frombuffer(np.uint32(len(raw)).tobytes(), dtype=np.uint8)
+    buf[4:4 + len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+    got = np.asarray(multihost_utils.process_allgather(buf))
+    out = []
+    for row in got:
+        k = int(np.frombuffer(row[:4].tobytes(), dtype=np.uint32)[0])
+        out.append(row[4:4 + k].tobytes().decode(errors="replace"))
+    return out
+
+
+def _address(coordinator_address: str) -> tuple[str, int]:
+    host, sep, port = coordinator_address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise DistributedError(f"coordinator address {coordinator_address!r} is not HOST:PORT "
+                               "(e.g. 127.0.0.1:12355)")
+    return host.strip("[]"), int(port)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Process 0 hosts the coordinator: a port already taken would abort JAX with a C++ error."""
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as e:
+        raise DistributedError(f"process 0 cannot host the coordinator at {host}:{port}: "
+                               f"{e.strerror}; choose a free port") from None
+
+
 def initialize_distributed(
     coordinator_address: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
+    *,
+    timeout: float = 300.0,
     **kwargs,
 ) -> None:
-    """Join a multi-host run: ``jax.distributed.initialize`` with the same arguments.
+    """Join a multi-process run: ``jax.distributed.initialize`` with the same arguments, a
+    bounded wait, and a check that the processes agree.
 
-    Call it once per host before any other JAX call. ``coordinator_address`` is
-    ``"host:port"`` of process 0; ``num_processes`` the number of hosts and ``process_id`` this
-    host's rank. On Cloud TPU, SLURM and Open MPI clusters all three are detected and may be left
-    out. Afterwards ``jax.devices()`` lists every host's devices, ``make_mesh()`` spans them, and
-    every host runs the same script (same data, same seed): each feeds its own devices' slice of
-    every global batch.
-    """
-    jax.distributed.initialize(
-        coordinator_address=coordinator_address,
-        num_processes=num_processes,
-        process_id=process_id,
-        **kwargs,
-    )
+    Call it once per process before any other JAX call. ``coordinator_address`` is
+    ``"host:port"`` of process 0 (which hosts the coordinator there); ``num_processes`` the
+    number of processes and ``process_id`` this one's rank in ``[0, num_processes)``. Give all
+    three, or none: on Cloud TPU, SLURM and Open MPI clusters JAX reads them from the
+    environment. Afterwards ``jax.devices()`` lists every process's devices and
+    :func:`make_mesh` spans them; every process runs the same program on the same data and
+    seed.
+
+    On CPUs the processes' collectives go through gloo. When not every process has joined
+    within ``timeout`` seconds, JAX would abort the process with a C++ error that Python cannot
+    catch; this function ends the process first, with exit status 2 and one line on stderr
+    saying what it waited for. Raises :class:`DistributedError` for arguments that describe no
+    process of a run, a port process 0 cannot listen on, a second call, and processes started
+    with different process counts (each raises it, naming every process's count)."""
+    given = [coordinator_address is not None, num_processes is not None, process_id is not None]
+    if any(given) and not all(given):
+        raise DistributedError("give the coordinator address, the number of processes and this "
+                               "process's id together, or none of them (cluster detection)")
+    if jax.distributed.is_initialized():
+        raise DistributedError("this process has already joined a multi-process run")
+    if all(given):
+        host, port = _address(coordinator_address)
+        if int(num_processes) < 1:
+            raise DistributedError(f"the number of processes must be at least 1, got "
+                                   f"{num_processes}")
+        if not 0 <= int(process_id) < int(num_processes):
+            raise DistributedError(f"process id {process_id} is outside [0, {num_processes}) "
+                                   f"for {num_processes} processes")
+        if int(process_id) == 0:
+            _check_port_free(host, port)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    where = f"the coordinator at {coordinator_address}" if coordinator_address else (
+        "the coordinator the cluster environment names")
+
+    def expire():
+        rank = "" if process_id is None else f"process {process_id} of {num_processes}: "
+        sys.stderr.write(
+            f"hamjax: error: {rank}the multi-process run did not start within {timeout:g} s: "
+            f"waited for {where} and for every process to join; check that all processes were "
+            "started with the same process count and that the coordinator is reachable from "
+            "this host\n")
+        sys.stderr.flush()
+        os._exit(2)
+
+    watchdog = threading.Timer(timeout, expire)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        # JAX's own deadline comes later, so that the watchdog speaks first
+        jax.distributed.initialize(
+            coordinator_address=coordinator_address,
+            num_processes=num_processes,
+            process_id=process_id,
+            initialization_timeout=int(timeout) + 30,
+            **kwargs,
+        )
+        asked = gather_text(str(num_processes if num_processes is not None else
+                                jax.process_count()))
+    finally:
+        watchdog.cancel()
+    if len(set(asked)) > 1:
+        each = ", ".join(f"process {i}: {a}" for i, a in enumerate(asked))
+        raise DistributedError(f"the processes were started with different process counts "
+                               f"({each}); the coordinator runs {jax.process_count()}")

@@ -598,8 +598,13 @@ def test_few_test_images_and_a_relative_data_dir(tmp_path, capsys, monkeypatch):
     images."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data").mkdir()
-    assert cli.main(["train", "--epochs", "1", "--hidden", "8", "--steps", "5",
-                     "--limit-train", "64", "--limit-test", "2", "--no-progress",
+    rng = np.random.default_rng(0)  # a tiny set in MNIST's IDX layout
+    for name, shape in (("train_images", (70, 8, 8)), ("train_labels", (70,)),
+                        ("test_images", (4, 8, 8)), ("test_labels", (4,))):
+        hd.write_idx(tmp_path / "data" / hd.MNIST_FILES[name],
+                     rng.integers(0, 10 if "labels" in name else 256, shape, dtype=np.uint8))
+    assert cli.main(["train", "--dataset", "idx", "--epochs", "1", "--hidden", "8", "--steps",
+                     "5", "--limit-train", "64", "--limit-test", "2", "--no-progress",
                      "--data-dir", "data", "--out", "small"]) == 0
     out = tmp_path / "small"
     metrics = json.loads((out / "metrics.json").read_text())

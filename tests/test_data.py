@@ -366,11 +366,16 @@ def test_from_arrays_bad_input(x, y, kw, pattern):
 
 def test_load_dataset_dispatch_and_errors(tmp_path):
     assert hd.load_dataset("digits", seed=2).name == "digits"
-    with pytest.raises(hd.DataError, match=r"unknown dataset 'cifar10'; expected one of digits, "
-                                           r"mnist"):
-        hd.load_dataset("cifar10")
+    with pytest.raises(hd.DataError, match=r"unknown dataset 'cifar-11'; expected one of digits, "
+                                           r"mnist, fashion-mnist, idx, cifar10"):
+        hd.load_dataset("cifar-11")
     with pytest.raises(hd.DataError, match="takes no data_dir"):
         hd.load_dataset("digits", data_dir=tmp_path)
+    with pytest.raises(hd.DataError, match=r"'cifar10' needs data_dir.*cifar-10-batches-py"):
+        hd.load_dataset("cifar10")
+    with pytest.raises(hd.DataError, match=r"'digits' takes no keyword 'size'; it takes "
+                                           r"test_fraction, seed, limit_train, limit_test"):
+        hd.load_dataset("digits", size=(4, 4))
 
 
 def test_one_hot():

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import hamjax as hj
 from hamjax import lagrangians as L
 from hamjax import synapses as S
 
@@ -172,6 +173,8 @@ CONV_CONFIGS = [
     ((6, 6, 2), 2, 3, 2, "SAME"),
     ((5, 6, 2), 3, 3, 2, 1),
     ((5, 5, 2), 2, (2, 3), (1, 2), ((1, 0), (2, 1))),
+    ((8, 7, 3), 4, 5, 1, "VALID"),  # colour input
+    ((7, 8, 3), 2, 3, 2, "SAME"),  # colour input, strided
 ]
 
 
@@ -242,6 +245,7 @@ POOL_CONFIGS = [
     ((7, 5, 3), 3, 2, "SAME"),
     ((5, 5, 1), 2, 1, 1),
     ((6, 6, 2), (2, 3), (2, 1), "VALID"),
+    ((5, 7, 3), (2, 3), None, "VALID"),  # rectangular windows, a column cropped
 ]
 
 
@@ -412,6 +416,30 @@ def test_multilinear_flag_means_linear_in_each_argument(name, syn, shapes):
         lhs = _energy(syn, *mix)
         rhs = 1.5 * np.asarray(_energy(syn, *g)) - 0.5 * np.asarray(_energy(syn, *other))
         np.testing.assert_allclose(lhs, rhs, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("image_shape, stride, pool", [((10, 9, 1), 1, 2), ((9, 10, 3), 2, 2),
+                                                       ((8, 8, 3), 1, 3)])
+def test_conv_ham_currents_are_minus_the_gradient_of_its_synapse_energy(image_shape, stride, pool):
+    """A conv HAM's currents into its free layers, as relaxations compute them (the clamped
+    image's convolution once, as a constant current; the pooling and readout by autodiff every
+    call), are ``−∂E/∂g`` of the HAM's total synapse energy, with the image free and clamped;
+    colour images and strided convolutions included."""
+    net = hj.models.conv_classifier(image_shape, 4, channels=3, kernel_size=3, stride=stride,
+                                    pool=pool, key=_keys(1, 3)[0])
+    x = net.init_state(batch=2, key=_keys(1, 4)[0], scale=1.0)
+    g = net.activations(x)
+
+    def total(gs):
+        return sum(jnp.sum(net.synapse_energy(s, gs)) for s in net.synapses)
+
+    ref = jax.grad(total)(g)
+    for clamp in ((), ("image",)):
+        dyn = net.dynamics(x, clamp=clamp)
+        got = jax.jit(lambda d, gf: d.currents(gf))(dyn, {n: g[n] for n in dyn.free})
+        assert set(got) == set(dyn.free)
+        for n in dyn.free:
+            np.testing.assert_allclose(got[n], -ref[n], rtol=1e-5, atol=1e-5)
 
 
 def test_multilinear_flags():

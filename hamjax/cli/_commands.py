@@ -30,22 +30,31 @@ from ._runs import (
 
 # ---------------------------------------------------------------------------------- building
 def load_data(cfg: dict, data_dir=None):
-    """The dataset ``cfg`` names, cut to ``--limit-train`` / ``--limit-test``."""
+    """The dataset ``cfg`` names (a key of :data:`hamjax.data.DATASETS`), cut to
+    ``--limit-train`` / ``--limit-test``; ``--seed`` splits the sets without a test part,
+    ``--image-size`` resizes an image folder. A missing or superfluous ``--data-dir``, or an
+    ``--image-size`` for a dataset that cannot be resized, is a :class:`UsageError`; a file
+    that is missing or unreadable a :class:`hamjax.data.DataError`."""
     from .. import data as hd
 
-    if cfg["dataset"] == "digits":
-        d = hd.load_digits(seed=cfg["seed"])
-    else:
-        d = hd.load_mnist(data_dir or cfg.get("data_dir"), limit_train=cfg.get("limit_train"),
-                          limit_test=cfg.get("limit_test"))
-    if cfg["dataset"] == "digits" and (cfg.get("limit_train") or cfg.get("limit_test")):
-        import dataclasses
-
-        d = dataclasses.replace(
-            d, x_train=d.x_train[: cfg.get("limit_train")], y_train=d.y_train[: cfg.get(
-                "limit_train")], x_test=d.x_test[: cfg.get("limit_test")],
-            y_test=d.y_test[: cfg.get("limit_test")])
-    return d
+    source = hd.DATASETS[cfg["dataset"]]
+    data_dir = data_dir or cfg.get("data_dir")
+    # checked before anything is read: each flag takes effect or is refused
+    if source.folder is not None and data_dir is None:
+        raise UsageError(f"--dataset {cfg['dataset']} needs --data-dir DIR (a folder holding "
+                         f"{source.folder}); nothing is downloaded")
+    if source.folder is None and data_dir is not None:
+        raise UsageError(f"--dataset {cfg['dataset']} is bundled and reads no --data-dir; "
+                         f"drop it, or name the dataset the folder holds")
+    if cfg.get("image_size") and "size" not in source.keywords():
+        raise UsageError(f"--image-size resizes the images of --dataset folder; --dataset "
+                         f"{cfg['dataset']} has images of one size already")
+    kw = {"limit_train": cfg.get("limit_train"), "limit_test": cfg.get("limit_test")}
+    if "seed" in source.keywords():
+        kw["seed"] = cfg["seed"]
+    if cfg.get("image_size"):
+        kw["size"] = tuple(cfg["image_size"])
+    return hd.load_dataset(cfg["dataset"], data_dir, **kw)
 
 
 def build(cfg: dict, data):
@@ -78,12 +87,13 @@ def _model(cfg: dict, data):
         from ..lagrangians import ReLU
 
         # ReLU feature maps classify better than the HAM paper's softmax over channels. A 5×5
-        # kernel at stride 2 on 28×28 images (3×3, stride 1, 2×2 pooling on the 8×8 digits)
-        # keeps the feature maps small enough to train on a CPU
-        small = data.image_shape[0] <= 8
+        # kernel at stride 2 on 28×28 or 32×32 images (12×12 or 14×14 feature maps; 3×3,
+        # stride 1, 2×2 pooling on the 8×8 digits) keeps the feature maps small enough to train
+        # on a CPU; larger images are pooled 2×2 as well. The kernel takes every input channel
+        kernel, stride, pool = _conv_shape(data.image_shape)
         return models.conv_classifier(data.image_shape, data.num_classes, channels=h[0],
-                                      kernel_size=3 if small else 5, stride=1 if small else 2,
-                                      pool=2 if small else 1, feature_lagrangian=ReLU(), key=key)
+                                      kernel_size=kernel, stride=stride, pool=pool,
+                                      feature_lagrangian=ReLU(), key=key)
     # memories start as K training images (a modern Hopfield network storing them); from
     # small random vectors every softmax is flat and each image relaxes to the global mean
     import numpy as np
@@ -94,6 +104,15 @@ def _model(cfg: dict, data):
     return models.memory_model(data.image_shape, num_memories=h[0],
                                patterns=data.x_train[idx].reshape(h[0], -1),
                                similarity="distance", key=key)
+
+
+def _conv_shape(image_shape) -> tuple[int, int, int]:
+    """``(kernel size, stride, pooling)`` of the CLI's conv model for ``(H, W, C)`` images."""
+    h, w = image_shape[:2]
+    if min(h, w) <= 8:
+        return 3, 1, 2
+    features = (min(h, w) - 5) // 2 + 1
+    return 5, 2, 2 if features > 16 else 1
 
 
 def _task(cfg: dict, data):
@@ -185,8 +204,24 @@ def optimizer(cfg: dict, data):
     return optax.adamw(schedule, weight_decay=wd) if wd else optax.adam(schedule)
 
 
-def _mesh(cfg: dict):
-    """The ``--devices N`` mesh (None without the flag), or a clear error."""
+def _mesh(cfg: dict, joined: bool = False):
+    """The mesh of the run: every device of every process when several processes ``joined``;
+    otherwise the ``--devices N`` mesh (None without the flag). Or a clear error."""
+    if joined:
+        import jax
+
+        from ..sharding import make_mesh
+
+        if cfg.get("devices") is not None:
+            raise UsageError("--devices picks devices of one process; a multi-process run "
+                             "splits each batch over every device of every process: drop "
+                             "--devices")
+        n = jax.device_count()
+        if cfg["batch_size"] % n:
+            raise UsageError(f"--batch-size {cfg['batch_size']} is not divisible by the {n} "
+                             f"devices of the {jax.process_count()} processes; use a multiple "
+                             f"of {n}")
+        return make_mesh()
     if cfg.get("devices") is None:
         return None
     from ..sharding import ShardingError, make_mesh
@@ -201,15 +236,12 @@ def _mesh(cfg: dict):
         raise UsageError(f"--devices {n}: {e}") from None
 
 
-def _prepare(cfg: dict):
+def _prepare(cfg: dict, joined: bool = False):
     """Load the data and build the model for ``cfg``, checking what needs the data: the
     batch size and the number of memories against the training set."""
     from ..data import DataError
 
-    if cfg["dataset"] == "mnist" and cfg["data_dir"] is None:
-        raise UsageError("--dataset mnist needs --data-dir DIR (a folder "
-                         "with the four MNIST IDX files); nothing is downloaded")
-    mesh = _mesh(cfg)
+    mesh = _mesh(cfg, joined)
     try:
         data = load_data(cfg)
     except DataError as e:
@@ -228,31 +260,122 @@ def _prepare(cfg: dict):
 
 # ---------------------------------------------------------------------------------- train
 def train(args, given: set[str]) -> int:
-    """``hamjax train``: check everything, then claim the run folder and train in it."""
-    cfg, saved, notes = _train_config(args, given)
-    data, net, task, gradient, mesh = _prepare(cfg)
+    """``hamjax train``: check everything, then claim the run folder and train in it.
 
-    # everything is checked: only now is anything written
-    out = args.out
-    if saved is None:
-        out, created, held = claim(out, cfg)
-    else:
-        created, held = False, lock(out)
-    for note in notes:
-        print(f"hamjax train: note: {note}", file=sys.stderr)
+    Several processes (``--coordinator`` or ``--distributed``): each joins the run first, every
+    process checks its flags and data and they compare (one failing or differing process stops
+    them all, each with one line), then process 0 claims the folder and tells the others which
+    it is; only process 0 writes in it."""
+    joined = _join(args)
+    cfg = saved = None
+    notes: list[str] = []
+    problem = ""
     try:
-        if saved is not None:
+        cfg, saved, notes = _train_config(args, given)
+        data, net, task, gradient, mesh = _prepare(cfg, joined)
+    except UsageError as e:
+        if not joined:
+            raise
+        problem = str(e)
+    if joined:
+        _agree(problem, cfg)
+
+    from ..sharding import is_main_process
+
+    main = is_main_process()
+    out, created, held = args.out, False, None
+    if main:
+        try:
+            # everything is checked: only now is anything written
+            if saved is None:
+                out, created, held = claim(out, cfg)
+            else:
+                held = lock(out)
+        except UsageError as e:
+            if not joined:
+                raise
+            problem = str(e)
+    if joined:
+        out = _shared_folder(out, problem)
+    try:
+        if main:
+            for note in notes:
+                print(f"hamjax train: note: {note}", file=sys.stderr)
+        if saved is not None and main:
             try:
                 write_atomic(out / "config.json", json.dumps(cfg, indent=2))
             except OSError as e:
                 raise UsageError(f"cannot write to the run folder {out}: {e.strerror}"
                                  ) from None
         _train_in(out, created, cfg, data, net, task, gradient, mesh,
-                  resume=saved is not None, progress=not args.no_progress)
+                  resume=saved is not None, progress=not args.no_progress, main=main)
     finally:
         if held is not None:
             os.close(held)  # closing the descriptor releases the lock
     return 0
+
+
+def _join(args) -> bool:
+    """Join a multi-process run when the flags ask for one (before any JAX computation):
+    whether this process is one of several."""
+    explicit = {"--coordinator": args.coordinator, "--num-processes": args.num_processes,
+                "--process-id": args.process_id}
+    named = [flag for flag, v in explicit.items() if v is not None]
+    if not named and not args.distributed:
+        return False
+    if args.distributed and named:
+        raise UsageError(f"--distributed reads the coordinator, the process count and the rank "
+                         f"from the cluster's environment; drop {' '.join(named)}")
+    if named and len(named) < 3:
+        missing = " ".join(flag for flag in explicit if flag not in named)
+        raise UsageError(f"{' '.join(named)} needs {missing} as well: --coordinator HOST:PORT "
+                         "--num-processes N --process-id I")
+    from ..sharding import DistributedError, initialize_distributed
+
+    try:
+        initialize_distributed(args.coordinator, args.num_processes, args.process_id,
+                               timeout=args.join_timeout)
+    except DistributedError as e:
+        raise UsageError(f"{e}") from None
+    except (RuntimeError, ValueError) as e:  # cluster detection found no cluster
+        raise UsageError(f"--distributed: {str(e).splitlines()[0]}") from None
+    return True
+
+
+def _agree(problem: str, cfg: dict | None) -> None:
+    """Every process's check result and config, compared: a process whose checks failed, or
+    processes started with different flags, stop every process with one line."""
+    from ..sharding import gather_text
+
+    config = json.dumps(cfg, sort_keys=True) if cfg is not None else ""
+    said = [json.loads(t) for t in gather_text(json.dumps({"problem": problem,
+                                                           "config": config}), 8192)]
+    failed = [(i, s["problem"]) for i, s in enumerate(said) if s["problem"]]
+    if failed:
+        if problem:
+            raise UsageError(problem)
+        i, what = failed[0]
+        raise UsageError(f"process {i} stopped: {what}")
+    if len({s["config"] for s in said}) > 1:
+        first = json.loads(said[0]["config"])
+        for i, s in enumerate(said):
+            other = json.loads(s["config"])
+            keys = sorted(k for k in set(first) | set(other) if first.get(k) != other.get(k))
+            if keys:
+                diff = ", ".join(f"{k}: {first.get(k)!r} vs {other.get(k)!r}" for k in keys)
+                raise UsageError(f"process 0 and process {i} were started with different "
+                                 f"settings ({diff}); start every process with the same flags")
+
+
+def _shared_folder(out: Path | None, problem: str) -> Path:
+    """The run folder process 0 claimed, told to every process (or process 0's error)."""
+    from ..sharding import gather_text, is_main_process
+
+    said = json.loads(gather_text(json.dumps({"out": str(out), "problem": problem}), 8192)[0])
+    if said["problem"]:
+        raise UsageError(problem if is_main_process() else f"process 0 stopped: "
+                         f"{said['problem']}")
+    return Path(said["out"])
 
 
 def _train_config(args, given: set[str]) -> tuple[dict, tuple | None, list[str]]:
@@ -288,16 +411,20 @@ def _train_config(args, given: set[str]) -> tuple[dict, tuple | None, list[str]]
 
 
 def _train_in(out: Path, created: bool, cfg: dict, data, net, task, gradient, mesh, *,
-              resume: bool, progress: bool) -> None:
-    """Train in the claimed folder ``out``, then write its results."""
+              resume: bool, progress: bool, main: bool = True) -> None:
+    """Train in the claimed folder ``out``, then write its results (process 0 of several
+    writes and prints; the others train beside it)."""
     from .. import train as T
+    from ..sharding import local_replica
 
     ckpt = out / "checkpoint.eqx"
-    print(f"hamjax: {cfg['task']} on {data.name} ({data.num_train} train / {data.num_test} test) "
-          f"with a {cfg['model']} HAM, {cfg['gradient']}, {cfg['epochs']} epochs -> {out}",
-          flush=True)
+    if main:
+        print(f"hamjax: {cfg['task']} on {data.name} ({data.num_train} train / {data.num_test} "
+              f"test) with a {cfg['model']} HAM, {cfg['gradient']}, {cfg['epochs']} epochs -> "
+              f"{out}", flush=True)
     # the untrained model's test loss: the yardstick for "did this run learn anything"
-    initial = T.evaluate(net, data.x_test, data.y_test, task, gradient, seed=cfg["seed"])
+    initial = T.evaluate(net, data.x_test, data.y_test, task, gradient, seed=cfg["seed"],
+                         mesh=mesh)
     t0 = time.perf_counter()
     try:
         net, history = T.fit(
@@ -306,15 +433,21 @@ def _train_in(out: Path, created: bool, cfg: dict, data, net, task, gradient, me
             checkpoint=ckpt, resume=resume, config=cfg, progress=progress, mesh=mesh,
         )
     except (FloatingPointError, T.CheckpointError) as e:
+        if not main:
+            raise UsageError(f"{e}") from None
         raise UsageError(_failed(e, out, ckpt, cfg, created, not resume)) from None
     except KeyboardInterrupt:
+        if not main:
+            raise SystemExit(130) from None
         # Ctrl-C is how a run is paused: say how to continue, not where Python was
         kept = _kept(out, ckpt) if ckpt.exists() else "no epoch had finished"
         print(f"\nhamjax train: interrupted; {kept}; hamjax train --out {out} --resume "
               "continues it", file=sys.stderr)
         raise SystemExit(130) from None
     train_seconds = time.perf_counter() - t0
-    _finish(out, net, history, initial, train_seconds, task, gradient, data, cfg)
+    if main:
+        _finish(out, local_replica(net), history, initial, train_seconds, task, gradient, data,
+                cfg)
 
 
 def _kept(out: Path, ckpt: Path) -> str:

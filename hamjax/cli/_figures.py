@@ -46,6 +46,29 @@ def pictures(out: Path, net, task, gradient, data, cfg) -> list[str]:
     return names
 
 
+def _grey_squeezed(images):
+    """``(n, H, W, 1)`` → ``(n, H, W)``; colour ``(n, H, W, 3)`` unchanged."""
+    return images[..., 0] if images.ndim == 4 and images.shape[-1] == 1 else images
+
+
+def _show(ax, image, image_shape) -> None:
+    """Draw one image with values in [0, 1]: grey as grey, colour (C = 3) as colour, clipped
+    to [0, 1] (a restoration may overshoot)."""
+    import numpy as np
+
+    a = np.clip(np.asarray(image).reshape(image_shape), 0.0, 1.0)
+    if a.ndim == 3 and a.shape[-1] == 3:
+        ax.imshow(a)
+    else:
+        ax.imshow(a[..., 0] if a.ndim == 3 else a, cmap="gray", vmin=0, vmax=1)
+
+
+def _label(data, label) -> str:
+    """Class ``label`` as the pictures show it: its name, shortened, or its number."""
+    name = data.label_name(label)
+    return name if len(name) <= 10 else name[:9] + "…"
+
+
 def _relax_kwargs(gradient) -> tuple[dict, dict]:
     """``(kw, kw_saving)``: :func:`hamjax.relax` keywords of the estimator's own relaxation,
     forward only, and of one that saves the energy along the way."""
@@ -92,7 +115,7 @@ def _dense_fields(net, sol):
 
     name = "hidden" if "hidden" in net.layers else "hidden1"
     syn = net.synapses["w1"]
-    w = np.asarray(syn.weight).reshape((-1,) + syn.in_shape)[..., 0]
+    w = _grey_squeezed(np.asarray(syn.weight).reshape((-1,) + syn.in_shape))
     act = np.asarray(net.layers[name].activation(sol.state[name])).reshape(
         len(sol.state[name]), -1)
     score = act.mean(0)
@@ -114,7 +137,8 @@ def _conv_fields(net, sol):
     """The kernels of the 16 most active feature maps."""
     import numpy as np
 
-    k = np.moveaxis(np.asarray(net.synapses["conv"].kernel)[:, :, 0, :], -1, 0)
+    # (kh, kw, C, maps) -> one (kh, kw, C) picture per feature map
+    k = _grey_squeezed(np.moveaxis(np.asarray(net.synapses["conv"].kernel), -1, 0))
     act = np.asarray(net.layers["features"].activation(sol.state["features"]))
     score = act.reshape(-1, act.shape[-1]).mean(0)
     order, caps = _most_active(score, "map")
@@ -137,7 +161,7 @@ def _memory_fields(net, data):
     caps = [f"memory {i}\nnearest to {uses[i]}" for i in order]
     title = (f"the {len(order)} of {len(mem)} memories nearest to most of the "
              f"{data.num_test} test images")
-    imgs = mem.reshape((-1,) + syn.shape)[..., 0]
+    imgs = _grey_squeezed(mem.reshape((-1,) + syn.shape))
     return imgs[order], caps, title, "pixel value", "gray", False
 
 
@@ -157,14 +181,25 @@ def _weights_figure(path: Path, net, cfg, data, sol) -> bool:
     # one scale for every field, so their strengths compare; symmetric around 0 for weights
     hi = float(np.max(np.abs(imgs)) if symmetric else np.max(imgs))
     lo = -hi if symmetric else float(np.min(imgs))
+    colour = imgs.ndim == 4
+    if colour and symmetric:
+        # an RGB picture has no colour map: each channel's weight is mapped to [0, 1] on the
+        # shared scale, 0 to mid-grey
+        imgs = np.clip((imgs - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+        title += f"\ncolour: each channel's {label} from {lo:.3g} (dark) to {hi:.3g} (bright)"
+    elif colour:
+        imgs = np.clip(imgs, 0.0, 1.0)  # images: their own colours
+        title += f"\n{label}s in their own colours, clipped to [0, 1]"
     im = None
     for i, ax in enumerate(axes.ravel()):
         ax.axis("off")
         if i < len(imgs):
-            im = ax.imshow(imgs[i], cmap=cmap, vmin=lo, vmax=hi)
+            im = (ax.imshow(imgs[i]) if colour else
+                  ax.imshow(imgs[i], cmap=cmap, vmin=lo, vmax=hi))
             ax.set_title(caps[i], fontsize=7)
     fig.suptitle(title, fontsize=9)
-    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label=label)
+    if not colour:
+        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label=label)
     _save(fig, path)
     return True
 
@@ -185,18 +220,17 @@ def _predictions_figure(path, net, task, data, xb, yb, sol, kw) -> None:
                       **kw)
     pred = np.argmax(np.asarray(sol.state["label"]).reshape(k, -1), -1)
     pred_noisy = np.argmax(np.asarray(sol_noisy.state["label"]).reshape(k, -1), -1)
-    fig, axes = plt.subplots(2, k, figsize=(max(k, 4) * 1.1, 2.8), squeeze=False)
+    fig, axes = plt.subplots(2, k, figsize=(max(k, 4) * 1.1, 3.3), squeeze=False)
     for i in range(k):
         for r, (img, p) in enumerate(((xb[i], pred[i]), (noisy[i], pred_noisy[i]))):
             ax = axes[r, i]
-            ax.imshow(np.asarray(img).reshape(data.image_shape)[..., 0], cmap="gray", vmin=0,
-                      vmax=1)
-            ax.set_title(f"{p}" + ("" if p == yb[i] else f" ({yb[i]})"),
-                         color="black" if p == yb[i] else "red", fontsize=9)
+            _show(ax, img, data.image_shape)
+            ax.set_title(_label(data, p) + ("" if p == yb[i] else f"\n({_label(data, yb[i])})"),
+                         color="black" if p == yb[i] else "red", fontsize=8)
             ax.axis("off")
     axes[0, 0].text(-0.3, 0.5, "clean", transform=axes[0, 0].transAxes, ha="right")
     axes[1, 0].text(-0.3, 0.5, "noisy", transform=axes[1, 0].transAxes, ha="right")
-    fig.suptitle("predicted label after relaxation (true label in red when wrong)")
+    fig.suptitle("predicted label after relaxation (red when wrong, the true label below it)")
     fig.tight_layout()
     _save(fig, path)
 
@@ -216,8 +250,7 @@ def _reconstructions_figure(path, net, task, data, xb, batch, sol, cfg) -> None:
     for i in range(k):
         for r, (imgs, psnr) in enumerate(rows):
             ax = axes[r, i]
-            ax.imshow(np.clip(imgs[i].reshape(data.image_shape)[..., 0], 0, 1), cmap="gray",
-                      vmin=0, vmax=1)
+            _show(ax, imgs[i], data.image_shape)
             ax.axis("off")
             if psnr is not None:
                 ax.set_title(f"{psnr[i]:.1f} dB", fontsize=8)

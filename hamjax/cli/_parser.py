@@ -10,6 +10,10 @@ from pathlib import Path
 MODELS = ("dense", "deep", "conv", "memory", "transformer")
 TASKS = ("classify", "denoise", "complete", "store")
 GRADIENTS = ("bptt", "implicit", "eqprop")
+# the keys of hamjax.data.DATASETS (a test keeps them equal), written out so that the parser
+# and --help do not import JAX
+DATASETS = ("digits", "mnist", "fashion-mnist", "idx", "cifar10", "cifar100", "cifar100-coarse",
+            "folder")
 
 
 class UsageError(Exception):
@@ -85,6 +89,19 @@ def _sizes(s: str) -> tuple[int, ...]:
     return sizes
 
 
+def _image_size(s: str) -> list[int]:
+    """``H,W`` (or one number for a square) as ``[H, W]``."""
+    try:
+        sizes = [int(p) for p in s.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected H,W like 32,32, got {s!r}") from None
+    if len(sizes) == 1:
+        sizes *= 2
+    if len(sizes) != 2 or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected H,W, two positive sizes, got {s!r}")
+    return sizes
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``hamjax`` parser; ``parser.commands`` maps ``train``, ``eval`` and ``analyze`` to
     their subparsers."""
@@ -101,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="re-evaluate a saved run", formatter_class=_Help)
     e.add_argument("run_dir", type=Path)
     e.add_argument("--data-dir", type=Path, default=None,
-                   help="MNIST folder, when the one the run recorded has moved")
+                   help="data folder, when the one the run recorded has moved")
 
     a = sub.add_parser("analyze", help="stability and dead neurons of a trained run",
                        formatter_class=_Help)
@@ -109,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--samples", type=_positive_int, default=3,
                    help="test images to relax and analyse (at most the test set)")
     a.add_argument("--data-dir", type=Path, default=None,
-                   help="MNIST folder, when the one the run recorded has moved")
+                   help="data folder, when the one the run recorded has moved")
 
     sub.add_parser("bench", add_help=False,
                    help="run the benchmarks (python -m benchmarks; needs the source tree): "
@@ -120,10 +137,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _what_flags(t) -> None:
     """``train``: the data, the model, the task and the gradient estimator."""
-    t.add_argument("--dataset", choices=("digits", "mnist"), default="digits",
-                   help="digits: scikit-learn's 8x8 digits (bundled); mnist: needs --data-dir")
+    t.add_argument("--dataset", choices=DATASETS, default="digits",
+                   help="digits: scikit-learn's 8x8 digits (bundled); the others are read from "
+                        "--data-dir (nothing is downloaded): mnist, fashion-mnist, idx (any set "
+                        "in MNIST's four-IDX-file layout), cifar10, cifar100 (fine labels), "
+                        "cifar100-coarse (its 20 superclasses), folder (PNG/JPEG images in one "
+                        "subfolder per class)")
     t.add_argument("--data-dir", type=Path, default=None,
-                   help="folder with the four MNIST IDX files (gzip or raw)")
+                   help="the dataset's folder: the four IDX files (gzip or raw) for mnist, "
+                        "fashion-mnist and idx; cifar-10-batches-py/ or cifar-100-python/ "
+                        "(or the folder holding it) for cifar; for folder, one subfolder of "
+                        "images per class, or train/ and test/ holding those")
+    t.add_argument("--image-size", type=_image_size, default=None, metavar="H,W",
+                   help="--dataset folder: resize every image to H x W (bilinear); without it "
+                        "all images must have one size")
     t.add_argument("--model", choices=MODELS, default=None,
                    help="dense (default for classify), deep, conv, memory (default otherwise), "
                         "transformer (Energy Transformer; --task complete: masked patches)")
@@ -200,6 +227,21 @@ def _run_flags(t) -> None:
                         "them, parameters replicated (--batch-size must be a multiple of N). "
                         "On a CPU, create N host devices by setting "
                         "XLA_FLAGS=--xla_force_host_platform_device_count=N before running")
+    t.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="several processes (one per host): join the run whose process 0 listens "
+                        "at HOST:PORT; with --num-processes and --process-id. Each batch is "
+                        "split over every device of every process (python -m hamjax.launch "
+                        "starts N processes on this machine)")
+    t.add_argument("--num-processes", type=_positive_int, default=None, metavar="N",
+                   help="the number of processes of the run (with --coordinator)")
+    t.add_argument("--process-id", type=_nonneg_int, default=None, metavar="I",
+                   help="this process's rank in [0, N) (with --coordinator); process 0 prints "
+                        "and writes the run folder, which all processes must see")
+    t.add_argument("--distributed", action="store_true",
+                   help="several processes, the coordinator, count and rank read from the "
+                        "cluster's environment (SLURM, Open MPI, Cloud TPU)")
+    t.add_argument("--join-timeout", type=_positive_float, default=120.0, metavar="S",
+                   help="seconds to wait for every process to join before giving up")
 
 
 def given_flags(argv) -> set[str]:

@@ -17,7 +17,9 @@ RUN_FILES = ("config.json", "checkpoint.eqx")  # either marks a folder as holdin
 # what --resume may change: where the data lives, how far to train, how many devices share a
 # batch; everything else defines the run and must match its checkpoint
 RESUMABLE = ("epochs", "data_dir", "devices")
-NOT_CONFIG = ("command", "no_progress", "out", "resume")
+# how this command runs, not what it trains: never saved, free to differ on --resume
+NOT_CONFIG = ("command", "no_progress", "out", "resume", "coordinator", "num_processes",
+              "process_id", "distributed", "join_timeout")
 
 
 def config_of(args) -> dict:

@@ -1,19 +1,29 @@
 """Datasets, splits, batches, augmentation, corruptions and PSNR (NumPy; PSNR in jax.numpy).
 
 The modules follow the data flow: the errors and argument checks (``_checks``), the
-:class:`Dataset` container and :func:`from_arrays` (``_dataset``), IDX files (``_idx``), the named
-datasets (``_loaders``), train/test splits and batches (``_split``), augmentation (``_augment``),
-corruptions (``_corrupt``) and the restoration score (``_psnr``).
+:class:`Dataset` container and :func:`from_arrays` (``_dataset``), IDX files (``_idx``), the
+digits and the IDX datasets (``_loaders``), CIFAR (``_cifar``), image folders (``_folder``), the
+names :func:`load_dataset` knows (``_registry``), train/test splits and batches (``_split``),
+augmentation (``_augment``), corruptions (``_corrupt``) and the restoration score (``_psnr``).
 
 Sources, each returning a :class:`Dataset` of ``float32`` images in ``[0, 1]`` of shape
-``(n, H, W, C)`` (NHWC) and ``int32`` labels in ``[0, num_classes)``; nothing is downloaded:
+``(n, H, W, C)`` (NHWC; ``C`` 1 for grey, 3 for colour), ``int32`` labels in
+``[0, num_classes)`` and, where the source names them, ``class_names``; nothing is downloaded:
 
 - :func:`load_digits`: the scikit-learn digits (1,797 8×8 images, bundled with scikit-learn; the
   default), split into train and test deterministically by seed, stratified by class.
-- :func:`load_mnist`: MNIST from a directory holding the standard four IDX files
-  (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
-  ``t10k-labels-idx1-ubyte``), each gzip-compressed (``.gz``) or raw.
+- :func:`load_mnist`, :func:`load_fashion_mnist` and :func:`load_idx_dataset` (any set in the
+  same layout): a directory holding the four IDX files (``train-images-idx3-ubyte``,
+  ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``), each
+  gzip-compressed (``.gz``) or raw.
+- :func:`load_cifar10`, :func:`load_cifar100`: the official Python-pickle batches, the
+  extracted ``cifar-10-batches-py/`` or ``cifar-100-python/`` folder (or its parent); 32×32
+  colour images.
+- :func:`load_image_folder`: PNG/JPEG files in one subfolder per class, read with Pillow,
+  optionally resized to one size.
 - :func:`from_arrays`: any NumPy arrays.
+
+:func:`load_dataset` loads any of them by name (the keys of :data:`DATASETS`).
 
 Corruptions (:func:`gaussian_noise`, :func:`salt_and_pepper`, :func:`mask_region`,
 :func:`mask_random`, dispatched by :func:`corrupt`) return a :class:`Corrupted` pair
@@ -27,6 +37,7 @@ expected; a missing file or directory raises :class:`DataFileNotFoundError`, whi
 
 from ._augment import random_affine, random_shift
 from ._checks import DataError, DataFileNotFoundError
+from ._cifar import CIFAR10_FILES, CIFAR100_FILES, load_cifar10, load_cifar100
 from ._corrupt import (
     CORRUPTIONS,
     REGIONS,
@@ -38,27 +49,47 @@ from ._corrupt import (
     salt_and_pepper,
 )
 from ._dataset import Dataset, flatten, from_arrays, one_hot, unflatten
+from ._folder import IMAGE_SUFFIXES, load_image_folder
 from ._idx import read_idx, write_idx
-from ._loaders import DATASETS, MNIST_FILES, load_dataset, load_digits, load_mnist
+from ._loaders import (
+    FASHION_MNIST_CLASSES,
+    MNIST_FILES,
+    load_digits,
+    load_fashion_mnist,
+    load_idx_dataset,
+    load_mnist,
+)
 from ._psnr import psnr
-from ._split import batches, split_indices
+from ._registry import DATASETS, DatasetSource, load_dataset
+from ._split import batch_indices, batches, split_indices
 
 __all__ = [
+    "CIFAR10_FILES",
+    "CIFAR100_FILES",
     "CORRUPTIONS",
     "DATASETS",
+    "FASHION_MNIST_CLASSES",
+    "IMAGE_SUFFIXES",
     "MNIST_FILES",
     "REGIONS",
     "Corrupted",
     "DataError",
     "DataFileNotFoundError",
     "Dataset",
+    "DatasetSource",
+    "batch_indices",
     "batches",
     "corrupt",
     "flatten",
     "from_arrays",
     "gaussian_noise",
+    "load_cifar10",
+    "load_cifar100",
     "load_dataset",
     "load_digits",
+    "load_fashion_mnist",
+    "load_idx_dataset",
+    "load_image_folder",
     "load_mnist",
     "mask_random",
     "mask_region",

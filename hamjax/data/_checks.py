@@ -73,3 +73,34 @@ def as_labels(y, what: str, expected_len: int | None = None) -> np.ndarray:
     if y.size and y.min() < 0:
         raise DataError(f"{what} must hold class indices >= 0; got {y.min()}")
     return y
+
+
+def as_limit(limit, what: str) -> int | None:
+    """``limit`` (``limit_train``/``limit_test``) as ``None`` or a positive integer."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer))
+                              or limit < 1):
+        raise DataError(f"{what} must be None or a positive integer; got {limit!r}")
+    return None if limit is None else int(limit)
+
+
+def as_dir(data_dir, what: str, holds: str):
+    """``data_dir`` as an existing directory ``Path`` (``~`` expanded). ``what`` names the
+    dataset and ``holds`` says what the directory should hold, for the errors: a missing path
+    raises :class:`DataFileNotFoundError`, a file :class:`DataError`."""
+    from pathlib import Path
+
+    path = Path(data_dir).expanduser()
+    if not path.exists():
+        raise DataFileNotFoundError(f"{what} directory {path} does not exist; expected a "
+                                    f"directory holding {holds}")
+    if not path.is_dir():
+        raise DataError(f"{what} data_dir {path} is a file; expected a directory holding "
+                        f"{holds}")
+    return path
+
+
+def listing(directory) -> str:
+    """The first names in ``directory``, for an error that says what is there instead."""
+    present = sorted(p.name for p in directory.iterdir())
+    shown = ", ".join(present[:20]) + (", ..." if len(present) > 20 else "")
+    return shown or "nothing"

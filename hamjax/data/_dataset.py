@@ -28,7 +28,10 @@ class Dataset:
         image_shape: the shape of one image, ``(H, W, C)`` (``(D,)`` for data that never had an
             image shape); kept when the data are flattened so that they can be reshaped back.
         num_classes: the number of classes.
-        name: ``"digits"``, ``"mnist"`` or the name given to :func:`from_arrays`.
+        name: the dataset's name: ``"digits"``, ``"mnist"``, ``"cifar10"``, ..., or the name
+            given to :func:`from_arrays`.
+        class_names: the name of each class, ``class_names[k]`` for label ``k`` (a tuple of
+            ``num_classes`` strings), or ``None`` where the source names none.
     """
 
     x_train: np.ndarray
@@ -38,8 +41,15 @@ class Dataset:
     image_shape: tuple[int, ...]
     num_classes: int
     name: str
+    class_names: tuple[str, ...] | None = None
 
     def __post_init__(self):
+        if self.class_names is not None:
+            names = tuple(str(c) for c in self.class_names)
+            if len(names) != self.num_classes:
+                raise DataError(f"Dataset {self.name!r}: {len(names)} class names for "
+                                f"{self.num_classes} classes; expected one name per class")
+            object.__setattr__(self, "class_names", names)
         for part in ("train", "test"):
             x, y = getattr(self, f"x_{part}"), getattr(self, f"y_{part}")
             if len(x) != len(y):
@@ -88,6 +98,15 @@ class Dataset:
                 f"x_test={self.x_test.shape}, image_shape={tuple(self.image_shape)}, "
                 f"num_classes={self.num_classes})")
 
+    def label_name(self, label: int) -> str:
+        """The name of class ``label``: ``class_names[label]``, or the number as text where
+        the dataset names no classes."""
+        label = int(label)
+        if not 0 <= label < self.num_classes:
+            raise DataError(f"Dataset {self.name!r}: label {label} is not in "
+                            f"[0, {self.num_classes})")
+        return self.class_names[label] if self.class_names is not None else str(label)
+
 
 def flatten(x) -> np.ndarray:
     """``(n, ...)`` → ``(n, D)`` with ``D`` the product of the trailing dimensions.
@@ -128,7 +147,7 @@ def one_hot(y, num_classes: int, dtype=np.float32) -> np.ndarray:
 
 def from_arrays(x_train, y_train, x_test=None, y_test=None, *, test_fraction: float = 0.2,
                 seed: int = 0, image_shape=None, num_classes: int | None = None,
-                stratify: bool = True, name: str = "arrays") -> Dataset:
+                stratify: bool = True, name: str = "arrays", class_names=None) -> Dataset:
     """A :class:`Dataset` from NumPy arrays.
 
     ``x``: shape ``(n, H, W)`` (a channel axis is added), ``(n, H, W, C)`` or ``(n, D)``
@@ -136,13 +155,14 @@ def from_arrays(x_train, y_train, x_test=None, y_test=None, *, test_fraction: fl
     ``image_shape = (D,)``). ``uint8`` values are scaled from 0..255 to ``[0, 1]``; any other
     numeric values must already lie in ``[0, 1]``. Stored as ``float32``.
     ``y``: integer class indices ``>= 0``, shape ``(n,)``; ``num_classes`` defaults to the
-    largest label plus one.
+    number of ``class_names`` when given, else to the largest label plus one.
     Without ``x_test``/``y_test`` the training arrays are split by :func:`split_indices`
-    (``test_fraction``, ``seed``, ``stratify``). ``name`` names the dataset.
+    (``test_fraction``, ``seed``, ``stratify``). ``name`` names the dataset; ``class_names``
+    (optional) names each of the ``num_classes`` classes.
 
     Raises :class:`DataError` for a bad shape, an empty array, non-finite or out-of-range
-    values, labels that do not match the images, only one of ``x_test``/``y_test``, or a label
-    not below ``num_classes``.
+    values, labels that do not match the images, only one of ``x_test``/``y_test``, a label
+    not below ``num_classes``, or ``class_names`` not one per class.
     """
     if (x_test is None) != (y_test is None):
         raise DataError("from_arrays: give both x_test and y_test, or neither (then the "
@@ -160,12 +180,13 @@ def from_arrays(x_train, y_train, x_test=None, y_test=None, *, test_fraction: fl
                             f"x_train examples {x_tr.shape[1:]}; expected the same")
     top = max(int(y_tr.max(initial=-1)), int(y_te.max(initial=-1)))
     if num_classes is None:
-        num_classes = top + 1
-    elif top >= num_classes:
+        num_classes = top + 1 if class_names is None else len(class_names)
+    if top >= num_classes:
         raise DataError(f"from_arrays: num_classes={num_classes} but a label is {top}; labels "
                         f"must lie in [0, {num_classes})")
     return Dataset(x_tr, y_tr.astype(np.int32), x_te, y_te.astype(np.int32),
-                   tuple(x_tr.shape[1:]), int(num_classes), name)
+                   tuple(x_tr.shape[1:]), int(num_classes), name,
+                   None if class_names is None else tuple(class_names))
 
 
 def _images(x, what: str, image_shape) -> np.ndarray:

@@ -52,16 +52,39 @@ def split_indices(y, test_fraction: float = 0.2, seed: int = 0, stratify: bool =
     return train_idx.astype(np.int64), test_idx.astype(np.int64)
 
 
+def batch_indices(n: int, batch_size: int = 128, seed: int = 0, epoch: int = 0,
+                  drop_last: bool = False, shuffle: bool = True) -> list[np.ndarray]:
+    """The example indices of each batch of one pass over ``n`` examples: ``int64`` arrays of
+    ``batch_size`` (the last may be shorter, or is dropped when ``drop_last``).
+
+    The order is a permutation drawn from ``(seed, epoch)``, or the stored order with
+    ``shuffle=False``: the same arguments always give the same batches. :func:`batches` takes
+    these indices from ``x``; a process of a multi-host run takes only its own rows of each.
+    Raises :class:`DataError` for a negative ``n``, a non-positive ``batch_size`` or a negative
+    ``seed``/``epoch``."""
+    if not isinstance(n, (int, np.integer)) or n < 0:
+        raise DataError(f"n must be a non-negative integer; got {n!r}")
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise DataError(f"batch_size must be a positive integer; got {batch_size!r}")
+    for name, v in (("seed", seed), ("epoch", epoch)):
+        if not isinstance(v, (int, np.integer)) or v < 0:
+            raise DataError(f"{name} must be a non-negative integer; got {v!r}")
+    order = (np.random.default_rng((int(seed), int(epoch))).permutation(n) if shuffle
+             else np.arange(n))
+    stop = n - n % batch_size if drop_last else n
+    return [order[start:start + batch_size] for start in range(0, stop, batch_size)]
+
+
 def batches(x, y=None, batch_size: int = 128, seed: int = 0, epoch: int = 0,
             drop_last: bool = False, shuffle: bool = True) -> Iterator[tuple]:
     """Yield ``(x_batch, y_batch)`` pairs of NumPy arrays covering ``x`` once.
 
     The order is a permutation drawn from ``(seed, epoch)``: the same pair always gives the same
-    batches, and each epoch a different order. ``y`` may be ``None`` (then ``y_batch`` is
-    ``None``). The last, smaller batch is dropped when ``drop_last``. With ``shuffle=False``
-    the examples come in their stored order. ``x``: ``(n, ...)``, ``y``: ``(n, ...)``; batches
-    are ``(batch_size, ...)``. Raises :class:`DataError` (when called, not on the first
-    ``next``) for mismatched lengths, a non-positive ``batch_size`` or a negative
+    batches, and each epoch a different order (:func:`batch_indices`). ``y`` may be ``None``
+    (then ``y_batch`` is ``None``). The last, smaller batch is dropped when ``drop_last``. With
+    ``shuffle=False`` the examples come in their stored order. ``x``: ``(n, ...)``, ``y``:
+    ``(n, ...)``; batches are ``(batch_size, ...)``. Raises :class:`DataError` (when called, not
+    on the first ``next``) for mismatched lengths, a non-positive ``batch_size`` or a negative
     ``seed``/``epoch``.
     """
     x = np.asarray(x)
@@ -71,21 +94,6 @@ def batches(x, y=None, batch_size: int = 128, seed: int = 0, epoch: int = 0,
         y = np.asarray(y)
         if len(y) != len(x):
             raise DataError(f"batches: x holds {len(x)} examples but y holds {len(y)}")
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise DataError(f"batch_size must be a positive integer; got {batch_size!r}")
-    for name, v in (("seed", seed), ("epoch", epoch)):
-        if not isinstance(v, (int, np.integer)) or v < 0:
-            raise DataError(f"{name} must be a non-negative integer; got {v!r}")
-    n = len(x)
-    order = np.random.default_rng((int(seed), int(epoch))).permutation(n) if shuffle else None
-    stop = n - n % batch_size if drop_last else n
-
-    # A generator inside, so that the checks above run when batches() is called, not on the
-    # first next().
-    def generate():
-        for start in range(0, stop, batch_size):
-            idx = (order[start:start + batch_size] if order is not None
-                   else slice(start, start + batch_size))
-            yield x[idx], (None if y is None else y[idx])
-
-    return generate()
+    # the checks run here, when batches() is called, not on the first next()
+    parts = batch_indices(len(x), batch_size, seed, epoch, drop_last, shuffle)
+    return ((x[idx], None if y is None else y[idx]) for idx in parts)

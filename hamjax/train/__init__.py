@@ -11,9 +11,12 @@ from ._checkpoint import (
 from ._fit import (
     ConvergenceWarning,
     check_task,
+    data_parallel,
     default_task,
     evaluate,
     fit,
+    prepare_rows,
+    sample_rng,
     train_step,
 )
 from ._gradients import BPTT, EqProp, GradientEstimator, Implicit, Nudge
@@ -34,11 +37,14 @@ __all__ = [
     "Storage",
     "Task",
     "check_task",
+    "data_parallel",
     "default_task",
     "evaluate",
     "fit",
     "load_checkpoint",
+    "prepare_rows",
     "read_checkpoint_meta",
+    "sample_rng",
     "save_checkpoint",
     "train_step",
     "verify_checkpoint",

@@ -16,16 +16,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
 
 from .. import data as hd
 from .._ham import HAM
-from ..sharding import ShardingError, replicate, shard_batch
+from ..sharding import (
+    ShardingError,
+    barrier,
+    gather_text,
+    global_batch,
+    is_main_process,
+    local_rows,
+    replicate,
+)
 from ._checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ._gradients import BPTT, GradientEstimator
 from ._tasks import Classification, Task
 
-__all__ = ["fit", "train_step", "evaluate", "History", "ConvergenceWarning", "check_task",
-           "default_task"]
+__all__ = ["fit", "train_step", "data_parallel", "evaluate", "History", "ConvergenceWarning",
+           "check_task", "default_task", "sample_rng", "prepare_rows"]
 
 History = list  # one dict per epoch
 
@@ -76,30 +85,116 @@ def _strongly_typed(tree):
 
 @eqx.filter_jit
 def train_step(net: HAM, opt_state, batch: dict, task: Task, gradient: GradientEstimator,
-               optimizer, *, key=None):
+               optimizer, *, key=None, mesh=None):
     """One optimiser step: ``(net, opt_state, loss, per-sample metrics)``. ``key``: a PRNG key
     for the estimators that draw random numbers (``gradient.needs_key``).
 
     ``batch``: a prepared batch of ``n`` samples (``task.prepare``, as JAX arrays); the loss is
     the mean over it (a scalar), the metrics ``(n,)`` arrays. The gradient is
     ``gradient.loss_and_grad`` and the update ``optimizer`` (an ``optax`` transformation) on the
-    inexact arrays of ``net``. Compiled with ``eqx.filter_jit``."""
-    loss, grads, metrics = gradient.loss_and_grad(net, task, batch, key=key)
+    inexact arrays of ``net``. Compiled with ``eqx.filter_jit``.
+
+    With ``mesh`` (the batch split over it, the model replicated), data parallelism by
+    :func:`jax.shard_map`: each device computes the loss and gradient of its own samples and
+    one all-reduce averages them (:func:`data_parallel`)."""
+    if mesh is None:
+        loss, grads, metrics = gradient.loss_and_grad(net, task, batch, key=key)
+    else:
+        loss, grads, metrics = data_parallel(gradient, mesh)(net, task, batch, key=key)
     params = eqx.filter(net, eqx.is_inexact_array)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return eqx.apply_updates(net, updates), opt_state, loss, metrics
 
 
-@eqx.filter_jit
-def _eval_batch(net, batch, task, gradient):
+def data_parallel(gradient: GradientEstimator, mesh):
+    """``gradient.loss_and_grad`` over a batch split along the one axis of ``mesh``: each device
+    relaxes and differentiates its own ``n/d`` samples with no communication, then one
+    all-reduce (``pmean``) averages the losses and gradients over the ``d`` devices. Returns a
+    function with ``loss_and_grad``'s signature ``(net, task, batch, *, key) -> (mean loss,
+    grads, (n,) metrics)``; call it under ``jit``.
+
+    Left to XLA's automatic partitioner, the gradient of a relaxation is summed over devices
+    inside the backward loop, once per solver step: free between devices of one process,
+    costly between processes (a network round trip each). Here there is one per training step.
+    Every loss of the library is a mean over the batch divided by ``n``, so the average of the
+    devices' means is the batch's mean. A steady-state estimator stops each device's relaxation
+    when its own samples have converged; an estimator that draws random numbers
+    (``needs_key``) draws each device's from the key folded with the device's index, so those
+    draws differ from a one-device run's."""
+    from jax.sharding import PartitionSpec as P
+
+    if len(mesh.axis_names) != 1:
+        raise ShardingError(f"expected a one-axis mesh, got axes {mesh.axis_names}")
+    axis = mesh.axis_names[0]
+
+    def loss_and_grad(net, task, batch, *, key=None):
+        params, static = eqx.partition(net, eqx.is_array)
+
+        def local(params, batch, key):
+            if key is not None:
+                key = jax.random.fold_in(key, jax.lax.axis_index(axis))
+            loss, grads, metrics = gradient.loss_and_grad(eqx.combine(params, static), task,
+                                                          batch, key=key)
+            # one buffer, one all-reduce: between processes each collective is a round trip
+            flat, unravel = ravel_pytree((loss, grads))
+            loss, grads = unravel(jax.lax.pmean(flat, axis))
+            return loss, grads, metrics
+
+        run = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axis), P()),
+                            out_specs=(P(), P(), P(axis)), check_vma=False)
+        return run(params, batch, key)
+
+    return loss_and_grad
+
+
+def _eval_sums_local(net, batch, valid, task, gradient):
     sol = gradient.relax(net, task, batch)
     ev = task.evaluate(net, sol.state, batch)
     ev["converged"] = sol.converged.astype(jnp.float32)
-    return ev
+    return {k: jnp.sum(jnp.where(valid, v, 0.0)) for k, v in ev.items()}
 
 
-def _to_jax(batch: dict) -> dict:
-    return {k: jnp.asarray(v) for k, v in batch.items()}
+@eqx.filter_jit
+def _eval_sums(net, batch, valid, task, gradient, mesh=None):
+    """The sums over the ``valid`` samples of the batch of every per-sample figure: scalars.
+    With ``mesh``, each device relaxes its own samples and one ``psum`` adds the devices' sums
+    (as in :func:`data_parallel`)."""
+    if mesh is None:
+        return _eval_sums_local(net, batch, valid, task, gradient)
+    from jax.sharding import PartitionSpec as P
+
+    axis = mesh.axis_names[0]
+    params, static = eqx.partition(net, eqx.is_array)
+
+    def local(params, batch, valid):
+        sums = _eval_sums_local(eqx.combine(params, static), batch, valid, task, gradient)
+        return jax.lax.psum(sums, axis)
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axis), P(axis)), out_specs=P(),
+                         check_vma=False)(params, batch, valid)
+
+
+@eqx.filter_jit
+def _means(metrics):
+    return {k: jnp.mean(v) for k, v in metrics.items()}
+
+
+def sample_rng(seed: int, *where: int) -> np.random.Generator:
+    """The generator one sample is prepared with (noise, augmentation, corruption): a function
+    of the run's ``seed`` and the sample's place only — ``(0, epoch, position in the epoch)``
+    in training, ``(1, index)`` in evaluation. So a batch prepared whole, or in parts by several
+    processes, holds the same numbers."""
+    return np.random.default_rng((int(seed), *(int(w) for w in where)))
+
+
+def prepare_rows(task: Task, x, y, idx, seed: int, where, train: bool = True) -> dict:
+    """``task.prepare`` of the samples ``x[idx]`` (labels ``y[idx]``; ``y`` may be None), each
+    with its own :func:`sample_rng` ``(seed, *where[k])``: a dict of NumPy arrays with
+    ``len(idx)`` rows. ``where``: one tuple of ints per sample."""
+    parts = [task.prepare(x[i:i + 1], None if y is None else y[i:i + 1],
+                          sample_rng(seed, *w), train=train) for i, w in zip(idx, where,
+                                                                              strict=True)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def evaluate(net: HAM, x, y, task: Task, gradient: GradientEstimator, batch_size: int = 256,
@@ -110,28 +205,25 @@ def evaluate(net: HAM, x, y, task: Task, gradient: GradientEstimator, batch_size
     ...)`` images, ``y``: ``(n,)`` labels or None; returns ``{name: float}``.
 
     Batches keep one shape (the last is padded, and the padding ignored), so one compilation
-    serves the whole set. Corruptions are drawn from ``seed``: the same every call. With a
-    ``mesh`` each batch is split over its devices (replicated when its size does not divide)."""
+    serves the whole set. Sample ``i``'s corruption is drawn from ``sample_rng(seed, 1, i)``:
+    the same every call. With a ``mesh`` each batch (rounded up to a multiple of its devices)
+    is split over them; under several processes each prepares its own rows and the sums are
+    reduced across processes."""
     n = len(x)
-    rng = np.random.default_rng((seed, 10**6))
-    sums: dict[str, float] = {}
+    size = min(batch_size, n)
     if mesh is not None:
         net = replicate(net, mesh)
-    for start in range(0, n, batch_size):
-        xb = x[start : start + batch_size]
-        yb = None if y is None else y[start : start + batch_size]
-        k = len(xb)
-        if k < batch_size and n > batch_size:
-            pad = batch_size - k
-            xb = np.concatenate([xb, xb[:1].repeat(pad, axis=0)])
-            yb = None if yb is None else np.concatenate([yb, yb[:1].repeat(pad, axis=0)])
-        batch = _to_jax(task.prepare(xb, yb, rng, train=False))
-        if mesh is not None:
-            batch = (shard_batch(batch, mesh) if len(xb) % mesh.size == 0
-                     else replicate(batch, mesh))
-        ev = _eval_batch(net, batch, task, gradient)
-        for name, v in ev.items():
-            sums[name] = sums.get(name, 0.0) + float(jnp.sum(v[:k]))
+        size = -(-size // mesh.size) * mesh.size
+    rows = local_rows(mesh, size)
+    sums: dict[str, float] = {}
+    for start in range(0, n, size):
+        idx = start + rows
+        valid = idx < n
+        idx = np.where(valid, idx, start)  # padding: a copy of the batch's first sample
+        local = prepare_rows(task, x, y, idx, seed, [(1, i) for i in idx], train=False)
+        batch, ok = global_batch((local, valid), mesh, rows, size)
+        for name, v in _eval_sums(net, batch, ok, task, gradient, mesh).items():
+            sums[name] = sums.get(name, 0.0) + float(v)
     out = {name: s / n for name, s in sums.items()}
     if "correct" in out:
         out["accuracy"] = out.pop("correct")
@@ -163,17 +255,28 @@ def fit(
     to ``BPTT()`` and ``optimizer`` to ``optax.adam(1e-3)``.
 
     Batches are shuffled by ``(seed, epoch)`` and the last partial batch is dropped (one
-    compiled step). With ``checkpoint``, the model, optimiser state, epoch, history and ``config``
-    are written atomically after every epoch; with ``resume=True`` an existing checkpoint is
-    loaded and training continues at the next epoch (so an interrupted run loses at most the
-    epoch in progress). ``progress`` shows a bar per epoch, ``verbose`` prints each epoch's
-    test figures, ``on_epoch(record, net)`` is called after each. Returns the trained model and
-    the history (one dict per epoch: ``epoch``, ``train_*``, ``test_*``, ``epoch_seconds``).
+    compiled step); each sample is prepared (noise, augmentation) with its own generator,
+    :func:`sample_rng` ``(seed, 0, epoch, position)``, so the numbers do not depend on how a
+    batch is divided among devices or processes. With ``checkpoint``, the model, optimiser
+    state, epoch, history and ``config`` are written atomically after every epoch; with
+    ``resume=True`` an existing checkpoint is loaded and training continues at the next epoch
+    (so an interrupted run loses at most the epoch in progress). ``progress`` shows a bar per
+    epoch, ``verbose`` prints each epoch's test figures, ``on_epoch(record, net)`` is called
+    after each. Returns the trained model and the history (one dict per epoch: ``epoch``,
+    ``train_*``, ``test_*``, ``epoch_seconds``).
 
     With ``mesh`` (:func:`hamjax.sharding.make_mesh`), data parallelism: the model and optimiser
     state are replicated on its devices and every batch is split over them (``batch_size`` must
     be a multiple of the device count); the jitted step is unchanged, XLA all-reduces the
     gradient, and the result equals the single-device run to float tolerance.
+
+    Several processes (:func:`hamjax.sharding.initialize_distributed`, a mesh over every
+    process's devices): every process calls ``fit`` with the same arguments; each prepares only
+    its own rows of every batch (:func:`hamjax.sharding.local_rows`), evaluation sums across
+    processes, and only process 0 shows the progress bar, prints, and writes the checkpoint
+    (every process waits until it is written, so each can ``resume`` from it: the checkpoint
+    path must be on a file system all processes see). The returned model is replicated across
+    the processes; :func:`hamjax.sharding.local_replica` gives this process's copy.
     """
     task = default_task(net, data.num_classes) if task is None else task
     check_task(net, task)
@@ -181,6 +284,9 @@ def fit(
     optimizer = optax.adam(1e-3) if optimizer is None else optimizer
     _check_sizes(data, epochs, batch_size, mesh)
     net, opt_state, history, first = _initial_state(net, optimizer, checkpoint, resume)
+    _same_start(first, checkpoint)
+    main = is_main_process()
+    progress, verbose = progress and main, verbose and main
     if mesh is not None:
         net, opt_state = replicate(net, mesh), replicate(opt_state, mesh)
     for epoch in range(first, epochs):
@@ -194,13 +300,17 @@ def fit(
         record = {"epoch": epoch + 1, **train, **{f"test_{k}": v for k, v in test.items()},
                   "epoch_seconds": train_seconds}
         history.append(record)
-        _warn_unconverged(record, gradient, epoch)
+        if main:
+            _warn_unconverged(record, gradient, epoch)
         if verbose:
             shown = {k: round(v, 4) for k, v in record.items() if k.startswith("test_")}
             print(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}, {shown}", flush=True)
         if checkpoint is not None:
-            save_checkpoint(checkpoint, net, opt_state,
-                            {"finished_epoch": epoch, "history": history, "config": config or {}})
+            if main:
+                save_checkpoint(checkpoint, net, opt_state, {
+                    "finished_epoch": epoch, "history": history, "config": config or {}})
+            # no process runs ahead of a checkpoint it may have to resume from
+            barrier(f"hamjax checkpoint of epoch {epoch + 1}")
         if on_epoch is not None:
             on_epoch(record, net)
     return net, history
@@ -214,6 +324,19 @@ def _check_sizes(data: hd.Dataset, epochs: int, batch_size: int, mesh) -> None:
     if mesh is not None and batch_size % mesh.size:
         raise ShardingError(f"batch_size {batch_size} is not divisible by the {mesh.size} devices "
                             f"of the mesh; use a multiple of {mesh.size}")
+
+
+def _same_start(first: int, checkpoint) -> None:
+    """Several processes must start at the same epoch: one that cannot see process 0's
+    checkpoint would train from scratch beside the others (and wait for them forever)."""
+    if jax.process_count() == 1:
+        return
+    starts = [int(t) for t in gather_text(str(first))]
+    if len(set(starts)) > 1:
+        each = ", ".join(f"process {i}: epoch {e + 1}" for i, e in enumerate(starts))
+        raise CheckpointError(
+            f"the processes would start at different epochs ({each}): they read different "
+            f"checkpoints at {checkpoint}; put it on a file system every process sees")
 
 
 def _initial_state(net: HAM, optimizer, checkpoint, resume: bool):
@@ -235,45 +358,57 @@ def _train_epoch(net: HAM, opt_state, data: hd.Dataset, task: Task, gradient: Gr
     """One pass over the training set, shuffled by ``(seed, epoch)``: ``(net, opt_state,
     figures)``, the figures being the epoch's mean loss (``train_loss``), main metric
     (``train_acc`` or ``train_<task.main_metric>``) and convergence fractions (``train_converged``,
-    ``train_converged_nudged``, ``train_used``, as the estimator reports them)."""
-    steps_per_epoch = data.num_train // batch_size
+    ``train_converged_nudged``, ``train_used``, as the estimator reports them).
+
+    The next batch is prepared on the host while the device runs the current step (the step is
+    dispatched asynchronously; its loss is read only afterwards)."""
+    parts = hd.batch_indices(data.num_train, batch_size, seed=seed, epoch=epoch, drop_last=True)
+    steps_per_epoch = len(parts)
     base_key = jax.random.PRNGKey(seed)
-    rng = np.random.default_rng((seed, epoch))
-    losses, mains = [], []
-    conv: dict[str, list[float]] = {}
-    main = task.main_metric
+    rows = local_rows(mesh, batch_size)
+    losses = []
+    sums: dict[str, list[float]] = {}
+    main = "correct"
     bar = _bar(progress, steps_per_epoch, f"epoch {epoch + 1}/{epochs}")
-    for xb, yb in hd.batches(data.x_train, data.y_train, batch_size, seed=seed, epoch=epoch,
-                             drop_last=True):
-        batch = _to_jax(task.prepare(xb, yb, rng))
-        if mesh is not None:
-            batch = shard_batch(batch, mesh)
-        key = (jax.random.fold_in(base_key, epoch * steps_per_epoch + len(losses))
+
+    def batch(step):
+        idx = parts[step][rows]
+        where = [(0, epoch, step * batch_size + r) for r in rows]
+        local = prepare_rows(task, data.x_train, data.y_train, idx, seed, where)
+        return global_batch(local, mesh, rows, batch_size)
+
+    upcoming = batch(0) if steps_per_epoch else None
+    for step in range(steps_per_epoch):
+        current = upcoming
+        key = (jax.random.fold_in(base_key, epoch * steps_per_epoch + step)
                if gradient.needs_key else None)
-        net, opt_state, loss, metrics = train_step(net, opt_state, batch, task, gradient,
-                                                    optimizer, key=key)
+        net, opt_state, loss, metrics = train_step(net, opt_state, current, task, gradient,
+                                                    optimizer, key=key, mesh=mesh)
+        means = _means(metrics)
+        if step + 1 < steps_per_epoch:
+            upcoming = batch(step + 1)
         loss = float(loss)
         if not np.isfinite(loss):
             raise FloatingPointError(
-                f"training loss became {loss} at epoch {epoch + 1}, step {len(losses) + 1}; "
+                f"training loss became {loss} at epoch {epoch + 1}, step {step + 1}; "
                 "lower the learning rate or the relaxation step"
             )
         losses.append(loss)
-        main = "correct" if "correct" in metrics else task.main_metric
-        mains.append(float(jnp.mean(metrics[main])))
-        for name in ("converged", "converged_nudged", "used"):
-            if name in metrics:
-                conv.setdefault(name, []).append(float(jnp.mean(metrics[name])))
+        main = "correct" if "correct" in means else task.main_metric
+        for name in (main, "converged", "converged_nudged", "used"):
+            if name in means:
+                sums.setdefault(name, []).append(float(means[name]))
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses):.4f}",
-                            **{_label(main): f"{np.mean(mains):.4f}"})
+                            **{_label(main): f"{np.mean(sums[main]):.4f}"})
     if bar is not None:
         bar.close()
+    mains = sums.pop(main, [])
     return net, opt_state, {
         "train_loss": float(np.mean(losses)) if losses else float("nan"),
         f"train_{_label(main)}": float(np.mean(mains)) if mains else float("nan"),
-        **{f"train_{k}": float(np.mean(v)) for k, v in conv.items()},
+        **{f"train_{k}": float(np.mean(v)) for k, v in sums.items()},
     }
 
 
