@@ -299,7 +299,11 @@ def _headline(r: Mapping[str, Any]) -> str:
     if "psnr" in h["name"]:
         text = f"{name.upper()} **{h['value']:.2f} dB**"
         if h.get("baseline") is not None:
-            text += f" (corrupted input {h['baseline']:.2f} dB)"
+            what = {"test_psnr_nearest": "nearest training image"}.get(
+                h.get("baseline_name"), "corrupted input")
+            mean = (f"training mean {h['mean_fill']:.2f} dB, "
+                    if h.get("mean_fill") is not None else "")
+            text += f" ({mean}{what} {h['baseline']:.2f} dB)"
         return text
     return f"{name} **{h['value']:.4f}**"
 

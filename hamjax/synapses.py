@@ -43,6 +43,7 @@ __all__ = [
     "Memory",
     "Attention",
     "TokenMemory",
+    "TokenDense",
 ]
 
 Shape = tuple[int, ...]
@@ -709,3 +710,53 @@ class TokenMemory(Synapse):
 
         ``shapes`` (the shapes offered) is not needed."""
         return ((None, self.dim),)
+
+
+class TokenDense(Synapse):
+    """``E = −Σ_C g_{b,C} · W g_{a,C}``: one weight matrix shared by every token ``C``, from a
+    layer ``a`` of shape ``(T, in_features)`` to a layer ``b`` of shape ``(T, out_features)``
+    (docs/maths.md eq. ET3). The Energy Transformer's patch embedding as an energy: the current
+    into ``b`` is ``W g_{a,C}`` (the linear encoder of each token) and the feedback into ``a`` is
+    ``Wᵀ g_{b,C}`` (the decoder, tied to it).
+
+    ``W`` of shape ``(out_features, in_features)``: the given ``weight``, or drawn from ``key``
+    with standard deviation ``scale`` (default ``1/sqrt(in_features)``); ``in_features`` and
+    ``out_features`` are kept as given. Multilinear. Raises
+    ``ValueError`` for non-positive sizes, a weight of the wrong shape, or neither ``weight``
+    nor ``key``."""
+
+    multilinear: ClassVar[bool] = True
+    weight: Array
+    in_features: int = eqx.field(static=True)
+    out_features: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        scale: float | None = None,
+        weight: ArrayLike | None = None,
+        key: PRNGKeyArray | None = None,
+    ):
+        _check_key(key, "TokenDense")
+        self.in_features = _size(in_features, "in_features", "TokenDense")
+        self.out_features = _size(out_features, "out_features", "TokenDense")
+        scale = 1.0 / math.sqrt(self.in_features) if scale is None else scale
+        self.weight = _given_or_drawn("TokenDense", "weight", weight, key,
+                                      (self.out_features, self.in_features), scale,
+                                      " (out, in)")
+
+    def energy(self, g_a, g_b):
+        """``E = −Σ_C g_{b,C} · W g_{a,C}`` per sample (docs/maths.md eq. ET3).
+
+        ``g_a``: ``(*batch, T, in_features)``, ``g_b``: ``(*batch, T, out_features)``; returns
+        ``batch``."""
+        current = jnp.einsum("...ti,oi->...to", g_a, self.weight)
+        return -jnp.sum(g_b * current, axis=(-2, -1))
+
+    def expected_shapes(self, shapes):
+        """``((T, in_features), (T, out_features))`` with ``T`` the token count of the first
+        layer offered: both layers hold the same tokens."""
+        t = shapes[0][0] if shapes and len(shapes[0]) == 2 else None
+        return ((t, self.in_features), (t, self.out_features))

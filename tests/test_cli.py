@@ -187,7 +187,7 @@ def _fails(argv, capsys):
 
 
 @pytest.mark.parametrize("argv, flag", [
-    (["train", "--model", "transformer"], "--model"),
+    (["train", "--model", "vit"], "--model"),
     (["train", "--epochs", "-1"], "--epochs"),
     (["train", "--lr", "0"], "--lr"),
     (["train", "--batch-size", "abc"], "--batch-size"),

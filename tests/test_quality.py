@@ -112,7 +112,10 @@ def test_every_tier_parses_and_names_what_it_runs(tmp_path):
     assert Q.command(quick[0]) == "hamjax train"  # the quickstart's command has no flags
     mnist = {s.name: Q.parse(s.args) for s in full if "mnist" in s.name}
     assert {"mnist-dense-bptt", "mnist-dense-implicit", "mnist-dense-eqprop", "mnist-conv-bptt",
-            "mnist-denoise-memory"} == set(mnist)
+            "mnist-complete-transformer", "mnist-denoise-memory"} == set(mnist)
+    et = mnist["mnist-complete-transformer"]
+    assert (et["model"], et["task"], et["gradient"], et["noise"]) == (
+        "transformer", "complete", "bptt", 0.5)
     assert all(c["data_dir"] == str(data_dir.resolve()) for c in mnist.values())
     dense = mnist["mnist-dense-bptt"]
     assert (dense["hidden"], dense["epochs"], dense["batch_size"]) == ([1024], 40, 64)

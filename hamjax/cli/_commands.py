@@ -79,6 +79,10 @@ def _model(cfg: dict, data):
         # energy is bounded below and every relaxation settles
         return models.deep_dense_classifier(data.image_shape, data.num_classes, hidden=h,
                                             hidden_lagrangian=Tanh(), key=key)
+    if cfg["model"] == "transformer":
+        return models.energy_transformer(data.image_shape, patch_size(data.image_shape),
+                                         dim=h[0], num_memories=h[1] if len(h) > 1 else None,
+                                         key=key)
     if cfg["model"] == "conv":
         from ..lagrangians import ReLU
 
@@ -118,8 +122,58 @@ def _task(cfg: dict, data):
         return T.Classification(num_classes=data.num_classes, noise=cfg["noise"],
                                 loss_kind="nll", shift=cfg.get("shift", 0),
                                 rotate=cfg.get("rotate", 0.0), zoom=cfg.get("zoom", 0.0))
+    if cfg["model"] == "transformer":
+        if not 0 < cfg["noise"] < 1:
+            raise UsageError(f"--noise {cfg['noise']:g}: the masked fraction of the patches "
+                             "must lie strictly between 0 and 1")
+        return T.PatchCompletion(patch_size=patch_size(data.image_shape), level=cfg["noise"])
     return {"denoise": T.Denoising, "complete": T.Completion,
             "store": T.Storage}[cfg["task"]](level=cfg["noise"])
+
+
+def patch_size(image_shape) -> int:
+    """The transformer's patch side for images ``(H, W, C)``: 2 up to 16 pixels (a 2×2 patch of
+    an 8×8 digit is already a stroke segment), else 4 (49 tokens of 16 pixels on MNIST, 64 on
+    32×32 images: few enough tokens for attention on a CPU). Sides it does not divide are a
+    :class:`UsageError`."""
+    h, w = image_shape[:2]
+    p = 2 if max(h, w) <= 16 else 4
+    if h % p or w % p:
+        raise UsageError(f"--model transformer cuts images into {p}x{p} patches, which do not "
+                         f"tile {h}x{w} images")
+    return p
+
+
+def completion_baselines(task, data, seed: int, batch_size: int = 256,
+                         reference: int = 10000) -> dict[str, float]:
+    """Mean PSNR on the masked test patches of the two fills that need no network
+    (:meth:`hamjax.train.PatchCompletion.baselines`): the training mean image
+    (``test_psnr_mean_fill``) and the nearest of the first ``reference`` training images by the
+    visible patches (``test_psnr_nearest``). The masks are the ones
+    :func:`hamjax.train.evaluate` draws with the same ``seed`` and ``batch_size`` (the same
+    generator, the same padded batches), so the figures stand beside the model's on the same
+    masked patches."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from ..models import patchify
+
+    train = np.asarray(patchify(np.asarray(data.x_train, np.float32), task.patch_size))
+    mean, ref = train.mean(0), jnp.asarray(train[:reference])
+    x, n = data.x_test, data.num_test
+    rng = np.random.default_rng((seed, 10**6))
+    sums = {"psnr_mean": 0.0, "psnr_nearest": 0.0}
+    for start in range(0, n, batch_size):
+        xb = x[start : start + batch_size]
+        k = len(xb)
+        if k < batch_size and n > batch_size:  # evaluate's padding: the same draws
+            xb = np.concatenate([xb, xb[:1].repeat(batch_size - k, axis=0)])
+        b = task.baselines(task.prepare(xb, None, rng, train=False), mean, ref)
+        for name, v in b.items():
+            sums[name] += float(jnp.sum(v[:k]))
+    return {"test_psnr_mean_fill": sums["psnr_mean"] / n,
+            "test_psnr_nearest": sums["psnr_nearest"] / n,
+            "baseline_reference_images": int(min(reference, data.num_train))}
 
 
 def _gradient(cfg: dict):
@@ -433,6 +487,8 @@ def _finish(out, net, history, initial, train_seconds, task, gradient, data, cfg
         seconds_per_epoch=float(sum(h["epoch_seconds"] for h in history) / max(len(history), 1)),
         config=cfg,
     )
+    if cfg["model"] == "transformer":
+        metrics.update(completion_baselines(task, data, cfg["seed"]))
     warning = stalled(metrics, initial, cfg)
     if warning:
         metrics["warning"] = warning
@@ -474,6 +530,11 @@ def _report(metrics: dict, gradient) -> None:
         base = (f"; corrupted input {metrics['test_psnr_input']:.2f} dB"
                 if "test_psnr_input" in metrics else "")
         print(f"test PSNR: {metrics['test_psnr']:.2f} dB (mse {metrics['test_mse']:.5f}{base})")
+    if "test_psnr_nearest" in metrics:
+        print(f"baselines on the same masked patches: training mean image "
+              f"{metrics['test_psnr_mean_fill']:.2f} dB, nearest of "
+              f"{metrics['baseline_reference_images']} training images by the visible patches "
+              f"{metrics['test_psnr_nearest']:.2f} dB")
     if "test_converged" in metrics:
         print(f"relaxations converged (residual <= {gradient.tolerance:g}): "
               f"{metrics['test_converged']:.3f}")

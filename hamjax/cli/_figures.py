@@ -1,6 +1,6 @@
 """The run's pictures (matplotlib, written as PNG files into the run folder): the first layer's
-receptive fields, predictions or reconstructions of test images, and the energy during their
-relaxation."""
+receptive fields, predictions, reconstructions or completions of test images, and the energy
+during their relaxation."""
 
 from __future__ import annotations
 
@@ -34,6 +34,9 @@ def pictures(out: Path, net, task, gradient, data, cfg) -> list[str]:
     if cfg["task"] == "classify":
         _predictions_figure(out / "predictions.png", net, task, data, xb, yb, sol, kw)
         names.append("predictions.png")
+    elif cfg["model"] == "transformer":
+        _completions_figure(out / "completions.png", net, task, data, xb, batch, sol, cfg)
+        names.append("completions.png")
     else:
         _reconstructions_figure(out / "reconstructions.png", net, task, data, xb, batch, sol,
                                 cfg)
@@ -254,6 +257,40 @@ def _reconstructions_figure(path, net, task, data, xb, batch, sol, cfg) -> None:
     for r, lab in enumerate(("original", "corrupted", "restored")):
         axes[r, 0].text(-0.3, 0.5, lab, transform=axes[r, 0].transAxes, ha="right")
     fig.suptitle(reconstructions_title(ev, cfg, k), fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _completions_figure(path, net, task, data, xb, batch, sol, cfg) -> None:
+    """Masked patch completion: the original test images, the masked ones (masked patches
+    grey) and the completed ones (the relaxed patch layer), each completion with its PSNR on
+    the masked patches, the means in the title."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from ..models import unpatchify
+
+    k = len(xb)
+    ev = {n: np.asarray(v) for n, v in task.evaluate(net, sol.state, batch).items()}
+    p, shape = task.patch_size, data.image_shape
+    mask = np.asarray(batch["mask"])
+    masked_view = np.where(mask > 0, 0.5, np.asarray(batch["input"]))
+    done = np.asarray(net.layers[task.output_layer].activation(sol.state[task.output_layer]))
+    rows = ((np.asarray(xb), None), (np.asarray(unpatchify(masked_view, shape, p)), None),
+            (np.asarray(unpatchify(done, shape, p)), ev["psnr"]))
+    fig, axes = plt.subplots(3, k, figsize=(max(k, 4) * 1.1, 4.4), squeeze=False)
+    for i in range(k):
+        for r, (imgs, psnr) in enumerate(rows):
+            ax = axes[r, i]
+            img = np.clip(imgs[i].reshape(shape), 0, 1)
+            ax.imshow(img[..., 0] if shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+            ax.axis("off")
+            if psnr is not None:
+                ax.set_title(f"{psnr[i]:.1f} dB", fontsize=8)
+    for r, lab in enumerate(("original", "masked", "completed")):
+        axes[r, 0].text(-0.3, 0.5, lab, transform=axes[r, 0].transAxes, ha="right")
+    fig.suptitle(f"{cfg['noise']:g} of the {p}x{p} patches masked (grey), {k} test images: "
+                 f"mean PSNR on the masked patches {ev['psnr'].mean():.1f} dB", fontsize=10)
     fig.tight_layout()
     _save(fig, path)
 

@@ -7,7 +7,7 @@ import argparse
 import math
 from pathlib import Path
 
-MODELS = ("dense", "deep", "conv", "memory")
+MODELS = ("dense", "deep", "conv", "memory", "transformer")
 TASKS = ("classify", "denoise", "complete", "store")
 GRADIENTS = ("bptt", "implicit", "eqprop")
 # the keys of hamjax.data.DATASETS (a test keeps them equal), written out so that the parser
@@ -152,10 +152,12 @@ def _what_flags(t) -> None:
                    help="--dataset folder: resize every image to H x W (bilinear); without it "
                         "all images must have one size")
     t.add_argument("--model", choices=MODELS, default=None,
-                   help="dense (default for classify), deep, conv, memory (default otherwise)")
+                   help="dense (default for classify), deep, conv, memory (default otherwise), "
+                        "transformer (Energy Transformer; --task complete: masked patches)")
     t.add_argument("--task", choices=TASKS, default="classify",
                    help="classify: read the label layer; denoise, complete, store: restore "
-                        "images with a memory model")
+                        "images with a memory model (complete also with --model transformer: "
+                        "masked patches)")
     t.add_argument("--gradient", choices=GRADIENTS, default="bptt",
                    help="gradient estimator: backprop through time, implicit differentiation "
                         "at the steady state, or equilibrium propagation")
@@ -179,13 +181,15 @@ def _training_flags(t) -> None:
                    help="initial weights, shuffling and noise")
     t.add_argument("--hidden", type=_sizes, default=None,
                    help="hidden sizes (dense: 256; deep: 256,128); channels for conv (32); "
-                        "memories for memory (100)")
+                        "memories for memory (100); transformer: D or D,K, the token width D "
+                        "(32, a multiple of its 4 heads) and the Hopfield memories K (4D)")
     t.add_argument("--steps", type=_positive_int, default=None,
                    help="relaxation steps for bptt (Euler; dense/conv: 40, deep: 100, memory "
-                        "tasks: 10)")
+                        "tasks: 10, transformer: 4)")
     t.add_argument("--dt", type=_positive_float, default=None,
-                   help="relaxation step size (dense/conv: 0.25, deep: 0.5; memory tasks: 1.0, "
-                        "where one Euler step is the modern Hopfield update v <- ξᵀ softmax(β h))")
+                   help="relaxation step size (dense/conv: 0.25, deep: 0.5, transformer: 0.25; "
+                        "memory tasks: 1.0, where one Euler step is the modern Hopfield update "
+                        "v <- ξᵀ softmax(β h))")
     t.add_argument("--residual-penalty", type=_nonneg_float, default=1.0,
                    help="bptt: weight of mean |τ dx/dt|² at the last step, so the readout sits "
                         "at a fixed point")
@@ -201,7 +205,8 @@ def _data_flags(t) -> None:
                    help="classify: scale training images by 1±F (augmentation)")
     t.add_argument("--noise", type=_nonneg_float, default=None,
                    help="classify: training input noise std (0.1); denoise: corruption level "
-                        "(0.3); complete: hidden fraction (0.5); store: noise (0.1)")
+                        "(0.3); complete: hidden fraction (0.5; transformer: of the patches); "
+                        "store: noise (0.1)")
     t.add_argument("--limit-train", type=_positive_int, default=None, metavar="N",
                    help="use only the first N training images (quick trials)")
     t.add_argument("--limit-test", type=_positive_int, default=None, metavar="N",
@@ -260,7 +265,9 @@ def defaults(cfg: dict) -> dict:
     if cfg["task"] == "classify" and cfg["model"] == "memory":
         raise UsageError("--model memory has no label layer; use it with "
                          "--task denoise, complete or store")
-    if cfg["task"] != "classify" and cfg["model"] != "memory":
+    if cfg["model"] == "transformer":
+        _transformer_defaults(cfg)
+    elif cfg["task"] != "classify" and cfg["model"] != "memory":
         raise UsageError(f"--task {cfg['task']} needs --model memory "
                          "(its image layer is free)")
     if cfg.get("hidden") is None:
@@ -278,3 +285,24 @@ def defaults(cfg: dict) -> dict:
             cfg["task"]]
     cfg["hidden"] = list(cfg["hidden"])
     return cfg
+
+
+def _transformer_defaults(cfg: dict) -> None:
+    """``--model transformer``: masked patch completion only; token width 32 (``--hidden D`` or
+    ``D,K``, ``D`` a multiple of the 4 heads), 4 Euler steps of 0.25 (the Energy Transformer's
+    few steps of descent on the energy, read out on the way: BPTT's cost grows with the steps,
+    and the completion need not wait for the steady state)."""
+    if cfg["task"] != "complete":
+        raise UsageError(f"--model transformer does masked patch completion; use --task "
+                         f"complete (not {cfg['task']})")
+    hidden = cfg.get("hidden") or (32,)
+    if len(hidden) > 2 or hidden[0] % 4:
+        raise UsageError(f"--hidden {','.join(map(str, hidden))}: the transformer takes D or "
+                         "D,K (token width D, a multiple of its 4 heads; K Hopfield memories)")
+    cfg["hidden"] = hidden
+    cfg.setdefault("steps", None)
+    cfg.setdefault("dt", None)
+    if cfg["steps"] is None:
+        cfg["steps"] = 4
+    if cfg["dt"] is None:
+        cfg["dt"] = 0.25

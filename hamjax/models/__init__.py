@@ -8,7 +8,9 @@
   :func:`modern_hopfield` (one :func:`fixed_point_step` is attention);
 * the HAM paper's architectures :func:`ham_1hidden`, :func:`ham_2hidden`, :func:`ham_conv`, and
   :func:`deep_dense_ham`, :func:`conv_pool_ham`;
-* :func:`energy_transformer_block` on image patches (:func:`patchify`, :func:`unpatchify`).
+* :func:`energy_transformer_block` on image patches (:func:`patchify`, :func:`unpatchify`), and
+  :func:`energy_transformer`, the block with its patch layer, embedding and mask token, for
+  masked patch completion.
 
 Constructors that draw weights take a PRNG key as the keyword argument ``key=``; those built from
 given patterns or weights need none. The binary memories with sign updates are in
@@ -16,7 +18,12 @@ given patterns or weights need none. The binary memories with sign updates are i
 """
 
 from ._classifiers import conv_classifier, deep_dense_classifier, dense_classifier, memory_model
-from ._energy_transformer import energy_transformer_block, patchify, unpatchify
+from ._energy_transformer import (
+    energy_transformer,
+    energy_transformer_block,
+    patchify,
+    unpatchify,
+)
 from ._hopfield import (
     continuous_hopfield,
     conv_pool_ham,
@@ -44,4 +51,5 @@ __all__ = [
     "patchify",
     "unpatchify",
     "energy_transformer_block",
+    "energy_transformer",
 ]

@@ -20,7 +20,7 @@ from ._fit import (
     train_step,
 )
 from ._gradients import BPTT, EqProp, GradientEstimator, Implicit, Nudge
-from ._tasks import Classification, Completion, Denoising, Storage, Task
+from ._tasks import Classification, Completion, Denoising, PatchCompletion, Storage, Task
 
 __all__ = [
     "BPTT",
@@ -33,6 +33,7 @@ __all__ = [
     "GradientEstimator",
     "Implicit",
     "Nudge",
+    "PatchCompletion",
     "Storage",
     "Task",
     "check_task",

@@ -14,6 +14,8 @@ docs/maths.md §5.4).
   the hidden ones relax; loss on the restored pixels.
 * :class:`Storage`: unsupervised memory storage: each training image, lightly perturbed, must
   relax back to itself, so the memories move onto the data (as dense associative memory learns).
+* :class:`PatchCompletion`: masked patch completion (the Energy Transformer's task): a fraction
+  of each image's patches masked, the visible ones frozen, the loss on the masked ones.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ import numpy as np
 from jaxtyping import Array
 
 from .. import data as hd
+from ..models import patchify
 
-__all__ = ["Task", "Classification", "Denoising", "Completion", "Storage"]
+__all__ = ["Task", "Classification", "Denoising", "Completion", "Storage", "PatchCompletion"]
 
 
 class Task(eqx.Module):
@@ -269,3 +272,166 @@ class Storage(Denoising):
 
     corruption: str = eqx.field(static=True, default="gaussian")
     level: float = eqx.field(static=True, default=0.1)
+
+
+# 8-bit pixels: an error below their quantisation noise, (1/255)²/12, is not measurable. An
+# exact fill (masked patches that are all background, filled with background) would otherwise
+# be +inf and make every mean over samples infinite
+_MSE_FLOOR = (1.0 / 255.0) ** 2 / 12.0
+
+
+def _masked_psnr(sq_err_sum, count):
+    """``10 log10(1 / max(MSE, (1/255)²/12))`` with ``MSE = sq_err_sum / count`` (pixels in
+    ``[0, 1]``): at most 58.9 dB, the PSNR of 8-bit quantisation noise."""
+    return -10.0 * jnp.log10(jnp.maximum(sq_err_sum / count, _MSE_FLOOR))
+
+
+class PatchCompletion(Task):
+    """Masked patch completion, the Energy Transformer's image task (Hoover et al. 2023), for a
+    HAM with a patch layer, a mask layer and a token layer
+    (:func:`hamjax.models.energy_transformer`).
+
+    Each image ``(H, W, C)`` is cut into ``T`` patches of ``P = p·p·C`` pixels
+    (:func:`hamjax.models.patchify`, ``p = patch_size``); ``round(level · T)`` of them (at least
+    one, at most ``T − 1``), drawn per image from the task's rng, are masked. The patch layer
+    starts at the patches with the masked ones set to ``fill`` and the visible ones frozen; the
+    mask layer (clamped) holds ``m_C = 1`` on masked patches, 0 elsewhere; the token layer starts
+    at the currents the linear synapses send into it at zero token activation, ``W_e p_C + u m_C
+    + e_C`` (the encoder of docs/maths.md eq. ET3, the Energy Transformer's embedded tokens).
+
+    The cost is ``½ Σ_C m_C |p_C − target_C|²`` over the masked patches only; the metrics are
+    the per-pixel ``mse`` and ``psnr`` on the masked patches, and ``psnr_input`` of the ``fill``
+    (each PSNR capped at 58.9 dB, that of 8-bit quantisation noise: a blank masked patch filled
+    with 0 is exact, and one infinite sample would make the mean infinite).
+    ``level`` must lie in ``(0, 1)`` (else ``ValueError``). Layers: ``input_layer`` and
+    ``output_layer`` (both ``"patches"``), ``mask_layer`` (``"mask"``) and ``token_layer``
+    (``"tokens"``); ``patch_size`` is ``p`` (default 2)."""
+
+    input_layer: str = "patches"
+    output_layer: str = "patches"
+    mask_layer: str = eqx.field(static=True, default="mask")
+    token_layer: str = eqx.field(static=True, default="tokens")
+    patch_size: int = eqx.field(static=True, default=2)
+    level: float = eqx.field(static=True, default=0.5)
+    fill: float = eqx.field(static=True, default=0.0)
+
+    def __check_init__(self):
+        if not 0 < self.level < 1:
+            raise ValueError(f"PatchCompletion level (the masked fraction of patches) must lie "
+                             f"in (0, 1), got {self.level}")
+
+    @property
+    def clamp(self):
+        """``(mask_layer,)``: the mask is an input of the relaxation."""
+        return (self.mask_layer,)
+
+    def num_masked(self, num_patches: int) -> int:
+        """Patches masked per image: ``round(level · T)``, within ``[1, T − 1]``.
+
+        ``num_patches``: ``T``, the patches of one image; returns an int."""
+        return int(min(max(round(self.level * num_patches), 1), num_patches - 1))
+
+    def prepare(self, x, y, rng, train=True):
+        """``{"input", "target", "mask", "frozen"}`` from images ``x`` of shape ``(n, H, W,
+        C)``: the patches ``(n, T, P)`` with the masked ones at ``fill``, the clean patches, the
+        mask ``(n, T, 1)`` (1.0 on masked patches) and the frozen neurons ``(n, T, P)`` (True on
+        visible patches). The masked patches are drawn from ``rng`` (the labels ``y`` are not
+        used). Raises ``ValueError`` for images not of rank 4 or not divisible into patches."""
+        x = np.asarray(x, np.float32)
+        if x.ndim != 4:
+            raise ValueError(f"PatchCompletion needs images (n, H, W, C), got shape {x.shape}")
+        target = np.asarray(patchify(x, self.patch_size))
+        n, t, _ = target.shape
+        k = self.num_masked(t)
+        # k distinct patches per image: the first k of a random permutation of each row
+        order = np.argsort(rng.random((n, t)), axis=1)
+        masked = np.zeros((n, t), bool)
+        np.put_along_axis(masked, order[:, :k], True, axis=1)
+        inp = np.where(masked[..., None], np.float32(self.fill), target)
+        return {"input": inp, "target": target, "mask": masked[..., None].astype(np.float32),
+                "frozen": np.broadcast_to(~masked[..., None], target.shape).copy()}
+
+    def frozen(self, batch):
+        """``{input_layer: batch["frozen"]}``: the visible patches are held at their pixels.
+
+        The mask has shape ``(n, T, P)``."""
+        return {self.input_layer: batch["frozen"]}
+
+    def initial_state(self, net, batch):
+        """The patches and the mask from ``batch``; the tokens at the currents of the linear
+        (multilinear) synapses into them at zero token activation, plus the token layer's bias:
+        ``W_e p_C + u m_C + e_C`` for :func:`hamjax.models.energy_transformer`. Raises
+        ``ValueError`` when ``net`` lacks one of the task's layers.
+
+        Returns ``{name: (n, *shape)}`` for every layer of ``net``."""
+        names = (self.input_layer, self.mask_layer, self.token_layer)
+        missing = [m for m in names if m not in net.layers]
+        if missing:
+            raise ValueError(f"PatchCompletion needs layers {list(names)}; the HAM has "
+                             f"{list(net.layers)} (missing {missing})")
+        n = batch["input"].shape[0]
+        x = net.init_state(batch=(n,))
+        x[self.input_layer] = batch["input"].astype(x[self.input_layer].dtype)
+        x[self.mask_layer] = batch["mask"].astype(x[self.mask_layer].dtype)
+        tok = self.token_layer
+        linear = [s for s, syn in net.synapses.items()
+                  if syn.multilinear and tok in net.edges[s]]
+        g = {name: net.layers[name].activation(v) for name, v in x.items()}
+
+        def e(gt):
+            return sum(jnp.sum(net.synapse_energy(s, {**g, tok: gt})) for s in linear)
+
+        x0 = -jax.grad(e)(jnp.zeros_like(x[tok])) if linear else x[tok]
+        bias = net.layers[tok].bias
+        x[tok] = x0 if bias is None else x0 + bias
+        return x
+
+    def _masked_sq_err(self, g_out, batch):
+        d = (g_out - batch["target"]) ** 2 * batch["mask"]
+        return jnp.sum(d.reshape(d.shape[0], -1), axis=-1)
+
+    def _masked_pixels(self, batch):
+        p = batch["target"].shape[-1]
+        return jnp.sum(batch["mask"].reshape(batch["mask"].shape[0], -1), axis=-1) * p
+
+    def cost(self, g_out, batch):
+        """``½ Σ_C m_C |g_C − target_C|²``: the masked patches only.
+
+        ``g_out``: ``(n, T, P)``; returns shape ``(n,)``."""
+        return 0.5 * self._masked_sq_err(g_out, batch)
+
+    def metrics(self, g_out, batch):
+        """``mse`` (per masked pixel), ``psnr`` on the masked patches and ``psnr_input`` of the
+        ``fill`` they started from, each of shape ``(n,)``."""
+        count = self._masked_pixels(batch)
+        se = self._masked_sq_err(g_out, batch)
+        return {"mse": se / count, "psnr": _masked_psnr(se, count),
+                "psnr_input": _masked_psnr(self._masked_sq_err(batch["input"], batch), count)}
+
+    @property
+    def main_metric(self):
+        """``"psnr"``: the peak signal-to-noise ratio of the masked patches (dB)."""
+        return "psnr"
+
+    def baselines(self, batch, mean_patches, reference) -> dict[str, Array]:
+        """Per-sample PSNR on the masked patches of two fills that need no network:
+
+        * ``psnr_mean``: the masked patches of ``mean_patches`` ``(T, P)`` (the training mean
+          image, patchified);
+        * ``psnr_nearest``: those of the ``reference`` image ``(M, T, P)`` nearest to the
+          sample on its visible patches: ``argmin_r Σ_visible (x − r)²``, computed as
+          ``Σ v x² − 2 (v x)·r + v·r²`` with two matrix products.
+
+        ``batch``: a prepared batch (:meth:`prepare`); returns two ``(n,)`` arrays."""
+        tgt = jnp.asarray(batch["target"])
+        n = tgt.shape[0]
+        m = jnp.broadcast_to(jnp.asarray(batch["mask"]), tgt.shape)
+        count = self._masked_pixels(batch)
+        mean_fill = jnp.broadcast_to(jnp.asarray(mean_patches), tgt.shape)
+        ref = jnp.asarray(reference).reshape(len(reference), -1)
+        vis = (1.0 - m).reshape(n, -1)
+        xv = tgt.reshape(n, -1) * vis
+        d = jnp.sum(xv * xv, axis=1)[:, None] - 2.0 * xv @ ref.T + vis @ (ref * ref).T
+        nearest = ref[jnp.argmin(d, axis=1)].reshape(tgt.shape)
+        return {"psnr_mean": _masked_psnr(self._masked_sq_err(mean_fill, batch), count),
+                "psnr_nearest": _masked_psnr(self._masked_sq_err(nearest, batch), count)}
