@@ -225,7 +225,7 @@ def relaxation(folder: Path) -> list[str]:
 
 
 def sharding(folder: Path) -> list[str]:
-    """Throughput on 1, 2, 4 devices relative to one."""
+    """Throughput on 1, 2, 4 devices, and on 2 processes, relative to one device."""
     res = timing(folder)
     figs = figures(res, "sharding")
     rows = []

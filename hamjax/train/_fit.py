@@ -125,26 +125,37 @@ def data_parallel(gradient: GradientEstimator, mesh):
 
     if len(mesh.axis_names) != 1:
         raise ShardingError(f"expected a one-axis mesh, got axes {mesh.axis_names}")
-    axis = mesh.axis_names[0]
 
     def loss_and_grad(net, task, batch, *, key=None):
-        params, static = eqx.partition(net, eqx.is_array)
-
-        def local(params, batch, key):
+        def local(net, batch, key, axis):
             if key is not None:
                 key = jax.random.fold_in(key, jax.lax.axis_index(axis))
-            loss, grads, metrics = gradient.loss_and_grad(eqx.combine(params, static), task,
-                                                          batch, key=key)
+            loss, grads, metrics = gradient.loss_and_grad(net, task, batch, key=key)
             # one buffer, one all-reduce: between processes each collective is a round trip
             flat, unravel = ravel_pytree((loss, grads))
             loss, grads = unravel(jax.lax.pmean(flat, axis))
             return loss, grads, metrics
 
-        run = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axis), P()),
-                            out_specs=(P(), P(), P(axis)), check_vma=False)
-        return run(params, batch, key)
+        return _per_device(local, mesh, net, batch, key,
+                           (P(), P(), P(mesh.axis_names[0])))
 
     return loss_and_grad
+
+
+def _per_device(fn, mesh, net, split, shared, out_specs):
+    """``fn(net, split, shared, axis)`` on every device of the one-axis ``mesh`` under
+    :func:`jax.shard_map`: ``net`` (its arrays; the rest stays static) and ``shared``
+    replicated, ``split`` cut along its leading axis; ``out_specs`` as for ``shard_map``."""
+    from jax.sharding import PartitionSpec as P
+
+    axis = mesh.axis_names[0]
+    params, static = eqx.partition(net, eqx.is_array)
+
+    def local(params, split, shared):
+        return fn(eqx.combine(params, static), split, shared, axis)
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axis), P()), out_specs=out_specs,
+                         check_vma=False)(params, split, shared)
 
 
 def _eval_sums_local(net, batch, valid, task, gradient):
@@ -163,15 +174,10 @@ def _eval_sums(net, batch, valid, task, gradient, mesh=None):
         return _eval_sums_local(net, batch, valid, task, gradient)
     from jax.sharding import PartitionSpec as P
 
-    axis = mesh.axis_names[0]
-    params, static = eqx.partition(net, eqx.is_array)
+    def local(net, split, _, axis):
+        return jax.lax.psum(_eval_sums_local(net, *split, task, gradient), axis)
 
-    def local(params, batch, valid):
-        sums = _eval_sums_local(eqx.combine(params, static), batch, valid, task, gradient)
-        return jax.lax.psum(sums, axis)
-
-    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axis), P(axis)), out_specs=P(),
-                         check_vma=False)(params, batch, valid)
+    return _per_device(local, mesh, net, (batch, valid), None, P())
 
 
 @eqx.filter_jit
