@@ -20,7 +20,11 @@ from hamjax import data as hd
 
 MNIST_DIR = Path(os.environ.get("HAMJAX_MNIST_DIR")
                  or Path(__file__).parents[1].parent / "shared" / "data" / "mnist")
-MNIST_TRAIN_CLASS_COUNTS = [2258, 2581, 2215, 2369, 2222, 2010, 2235, 2356, 2163, 2290]
+FASHION_DIR = Path(os.environ.get("HAMJAX_FASHION_MNIST_DIR")
+                   or Path(__file__).parents[1].parent / "shared" / "data" / "fashion-mnist")
+# The complete official sets (class counts from the folders' READMEs and the published lists).
+MNIST_TRAIN_CLASS_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+MNIST_TEST_CLASS_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 requires_mnist = pytest.mark.skipif(
     not all((MNIST_DIR / f"{name}.gz").is_file() or (MNIST_DIR / name).is_file()
             for name in hd.MNIST_FILES.values()),
@@ -289,12 +293,13 @@ def mnist():
 
 @requires_mnist
 def test_real_mnist_counts_shapes_and_values(mnist):
-    assert mnist.x_train.shape == (22_699, 28, 28, 1)
+    assert mnist.x_train.shape == (60_000, 28, 28, 1)
     assert mnist.x_test.shape == (10_000, 28, 28, 1)
-    assert mnist.y_train.shape == (22_699,) and mnist.y_test.shape == (10_000,)
+    assert mnist.y_train.shape == (60_000,) and mnist.y_test.shape == (10_000,)
     np.testing.assert_array_equal(np.bincount(mnist.y_train, minlength=10),
                                   MNIST_TRAIN_CLASS_COUNTS)
-    assert np.bincount(mnist.y_test, minlength=10).sum() == 10_000
+    np.testing.assert_array_equal(np.bincount(mnist.y_test, minlength=10),
+                                  MNIST_TEST_CLASS_COUNTS)
     for x in (mnist.x_train, mnist.x_test):
         assert x.dtype == np.float32 and x.min() == 0.0 and x.max() == 1.0
     # Values are k / 255 for integers k.
@@ -302,15 +307,27 @@ def test_real_mnist_counts_shapes_and_values(mnist):
     np.testing.assert_allclose(k, np.round(k), atol=1e-4)
 
 
-@requires_mnist
-def test_real_mnist_checksums():
-    sums = MNIST_DIR / "MD5SUMS"
+@pytest.mark.parametrize("folder", [MNIST_DIR, FASHION_DIR], ids=["mnist", "fashion-mnist"])
+def test_real_checksums(folder):
+    sums = folder / "MD5SUMS"
     if not sums.is_file():
-        pytest.skip(f"no MD5SUMS in {MNIST_DIR}")
+        pytest.skip(f"no MD5SUMS in {folder}")
     for line in sums.read_text().splitlines():
         digest, name = line.split()
-        if (MNIST_DIR / name).is_file():
-            assert hashlib.md5((MNIST_DIR / name).read_bytes()).hexdigest() == digest, name
+        if (folder / name).is_file():
+            assert hashlib.md5((folder / name).read_bytes()).hexdigest() == digest, name
+
+
+@pytest.mark.skipif(
+    not all((FASHION_DIR / f"{name}.gz").is_file() for name in hd.MNIST_FILES.values()),
+    reason=f"real Fashion-MNIST IDX files not found in {FASHION_DIR}")
+def test_real_fashion_mnist_counts():
+    fashion = hd.load_fashion_mnist(FASHION_DIR)
+    assert fashion.x_train.shape == (60_000, 28, 28, 1)
+    assert fashion.x_test.shape == (10_000, 28, 28, 1)
+    np.testing.assert_array_equal(np.bincount(fashion.y_train, minlength=10), [6000] * 10)
+    np.testing.assert_array_equal(np.bincount(fashion.y_test, minlength=10), [1000] * 10)
+    assert fashion.class_names[0] == "T-shirt/top" and fashion.class_names[9] == "Ankle boot"
 
 
 # ------------------------------------------------------------------------------------------
