@@ -41,7 +41,7 @@ SIZES = {
                  images=[2, 5, 10, 20, 50, 100, 200, 500], betas=12),
     "quick": dict(ns=(100, 200), hebbian=8, poly=6, exp=(1, 5), trials=2, probe=20,
                   images=[2, 5, 10, 50, 200], betas=9),
-    "tiny": dict(ns=(48,), hebbian=2, poly=2, exp=(1,), trials=1, probe=8, images=[40], betas=3),
+    "tiny": dict(ns=(64,), hebbian=2, poly=2, exp=(1,), trials=2, probe=8, images=[40], betas=3),
 }
 
 
