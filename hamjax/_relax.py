@@ -45,7 +45,7 @@ from ._ham import HAM, StateError
 from ._implicit import Frozen, ImplicitSteadyState, _adjoint, _at_steady_state
 from ._ode import _adaptive, _relax_ode
 from ._steady import _method, _steady_forward
-from .solvers import Anderson
+from .solvers import Anderson, FixedPoint
 
 __all__ = ["Relaxation", "relax"]
 
@@ -101,7 +101,7 @@ def relax(
     x0: Mapping[str, Array],
     *,
     clamp: Iterable[str] | str = (),
-    method: str | Anderson = "ode",
+    method: str | Anderson | FixedPoint = "ode",
     stop: Stop | str = "steady_state",
     adjoint: diffrax.AbstractAdjoint | ImplicitSteadyState | str | None = None,
     max_steps: int = 4096,
@@ -122,7 +122,7 @@ def relax(
 
             * ``"ode"`` (default): integrate the dynamics with a diffrax ``solver``.
             * ``"fixed_point"``: the iteration ``x_A ← c_A + I_A`` of all layers at once (Euler
-              with ``dt = τ``; ``Anderson(history=1)``), per sample. It converges only to
+              with ``dt = τ``; :class:`hamjax.solvers.FixedPoint`), per sample. It converges only to
               stable steady states (it repels the others); where it cycles or diverges (a
               synchronous update can, where the ODE settles) it gives the sample up and the
               ODE (Tsit5) finishes it from there.
@@ -136,7 +136,8 @@ def relax(
               that moves a minimiser lying on a dead-neuron flat set onto the dynamical steady
               state (docs/maths.md §4.6, Proposition 4). In float32 the energy resolves the steady
               state to a residual of about 1e-4 only.
-            * an :class:`hamjax.solvers.Anderson` instance (its tolerances come from ``stop``).
+            * an :class:`hamjax.solvers.Anderson` or :class:`hamjax.solvers.FixedPoint`
+              instance (its tolerances come from ``stop``).
 
             The steady-state methods take ``stop=SteadyState(atol, rtol)`` only, count one
             evaluation per iteration, and are differentiated at the steady state (``adjoint``).

@@ -15,19 +15,21 @@ import optimistix as optx
 from ._convergence import SteadyState, _batch_ndim, _finite, _within
 from ._implicit import Frozen, _steady_force
 from ._ode import _evaluations, _solve, _steady_controller
-from .solvers import Anderson, with_batch_ndim
+from .solvers import Anderson, FixedPoint, with_batch_ndim
 
 
 def _method(method) -> tuple[str, Any]:
     """``(kind, steady-state solver or None)``."""
     if isinstance(method, Anderson):
         return "anderson", method
+    if isinstance(method, FixedPoint):
+        return "fixed_point", method
     if method == "ode":
         return "ode", None
     if method == "anderson":
         return "anderson", Anderson()
     if method == "fixed_point":
-        return "fixed_point", Anderson(history=1)
+        return "fixed_point", FixedPoint()
     if method in ("root", "minimise", "minimize"):
         return ("minimise" if method == "minimize" else method), None
     raise ValueError(f"unknown method {method!r}; use 'ode', 'anderson', 'fixed_point', 'root', "
@@ -46,7 +48,7 @@ def _steady_forward(dyn, x_free, cfg):
     if kind in ("anderson", "fixed_point"):
         if solver.atol is not None or solver.rtol is not None:
             raise ValueError("give the tolerance once, in stop=SteadyState(atol=..., rtol=...),"
-                             " not in the Anderson solver")
+                             f" not in the {type(solver).__name__} solver")
         solver = with_batch_ndim(eqx.tree_at(lambda s: (s.atol, s.rtol), solver,
                                              (stop.atol, stop.rtol),
                                              is_leaf=lambda v: v is None), nb)

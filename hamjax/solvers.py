@@ -1,5 +1,7 @@
 """Steady-state solvers missing from optimistix and lineax, written as their solver objects.
 
+* :class:`FixedPoint`: the plain fixed-point iteration ``x = f(x)``, per sample, at the cost of
+  a hand-written loop (an ``optimistix.AbstractFixedPointSolver``).
 * :class:`Anderson`: Anderson acceleration of a fixed-point iteration ``x = f(x)`` (an
   ``optimistix.AbstractFixedPointSolver``), per sample, with mixing (damping) and a safeguard.
   It is the forward solver of the DEQ libraries; ``history=1`` is the plain (damped) iteration.
@@ -39,7 +41,7 @@ import lineax as lx
 import optimistix as optx
 from jaxtyping import Array, PyTree
 
-__all__ = ["Anderson", "Neumann", "PhantomGradient", "LinearSolveWarning"]
+__all__ = ["Anderson", "FixedPoint", "Neumann", "PhantomGradient", "LinearSolveWarning"]
 
 
 class LinearSolveWarning(RuntimeWarning):
@@ -75,6 +77,101 @@ def _unflat(flat: Array, like) -> PyTree:
 def _rms_rows(a: Array) -> Array:
     """Per-row root-mean-square, NaN for a row holding a NaN."""
     return jnp.sqrt(jnp.mean(a * a, axis=1))
+
+
+# ------------------------------------------------------------------ plain fixed-point iteration
+class _FixedPointState(eqx.Module):
+    residual: Array  # (samples,) rms residual at the current iterate
+    best_res: Array  # (samples,) smallest residual seen
+    mark_res: Array  # (samples,) best_res when the current window of `patience` steps began
+    since: Array  # (samples,) iterations into the current window
+    stalls: Array  # (samples,) windows in a row without progress
+    done: Array  # (samples,) converged, non-finite or given up: held where it is
+
+
+def _rows_rms(tree, batch_ndim: int) -> Array:
+    """Per-sample root-mean-square over every leaf, without joining the leaves (a copy of the
+    whole state each iteration is what this solver avoids)."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    b = _num_samples(tree, batch_ndim)
+    sq = sum(jnp.sum((v * v).reshape(b, -1), axis=1) for v in leaves)
+    n = sum(v.size // b for v in leaves)
+    return jnp.sqrt(sq / n)
+
+
+class FixedPoint(optx.AbstractFixedPointSolver):
+    """The plain fixed-point iteration ``x ← f(x)``, per sample (docs/maths.md §5.1; for a HAM
+    ``f(x) = c(g(x)) + I``, ``method="fixed_point"`` of :func:`hamjax.relax`).
+
+    A sample has converged when ``rms(f(x) − x) ≤ atol + rtol · rms(x)`` (root-mean-square over
+    its features); it is then held where it is while the others go on. Its state is the iterate
+    alone (no history, no best iterate kept): one evaluation of ``f`` and one pass over the
+    state per iteration, what a hand-written loop costs. A sample is given up (held where it
+    is, unconverged, so that the caller can finish it otherwise: :func:`hamjax.relax` runs the
+    ODE from there) when its residual exceeds ``safeguard`` times the best it reached (the
+    synchronous update diverges: an eigenvalue of ``CH`` below −1) or after ``max_stalls``
+    windows in a row of ``patience`` iterations that each took less than 1 % off its best
+    residual (it cycles between the linear pieces of a ReLU network). A non-finite sample
+    counts as done and keeps its value, so the caller sees it.
+
+    Unlike :class:`Anderson`, it cannot converge to an unstable fixed point: the iteration
+    repels one. ``batch_ndim``: the leading axes of every leaf that index independent
+    samples; :func:`hamjax.relax` sets it and the tolerances ``rtol`` and ``atol`` from its
+    ``SteadyState`` (used alone, give both: without them a step raises ``ValueError``).
+    ``norm`` is the field every optimistix solver carries; the per-sample test above is used
+    instead."""
+
+    rtol: float | None = None
+    atol: float | None = None
+    safeguard: float = 100.0
+    patience: int = eqx.field(static=True, default=10)
+    max_stalls: int = eqx.field(static=True, default=10)
+    batch_ndim: int = eqx.field(static=True, default=0)
+    norm: Callable = optx.max_norm
+
+    def init(self, fn, y, args, options, f_struct, aux_struct, tags) -> _FixedPointState:
+        del fn, args, options, f_struct, aux_struct, tags
+        b = _num_samples(y, self.batch_ndim)
+        dtype = jax.tree_util.tree_leaves(y)[0].dtype
+        inf = jnp.full((b,), jnp.inf, dtype)
+        zero = jnp.zeros((b,), jnp.int32)
+        return _FixedPointState(residual=inf, best_res=inf, mark_res=inf, since=zero,
+                                stalls=zero, done=jnp.zeros((b,), bool))
+
+    def step(self, fn, y, args, options, state: _FixedPointState, tags):
+        del options, tags
+        if self.atol is None or self.rtol is None:
+            raise ValueError("FixedPoint needs rtol and atol (hamjax.relax sets them from its "
+                             "SteadyState)")
+        fy, aux = fn(y, args)
+        g = jax.tree.map(lambda a, b: a - b, fy, y)
+        res = _rows_rms(g, self.batch_ndim)
+        finite = jnp.isfinite(res) & jnp.isfinite(_rows_rms(y, self.batch_ndim))
+        converged = finite & (res <= self.atol + self.rtol * _rows_rms(y, self.batch_ndim))
+        blowup = finite & (res > self.safeguard * state.best_res)
+        best_res = jnp.minimum(res, state.best_res)
+        since = state.since + 1
+        window_end = since >= self.patience
+        progress = best_res <= 0.99 * state.mark_res
+        stalls = jnp.where(window_end, jnp.where(progress, 0, state.stalls + 1), state.stalls)
+        give_up = ~converged & finite & (blowup | (stalls >= self.max_stalls))
+        done = state.done | converged | ~finite | give_up
+        mark_res = jnp.where(window_end, best_res, state.mark_res)
+        since = jnp.where(window_end, 0, since)
+        # a sample done now stays at this iterate: the one its residual was measured at
+        hold = _broadcast_rows(done, y, self.batch_ndim)
+        new_y = jax.tree.map(lambda a, b, k: jnp.where(k, a, b), y, fy, hold)
+        return new_y, _FixedPointState(residual=jnp.where(state.done, state.residual, res),
+                                       best_res=best_res, mark_res=mark_res, since=since,
+                                       stalls=stalls, done=done), aux
+
+    def terminate(self, fn, y, args, options, state: _FixedPointState, tags):
+        del fn, y, args, options, tags
+        return jnp.all(state.done), optx.RESULTS.successful
+
+    def postprocess(self, fn, y, aux, args, options, state, tags, result):
+        del fn, args, options, tags, result
+        return y, aux, {"residual": state.residual, "done": state.done}
 
 
 # ------------------------------------------------------------------ Anderson acceleration
@@ -485,6 +582,6 @@ def _warn_failed(n):
 def with_batch_ndim(solver: Any, batch_ndim: int) -> Any:
     """``solver`` told how many leading axes index samples (for the solvers of this module;
     others are returned as they are)."""
-    if isinstance(solver, Anderson | Neumann | PhantomGradient):
+    if isinstance(solver, Anderson | FixedPoint | Neumann | PhantomGradient):
         return dataclasses.replace(solver, batch_ndim=batch_ndim)
     return solver

@@ -9,7 +9,7 @@ import numpy as np
 import optimistix as optx
 import pytest
 
-from hamjax.solvers import Anderson, LinearSolveWarning, Neumann, PhantomGradient
+from hamjax.solvers import Anderson, FixedPoint, LinearSolveWarning, Neumann, PhantomGradient
 
 N = 12
 
@@ -37,6 +37,49 @@ def test_history_one_is_the_plain_iteration():
                                                               damp=1.0 - mixing),
                                   x0, max_steps=k, throw=False)
         np.testing.assert_allclose(ours.value, theirs.value, rtol=1e-6, atol=1e-7)
+
+
+def test_fixed_point_is_optimistix_fixed_point_iteration_per_sample():
+    """``FixedPoint`` takes exactly the steps of optimistix's ``FixedPointIteration`` while a
+    sample is unconverged; then it holds each sample at the first iterate within its own
+    tolerance, where one optimistix solve per sample (its own stopping test: ``rms(f(x) − x)
+    ≤ atol``, here the max-norm of a one-element residual scaled) ends at the same point."""
+    f, x0 = _contraction()
+    k = 7
+    ours = optx.fixed_point(f, FixedPoint(rtol=0.0, atol=0.0, batch_ndim=1), x0, max_steps=k,
+                            throw=False)
+    theirs = optx.fixed_point(f, optx.FixedPointIteration(rtol=0.0, atol=0.0), x0,
+                              max_steps=k, throw=False)
+    np.testing.assert_allclose(ours.value, theirs.value, rtol=1e-6, atol=1e-7)
+    tol = 1e-6
+    sol = optx.fixed_point(f, FixedPoint(rtol=0.0, atol=tol, batch_ndim=1), x0, max_steps=500)
+    res = jnp.sqrt(jnp.mean((f(sol.value, None) - sol.value) ** 2, axis=1))
+    assert bool(jnp.all(res <= tol)) and bool(jnp.all(sol.stats["done"]))
+    for i in range(x0.shape[0]):
+        # the same sample alone, iterated by hand until its own residual meets the tolerance
+        x = x0[i:i + 1]
+        while True:
+            fx = f(jnp.broadcast_to(x, x0.shape), None)[i:i + 1]
+            if float(jnp.sqrt(jnp.mean((fx - x) ** 2))) <= tol:
+                break
+            x = fx
+        np.testing.assert_allclose(sol.value[i], x[0], rtol=1e-6, atol=1e-7)
+
+
+def test_fixed_point_gives_up_on_a_repelling_fixed_point():
+    """``x ← 2x + 1`` runs away from its fixed point −1: the sample is given up (finite,
+    unconverged, held) once its residual passes ``safeguard`` times its best, while a
+    contracting sample beside it converges; the loop ends long before ``max_steps``."""
+    def f(x, _):
+        return jnp.stack([2.0 * x[0] + 1.0, 0.5 * x[1] + 1.0])
+
+    x0 = jnp.zeros((2, 3))
+    sol = optx.fixed_point(f, FixedPoint(rtol=0.0, atol=1e-6, batch_ndim=1), x0,
+                           max_steps=1000, throw=False)
+    assert bool(jnp.all(sol.stats["done"])) and int(sol.stats["num_steps"]) < 40
+    assert bool(jnp.all(jnp.isfinite(sol.value[0])))
+    assert float(sol.stats["residual"][0]) > 1.0
+    np.testing.assert_allclose(sol.value[1], 2.0, atol=1e-5)
 
 
 def test_anderson_finds_the_fixed_point_faster():
