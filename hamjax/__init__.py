@@ -18,7 +18,8 @@ Subpackages: :mod:`hamjax.lagrangians`, :mod:`hamjax.synapses`, :mod:`hamjax.mod
 :mod:`hamjax.solvers`, :mod:`hamjax.sharding`.
 """
 
-from . import (
+from . import (  # _compat first: a dependency fix the rest relies on
+    _compat,  # noqa: F401
     analysis,
     capacity,
     data,

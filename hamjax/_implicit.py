@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 import diffrax
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import lineax as lx
 import optimistix.internal as optxi  # implicit_jvp: the machinery diffrax.ImplicitAdjoint uses
@@ -143,6 +144,9 @@ def _at_steady_state(forward, dyn, x_init, cfg, adjoint: ImplicitSteadyState, ba
 def _implicit_primal(inputs):
     dyn, x_init, (forward, cfg, batch_ndim) = inputs
     final, extras = forward(dyn, x_init, cfg)
+    # every leaf a JAX array: an outcome code left a NumPy constant on one trace and traced on
+    # another (under shard_map) makes the closure-converted linearisation refuse its inputs
+    extras = jax.tree.map(jnp.asarray, extras)
     bad = ~_finite(dyn.net, final)
     final = {n: jnp.where(_rows(bad, v, v.ndim - batch_ndim), x_init[n], v)
              for n, v in final.items()}
