@@ -251,15 +251,29 @@ class Nudge(Synapse):
 
 
 def _linear_cost(g, batch):
-    """``⟨∂C/∂g(g⁰), g⟩`` per sample: the cost linearised at the free state's activations."""
-    d = batch["_cost_gradient"]
+    """``⟨d, g⟩`` per sample, ``d = batch["_cost_direction"]``: a cost linearised at the free
+    state (its gradient there, scaled by :func:`_cost_direction`)."""
+    d = batch["_cost_direction"]
     return jnp.sum((d * g).reshape(g.shape[0], -1), axis=-1)
 
 
+def _cost_direction(task: Task, batch: dict, g0):
+    """``(d, s)``: the gradient ``c_i = ∂C_i/∂g(g⁰_i)`` of each sample's cost at the free
+    state's output activations ``g0`` (``(n, *shape)``), as ``d_i = c_i / s_i`` with
+    ``s_i = max(1, |c_i|)`` (``(n,)``): a nudge current of norm at most β whatever the cost's
+    slope (the negative log-likelihood's is ``1/g_y``, unbounded), undone by weighting sample
+    ``i``'s estimate by ``s_i``."""
+    c = jax.grad(lambda g: jnp.sum(task.cost(g, batch)))(g0)
+    n = c.shape[0]
+    s = jnp.maximum(jnp.sqrt(jnp.sum(c.reshape(n, -1) ** 2, axis=-1)), 1.0)
+    return c / s.reshape((n,) + (1,) * (c.ndim - 1)), s
+
+
 def _nudged(net: HAM, task: Task, batch: dict, beta, kind: str = "cost",
-            linear_at=None) -> HAM:
+            direction=None) -> HAM:
     """``net`` with ``β · cost`` on the task's output layer (``kind``: ``"cost"``,
-    ``"squared_error"`` or ``"linear"``, the latter at the activations ``linear_at``)."""
+    ``"squared_error"`` or ``"linear"``, the latter ``β⟨direction, g⟩`` with ``direction``
+    from :func:`_cost_direction`)."""
     out = task.output_layer
     cost = task.cost
     if kind == "squared_error":
@@ -269,9 +283,7 @@ def _nudged(net: HAM, task: Task, batch: dict, beta, kind: str = "cost",
         # the task's own squared error of the label activations, ½|g − onehot(y)|²
         cost = dataclasses.replace(task, loss_kind="mse").cost
     if kind == "linear":
-        # ∂C/∂g at the free state, per sample (the cost is a sum of per-sample terms)
-        grad = jax.grad(lambda g: jnp.sum(task.cost(g, batch)))(linear_at)
-        batch, cost = {**batch, "_cost_gradient": grad}, _linear_cost
+        batch, cost = {**batch, "_cost_direction": direction}, _linear_cost
     nudge = Nudge(jnp.asarray(beta, jnp.float32), batch, cost, net.layers[out].shape)
     return HAM(net.layers, {**net.synapses, "_nudge": nudge}, {**net.edges, "_nudge": (out,)})
 
@@ -293,23 +305,31 @@ class EqProp(GradientEstimator):
     expectation; needs ``key``).
 
     ``nudge``: the cost added to the energy. ``"cost"``: the task's cost itself;
-    ``"squared_error"``: ``½|g − onehot(y)|²`` on the label activations (classification);
     ``"linear"``: the cost linearised at the free state, ``β ⟨∂C/∂g(g⁰), g⟩``, a constant
-    current into the output layer, which gives the same estimate to first order in β;
+    current into the output layer. Only the cost's gradient at the free state enters (T5), so
+    the estimate is the gradient of the task's own loss, to O(β²) for the symmetric variant.
+    Each sample's current is scaled to norm at most β (its estimate scaled back,
+    :func:`_cost_direction`), so both phases stay bounded and near the free state however
+    steep the cost; ``"squared_error"``: ``½|g − onehot(y)|²`` on the label activations
+    (classification): a different loss from the one reported, kept by name for comparison.
     ``"auto"`` (default): the cost itself, except for the negative log-likelihood
-    (``Classification(loss_kind="nll")`` on a Softmax label), nudged by the squared error. Its
-    ``−β · (−log g_y)`` makes the energy unbounded below as ``g_y → 0`` (the −β phase runs
-    away and does not converge), and even linearised its current ``β/g_y`` is enormous where
-    the network is confidently wrong (``g_y`` near 0, as on an untrained net): even a small β
-    then leaves the linear regime, and the estimate is far off. The squared
-    error of the probabilities is bounded, with bounded currents, for both signs, and has
-    the same minimiser; EqProp then descends it, while the loss reported stays the task's.
-    Cross-entropy on the label activations (``"ce"``) and squared errors are nudged by the
-    cost itself (bounded below for both signs on bounded or quadratic output layers).
+    (``Classification(loss_kind="nll")`` on a Softmax label), nudged ``"linear"``. The NLL
+    itself cannot be the nudge: ``−β · (−log g_y)`` makes the energy unbounded below as
+    ``g_y → 0`` (the −β phase runs away), and its current ``β/g_y`` is enormous where the
+    network is confidently wrong. Cross-entropy on the label activations (``"ce"``) and squared
+    errors are nudged by the cost itself: their currents are bounded, and the energy stays
+    bounded below for both signs on bounded or quadratic output layers (docs/maths.md §5.4).
 
-    Every phase relaxes to a steady state (``atol``) by ``method`` (as :class:`Implicit`, with
-    its ``solver``, ``dt0`` and ``max_steps``); the nudged phases start from the free steady
-    state. A sample any of whose needed phases did not converge is left out of the gradient;
+    Every phase relaxes to a steady state by ``method`` (as :class:`Implicit`, with its
+    ``solver``, ``dt0`` and ``max_steps``): the free phase to residual ``atol``, the nudged
+    phases, which start from the free steady state, to ``nudged_atol`` (default
+    ``min(atol, 1e-5)``; the one-sided variants relax the free phase to it too, since their
+    estimate uses it).
+    The estimate is a difference of nudged states that differ by O(β), so they must be
+    resolved well below that: on an untrained 784-512-10 classifier with β = 0.05 nudged
+    phases relaxed to 1e-4 give an estimate at cosine 0.95 to the implicit gradient, to 1e-5
+    at 0.999, for about twice the iterations. A sample any of whose needed phases did not
+    converge is left out of the gradient;
     ``converged`` (free phase), ``converged_nudged`` and ``used`` report it per sample. Bad
     ``variant``, ``nudge``, ``method`` or a non-positive ``beta`` or ``atol`` raise
     ``ValueError``."""
@@ -322,9 +342,12 @@ class EqProp(GradientEstimator):
     solver: str | None = eqx.field(static=True, default=None)
     dt0: float | None = eqx.field(static=True, default=None)
     max_steps: int = eqx.field(static=True, default=1024)
+    nudged_atol: float | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
         _check_steady(self)
+        if self.nudged_atol is not None and not self.nudged_atol > 0:
+            raise ValueError(f"EqProp(nudged_atol=...) must be positive, got {self.nudged_atol}")
         if self.variant not in ("symmetric", "one_sided", "random_sign"):
             raise ValueError("EqProp variant must be 'symmetric', 'one_sided' or 'random_sign',"
                              f" got {self.variant!r}")
@@ -340,6 +363,11 @@ class EqProp(GradientEstimator):
         return True
 
     @property
+    def nudged_tolerance(self) -> float:
+        """The residual the nudged phases relax to: ``nudged_atol``, or ``min(atol, 1e-5)``."""
+        return min(self.atol, 1e-5) if self.nudged_atol is None else self.nudged_atol
+
+    @property
     def needs_key(self):
         """True for ``variant="random_sign"``, which draws the sign of β per sample."""
         return self.variant == "random_sign"
@@ -352,7 +380,7 @@ class EqProp(GradientEstimator):
     def _nudge(self, task: Task) -> str:
         if self.nudge != "auto":
             return self.nudge
-        return "squared_error" if getattr(task, "loss_kind", None) == "nll" else "cost"
+        return "linear" if getattr(task, "loss_kind", None) == "nll" else "cost"
 
     def loss_and_grad(self, net, task, batch, *, key=None):
         """``(mean loss, grads, metrics)``: the free phase's loss, the estimate (T6) of the
@@ -360,24 +388,32 @@ class EqProp(GradientEstimator):
         ``converged``, ``converged_nudged`` and ``used``. ``key``: a PRNG key, required by
         ``variant="random_sign"`` (else ``ValueError``)."""
         net = jax.lax.stop_gradient(net)
-        free = self.relax(net, task, batch)
+        if self.variant == "symmetric":
+            free = self.relax(net, task, batch)
+        else:  # the free state enters the one-sided estimate: resolved like the nudged ones
+            free = _relaxation(net, task, batch, **dict(
+                self.relax_kwargs(), stop=SteadyState(atol=self.nudged_tolerance)))
         ev = task.evaluate(net, free.state, batch)
         loss = jnp.mean(ev["loss"])
         n = free.converged.shape[0]
         out = task.output_layer
         kind = self._nudge(task)
-        linear_at = net.layers[out].activation(free.state[out]) if kind == "linear" else None
+        direction, scale = None, jnp.ones((n,), jnp.float32)
+        if kind == "linear":
+            g0 = net.layers[out].activation(free.state[out])
+            direction, scale = _cost_direction(task, batch, g0)
 
         def phase(beta):
-            nudged = _nudged(net, task, batch, beta, kind, linear_at)
+            nudged = _nudged(net, task, batch, beta, kind, direction)
+            kw = dict(self.relax_kwargs(), stop=SteadyState(atol=self.nudged_tolerance))
             return relax(nudged, free.state, clamp=task.clamp, freeze=task.frozen(batch),
-                         on_nonfinite="flag", **self.relax_kwargs())
+                         on_nonfinite="flag", **kw)
 
         if self.variant == "symmetric":
             plus, minus = phase(self.beta), phase(-self.beta)
             nudged_ok = plus.converged & minus.converged
             used = nudged_ok
-            coef = used / (2.0 * self.beta * n)
+            coef = used * scale / (2.0 * self.beta * n)
             states = (plus.state, minus.state)
         else:
             if self.variant == "random_sign":
@@ -390,7 +426,7 @@ class EqProp(GradientEstimator):
             plus = phase(beta)
             nudged_ok = plus.converged
             used = nudged_ok & free.converged
-            coef = used / (beta * n)
+            coef = used * scale / (beta * n)
             states = (plus.state, free.state)
 
         def estimate(m):
