@@ -417,7 +417,7 @@ def _cli(argv, capsys) -> str:
     return capsys.readouterr().out
 
 
-TINY_RUN = ["--epochs", "1", "--steps", "3", "--batch-size", "8", "--no-progress"]
+TINY_RUN = ["--epochs", "1", "--batch-size", "8", "--no-progress"]
 
 
 @pytest.mark.parametrize("model", ["dense", "conv"])

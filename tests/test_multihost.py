@@ -38,7 +38,8 @@ needs_loopback = pytest.mark.skipif(not _loopback_ok(), reason="no TCP port on 1
 
 # noise and shifts on: each process draws its own rows' noise, so this checks that the data
 # stream does not depend on how a batch is divided
-TINY = ["--hidden", "16", "--steps", "5", "--limit-train", "128", "--limit-test", "48",
+TINY = ["--hidden", "16", "--gradient", "bptt", "--steps", "5", "--limit-train", "128",
+        "--limit-test", "48",
         "--batch-size", "32", "--shift", "1", "--no-progress"]
 
 

@@ -121,7 +121,8 @@ def _task(cfg: dict, data):
     if cfg["task"] == "classify":
         return T.Classification(num_classes=data.num_classes, noise=cfg["noise"],
                                 loss_kind="nll", shift=cfg.get("shift", 0),
-                                rotate=cfg.get("rotate", 0.0), zoom=cfg.get("zoom", 0.0))
+                                rotate=cfg.get("rotate", 0.0), zoom=cfg.get("zoom", 0.0),
+                                elastic=cfg.get("elastic", 0.0), flip=cfg.get("flip", False))
     if cfg["model"] == "transformer":
         if not 0 < cfg["noise"] < 1:
             raise UsageError(f"--noise {cfg['noise']:g}: the masked fraction of the patches "
@@ -187,21 +188,14 @@ def _gradient(cfg: dict):
 
 
 def optimizer(cfg: dict, data):
-    """Adam (AdamW with ``--weight-decay``) on the run's cosine learning-rate schedule."""
-    import optax
+    """Adam (AdamW with ``--weight-decay``) on the run's cosine learning-rate schedule
+    (:func:`hamjax.train.cosine_adam`, as ``fit``'s default); a run extended by ``--resume``
+    gets a second cosine over its new epochs, the finished part kept exactly, so an
+    interrupted run resumes bit for bit."""
+    from .. import train as T
 
-    # a cosine decay to zero over the whole run: the last epochs settle instead of wandering
-    # from epoch to epoch. A run extended by --resume gets a second cosine over its new epochs
-    # (the first, finished one is kept exactly, so an interrupted run resumes bit for bit)
-    per_epoch = data.num_train // cfg["batch_size"]
-    ends = schedule_ends(cfg)
-    starts = [0] + ends[:-1]
-    parts = [optax.cosine_decay_schedule(cfg["lr"], max(1, per_epoch * (b - a)))
-             for a, b in zip(starts, ends, strict=True)]
-    schedule = parts[0] if len(parts) == 1 else optax.join_schedules(
-        parts, [per_epoch * e for e in ends[:-1]])
-    wd = cfg.get("weight_decay", 0.0)
-    return optax.adamw(schedule, weight_decay=wd) if wd else optax.adam(schedule)
+    return T.cosine_adam(cfg["lr"], data.num_train // cfg["batch_size"], schedule_ends(cfg),
+                         weight_decay=cfg.get("weight_decay", 0.0))
 
 
 def _mesh(cfg: dict, joined: bool = False):

@@ -158,9 +158,12 @@ def _what_flags(t) -> None:
                    help="classify: read the label layer; denoise, complete, store: restore "
                         "images with a memory model (complete also with --model transformer: "
                         "masked patches)")
-    t.add_argument("--gradient", choices=GRADIENTS, default="bptt",
-                   help="gradient estimator: backprop through time, implicit differentiation "
-                        "at the steady state, or equilibrium propagation")
+    t.add_argument("--gradient", choices=GRADIENTS, default=None,
+                   help="gradient estimator: implicit differentiation at the steady state (the "
+                        "network is trained and read at its attractor), equilibrium "
+                        "propagation (also at the steady state), or backprop through a fixed "
+                        "number of relaxation steps (default: implicit; bptt for --model "
+                        "transformer, which reads its completion after a few steps of descent)")
     t.add_argument("--method", action=_Unknown,
                    instead="the gradient estimator is chosen by --gradient "
                            f"{{{','.join(GRADIENTS)}}}")
@@ -203,6 +206,12 @@ def _data_flags(t) -> None:
                    help="classify: rotate training images by up to ±DEG degrees (augmentation)")
     t.add_argument("--zoom", type=_nonneg_float, default=0.0, metavar="F",
                    help="classify: scale training images by 1±F (augmentation)")
+    t.add_argument("--elastic", type=_nonneg_float, default=0.0, metavar="ALPHA",
+                   help="classify: elastic distortions of strength ALPHA (Simard et al. 2003; "
+                        "34 on MNIST), smoothed over 4 pixels (augmentation)")
+    t.add_argument("--flip", action="store_true",
+                   help="classify: mirror training images left to right with probability 1/2 "
+                        "(augmentation for Fashion-MNIST or CIFAR, not digits)")
     t.add_argument("--noise", type=_nonneg_float, default=None,
                    help="classify: training input noise std (0.1); denoise: corruption level "
                         "(0.3); complete: hidden fraction (0.5; transformer: of the patches); "
@@ -262,6 +271,15 @@ def defaults(cfg: dict) -> dict:
     cfg = dict(cfg)
     if cfg.get("model") is None:
         cfg["model"] = "dense" if cfg["task"] == "classify" else "memory"
+    if cfg.get("gradient") is None:
+        cfg["gradient"] = "bptt" if cfg["model"] == "transformer" else "implicit"
+    augment = [f for f in ("shift", "rotate", "zoom", "elastic", "flip") if cfg.get(f)]
+    if augment and cfg["task"] != "classify":
+        raise UsageError(f"--{augment[0]} augments the training images of --task classify; "
+                         f"--task {cfg['task']} corrupts its images with --noise instead")
+    if cfg.get("rotate", 0) > 180 or cfg.get("zoom", 0) >= 1:
+        raise UsageError(f"--rotate must be at most 180 degrees and --zoom below 1; got "
+                         f"{cfg.get('rotate', 0):g} and {cfg.get('zoom', 0):g}")
     if cfg["task"] == "classify" and cfg["model"] == "memory":
         raise UsageError("--model memory has no label layer; use it with "
                          "--task denoise, complete or store")
@@ -275,10 +293,13 @@ def defaults(cfg: dict) -> dict:
                          "memory": (100,)}[cfg["model"]]
     if cfg.get("epochs") is None:
         cfg["epochs"] = 30 if cfg["task"] == "classify" else 10
-    # T = steps·dt: a deep chain takes longer to settle, so it gets more and longer steps
-    if cfg.get("steps") is None:
+    # T = steps·dt: a deep chain takes longer to settle, so it gets more and longer steps. The
+    # steady-state estimators take neither (a config records only what takes effect)
+    if cfg.get("gradient", "bptt") != "bptt":
+        cfg["steps"] = cfg["dt"] = None
+    if cfg.get("steps") is None and cfg.get("gradient", "bptt") == "bptt":
         cfg["steps"] = {"memory": 10, "deep": 100}.get(cfg["model"], 40)
-    if cfg.get("dt") is None:
+    if cfg.get("dt") is None and cfg.get("gradient", "bptt") == "bptt":
         cfg["dt"] = {"memory": 1.0, "deep": 0.5}.get(cfg["model"], 0.25)
     if cfg.get("noise") is None:
         cfg["noise"] = {"classify": 0.1, "denoise": 0.3, "complete": 0.5, "store": 0.1}[

@@ -8,6 +8,13 @@ from ._checkpoint import (
     save_checkpoint,
     verify_checkpoint,
 )
+from ._defaults import (
+    BATCH_SIZE,
+    LEARNING_RATE,
+    cosine_adam,
+    default_epochs,
+    default_gradient,
+)
 from ._fit import (
     ConvergenceWarning,
     check_task,
@@ -23,6 +30,7 @@ from ._gradients import BPTT, EqProp, GradientEstimator, Implicit, Nudge
 from ._tasks import Classification, Completion, Denoising, PatchCompletion, Storage, Task
 
 __all__ = [
+    "BATCH_SIZE",
     "BPTT",
     "CheckpointError",
     "Classification",
@@ -32,12 +40,16 @@ __all__ = [
     "EqProp",
     "GradientEstimator",
     "Implicit",
+    "LEARNING_RATE",
     "Nudge",
     "PatchCompletion",
     "Storage",
     "Task",
     "check_task",
+    "cosine_adam",
     "data_parallel",
+    "default_epochs",
+    "default_gradient",
     "default_task",
     "evaluate",
     "fit",

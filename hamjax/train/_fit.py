@@ -30,7 +30,8 @@ from ..sharding import (
     replicate,
 )
 from ._checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from ._gradients import BPTT, GradientEstimator
+from ._defaults import BATCH_SIZE, LEARNING_RATE, cosine_adam, default_epochs, default_gradient
+from ._gradients import GradientEstimator
 from ._tasks import Classification, Task
 
 __all__ = ["fit", "train_step", "data_parallel", "evaluate", "History", "ConvergenceWarning",
@@ -197,9 +198,13 @@ def prepare_rows(task: Task, x, y, idx, seed: int, where, train: bool = True) ->
     """``task.prepare`` of the samples ``x[idx]`` (labels ``y[idx]``; ``y`` may be None), each
     with its own :func:`sample_rng` ``(seed, *where[k])``: a dict of NumPy arrays with
     ``len(idx)`` rows. ``where``: one tuple of ints per sample."""
-    parts = [task.prepare(x[i:i + 1], None if y is None else y[i:i + 1],
-                          sample_rng(seed, *w), train=train) for i, w in zip(idx, where,
-                                                                              strict=True)]
+    rngs = [sample_rng(seed, *w) for w in where]
+    if len(rngs) != len(idx):
+        raise ValueError(f"prepare_rows: {len(idx)} rows but {len(rngs)} places")
+    if task.per_image_rngs:  # one call, each image from its own generator: the same numbers
+        return task.prepare(x[idx], None if y is None else y[idx], rngs, train=train)
+    parts = [task.prepare(x[i:i + 1], None if y is None else y[i:i + 1], g, train=train)
+             for i, g in zip(idx, rngs, strict=True)]
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
@@ -243,8 +248,8 @@ def fit(
     task: Task | None = None,
     gradient: GradientEstimator | None = None,
     optimizer: optax.GradientTransformation | None = None,
-    epochs: int = 10,
-    batch_size: int = 64,
+    epochs: int | None = None,
+    batch_size: int = BATCH_SIZE,
     seed: int = 0,
     checkpoint: str | Path | None = None,
     resume: bool = False,
@@ -257,8 +262,12 @@ def fit(
 ) -> tuple[HAM, History]:
     """Train ``net`` on ``data`` for ``epochs`` epochs; evaluate on the test part after each.
 
-    ``task`` defaults to :func:`default_task`, ``gradient`` (the :class:`GradientEstimator`)
-    to ``BPTT()`` and ``optimizer`` to ``optax.adam(1e-3)``.
+    The defaults are ``hamjax train``'s (:mod:`hamjax.train`'s ``_defaults``): ``task``
+    :func:`default_task`; ``gradient`` (the :class:`GradientEstimator`) ``Implicit()``, so the
+    network is trained, and read, at its steady state; ``optimizer`` Adam with the learning
+    rate on a cosine from 1e-3 to 0 over the run (:func:`cosine_adam`); ``epochs`` 30 for
+    classification, 10 for the image tasks; ``batch_size`` 32. ``BPTT()`` is one argument
+    away.
 
     Batches are shuffled by ``(seed, epoch)`` and the last partial batch is dropped (one
     compiled step); each sample is prepared (noise, augmentation) with its own generator,
@@ -286,9 +295,11 @@ def fit(
     """
     task = default_task(net, data.num_classes) if task is None else task
     check_task(net, task)
-    gradient = BPTT() if gradient is None else gradient
-    optimizer = optax.adam(1e-3) if optimizer is None else optimizer
+    gradient = default_gradient() if gradient is None else gradient
+    epochs = default_epochs(task) if epochs is None else epochs
     _check_sizes(data, epochs, batch_size, mesh)
+    if optimizer is None:
+        optimizer = cosine_adam(LEARNING_RATE, data.num_train // batch_size, max(1, epochs))
     net, opt_state, history, first = _initial_state(net, optimizer, checkpoint, resume)
     _same_start(first, checkpoint)
     main = is_main_process()
