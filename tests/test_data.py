@@ -619,6 +619,41 @@ def test_classification_shift_only_when_training():
     np.testing.assert_allclose(train.sum((1, 2, 3)), x.sum((1, 2, 3)))
 
 
+def test_random_elastic_displaces_by_a_smooth_bounded_field():
+    """On a ramp image ``I(r, c) = r`` bilinear sampling is exact, so the interior of the
+    output minus the input is ``Δy(r, c)``: the displacement itself. It is bounded by α (a
+    Gaussian with unit sum over uniform noise in [−1, 1]), smooth (neighbours differ far less
+    than the field varies), different per image and reproducible by seed; α = 0 is the
+    identity."""
+    h = w = 28
+    ramp = np.repeat(np.arange(h, dtype=np.float32)[:, None], w, axis=1)  # (h, w): I = r
+    x = np.repeat(ramp[None, :, :, None], 6, axis=0)
+    np.testing.assert_array_equal(hd.random_elastic(x, 0, alpha=0.0), x)
+    out = hd.random_elastic(x, 3, alpha=8.0, sigma=4.0)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    np.testing.assert_array_equal(hd.random_elastic(x, 3, alpha=8.0), out)
+    inner = (slice(None), slice(10, 18), slice(10, 18))
+    dy = (out - x)[inner]  # interior: sampled rows stay inside the image
+    assert np.abs(dy).max() <= 8.0 and dy.std() > 0.05
+    # neighbouring pixels of a field smoothed over σ = 4 differ by ~0.2 of its spread (of
+    # unsmoothed noise: ~1.4 times it)
+    step = np.abs(np.diff(dy, axis=2)).mean()
+    assert step < 0.5 * dy.std()
+    assert not np.allclose(dy[0], dy[1])
+    with pytest.raises(hd.DataError, match="alpha >= 0 and sigma > 0"):
+        hd.random_elastic(x, 0, alpha=-1.0)
+
+
+def test_random_flip_mirrors_about_half():
+    x = np.random.default_rng(0).random((400, 5, 7, 1)).astype(np.float32)
+    out = hd.random_flip(x, 1)
+    mirrored = np.all(out == x[:, :, ::-1], axis=(1, 2, 3))
+    kept = np.all(out == x, axis=(1, 2, 3))
+    assert np.all(mirrored ^ kept)
+    assert 150 < mirrored.sum() < 250
+    np.testing.assert_array_equal(hd.random_flip(x, 1), out)
+
+
 def _blob(h=21, w=21, at=(16.0, 10.0), sigma=1.2):
     r, c = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
     return np.exp(-((r - at[0]) ** 2 + (c - at[1]) ** 2) / (2 * sigma**2)).astype(np.float32)

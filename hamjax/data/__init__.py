@@ -35,7 +35,7 @@ expected; a missing file or directory raises :class:`DataFileNotFoundError`, whi
 ``DataError`` and a ``FileNotFoundError``.
 """
 
-from ._augment import random_affine, random_shift
+from ._augment import per_image, random_affine, random_elastic, random_flip, random_shift
 from ._checks import DataError, DataFileNotFoundError
 from ._cifar import CIFAR10_FILES, CIFAR100_FILES, load_cifar10, load_cifar100
 from ._corrupt import (
@@ -95,7 +95,10 @@ __all__ = [
     "mask_region",
     "one_hot",
     "psnr",
+    "per_image",
     "random_affine",
+    "random_elastic",
+    "random_flip",
     "random_shift",
     "read_idx",
     "salt_and_pepper",

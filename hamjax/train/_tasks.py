@@ -21,6 +21,7 @@ docs/maths.md §5.4).
 from __future__ import annotations
 
 import abc
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -47,6 +48,10 @@ class Task(eqx.Module):
 
     input_layer: eqx.AbstractVar[str]
     output_layer: eqx.AbstractVar[str]
+    per_image_rngs: ClassVar[bool] = False
+    """Whether :meth:`prepare` takes a list of generators, one per image (image ``i`` then
+    prepared exactly as alone with generator ``i``): :func:`hamjax.train.prepare_rows` then
+    prepares a batch in one call instead of one call per image."""
 
     @property
     def clamp(self) -> tuple[str, ...]:
@@ -120,19 +125,25 @@ class Classification(Task):
     ``noise``: std of Gaussian noise added to training images (augmentation; none at test);
     ``shift``: training images translated by up to that many pixels
     (:func:`hamjax.data.random_shift`); ``rotate`` (degrees) and ``zoom``: random rotations and
-    scalings (:func:`hamjax.data.random_affine`), applied before the shift.
+    scalings (:func:`hamjax.data.random_affine`), applied before the shift; ``elastic``: the
+    strength α of Simard et al.'s elastic distortions (σ = 4 pixels,
+    :func:`hamjax.data.random_elastic`), applied first; ``flip``: mirror left to right with
+    probability ½ (:func:`hamjax.data.random_flip`), applied last.
 
     ``input_layer`` (default ``"image"``) is clamped to the images, ``output_layer`` (default
     ``"label"``) holds ``num_classes`` (default 10) label neurons."""
 
     input_layer: str = "image"
     output_layer: str = "label"
+    per_image_rngs: ClassVar[bool] = True
     loss_kind: str = eqx.field(static=True, default="ce")
     num_classes: int = eqx.field(static=True, default=10)
     noise: float = eqx.field(static=True, default=0.0)
     shift: int = eqx.field(static=True, default=0)
     rotate: float = eqx.field(static=True, default=0.0)
     zoom: float = eqx.field(static=True, default=0.0)
+    elastic: float = eqx.field(static=True, default=0.0)
+    flip: bool = eqx.field(static=True, default=False)
 
     def __check_init__(self):
         if self.loss_kind not in ("ce", "nll", "mse"):
@@ -147,18 +158,25 @@ class Classification(Task):
 
     def prepare(self, x, y, rng, train=True):
         """``{"input": images, "target": labels}``: ``x`` (``(n, H, W, C)`` or ``(n, D)``, values
-        in ``[0, 1]``) augmented when ``train`` (affine, shift, noise, drawn from ``rng``), and
+        in ``[0, 1]``) augmented when ``train`` (elastic, affine, shift, flip, noise, drawn
+        from ``rng``: a generator, or one per image, :attr:`per_image_rngs`), and
         ``y`` (``(n,)``) as ``int32``. Raises ``ValueError`` without labels."""
         if y is None:
             raise ValueError("Classification needs labels")
         x = np.asarray(x, np.float32)
+        if self.elastic and train:
+            x = hd.random_elastic(x, rng, self.elastic)
         if (self.rotate or self.zoom) and train:
             x = hd.random_affine(x, rng, self.rotate, self.zoom)
         if self.shift and train:
             x = hd.random_shift(x, self.shift, rng)
+        if self.flip and train:
+            x = hd.random_flip(x, rng)
         if self.noise > 0 and train:
             # Gaussian input noise: augmentation during training only
-            x = np.clip(x + self.noise * rng.standard_normal(x.shape, dtype=np.float32), 0, 1)
+            z = hd.per_image(rng, len(x), lambda g, k: g.standard_normal(
+                (k, *x.shape[1:]), dtype=np.float32))
+            x = np.clip(x + self.noise * z, 0, 1)
         return {"input": x, "target": np.asarray(y, np.int32)}
 
     def cost(self, g_out, batch):
