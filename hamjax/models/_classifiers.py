@@ -6,6 +6,7 @@ Layer names are ``"image"``, ``"hidden"`` (``"hidden1"``, … for deep models), 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import jax
@@ -105,7 +106,9 @@ def conv_classifier(
     is the adjoint of average pooling, both by autodiff, so the energy is a Lyapunov function.
 
     Shapes: ``image_shape = (H, W, C)``; the kernel ``(kernel_size, kernel_size, C, channels)``
-    and the readout are drawn from ``key``; ``pool = 1`` leaves the pooling layer out. Layers
+    and the readout (at half the usual scale, ``0.5/sqrt(fan in)``, so that the untrained
+    steady state is a contraction) are drawn from ``key``; ``pool = 1`` leaves the pooling
+    layer out. Layers
     ``"image"`` (Identity), ``"features"`` (``feature_lagrangian``, default ``Softmax(beta,
     axis=-1)``, with a bias), ``"pooled"`` (Identity; only when ``pool > 1``) and ``"label"``
     (Softmax(4), with a bias); synapses ``"conv"``, ``"pool"`` (when ``pool > 1``) and
@@ -132,7 +135,13 @@ def conv_classifier(
         edges["pool"] = ("features", "pooled")
         top = "pooled"
     layers["label"] = Layer(num_classes, L.Softmax(4.0), bias=True)
-    synapses["readout"] = Dense(layers[top].shape, num_classes, key=k2)
+    # half the usual scale: the Softmax(4) label's Hessian reaches β/2 = 2, so with |W| ≈ 1
+    # the loop top ↔ label has gain ≈ 2|W|² > 1 through the (linear) pooled layer and the
+    # untrained steady state is no contraction (its adjoint then needs GMRES); at half the
+    # scale the gain is about ½
+    n_top = math.prod(layers[top].shape)
+    synapses["readout"] = Dense(layers[top].shape, num_classes, scale=0.5 / math.sqrt(n_top),
+                                key=k2)
     edges["readout"] = (top, "label")
     return HAM(layers, synapses, edges)
 
