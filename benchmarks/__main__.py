@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
                         ".../quality for --only quality)")
     p.add_argument("--only", nargs="+", choices=SECTIONS, default=None, metavar="NAME",
                    help=f"run only these sections: {', '.join(SECTIONS)}")
+    p.add_argument("--runs", nargs="+", default=None, metavar="NAME",
+                   help="quality: run only the records of these names (the others are kept)")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="MNIST IDX folder (default: the project's shared copy when present)")
     p.add_argument("--repeats", type=int, default=None, help="timed samples per contender")
@@ -56,7 +58,7 @@ def _module(name: str):
 
 
 def run(tier: str = "quick", out=None, only=None, data_dir=None, repeats=None,
-        strict: bool = False, argv=None) -> dict:
+        strict: bool = False, argv=None, runs=None) -> dict:
     """Run the suite; return the results dict (also written to ``out``)."""
     import jax
 
@@ -65,6 +67,7 @@ def run(tier: str = "quick", out=None, only=None, data_dir=None, repeats=None,
     cfg = C.Config.for_tier(tier, out, data_dir)
     if repeats is not None:
         cfg.repeats = repeats
+    cfg.runs = None if runs is None else tuple(runs)
     results = {"tier": tier, "started": C.now(), "machine": m,
                "command": "python -m benchmarks " + shlex.join(argv or [f"--{tier}"]),
                "config": {"repeats": cfg.repeats, "min_sample_s": cfg.min_sample_s,
@@ -129,7 +132,8 @@ def main(argv=None) -> int:
         out = args.out if args.out is not None else C.default_out(args.only)
         res = repeat.run_repeated(args.repeat, argv, out)
     else:
-        res = run(tier, args.out, args.only, args.data_dir, args.repeats, args.strict, argv)
+        res = run(tier, args.out, args.only, args.data_dir, args.repeats, args.strict, argv,
+                  args.runs)
     failed = [n for n, s in res["sections"].items() if "error" in s]
     if failed:
         print(f"[benchmarks] sections that failed: {', '.join(failed)}", file=sys.stderr)

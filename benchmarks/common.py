@@ -41,13 +41,15 @@ class Config:
 
     ``tier``: ``"tiny"`` (tests: seconds), ``"quick"`` (a few minutes on a laptop CPU) or
     ``"full"`` (a GPU, or a patient CPU). ``repeats``: timed samples per contender;
-    ``min_sample_s``: each sample runs the function often enough to last about this long."""
+    ``min_sample_s``: each sample runs the function often enough to last about this long.
+    ``runs``: the quality section runs only the records of these names (None: all)."""
 
     tier: str = "quick"
     out: Path = Path("results")
     repeats: int = 7
     min_sample_s: float = 0.2
     data_dir: Path | None = None
+    runs: tuple[str, ...] | None = None  # quality: only the runs of these names
 
     def pick(self, tiny, quick, full):
         return {"tiny": tiny, "quick": quick, "full": full}[self.tier]
