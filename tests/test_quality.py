@@ -14,7 +14,8 @@ from benchmarks import quality as Q  # noqa: E402
 BAD = Q.Spec("bad-flag", "a run the CLI refuses", "an unknown flag", ("--no-such-flag",))
 
 SCHEMA = {  # key -> accepted types of a finished run's record
-    "name": str, "title": str, "description": str, "command": str, "argv": list, "tier": str,
+    "name": str, "title": str, "description": str, "anchor": str, "command": str, "argv": list,
+    "tier": str,
     "seed": int, "epochs": int, "task": str, "dataset": str, "model": str, "gradient": str,
     "started": str, "wall_s": float, "train_seconds": float, "returncode": int,
     "metrics": dict, "headline": dict, "converged": float, "loadavg": list, "machine": dict,
@@ -92,14 +93,19 @@ def test_a_failing_run_is_recorded_and_the_others_go_on(tiny):
 
 def test_every_tier_parses_and_names_what_it_runs(tmp_path):
     """Every command of every tier is accepted by ``hamjax train``'s parser (the full tier's
-    MNIST runs too, without running them), and each slug names the run's dataset, model, task
-    and estimator."""
-    data_dir = tmp_path / "mnist"
+    MNIST and Fashion-MNIST runs too, without running them), and each slug starts with the
+    run's dataset, model (or task) and estimator. The full tier trains on the complete sets
+    (no --limit-train but for the equal-budget EqProp check) and at the steady state."""
+    data_dir = tmp_path / "data" / "mnist"
+    fashion = tmp_path / "data" / "fashion-mnist"
+    fashion.mkdir(parents=True)
+    (fashion / "t10k-images-idx3-ubyte.gz").write_bytes(b"")
     full = Q.specs("full", data_dir)
     quick = Q.specs("quick", data_dir)
     tiny = Q.specs("tiny", None)
     assert Q.specs("full", None) == quick  # without MNIST: the digits runs only
     assert quick == full[: len(quick)] and len(full) > len(quick)
+    assert [s.name for s in full] == [s.name for s in Q.every_spec()]
     names = [s.name for s in full + tiny]
     assert len(set(names)) == len(names)
     assert all(s.name.startswith("tiny-") for s in tiny)  # never overwrites a quick record
@@ -107,26 +113,34 @@ def test_every_tier_parses_and_names_what_it_runs(tmp_path):
         cfg = Q.parse(s.args)
         middle = cfg["model"] if cfg["task"] == "classify" else cfg["task"]
         tail = cfg["gradient"] if cfg["task"] == "classify" else cfg["model"]
-        assert s.name.removeprefix("tiny-") == f"{cfg['dataset']}-{middle}-{tail}", s.name
+        assert s.name.removeprefix("tiny-").startswith(
+            f"{cfg['dataset']}-{middle}-{tail}"), s.name
         assert s.title and s.description
     assert Q.command(quick[0]) == "hamjax train"  # the quickstart's command has no flags
-    mnist = {s.name: Q.parse(s.args) for s in full if "mnist" in s.name}
-    assert {"mnist-dense-bptt", "mnist-dense-implicit", "mnist-dense-eqprop", "mnist-conv-bptt",
-            "mnist-complete-transformer", "mnist-denoise-memory"} == set(mnist)
-    et = mnist["mnist-complete-transformer"]
+    assert Q.parse(())["gradient"] == "implicit"  # and it trains at the steady state
+    big = {s.name: Q.parse(s.args) for s in full[len(quick):]}
+    for name, c in big.items():
+        if name.endswith("-1epoch"):
+            assert c["limit_train"] == 10240 and c["hidden"] == [2048]
+            continue
+        assert c["limit_train"] is None and c["limit_test"] is None, name
+        assert c["gradient"] in ("implicit", "eqprop") or c["model"] == "transformer", name
+    assert {"mnist-dense-implicit", "mnist-dense-eqprop", "mnist-conv-implicit",
+            "fashion-mnist-dense-implicit", "fashion-mnist-conv-implicit"} <= set(big)
+    for name in ("mnist-dense-implicit", "mnist-conv-implicit", "fashion-mnist-dense-implicit",
+                 "fashion-mnist-conv-implicit", "mnist-dense-eqprop"):
+        assert next(s for s in full if s.name == name).anchor  # a published number beside it
+    dense = big["mnist-dense-implicit"]
+    assert big["mnist-dense-eqprop"] == {**dense, "gradient": "eqprop"}
+    pair = big["mnist-dense-implicit-h2048-1epoch"]
+    assert big["mnist-dense-eqprop-h2048-1epoch"] == {**pair, "gradient": "eqprop"}
+    et = big["mnist-complete-transformer"]
     assert (et["model"], et["task"], et["gradient"], et["noise"]) == (
         "transformer", "complete", "bptt", 0.5)
-    assert all(c["data_dir"] == str(data_dir.resolve()) for c in mnist.values())
-    dense = mnist["mnist-dense-bptt"]
-    assert (dense["hidden"], dense["epochs"], dense["batch_size"]) == ([1024], 40, 64)
-    assert (dense["shift"], dense["rotate"], dense["zoom"]) == (1, 10.0, 0.1)
-    for g in ("implicit", "eqprop"):
-        c = mnist[f"mnist-dense-{g}"]
-        assert c == {**dense, "gradient": g}
-    conv = mnist["mnist-conv-bptt"]
-    assert (conv["model"], conv["epochs"], conv["batch_size"]) == ("conv", 12, 64)
-    den = mnist["mnist-denoise-memory"]
-    assert (den["hidden"], den["epochs"], den["model"]) == ([1000], 3, "memory")
+    assert all(c["data_dir"] == str(data_dir.resolve()) for n, c in big.items()
+               if n.startswith("mnist"))
+    assert all(c["data_dir"] == str(fashion.resolve()) and c["flip"] for n, c in big.items()
+               if n.startswith("fashion"))
     # the command shows the data folder relative to the repository root
     shown = Q.command(full[len(quick)])
     assert f"--data-dir {os.path.relpath(data_dir, Q.ROOT)}" in shown

@@ -140,12 +140,12 @@ def test_unknown_blocks_and_missing_results_are_errors(results, tmp_path, capsys
 def test_quality_blocks_come_from_the_run_records(results, tmp_path):
     q = results / "test-machine" / "quality"
     q.mkdir()
-    rec = {"name": "digits-dense-bptt", "title": "digits classification",
+    rec = {"name": "digits-dense-implicit", "title": "digits classification",
            "command": "hamjax train", "epochs": 30, "started": "2026-12-01T01:00:00",
            "wall_s": 15.2, "train_seconds": 6.1, "returncode": 0, "converged": 0.624,
            "headline": {"name": "test_accuracy", "value": 0.9721}, "machine": MACHINE,
            "stdout_tail": "test accuracy: 0.9721\n", "loadavg": [1.5, 2.0]}
-    (q / "digits-dense-bptt.json").write_text(json.dumps(rec))
+    (q / "digits-dense-implicit.json").write_text(json.dumps(rec))
     den = {**rec, "name": "mnist-denoise", "title": "MNIST denoising", "epochs": 3,
            "command": "hamjax train --task denoise", "converged": None,
            "headline": {"name": "test_psnr", "value": 14.97, "baseline": 13.33}}
@@ -158,6 +158,13 @@ def test_quality_blocks_come_from_the_run_records(results, tmp_path):
     rows = [ln for ln in text.splitlines() if ln.startswith("| ") and "`hamjax" in ln]
     assert len(rows) == 2 and "accuracy **0.9721**" in rows[0] and "0.624" in rows[0]
     assert "PSNR **14.97 dB** (corrupted input 13.33 dB)" in rows[1]
+    # each row beside its published anchor, from the run list; "—" where there is none
+    mnist = {**rec, "name": "mnist-dense-implicit", "title": "MNIST classification, dense"}
+    (q / "mnist-dense-implicit.json").write_text(json.dumps(mnist))
+    assert report.main(["--results", str(results), str(doc)]) == 0
+    rows = [ln for ln in doc.read_text().splitlines()
+            if ln.startswith("| ") and "`hamjax" in ln]
+    assert "Krotov & Hopfield 2016" in rows[1] and "| — |" in rows[0]
     assert "```\ntest accuracy: 0.9721\n```" in text and "15 s wall" in text
     assert "load average 1.5–2.0" in text
 
