@@ -82,7 +82,7 @@ _A_FASHION_CONV = "two-conv CNNs 0.916–0.925 (Fashion-MNIST benchmark)"
 
 
 def _digits() -> list[Spec]:
-    dense = _DENSE.format(n=64, h=256)
+    dense = _DENSE.format(n=64, h=1024)
     adam = _ADAM.format(b=32, aug="")
     return [
         Spec("digits-dense-implicit",

@@ -183,7 +183,7 @@ def _training_flags(t) -> None:
     t.add_argument("--seed", type=_nonneg_int, default=0,
                    help="initial weights, shuffling and noise")
     t.add_argument("--hidden", type=_sizes, default=None,
-                   help="hidden sizes (dense: 256; deep: 256,128); channels for conv (32); "
+                   help="hidden sizes (dense: 1024; deep: 256,128); channels for conv (32); "
                         "memories for memory (100); transformer: D or D,K, the token width D "
                         "(32, a multiple of its 4 heads) and the Hopfield memories K (4D)")
     t.add_argument("--steps", type=_positive_int, default=None,
@@ -289,7 +289,7 @@ def defaults(cfg: dict) -> dict:
         raise UsageError(f"--task {cfg['task']} needs --model memory "
                          "(its image layer is free)")
     if cfg.get("hidden") is None:
-        cfg["hidden"] = {"dense": (256,), "deep": (256, 128), "conv": (32,),
+        cfg["hidden"] = {"dense": (1024,), "deep": (256, 128), "conv": (32,),
                          "memory": (100,)}[cfg["model"]]
     if cfg.get("epochs") is None:
         cfg["epochs"] = 30 if cfg["task"] == "classify" else 10
