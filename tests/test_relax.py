@@ -643,3 +643,37 @@ def test_a_repeated_clamp_name_counts_once(net, x0, steady):
     # as many names as the net has layers, but one layer: not "every layer is clamped"
     sol = hj.relax(net, x0, clamp=("image",) * 3, stop=hj.SteadyState(atol=1e-6))
     np.testing.assert_allclose(sol.state["label"], steady.state["label"], atol=1e-6)
+
+
+def test_fixed_point_samples_do_not_depend_on_their_batch_mates():
+    """method="fixed_point" holds each sample at the first iterate within its own tolerance,
+    and its adjoint iterates each sample to its own tolerance: a sample relaxed beside a stiff
+    one (here samples with large inputs saturate their tanh units and settle in 4 iterations,
+    the last, in the linear regime, takes 11) ends where it ends alone, and so does its
+    implicit gradient."""
+    net = chain(jax.random.PRNGKey(7), hidden=Tanh(1.0), scale=0.9)
+    x = net.init_state(batch=(4,))
+    x["image"] = jax.random.uniform(jax.random.PRNGKey(8), (4, N_IN)).at[:3].multiply(40.0)
+    kw = dict(clamp="image", method="fixed_point", stop=hj.SteadyState(atol=1e-6))
+
+    def loss(net, x):
+        sol = hj.relax(net, x, **kw)
+        return jnp.sum(sol.state["label"][:, 0]), sol
+
+    (_, both), g_both = eqx.filter_value_and_grad(loss, has_aux=True)(net, x)
+    assert bool(jnp.all(both.converged))
+    g_sum = None
+    for i in range(4):
+        one = {k: v[i:i + 1] for k, v in x.items()}
+        (_, alone), g = eqx.filter_value_and_grad(loss, has_aux=True)(net, one)
+        for name in ("hidden", "label"):
+            np.testing.assert_allclose(both.state[name][i], alone.state[name][0], rtol=1e-6,
+                                       atol=1e-7)
+        g_sum = g if g_sum is None else jax.tree.map(jnp.add, g_sum, g)
+    # to the adjoint's own tolerance (rtol 1e-4): float32 rounding of a batched matmul can move
+    # a sample's stop by one iteration
+    for a, b in zip(jax.tree.leaves(g_both), jax.tree.leaves(g_sum), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    # the stiff sample did take longer: without it, the others stop well before
+    short = hj.relax(net, {k: v[:3] for k, v in x.items()}, **kw)
+    assert int(short.steps) < int(both.steps)
