@@ -662,10 +662,11 @@ def test_fixed_point_samples_do_not_depend_on_their_batch_mates():
 
     (_, both), g_both = eqx.filter_value_and_grad(loss, has_aux=True)(net, x)
     assert bool(jnp.all(both.converged))
-    g_sum = None
+    g_sum, steps = None, []
     for i in range(4):
         one = {k: v[i:i + 1] for k, v in x.items()}
         (_, alone), g = eqx.filter_value_and_grad(loss, has_aux=True)(net, one)
+        steps.append(int(alone.steps))
         for name in ("hidden", "label"):
             np.testing.assert_allclose(both.state[name][i], alone.state[name][0], rtol=1e-6,
                                        atol=1e-7)
@@ -674,6 +675,6 @@ def test_fixed_point_samples_do_not_depend_on_their_batch_mates():
     # a sample's stop by one iteration
     for a, b in zip(jax.tree.leaves(g_both), jax.tree.leaves(g_sum), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-    # the stiff sample did take longer: without it, the others stop well before
-    short = hj.relax(net, {k: v[:3] for k, v in x.items()}, **kw)
-    assert int(short.steps) < int(both.steps)
+    # the batch ran as long as its slowest sample, and the faster ones, held once they had
+    # converged, ended where they end alone
+    assert int(both.steps) == max(steps) and min(steps) < max(steps) - 3
