@@ -699,3 +699,17 @@ def test_reconstructions_title_names_the_task_and_psnr():
     title = _figures.reconstructions_title(ev, {"task": "denoise", "noise": 0.3}, 2)
     assert title == ("denoise (level 0.3) on 2 test images: mean PSNR 12.5 dB corrupted → "
                      "16.0 dB restored")
+
+
+def test_a_diverged_steady_state_run_names_only_its_own_flags(tmp_path):
+    """The divergence message suggests --dt only where the run has one (BPTT); a steady-state
+    run records none, and formatting it must not fail."""
+    out = tmp_path / "run"
+    out.mkdir()
+    e = FloatingPointError("training loss became nan at epoch 1, step 2; lower the rate")
+    msg = _commands._failed(e, out, out / "checkpoint.eqx", {"lr": 1e-3, "dt": None}, False,
+                            False)
+    assert "lower --lr (now 0.001)" in msg and "--dt" not in msg
+    msg = _commands._failed(e, out, out / "checkpoint.eqx", {"lr": 1e-3, "dt": 0.25}, False,
+                            False)
+    assert "or --dt (now 0.25)" in msg

@@ -414,7 +414,8 @@ def _train_in(out: Path, created: bool, cfg: dict, data, net, task, gradient, me
     ckpt = out / "checkpoint.eqx"
     if main:
         print(f"hamjax: {cfg['task']} on {data.name} ({data.num_train} train / {data.num_test} "
-              f"test) with a {cfg['model']} HAM, {cfg['gradient']}, {cfg['epochs']} epochs -> "
+              f"test) with a {cfg['model']} HAM, {cfg['gradient']}, {cfg['epochs']} "
+              f"epoch{'' if cfg['epochs'] == 1 else 's'} -> "
               f"{out}", flush=True)
     # the untrained model's test loss: the yardstick for "did this run learn anything"
     initial = T.evaluate(net, data.x_test, data.y_test, task, gradient, seed=cfg["seed"],
@@ -462,8 +463,9 @@ def _failed(e: Exception, out: Path, ckpt: Path, cfg: dict, created: bool, fresh
         release(out, created, ["config.json"] if fresh else [])
         kept = "nothing was saved" + (f" ({out} removed)" if not out.exists() else "")
     if isinstance(e, FloatingPointError):
+        dt = f" or --dt (now {cfg['dt']:g})" if cfg.get("dt") is not None else ""
         return (f"training diverged: {str(e).split(';')[0]}; {kept}; start a new run with a "
-                f"lower --lr (now {cfg['lr']:g}) or --dt (now {cfg['dt']:g})")
+                f"lower --lr (now {cfg['lr']:g}){dt}")
     return f"{e}; {kept}"
 
 
@@ -493,7 +495,8 @@ def _finish(out, net, history, initial, train_seconds, task, gradient, data, cfg
     _report(metrics, gradient)
     if warning:
         print(f"hamjax train: warning: {warning}", file=sys.stderr)
-    files = [f for f in ("metrics.json", "history.csv", "checkpoint.eqx") if (out / f).is_file()]
+    files = [f for f in ("config.json", "metrics.json", "history.csv", "checkpoint.eqx")
+             if (out / f).is_file()]
     print(f"run folder: {out} ({', '.join(files + pics)})")
 
 
