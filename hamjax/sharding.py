@@ -2,17 +2,20 @@
 
 A one-axis :class:`jax.sharding.Mesh` (axis ``"batch"``) over the devices; the batch is split along
 its leading axis (``NamedSharding(mesh, P("batch"))``) and the model's parameters and optimiser
-state are replicated (``P()``). ``jit`` propagates these shardings through a relaxation and its
-gradient; XLA's SPMD partitioner inserts the one collective that data parallelism needs, the
-all-reduce of the mean loss's gradient. Samples do not interact in a HAM, so a sharded run computes
-the same numbers as a single-device one (up to the order of that final sum).
+state are replicated (``P()``). A training step (:func:`hamjax.train.train_step` with ``mesh``)
+runs under ``jax.shard_map``: each device relaxes and differentiates its own samples, and one
+all-reduce of one buffer per step averages the losses and gradients
+(:func:`hamjax.train.data_parallel`); left to XLA's partitioner, that sum would sit inside the
+backward loop, once per solver step. :func:`hamjax.relax` with ``mesh`` lets ``jit`` propagate
+the shardings instead. Samples do not interact in a HAM, so a sharded run computes the same
+numbers as a single-device one (up to the order of that final sum).
 
 Several processes (one per host, or several on one machine): every process calls
 :func:`initialize_distributed` first (it wraps ``jax.distributed.initialize`` with a bounded wait
 and a check that all processes agree); :func:`make_mesh` then spans every process's devices. Each
 process prepares only its own rows of every global batch (:func:`local_rows`) and
 :func:`global_batch` joins them into one array split over the mesh, so no process holds the whole
-batch; parameters are replicated, and XLA all-reduces the gradient across processes as across
+batch; parameters are replicated, and the step's one all-reduce spans the processes as it spans
 devices. :func:`is_main_process` picks the process that prints and writes files,
 :func:`barrier` waits for every process, and :func:`local_replica` turns a replicated result
 back into an ordinary array of this process. On CPUs the processes talk through gloo

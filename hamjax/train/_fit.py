@@ -282,8 +282,9 @@ def fit(
 
     With ``mesh`` (:func:`hamjax.sharding.make_mesh`), data parallelism: the model and optimiser
     state are replicated on its devices and every batch is split over them (``batch_size`` must
-    be a multiple of the device count); the jitted step is unchanged, XLA all-reduces the
-    gradient, and the result equals the single-device run to float tolerance.
+    be a multiple of the device count); each device relaxes and differentiates its own samples
+    under ``jax.shard_map`` and one all-reduce per step averages the gradients
+    (:func:`data_parallel`), so the result equals the single-device run to float tolerance.
 
     Several processes (:func:`hamjax.sharding.initialize_distributed`, a mesh over every
     process's devices): every process calls ``fit`` with the same arguments; each prepares only
