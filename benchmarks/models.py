@@ -266,3 +266,89 @@ def dense_flops_per_step(batch: int, sizes: tuple[int, ...], clamped_first: bool
 
 def num_params(net) -> int:
     return sum(math.prod(v.shape) for v in jax.tree.leaves(eqx.filter(net, eqx.is_array)))
+
+
+# ------------------------------------------------------------------------------ hand-written DEQ
+def softmax_classifier_params(net: hj.HAM):
+    """``(W₁, b_h, W₂, b_ℓ, β)`` of ``hj.models.dense_classifier``'s default (ReLU hidden,
+    Softmax(β) label): the arguments of :func:`hand_deq_loss`."""
+    return (net.synapses["w1"].weight, net.layers["hidden"].bias, net.synapses["w2"].weight,
+            net.layers["label"].bias, net.layers["label"].lagrangian.beta)
+
+
+def _deq_map(params, image, x):
+    """``x ← c + I`` of the dense classifier with its image clamped, in closed form::
+
+        h ← W₁ v + W₂ᵀ softmax(β ℓ) + b_h,     ℓ ← W₂ relu(h) + b_ℓ."""
+    w1, bh, w2, bl, beta = params
+    h, l = x
+    return (image @ w1.T + jax.nn.softmax(beta * l, axis=-1) @ w2 + bh,
+            jax.nn.relu(h) @ w2.T + bl)
+
+
+def _rms_rows(x):
+    return jnp.sqrt(sum(jnp.mean(v * v, axis=-1) for v in x) / len(x))
+
+
+def _iterate(step, x, tol, max_iter):
+    """``x ← step(x)`` until every sample's ``rms(step(x) − x) ≤ tol`` (or ``max_iter``)."""
+    def cond(c):
+        k, _, res = c
+        return (k < max_iter) & jnp.any(res > tol)
+
+    def body(c):
+        k, x, _ = c
+        new = step(x)
+        return k + 1, new, _rms_rows(tuple(a - b for a, b in zip(new, x, strict=True)))
+
+    _, x, _ = jax.lax.while_loop(cond, body, (jnp.asarray(0), x, jnp.full(x[0].shape[:1],
+                                                                            jnp.inf)))
+    return x
+
+
+def hand_deq_loss(atol: float = 1e-4, rtol: float = 1e-4, max_iter: int = 1024):
+    """A hand-written deep-equilibrium loss of the dense classifier: ``loss(params, image,
+    target)`` = mean NLL of ``softmax(β ℓ*)`` at the fixed point ``x* = f(x*)`` found by the plain
+    iteration from zero (to residual ``atol``, every sample), differentiated by a ``custom_vjp``
+    whose backward pass iterates the adjoint ``v ← (∂f/∂x)ᵀ v + ḡ`` (the Neumann series, to
+    ``rtol`` of ``ḡ``) and pulls ``v`` back to the parameters. What a DEQ library's training
+    step does, with nothing per sample beyond the stopping test: the reachable limit for
+    ``hj.train.Implicit()``."""
+
+    @jax.custom_vjp
+    def fixed_point(params, image):
+        n = image.shape[0]
+        x0 = (jnp.zeros((n, params[0].shape[0])), jnp.zeros((n, params[2].shape[0])))
+        return _iterate(lambda x: _deq_map(params, image, x), x0, atol, max_iter)
+
+    def fwd(params, image):
+        x = fixed_point(params, image)
+        return x, (params, image, x)
+
+    def bwd(res, g):
+        params, image, x = res
+        _, vjp_x = jax.vjp(lambda x: _deq_map(params, image, x), x)
+        tol = rtol * _rms_rows(g)
+        # v ← Jᵀ v + g until every sample's residual is within rtol of its right-hand side
+        def cond(c):
+            k, _, r = c
+            return (k < max_iter) & jnp.any(r > tol)
+
+        def body(c):
+            k, v, _ = c
+            new = tuple(a + b for a, b in zip(vjp_x(v)[0], g, strict=True))
+            return k + 1, new, _rms_rows(tuple(a - b for a, b in zip(new, v, strict=True)))
+
+        _, v, _ = jax.lax.while_loop(cond, body, (jnp.asarray(0), g,
+                                                   jnp.full(g[0].shape[:1], jnp.inf)))
+        _, vjp_p = jax.vjp(lambda p, i: _deq_map(p, i, x), params, image)
+        return vjp_p(v)
+
+    fixed_point.defvjp(fwd, bwd)
+
+    def loss(params, image, target):
+        _, l = fixed_point(params, image)
+        logp = jax.nn.log_softmax(params[4] * l, axis=-1)
+        return -jnp.mean(jnp.take_along_axis(logp, target[:, None], axis=-1))
+
+    return loss
