@@ -109,8 +109,8 @@ def _mnist(data_dir: Path) -> list[Spec]:
     d = str(data_dir)
     mnist = ("--dataset", "mnist", "--data-dir", d)
     aug = ("--rotate", "10", "--zoom", "0.1", "--shift", "1")
-    dense_args = (*mnist, "--hidden", "2048", *aug, "--batch-size", "64", "--epochs", "50")
-    dense = _DENSE.format(n=784, h=2048)
+    dense_args = (*mnist, "--hidden", "1024", *aug, "--batch-size", "64", "--epochs", "40")
+    dense = _DENSE.format(n=784, h=1024)
     adam = _ADAM.format(b=64, aug=_MNIST_AUG)
     one_epoch = ("equal budgets: one epoch on the first 10,240 training images, batch 32, "
                  "dense HAM 784-2048-10")
