@@ -121,9 +121,9 @@ def _mnist(data_dir: Path) -> list[Spec]:
              f"{dense}; {_EQPROP}; {adam}{_FULL_SET}",
              (*dense_args, "--gradient", "eqprop"), _A_MNIST_EQPROP),
         Spec("mnist-conv-implicit", "MNIST classification, conv",
-             f"{_CONV.format(c=128)}; {_IMPLICIT}; {adam}{_FULL_SET}",
-             (*mnist, "--model", "conv", "--hidden", "128", *aug, "--batch-size", "64",
-              "--epochs", "20"), _A_MNIST_CONV),
+             f"{_CONV.format(c=64)}; {_IMPLICIT}; {adam}{_FULL_SET}",
+             (*mnist, "--model", "conv", "--hidden", "64", *aug, "--batch-size", "64",
+              "--epochs", "15"), _A_MNIST_CONV),
         Spec("mnist-dense-implicit-h2048-1epoch",
              "MNIST, 2048 hidden, one epoch on 10,240 images, implicit",
              f"{one_epoch}; {_IMPLICIT}",
@@ -163,9 +163,9 @@ def _fashion(data_dir: Path) -> list[Spec]:
              (*fashion, "--hidden", "1024", *aug, "--batch-size", "64", "--epochs", "40"),
              _A_FASHION_DENSE),
         Spec("fashion-mnist-conv-implicit", "Fashion-MNIST classification, conv",
-             f"{_CONV.format(c=128)}; {_IMPLICIT}; {adam}{_FULL_SET}",
-             (*fashion, "--model", "conv", "--hidden", "128", *aug, "--batch-size", "64",
-              "--epochs", "20"), _A_FASHION_CONV),
+             f"{_CONV.format(c=64)}; {_IMPLICIT}; {adam}{_FULL_SET}",
+             (*fashion, "--model", "conv", "--hidden", "64", *aug, "--batch-size", "64",
+              "--epochs", "15"), _A_FASHION_CONV),
     ]
 
 

@@ -439,8 +439,12 @@ class Neumann(lx.AbstractLinearSolver):
 
     Each sample stops once ``rms(A v − b) ≤ atol + rtol · rms(b)``. When some sample does not
     get there in ``max_steps`` iterations, or its residual grows (``M`` does not contract),
-    the solve falls back to ``fallback`` (GMRES with restart 20 by default; ``None`` to fail
-    instead), started from the iterate reached. One matrix-vector product per iteration.
+    the solve falls back to ``fallback``, started from the iterate reached: by default the same
+    iteration Anderson-accelerated (:class:`Anderson`, history 5), per sample, for at most
+    ``fallback_steps`` more products (at a steady state whose slowest mode is near ±1, where
+    the plain series needs hundreds of terms, it needs tens); a lineax solver instead (GMRES,
+    which treats the batch as one system) or ``None`` to fail. One matrix-vector product per
+    iteration.
     Samples that meet the tolerance neither way get, with ``on_failure="zero"`` (default), a
     zero solution and a :class:`LinearSolveWarning` (in a gradient they drop out, and the rest
     of the batch stands: the samples of a relaxation are independent systems); with
@@ -452,8 +456,9 @@ class Neumann(lx.AbstractLinearSolver):
     default linear solver of :class:`hamjax.ImplicitSteadyState`.
 
     Fields: ``rtol`` (default ``1e-4``), ``atol`` (default ``1e-9``), ``max_steps`` (static,
-    default 100), ``damping`` λ (default 1: the plain series), ``fallback`` (a lineax solver or
-    ``None``), ``on_failure`` (``"zero"`` or ``"raise"``, else ``ValueError``) and
+    default 100), ``damping`` λ (default 1: the plain series), ``fallback`` (an
+    :class:`Anderson`, a lineax solver or ``None``), ``fallback_steps`` (static, default 300:
+    the Anderson fallback's cap), ``on_failure`` (``"zero"`` or ``"raise"``, else ``ValueError``) and
     ``batch_ndim`` (the leading axes that index samples; :func:`hamjax.relax` sets it).
     """
 
@@ -461,8 +466,8 @@ class Neumann(lx.AbstractLinearSolver):
     atol: float = 1e-9
     max_steps: int = eqx.field(static=True, default=100)
     damping: float = 1.0
-    fallback: lx.AbstractLinearSolver | None = lx.GMRES(rtol=1e-6, atol=1e-10, restart=20,
-                                                        stagnation_iters=20, max_steps=1000)
+    fallback: Anderson | lx.AbstractLinearSolver | None = Anderson(history=5)
+    fallback_steps: int = eqx.field(static=True, default=300)
     on_failure: str = eqx.field(static=True, default="zero")
     batch_ndim: int = eqx.field(static=True, default=0)
 
@@ -495,11 +500,24 @@ class Neumann(lx.AbstractLinearSolver):
         fb = self.fallback
 
         def krylov(v):
-            # the Krylov solver's own verdict is not used: lineax's GMRES reports "breakdown"
-            # on these systems even with residuals far below tolerance; the per-sample test is
-            # the same as the iteration's
-            sol, _, stats = fb.compute(fb.init(operator, {}), vector, {"y0": v})
-            # samples the iteration solved keep its solution: the Krylov solve treats the batch
+            if isinstance(fb, Anderson):
+                # the same iteration, accelerated, per sample: v ← v + (Av − b) is the plain
+                # series; Anderson mixes its last iterates (what GMRES does, without treating
+                # the batch as one system); samples already solved stay where they are
+                def g(y, _):
+                    return jax.tree.map(lambda yy, av, bb: yy + av - bb, y, operator.mv(y),
+                                        vector)
+
+                acc = dataclasses.replace(fb, atol=tol_fn(vector), rtol=0.0,
+                                          batch_ndim=self.batch_ndim)
+                out = optx.fixed_point(g, acc, v, max_steps=self.fallback_steps, throw=False)
+                sol, stats = out.value, out.stats
+            else:
+                # the Krylov solver's own verdict is not used: lineax's GMRES reports
+                # "breakdown" on these systems even with residuals far below tolerance; the
+                # per-sample test is the same as the iteration's
+                sol, _, stats = fb.compute(fb.init(operator, {}), vector, {"y0": v})
+            # samples the iteration solved keep its solution: a Krylov solve treats the batch
             # as one system, where one hard sample can spoil the others
             sol = jax.tree.map(lambda a, b, k: jnp.where(k, b, a), sol, v,
                                _broadcast_rows(ok0, sol, self.batch_ndim))

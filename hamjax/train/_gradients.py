@@ -176,7 +176,8 @@ class Implicit(GradientEstimator):
     :class:`hamjax.solvers.Anderson`) or ``"ode"`` (the adaptive ``solver``, default Tsit5,
     from step ``dt0``: the dynamics' own path). ``max_steps`` bounds the
     iterations (or ODE steps). ``adjoint``: how the adjoint system is solved: ``"implicit"``
-    (default: :class:`hamjax.solvers.Neumann` with a GMRES fallback), ``"phantom"`` (a truncated
+    (default: :class:`hamjax.solvers.Neumann`, Anderson-accelerated where the plain series is
+    slow), ``"phantom"`` (a truncated
     series: cheaper, approximate), ``"implicit_dense"`` or an :class:`ImplicitSteadyState`.
 
     Samples whose relaxation did not converge are left out of the gradient (``used`` in the
