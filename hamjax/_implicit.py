@@ -84,8 +84,8 @@ class ImplicitSteadyState(eqx.Module):
     but not ``CH − I``: on a dead direction ``(CH − I) D = −D`` (docs/maths.md §4.5). On trained
     networks ``CH`` is a contraction, so the default linear solver is
     :class:`hamjax.solvers.Neumann` (fixed-point iteration of the adjoint equation, per sample,
-    Anderson-accelerated where it is slow); :class:`hamjax.solvers.PhantomGradient` truncates it for a cheap
-    approximate gradient; any lineax solver works (``lx.GMRES(...)``; ``"implicit_dense"``:
+    Anderson-accelerated where it is slow); :class:`hamjax.solvers.PhantomGradient` truncates
+    it for a cheap approximate gradient; any lineax solver works (``lx.GMRES(...)``; ``"implicit_dense"``:
     a dense least-squares solve that survives a truly singular system, for small nets).
 
     ``linear_solver``: the lineax solver of the adjoint system ``(CH − I)ᵀ λ = ∇ℓ`` (default
