@@ -85,8 +85,9 @@ class ImplicitSteadyState(eqx.Module):
     networks ``CH`` is a contraction, so the default linear solver is
     :class:`hamjax.solvers.Neumann` (fixed-point iteration of the adjoint equation, per sample,
     Anderson-accelerated where it is slow); :class:`hamjax.solvers.PhantomGradient` truncates
-    it for a cheap approximate gradient; any lineax solver works (``lx.GMRES(...)``; ``"implicit_dense"``:
-    a dense least-squares solve that survives a truly singular system, for small nets).
+    it for a cheap approximate gradient; any lineax solver works (``lx.GMRES(...)``;
+    ``"implicit_dense"``: a dense least-squares solve that survives a truly singular system, for
+    small nets).
 
     ``linear_solver``: the lineax solver of the adjoint system ``(CH − I)ᵀ λ = ∇ℓ`` (default
     ``Neumann()``); hamjax's own solvers are told the batch axes by :func:`hamjax.relax`."""

@@ -459,7 +459,8 @@ class Neumann(lx.AbstractLinearSolver):
     default 100), ``damping`` λ (default 1: the plain series), ``fallback`` (an
     :class:`Anderson`, a lineax solver or ``None``), ``fallback_steps`` (static, default 300:
     the Anderson fallback's cap), ``on_failure`` (``"zero"`` or ``"raise"``, else
-    ``ValueError``) and ``batch_ndim`` (the leading axes that index samples; :func:`hamjax.relax` sets it).
+    ``ValueError``) and ``batch_ndim`` (the leading axes that index samples; :func:`hamjax.relax`
+    sets it).
     """
 
     rtol: float = 1e-4
