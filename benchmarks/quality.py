@@ -45,13 +45,17 @@ STDERR_TAIL = 2000  # characters of a failed run's stderr kept in its record
 class Spec:
     """One quoted result: ``hamjax train *args``. ``name`` is the stable slug of its files,
     ``title`` the README's task column, ``description`` the architecture and settings in words,
-    ``anchor`` the published numbers it answers (with their sources), shown beside it."""
+    ``anchor`` the published numbers it answers (with their sources), shown beside it;
+    ``seeds``: further seeds the same command is run with (``--seed S``), whose headline
+    figures the record keeps beside seed 0's, so that a row on a small test set shows its
+    spread."""
 
     name: str
     title: str
     description: str
     args: tuple[str, ...]
     anchor: str = ""
+    seeds: tuple[int, ...] = ()
 
 
 _DENSE = "dense HAM {n}-{h}-10 (identity image, ReLU hidden, softmax label)"
@@ -87,7 +91,7 @@ def _digits() -> list[Spec]:
     return [
         Spec("digits-dense-implicit",
              "digits classification (the default: trained at the steady state)",
-             f"{dense}; {_IMPLICIT}; {adam}; scikit-learn 8x8 digits", ()),
+             f"{dense}; {_IMPLICIT}; {adam}; scikit-learn 8x8 digits", (), seeds=(1, 2)),
         Spec("digits-dense-bptt", "digits classification, BPTT",
              f"{dense}; {_BPTT.format(steps=40, dt=0.25)}, residual penalty 1; {adam}; "
              "scikit-learn 8x8 digits", ("--gradient", "bptt")),
@@ -175,7 +179,7 @@ def _tiny() -> list[Spec]:
                  "the steady state; one epoch on 64 training and 32 test digits: checks the "
                  "pipeline, not a result",
                  ("--hidden", "16", "--epochs", "1", "--limit-train", "64",
-                  "--limit-test", "32"))]
+                  "--limit-test", "32"), seeds=(1,))]
 
 
 def every_spec() -> list[Spec]:
@@ -416,8 +420,29 @@ def run_one(spec: Spec, cfg: C.Config, machine: dict, git: dict) -> dict:
                      machine, git)
         rec["stdout_tail"] = shown_stdout((tmp / "stdout.txt").read_text(errors="replace"),
                                           run_dir)
+        rec["other_seeds"] = [other_seed(spec, s, tmp) for s in spec.seeds]
         commit(qdir, rec, run_dir)
     return rec
+
+
+def other_seed(spec: Spec, seed: int, tmp: Path) -> dict:
+    """``spec``'s command again with ``--seed seed``: ``{"seed", "value", "converged",
+    "wall_s", "status"}`` (``value``: its headline figure; ``status`` "failed" with no value
+    when the run did not produce one)."""
+    run_dir = tmp / f"seed-{seed}"
+    argv = [sys.executable, "-m", "hamjax.cli", "train", *spec.args, "--seed", str(seed),
+            "--out", str(run_dir)]
+    code, wall, _ = _execute(argv, tmp)
+    metrics = {}
+    if (run_dir / "metrics.json").is_file():
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    task = json.loads((run_dir / "config.json").read_text()).get("task") if (
+        run_dir / "config.json").is_file() else None
+    value = headline(metrics, task)["value"]
+    ok = code == 0 and isinstance(value, int | float) and math.isfinite(value)
+    return {"seed": seed, "value": value if ok else None,
+            "converged": metrics.get("test_converged"), "wall_s": wall,
+            "status": "ok" if ok else "failed"}
 
 
 def git_state() -> dict:

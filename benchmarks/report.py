@@ -272,7 +272,7 @@ def quality_table(folder: Path) -> list[str]:
     head = (f"_Generated from `{_rel(folder / 'quality')}/` ({'; '.join(machines)}; "
             f"{dates[0]}{'' if dates[0] == dates[-1] else ' to ' + dates[-1]}; "
             f"`python -m benchmarks --only quality`; load average {_load(recs)}): one run "
-            "each, seed 0 unless the command says otherwise; wall time includes start-up, "
+            "each, seed 0 unless the command says otherwise (further seeds where named); wall time includes start-up, "
             "compilation and pictures, and grows with the machine's load._")
     return [head, ""] + _table(["task", "command", "result", "published", "relaxations converged",
                                 "epochs", "wall time", "training time"], rows)
@@ -313,7 +313,14 @@ def _headline(r: Mapping[str, Any]) -> str:
                     if h.get("mean_fill") is not None else "")
             text += f" ({mean}{what} {h['baseline']:.2f} dB)"
         return text
-    return f"{name} **{h['value']:.4f}**"
+    text = f"{name} **{h['value']:.4f}**"
+    others = r.get("other_seeds") or []
+    if others:
+        vals = ", ".join("failed" if o["value"] is None else f"{o['value']:.4f}"
+                         for o in others)
+        seeds = ", ".join(str(o["seed"]) for o in others)
+        text += f" (seed {r.get('seed', 0)}; seeds {seeds}: {vals})"
+    return text
 
 
 def _seconds(s: float | None) -> str:

@@ -20,7 +20,7 @@ SCHEMA = {  # key -> accepted types of a finished run's record
     "started": str, "wall_s": float, "train_seconds": float, "returncode": int,
     "metrics": dict, "headline": dict, "converged": float, "loadavg": list, "machine": dict,
     "git_commit": (str, type(None)), "git_dirty": (bool, type(None)), "status": str,
-    "error": type(None), "stderr_tail": type(None), "stdout_tail": str,
+    "error": type(None), "stderr_tail": type(None), "stdout_tail": str, "other_seeds": list,
 }
 
 
@@ -67,6 +67,10 @@ def test_tiny_tier_writes_a_complete_record(tiny):
     assert rec["wall_s"] >= rec["train_seconds"]
     assert len(rec["loadavg"]) == 2 and all(v >= 0 for v in rec["loadavg"])
     assert rec["machine"]["backend"] and rec["machine"]["versions"]["jax"]
+    # the further seeds ran the same command with --seed
+    (other,) = rec["other_seeds"]
+    assert other["seed"] == 1 and other["status"] == "ok" and 0.0 <= other["value"] <= 1.0
+    assert other["wall_s"] > 0 and 0.0 <= other["converged"] <= 1.0
     # nothing left behind by the staging
     assert not [p for p in out.rglob(".*")]
 

@@ -167,6 +167,13 @@ def test_quality_blocks_come_from_the_run_records(results, tmp_path):
     assert "Krotov & Hopfield 2016" in rows[1] and "| — |" in rows[0]
     assert "```\ntest accuracy: 0.9721\n```" in text and "15 s wall" in text
     assert "load average 1.5–2.0" in text
+    # further seeds of the same command beside seed 0's figure, a failed one named
+    rec["seed"] = 0
+    rec["other_seeds"] = [{"seed": 1, "value": 0.9805, "status": "ok"},
+                          {"seed": 2, "value": None, "status": "failed"}]
+    (q / "digits-dense-implicit.json").write_text(json.dumps(rec))
+    assert report.main(["--results", str(results), str(doc)]) == 0
+    assert "accuracy **0.9721** (seed 0; seeds 1, 2: 0.9805, failed)" in doc.read_text()
 
 
 def test_readme_and_docs_figures_are_the_committed_results():
