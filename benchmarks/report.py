@@ -272,8 +272,9 @@ def quality_table(folder: Path) -> list[str]:
     head = (f"_Generated from `{_rel(folder / 'quality')}/` ({'; '.join(machines)}; "
             f"{dates[0]}{'' if dates[0] == dates[-1] else ' to ' + dates[-1]}; "
             f"`python -m benchmarks --only quality`; load average {_load(recs)}): one run "
-            "each, seed 0 unless the command says otherwise (further seeds where named); wall time includes start-up, "
-            "compilation and pictures, and grows with the machine's load._")
+            "each, seed 0 unless the command says otherwise (further seeds where named); wall "
+            "time includes start-up, compilation and pictures, and grows with the machine's "
+            "load._")
     return [head, ""] + _table(["task", "command", "result", "published", "relaxations converged",
                                 "epochs", "wall time", "training time"], rows)
 

@@ -55,14 +55,18 @@ SNIPPET = textwrap.dedent(
         leaves = jax.tree.leaves(eqx.filter(tree, eqx.is_inexact_array))
         return np.concatenate([np.asarray(v, np.float64).ravel() for v in leaves]).tolist()
 
-    for n in (None, 2, 4):
-        mesh = None if n is None else sharding.make_mesh(n)
-        net = net0
-        opt_state = opt.init(eqx.filter(net, eqx.is_inexact_array))
+    def placed(mesh):
+        # the untrained net, a fresh optimiser state and the batch, on the mesh's devices
+        net, opt_state = net0, opt.init(eqx.filter(net0, eqx.is_inexact_array))
         batch = {k: jnp.asarray(v) for k, v in batch_np.items()}
         if mesh is not None:
             net, opt_state = sharding.replicate(net, mesh), sharding.replicate(opt_state, mesh)
             batch = sharding.shard_batch(batch, mesh)
+        return net, opt_state, batch
+
+    for n in (None, 2, 4):
+        mesh = None if n is None else sharding.make_mesh(n)
+        net, opt_state, batch = placed(mesh)
         losses, grads = [], []
         for _ in range(3):
             net, opt_state, loss, _ = T.train_step(net, opt_state, batch, task, gradient, opt)
@@ -90,12 +94,7 @@ SNIPPET = textwrap.dedent(
     implicit = T.Implicit()
     for n in (None, 4):
         mesh = None if n is None else mesh4
-        net = net0
-        opt_state = opt.init(eqx.filter(net, eqx.is_inexact_array))
-        batch = {k: jnp.asarray(v) for k, v in batch_np.items()}
-        if mesh is not None:
-            net, opt_state = sharding.replicate(net, mesh), sharding.replicate(opt_state, mesh)
-            batch = sharding.shard_batch(batch, mesh)
+        net, opt_state, batch = placed(mesh)
         net, opt_state, loss, metrics = T.train_step(net, opt_state, batch, task, implicit, opt,
                                                      mesh=mesh)
         out[f"implicit_{n}"] = dict(loss=float(loss), grad=flat(opt_state[0]),
