@@ -255,6 +255,16 @@ def scaling(folder: Path) -> list[str]:
 # each record's published anchor, from the current run list (a record made before its anchor
 # was written still stands beside it)
 ANCHORS = {spec.name: spec.anchor for spec in Q.every_spec()}
+TARGETS = {spec.name: spec.target for spec in Q.every_spec()}
+
+
+def _target(r: Mapping[str, Any]) -> str:
+    """``≥ t: met`` or ``≥ t: missed`` for a row with a target (its seed-0 figure), else ""."""
+    t = TARGETS.get(r["name"])
+    if t is None:
+        return ""
+    v = (r.get("headline") or {}).get("value") if r.get("status", "ok") == "ok" else None
+    return f"≥ {t:g}: " + ("met" if v is not None and v >= t else "missed")
 
 
 def quality_table(folder: Path) -> list[str]:
@@ -264,7 +274,7 @@ def quality_table(folder: Path) -> list[str]:
     rows = []
     for r in recs:
         anchor = ANCHORS.get(r["name"]) or r.get("anchor") or "—"
-        rows.append([r["title"], f"`{r['command']}`", _headline(r), anchor,
+        rows.append([r["title"], f"`{r['command']}`", _headline(r), _target(r), anchor,
                      "n/a" if r.get("converged") is None else f"{r['converged']:.3f}",
                      r["epochs"], _seconds(r.get("wall_s")), _seconds(r.get("train_seconds"))])
     machines = sorted({_machine(r["machine"]) for r in recs})
@@ -275,7 +285,8 @@ def quality_table(folder: Path) -> list[str]:
             "each, seed 0 unless the command says otherwise (further seeds where named); wall "
             "time includes start-up, compilation and pictures, and grows with the machine's "
             "load._")
-    return [head, ""] + _table(["task", "command", "result", "published", "relaxations converged",
+    return [head, ""] + _table(["task", "command", "result", "target", "published",
+                                "relaxations converged",
                                 "epochs", "wall time", "training time"], rows)
 
 

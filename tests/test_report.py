@@ -165,6 +165,8 @@ def test_quality_blocks_come_from_the_run_records(results, tmp_path):
     rows = [ln for ln in doc.read_text().splitlines()
             if ln.startswith("| ") and "`hamjax" in ln]
     assert "Krotov & Hopfield 2016" in rows[1] and "| — |" in rows[0]
+    # beside each row its target from the run list, met or missed by the seed-0 figure
+    assert "| ≥ 0.97: met |" in rows[0] and "| ≥ 0.988: missed |" in rows[1]
     assert "```\ntest accuracy: 0.9721\n```" in text and "15 s wall" in text
     assert "load average 1.5–2.0" in text
     # further seeds of the same command beside seed 0's figure, a failed one named
