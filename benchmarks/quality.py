@@ -259,6 +259,18 @@ def _execute(argv: list[str], cwd: Path) -> tuple[int, float, str]:
     return proc.returncode, wall, (cwd / "stderr.txt").read_text(errors="replace")
 
 
+def _argv(spec: Spec, run_dir: Path, *extra: str) -> list[str]:
+    """``hamjax train`` with ``spec``'s flags (then ``extra``) into ``run_dir``, in this Python."""
+    return [sys.executable, "-m", "hamjax.cli", "train", *spec.args, *extra, "--out",
+            str(run_dir)]
+
+
+def run_files(run_dir: Path) -> tuple[dict, dict]:
+    """The ``metrics.json`` and ``config.json`` a run wrote (``{}`` for a missing one)."""
+    return tuple(json.loads((run_dir / f).read_text()) if (run_dir / f).is_file() else {}
+                 for f in ("metrics.json", "config.json"))
+
+
 def _tail(text: str, n: int = STDERR_TAIL) -> str:
     """The last ``n`` characters of ``text`` as a terminal shows them: a progress bar redraws
     its line with carriage returns, so only each line's last drawing is kept."""
@@ -312,13 +324,8 @@ def record(spec: Spec, tier: str, run_dir: Path, returncode: int, wall: float, s
     the CLI's parser when it wrote none; a run that exits 0 without its headline figure is
     failed too."""
     error = None
-    metrics = {}
-    if (run_dir / "metrics.json").is_file():
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-    cfg = {}
-    if (run_dir / "config.json").is_file():
-        cfg = json.loads((run_dir / "config.json").read_text())
-    else:
+    metrics, cfg = run_files(run_dir)
+    if not cfg:
         with contextlib.suppress(ValueError):
             cfg = parse(spec.args)
     head = headline(metrics, cfg.get("task"))
@@ -414,10 +421,9 @@ def run_one(spec: Spec, cfg: C.Config, machine: dict, git: dict) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"hamjax-quality-{spec.name}-") as tmp:
         tmp = Path(tmp)
         run_dir = tmp / "run"
-        argv = [sys.executable, "-m", "hamjax.cli", "train", *spec.args, "--out", str(run_dir)]
         started = C.now()
         before = os.getloadavg()[0]
-        code, wall, stderr = _execute(argv, tmp)
+        code, wall, stderr = _execute(_argv(spec, run_dir), tmp)
         after = os.getloadavg()[0]
         rec = record(spec, cfg.tier, run_dir, code, wall, stderr, started, (before, after),
                      machine, git)
@@ -433,15 +439,9 @@ def other_seed(spec: Spec, seed: int, tmp: Path) -> dict:
     "wall_s", "status"}`` (``value``: its headline figure; ``status`` "failed" with no value
     when the run did not produce one)."""
     run_dir = tmp / f"seed-{seed}"
-    argv = [sys.executable, "-m", "hamjax.cli", "train", *spec.args, "--seed", str(seed),
-            "--out", str(run_dir)]
-    code, wall, _ = _execute(argv, tmp)
-    metrics = {}
-    if (run_dir / "metrics.json").is_file():
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-    task = json.loads((run_dir / "config.json").read_text()).get("task") if (
-        run_dir / "config.json").is_file() else None
-    value = headline(metrics, task)["value"]
+    code, wall, _ = _execute(_argv(spec, run_dir, "--seed", str(seed)), tmp)
+    metrics, cfg = run_files(run_dir)
+    value = headline(metrics, cfg.get("task"))["value"]
     ok = code == 0 and isinstance(value, int | float) and math.isfinite(value)
     return {"seed": seed, "value": value if ok else None,
             "converged": metrics.get("test_converged"), "wall_s": wall,
