@@ -418,15 +418,18 @@ def test_multilinear_flag_means_linear_in_each_argument(name, syn, shapes):
         np.testing.assert_allclose(lhs, rhs, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("image_shape, stride, pool", [((10, 9, 1), 1, 2), ((9, 10, 3), 2, 2),
-                                                       ((8, 8, 3), 1, 3)])
-def test_conv_ham_currents_are_minus_the_gradient_of_its_synapse_energy(image_shape, stride, pool):
+@pytest.mark.parametrize("image_shape, stride, pool, channels", [
+    ((10, 9, 1), 1, 2, 3), ((9, 10, 3), 2, 2, 3), ((8, 8, 3), 1, 3, 3),
+    ((10, 9, 1), 1, 1, (3, 4)), ((11, 12, 2), (2, 1), 2, (3, 4))])
+def test_conv_ham_currents_are_minus_the_gradient_of_its_synapse_energy(image_shape, stride, pool,
+                                                                        channels):
     """A conv HAM's currents into its free layers, as relaxations compute them (the clamped
     image's convolution once, as a constant current; the pooling and readout by autodiff every
     call), are ``−∂E/∂g`` of the HAM's total synapse energy, with the image free and clamped;
-    colour images and strided convolutions included."""
-    net = hj.models.conv_classifier(image_shape, 4, channels=3, kernel_size=3, stride=stride,
-                                    pool=pool, key=_keys(1, 3)[0])
+    colour images, strided convolutions and hierarchies of two conv stages (the currents
+    between the stages both ways) included."""
+    net = hj.models.conv_classifier(image_shape, 4, channels=channels, kernel_size=3,
+                                    stride=stride, pool=pool, key=_keys(1, 3)[0])
     x = net.init_state(batch=2, key=_keys(1, 4)[0], scale=1.0)
     g = net.activations(x)
 
@@ -440,6 +443,15 @@ def test_conv_ham_currents_are_minus_the_gradient_of_its_synapse_energy(image_sh
         assert set(got) == set(dyn.free)
         for n in dyn.free:
             np.testing.assert_allclose(got[n], -ref[n], rtol=1e-5, atol=1e-5)
+
+
+def test_conv_classifier_stages_are_checked():
+    key = _keys(1, 5)[0]
+    with pytest.raises(ValueError, match="kernel_size has 3 entries for 2 stages"):
+        hj.models.conv_classifier((12, 12, 1), 3, channels=(2, 3), kernel_size=(3, 3, 3),
+                                  key=key)
+    with pytest.raises(ValueError, match="at least one stage"):
+        hj.models.conv_classifier((12, 12, 1), 3, channels=(), key=key)
 
 
 def test_multilinear_flags():

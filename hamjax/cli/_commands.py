@@ -84,16 +84,20 @@ def _model(cfg: dict, data):
                                          dim=h[0], num_memories=h[1] if len(h) > 1 else None,
                                          key=key)
     if cfg["model"] == "conv":
-        from ..lagrangians import ReLU
+        from ..lagrangians import ReLU, Tanh
 
         # ReLU feature maps classify better than the HAM paper's softmax over channels. A 5×5
         # kernel at stride 2 on 28×28 or 32×32 images (12×12 or 14×14 feature maps; 3×3,
         # stride 1, 2×2 pooling on the 8×8 digits) keeps the feature maps small enough to train
-        # on a CPU; larger images are pooled 2×2 as well. The kernel takes every input channel
-        kernel, stride, pool = _conv_shape(data.image_shape)
-        return models.conv_classifier(data.image_shape, data.num_classes, channels=h[0],
-                                      kernel_size=kernel, stride=stride, pool=pool,
-                                      feature_lagrangian=ReLU(), key=key)
+        # on a CPU; larger images are pooled 2×2 as well. The kernel takes every input channel.
+        # Further stages (--hidden C1,C2,…) are 3×3 convolutions with tanh maps: two coupled
+        # ReLU maps make the energy unbounded below once the kernel grows past norm 1, and a
+        # trained relaxation can run away; tanh keeps it bounded for any weights
+        kernels, strides, pool = _conv_stages(data.image_shape, len(h))
+        return models.conv_classifier(
+            data.image_shape, data.num_classes, channels=h, kernel_size=kernels,
+            stride=strides, pool=pool, feature_lagrangian=(ReLU(),) + (Tanh(),) * (len(h) - 1),
+            key=key)
     # memories start as K training images (a modern Hopfield network storing them); from
     # small random vectors every softmax is flat and each image relaxes to the global mean
     import numpy as np
@@ -113,6 +117,26 @@ def _conv_shape(image_shape) -> tuple[int, int, int]:
         return 3, 1, 2
     features = (min(h, w) - 5) // 2 + 1
     return 5, 2, 2 if features > 16 else 1
+
+
+def _conv_stages(image_shape, stages: int) -> tuple[list[int], list[int], int]:
+    """``(kernel sizes, strides, pooling)`` of a conv model of ``stages`` stages: the first as
+    :func:`_conv_shape`, each further one 3×3 at stride 2 while its input is at least 7 wide
+    (stride 1 below), pooled only when there is one stage. Raises :class:`UsageError` when a
+    stage's input is narrower than its kernel."""
+    kernel, stride, pool = _conv_shape(image_shape)
+    kernels, strides = [kernel], [stride]
+    side = (min(image_shape[:2]) - kernel) // stride + 1
+    for i in range(1, stages):
+        if side < 3:
+            raise UsageError(f"--hidden: conv stage {i + 1} would convolve a {side}x{side} map "
+                             f"with a 3x3 kernel; use at most {i} stage(s) for images of "
+                             f"{image_shape[0]}x{image_shape[1]}")
+        step = 2 if side >= 7 else 1
+        kernels.append(3)
+        strides.append(step)
+        side = (side - 3) // step + 1
+    return kernels, strides, pool if stages == 1 else 1
 
 
 def _task(cfg: dict, data):

@@ -183,7 +183,8 @@ def _training_flags(t) -> None:
     t.add_argument("--seed", type=_nonneg_int, default=0,
                    help="initial weights, shuffling and noise")
     t.add_argument("--hidden", type=_sizes, default=None,
-                   help="hidden sizes (dense: 1024; deep: 256,128); channels for conv (32); "
+                   help="hidden sizes (dense: 1024; deep: 256,128); channels for conv (32; "
+                        "C1,C2,… a hierarchy of conv stages); "
                         "memories for memory (100); transformer: D or D,K, the token width D "
                         "(32, a multiple of its 4 heads) and the Hopfield memories K (4D)")
     t.add_argument("--steps", type=_positive_int, default=None,

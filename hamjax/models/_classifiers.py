@@ -90,60 +90,94 @@ def deep_dense_classifier(
 def conv_classifier(
     image_shape: Sequence[int],
     num_classes: int,
-    channels: int = 32,
-    kernel_size: int = 5,
-    stride: int = 1,
+    channels: int | Sequence[int] = 32,
+    kernel_size: int | Sequence[int] = 5,
+    stride: int | Sequence[int] = 1,
     pool: int = 2,
     *,
     beta: float = 1.0,
-    feature_lagrangian: L.Lagrangian | None = None,
+    feature_lagrangian: L.Lagrangian | Sequence[L.Lagrangian] | None = None,
     key: PRNGKeyArray,
 ) -> HAM:
-    """``image —conv— features (softmax over channels) —avgpool— pooled —dense— label``.
+    """``image —conv— features —conv2— features2 … —avgpool— pooled —dense— label``: a
+    hierarchy of convolutional feature maps (one stage per entry of ``channels``).
 
-    docs/maths.md eq. (20)–(21): the feature map's Lagrangian is ``(1/β) Σ_positions logsumexp_k``;
-    feedback to the image is the transposed convolution and feedback through the pooling layer
-    is the adjoint of average pooling, both by autodiff, so the energy is a Lyapunov function.
+    docs/maths.md eq. (20)–(21): a feature map's Lagrangian is by default the HAM paper's
+    ``(1/β) Σ_positions logsumexp_k`` (softmax over channels); feedback to the image and between
+    stages is the transposed convolution and feedback through the pooling layer the adjoint of
+    average pooling, both by autodiff, so the energy is a Lyapunov function.
 
-    Shapes: ``image_shape = (H, W, C)``; the kernel ``(kernel_size, kernel_size, C, channels)``
-    and the readout (at half the usual scale, ``0.5/sqrt(fan in)``, so that the untrained
-    steady state is a contraction) are drawn from ``key``; ``pool = 1`` leaves the pooling
-    layer out. Layers
-    ``"image"`` (Identity), ``"features"`` (``feature_lagrangian``, default ``Softmax(beta,
-    axis=-1)``, with a bias), ``"pooled"`` (Identity; only when ``pool > 1``) and ``"label"``
-    (Softmax(4), with a bias); synapses ``"conv"``, ``"pool"`` (when ``pool > 1``) and
-    ``"readout"``. Raises ``ValueError`` when ``image_shape`` is not ``(H, W, C)``."""
+    Shapes: ``image_shape = (H, W, C)``; stage ``i`` convolves the stage below with a kernel
+    ``(kernel_size[i], kernel_size[i], C_{i−1}, channels[i])`` at ``stride[i]`` ("VALID"),
+    each drawn from ``key`` (``kernel_size``/``stride``: one int for every stage, or one per
+    stage). Stages above the first start at 0.3 times the usual scale ``1/sqrt(fan in)``:
+    two feature maps coupled by a kernel of norm ``‖K‖`` form a loop of gain about
+    ``‖K‖²·max g′``, and at the usual scale (``‖K‖ ≈ 2``) it is no contraction, so relaxations
+    crawl (bounded Lagrangians) or run away (two ReLU maps: their energy is then unbounded
+    below). The pooling (``pool > 1``) follows the last stage; the readout is drawn at half the
+    usual scale ``0.5/sqrt(fan in)`` so that the untrained steady state is a contraction.
+
+    Layers ``"image"`` (Identity), ``"features"``, ``"features2"``, … (each with a bias; their
+    Lagrangians ``feature_lagrangian``: one for all, or one per stage; default
+    ``Softmax(beta, axis=-1)``), ``"pooled"`` (Identity; only when ``pool > 1``) and ``"label"``
+    (Softmax(4), with a bias); synapses ``"conv"``, ``"conv2"``, …, ``"pool"`` (when
+    ``pool > 1``) and ``"readout"``. Raises ``ValueError`` when ``image_shape`` is not
+    ``(H, W, C)``, for no stage, or for per-stage sequences of different lengths."""
     image_shape = tuple(image_shape)
     if len(image_shape) != 3:
         raise ValueError(f"conv_classifier needs images (H, W, C), got shape {image_shape}")
-    k1, k2 = jax.random.split(key)
-    conv = Conv2D(image_shape[2], channels, kernel_size, stride=stride, key=k1)
-    fshape = conv.output_shape(image_shape)
-    pooler = AvgPool2D(pool) if pool > 1 else None
-    fl = L.Softmax(beta, axis=-1) if feature_lagrangian is None else feature_lagrangian
-    layers = {
-        "image": Layer(image_shape, L.Identity()),
-        "features": Layer(fshape, fl, bias=True),
-    }
-    synapses = {"conv": conv}
-    edges = {"conv": ("image", "features")}
-    top = "features"
-    if pooler is not None:
-        pshape = pooler.output_shape(fshape)
-        layers["pooled"] = Layer(pshape, L.Identity())
+    channels = (channels,) if isinstance(channels, int) else tuple(channels)
+    if not channels:
+        raise ValueError("conv_classifier needs at least one stage: channels=() given")
+    stages = len(channels)
+    kernels = _per_stage(kernel_size, stages, "kernel_size")
+    strides = _per_stage(stride, stages, "stride")
+    if feature_lagrangian is None or isinstance(feature_lagrangian, L.Lagrangian):
+        fl = L.Softmax(beta, axis=-1) if feature_lagrangian is None else feature_lagrangian
+        lagrangians = (fl,) * stages
+    else:
+        lagrangians = _per_stage(tuple(feature_lagrangian), stages, "feature_lagrangian")
+    keys = jax.random.split(key, stages + 1)
+    layers = {"image": Layer(image_shape, L.Identity())}
+    synapses, edges = {}, {}
+    below, shape = "image", image_shape
+    for i in range(stages):
+        suffix = "" if i == 0 else str(i + 1)
+        fan_in = kernels[i] ** 2 * shape[2]
+        conv = Conv2D(shape[2], channels[i], kernels[i], stride=strides[i], key=keys[i],
+                      scale=None if i == 0 else 0.3 / math.sqrt(fan_in))
+        shape = conv.output_shape(shape)
+        layers[f"features{suffix}"] = Layer(shape, lagrangians[i], bias=True)
+        synapses[f"conv{suffix}"] = conv
+        edges[f"conv{suffix}"] = (below, f"features{suffix}")
+        below = f"features{suffix}"
+    if pool > 1:
+        pooler = AvgPool2D(pool)
+        layers["pooled"] = Layer(pooler.output_shape(shape), L.Identity())
         synapses["pool"] = pooler
-        edges["pool"] = ("features", "pooled")
-        top = "pooled"
+        edges["pool"] = (below, "pooled")
+        below = "pooled"
     layers["label"] = Layer(num_classes, L.Softmax(4.0), bias=True)
     # half the usual scale: the Softmax(4) label's Hessian reaches β/2 = 2, so with |W| ≈ 1
     # the loop top ↔ label has gain ≈ 2|W|² > 1 through the (linear) pooled layer and the
     # untrained steady state is no contraction (its adjoint then needs GMRES); at half the
     # scale the gain is about ½
-    n_top = math.prod(layers[top].shape)
-    synapses["readout"] = Dense(layers[top].shape, num_classes, scale=0.5 / math.sqrt(n_top),
-                                key=k2)
-    edges["readout"] = (top, "label")
+    n_top = math.prod(layers[below].shape)
+    synapses["readout"] = Dense(layers[below].shape, num_classes, scale=0.5 / math.sqrt(n_top),
+                                key=keys[-1])
+    edges["readout"] = (below, "label")
     return HAM(layers, synapses, edges)
+
+
+def _per_stage(value, stages: int, name: str) -> tuple:
+    """``value`` for each of ``stages`` conv stages: a single value repeated, or a sequence of
+    one per stage."""
+    if not isinstance(value, tuple | list):
+        return (value,) * stages
+    if len(value) != stages:
+        raise ValueError(f"conv_classifier: {name} has {len(value)} entries for {stages} "
+                         "stages (channels); give one value or one per stage")
+    return tuple(value)
 
 
 def memory_model(
