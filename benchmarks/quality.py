@@ -62,8 +62,8 @@ class Spec:
 
 _DENSE = "dense HAM {n}-{h}-10 (identity image, ReLU hidden, softmax label)"
 _BPTT = "BPTT through {steps} Euler steps of {dt}"
-_ADAM = ("Adam, peak learning rate 1e-3 on a cosine to 0, batch {b}, training input noise 0.1"
-         "{aug}")
+_ADAM = ("Adam, peak learning rate 1e-3 on a cosine to 0, batch {b}, training input noise "
+         "{noise}{aug}")
 _IMPLICIT = ("implicit differentiation at the steady state (fixed-point forward to residual "
              "1e-4, Neumann-series adjoint)")
 _EQPROP = ("equilibrium propagation at the steady state (beta 0.05, symmetric nudges by the "
@@ -89,7 +89,7 @@ _A_FASHION_CONV = "two-conv CNNs 0.916–0.925 (Fashion-MNIST benchmark)"
 
 def _digits() -> list[Spec]:
     dense = _DENSE.format(n=64, h=1024)
-    adam = _ADAM.format(b=32, aug="")
+    adam = _ADAM.format(b=32, noise=0.1, aug="")
     return [
         Spec("digits-dense-implicit",
              "digits classification (the default: trained at the steady state)",
@@ -118,7 +118,7 @@ def _mnist(data_dir: Path) -> list[Spec]:
     aug = ("--rotate", "10", "--zoom", "0.1", "--shift", "1")
     dense_args = (*mnist, "--hidden", "1024", *aug, "--batch-size", "64", "--epochs", "40")
     dense = _DENSE.format(n=784, h=1024)
-    adam = _ADAM.format(b=64, aug=_MNIST_AUG)
+    adam = _ADAM.format(b=64, noise=0.1, aug=_MNIST_AUG)
     one_epoch = ("equal budgets: one epoch on the first 10,240 training images, batch 32, "
                  "dense HAM 784-2048-10")
     return [
@@ -163,11 +163,15 @@ def _mnist(data_dir: Path) -> list[Spec]:
 def _fashion(data_dir: Path) -> list[Spec]:
     fashion = ("--dataset", "fashion-mnist", "--data-dir", str(data_dir))
     aug = ("--flip", "--shift", "1")
-    adam = _ADAM.format(b=64, aug=_FASHION_AUG)
+    adam = _ADAM.format(b=64, noise=0.1, aug=_FASHION_AUG)
+    # Fashion-MNIST's classes differ in fine texture that input noise blurs: the dense row,
+    # which underfits with it (train accuracy 0.899), trains without
+    quiet = _ADAM.format(b=64, noise=0, aug=_FASHION_AUG)
     return [
         Spec("fashion-mnist-dense-implicit", "Fashion-MNIST classification, dense",
-             f"{_DENSE.format(n=784, h=1024)}; {_IMPLICIT}; {adam}{_FULL_SET}",
-             (*fashion, "--hidden", "1024", *aug, "--batch-size", "64", "--epochs", "40"),
+             f"{_DENSE.format(n=784, h=1024)}; {_IMPLICIT}; {quiet}{_FULL_SET}",
+             (*fashion, "--hidden", "1024", *aug, "--noise", "0", "--batch-size", "64",
+              "--epochs", "40"),
              _A_FASHION_DENSE, target=0.90),
         Spec("fashion-mnist-conv-implicit", "Fashion-MNIST classification, conv",
              f"{_CONV.format(c=64)}; {_IMPLICIT}; {adam}{_FULL_SET}",
