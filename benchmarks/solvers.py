@@ -57,7 +57,8 @@ def _trained(net, data, cfg):
 def _relax_fn(tol, **kw):
     def f(net, x0):
         sol = hj.relax(net, x0, clamp="image", stop=hj.SteadyState(atol=tol), **kw)
-        return sol.evaluations, sol.steps, jnp.max(sol.residual), jnp.all(sol.converged)
+        return (jnp.max(sol.evaluations), jnp.max(sol.steps), jnp.max(sol.residual),
+                jnp.all(sol.converged))
 
     return f
 
@@ -88,7 +89,8 @@ def _fixed_point(tol, max_steps, method="fixed_point"):
     def f(net, x0):
         sol = hj.relax(net, x0, clamp="image", method=method,
                        stop=hj.SteadyState(atol=tol), max_steps=max_steps)
-        return sol.evaluations + 1, sol.steps, jnp.max(sol.residual), jnp.all(sol.converged)
+        return (jnp.max(sol.evaluations) + 1, jnp.max(sol.steps), jnp.max(sol.residual),
+                jnp.all(sol.converged))
 
     return f
 

@@ -147,3 +147,40 @@ class PerSampleRMS(eqx.Module):
         sq = sum(jnp.sum(jnp.abs(v) ** 2, axis=tuple(range(nb, v.ndim))) for v in leaves)
         n = sum(math.prod(v.shape[nb:]) for v in leaves)
         return jnp.max(jnp.sqrt(sq / n))
+
+
+def _each_sample(fn, dyn, x_free: Mapping[str, Array], batch_ndim: int):
+    """``fn(dyn_i, x_i)`` for every sample ``i`` on its own: vmapped over the (flattened) batch,
+    so each sample keeps its own step sizes, stopping test and iteration count, and its result
+    does not depend on its batch-mates. ``dyn``: a batched :class:`ClampedDynamics` (or frozen
+    dynamics around one): the network is shared, its clamped states, currents and masks are
+    split per sample, and so are the batch-shaped arrays of synapses that declare
+    ``carries_batch`` (their ``energy`` then also takes one sample, without batch axes). ``fn`` returns a pytree whose array leaves come back with the batch axes
+    in front, ``(*batch, ...)``."""
+    if batch_ndim == 0:
+        return fn(dyn, x_free)
+    batch = next(iter(x_free.values())).shape[:batch_ndim]
+    size = math.prod(batch)
+    # the network is shared, except the per-sample data a synapse may carry (an EqProp nudge's
+    # targets: ``carries_batch``), split with the samples where it has the batch's shape
+    shared = {id(v) for v in jax.tree.leaves(dyn.net)}
+    for syn in dyn.net.synapses.values():
+        if getattr(syn, "carries_batch", False):
+            shared -= {id(v) for v in jax.tree.leaves(syn)
+                       if eqx.is_array(v) and v.shape[:batch_ndim] == batch}
+    axes = jax.tree.map(lambda v: 0 if eqx.is_array(v) and id(v) not in shared else None, dyn)
+
+    def flat(v):
+        return v.reshape((size,) + v.shape[batch_ndim:])
+
+    dyn_flat = jax.tree.map(lambda a, v: v if a is None else flat(v), axes, dyn,
+                            is_leaf=lambda a: a is None)
+    out = eqx.filter_vmap(fn, in_axes=(axes, 0))(dyn_flat, jax.tree.map(flat, x_free))
+    return jax.tree.map(lambda v: v.reshape(batch + v.shape[1:]) if eqx.is_array(v) else v, out)
+
+
+def _results_where(pred: Array, a, b):
+    """Per sample, ``a`` where ``pred`` else ``b``: outcome codes (``diffrax.RESULTS`` items) of
+    the shape of ``pred`` (``RESULTS.where`` takes one predicate for the whole batch)."""
+    value = jnp.where(pred, a._value, b._value)
+    return eqx.tree_at(lambda r: r._value, a, value)

@@ -15,6 +15,13 @@ synapses, computed once (see :class:`hamjax.ClampedDynamics`).
 Convergence is judged per sample: sample ``i`` has converged when the root-mean-square over the
 free neurons of ``τ_A ẋ_A = c_A + I_A − x_A`` (the residual of the steady-state equations) is at
 most ``atol + rtol·rms(x_i)``, the tolerance carried in :attr:`Relaxation.tolerance`.
+
+Samples are relaxed each on its own: an adaptive step size, a stop at the steady state, the
+fixed-point iterations and Newton's and BFGS's steps are each sample's (``vmap`` over the batch,
+or per-sample solvers), so a sample's result does not depend on the other samples of its batch
+(to rounding). Two cases step the batch together, where that changes nothing or is asked for:
+a constant step size for a fixed time or number of steps (BPTT's hot path), and a saved
+trajectory or progress bar (one time grid for the batch).
 """
 
 from __future__ import annotations
@@ -35,7 +42,9 @@ from ._convergence import (
     SteadyState,
     Stop,
     _batch_ndim,
+    _each_sample,
     _finite,
+    _results_where,
     _rms,
     _rows,
     _stop,
@@ -64,8 +73,11 @@ class Relaxation(eqx.Module):
     * ``finite``: per sample, whether the state (and its residual) stayed finite;
     * ``steps`` (accepted), ``num_steps`` (attempted), ``evaluations`` (vector-field calls, with
       those of the stopping test; −1 for a solver whose count is unknown), ``t_final`` (NaN for
-      the steady-state methods, which have no time);
-    * ``result``: diffrax's outcome (``diffrax.RESULTS``): e.g. ``max_steps_reached``;
+      the steady-state methods, which have no time), per sample: each sample's own (a batch
+      costs as many evaluations as its slowest sample; where the batch steps together, a fixed
+      number of steps or a saved trajectory, every sample shows the batch's count);
+    * ``result``: per sample, diffrax's outcome (``diffrax.RESULTS``, shape ``batch``): e.g.
+      ``max_steps_reached``;
     * ``ts``, ``trajectory`` (dict of arrays with a leading save axis), ``energies`` (per saved
       step and sample) when asked for; unused save slots hold ``inf`` (see :meth:`energy_trace`).
     """
@@ -230,8 +242,28 @@ def relax(
         dyn = Frozen(dyn, _freeze_masks(dyn, x_free, freeze))
     nb = _batch_ndim(dyn, x_free)
     if kind == "ode":
-        final, extras = _relax_ode(dyn, x_free, stop, adjoint, max_steps, **ode_kw)
+        if _joint_steps(stop, solver, stepsize_controller, save, progress):
+            final, extras = _relax_ode(dyn, x_free, stop, adjoint, max_steps, **ode_kw)
+        else:
+            final, extras = _each_sample(
+                lambda d, x: _relax_ode(d, x, stop, adjoint, max_steps, **ode_kw), dyn, x_free,
+                nb)
+    elif kind in ("root", "minimise"):
+        # Newton and BFGS on one sample at a time: their steps, line searches and stopping
+        # tests are then the sample's own (and Newton's Jacobian is a sample's, not the batch's)
+        cfg = (kind, steady_solver, stop, max_steps, 0)
+
+        def forward(d, x, cfg):
+            return _each_sample(lambda di, xi: _steady_forward(di, xi, cfg), d, x,
+                                _batch_ndim(d, x))
+
+        if isinstance(adjoint, ImplicitSteadyState):
+            final, extras = _at_steady_state(forward, dyn, x_free, cfg, adjoint, nb)
+        else:
+            final, extras = forward(dyn, x_free, cfg)
     else:
+        # the fixed-point solvers are per sample already (each sample stops at its own
+        # tolerance); their ODE finish runs per sample (_finish_by_ode)
         cfg = (kind, steady_solver, stop, max_steps, nb)
         if isinstance(adjoint, ImplicitSteadyState):
             final, extras = _at_steady_state(_steady_forward, dyn, x_free, cfg, adjoint, nb)
@@ -241,6 +273,16 @@ def relax(
     if raise_nonfinite and not isinstance(out.finite, jax.core.Tracer):
         _raise_nonfinite(out, batch)
     return out
+
+
+def _joint_steps(stop, solver, controller, save, progress) -> bool:
+    """Whether ``method="ode"`` steps the whole batch together. Samples are independent under a
+    constant step size run for a fixed time or number of steps (the hot path of BPTT, kept one
+    batched loop); an adaptive step size or a stop at the steady state is each sample's own,
+    by ``vmap``, except where a trajectory or progress bar is saved, which share one time grid."""
+    if save not in (None, "final") or progress:
+        return True
+    return not (isinstance(stop, SteadyState) or _adaptive(solver, stop, controller))
 
 
 def _check_arguments(kind, stop, max_steps, on_nonfinite, ode_kw) -> None:
@@ -315,6 +357,11 @@ def _result(net, dyn, x0, final, stop, alive0, extras) -> Relaxation:
                  for n, v in state.items()}
         residual = jnp.where(alive0, residual, jnp.nan)
         extras = _set_aside_saved(net, dyn, x0, alive0, extras)
+    extras = dict(extras)
+    for k in ("steps", "num_steps", "evaluations", "t_final"):
+        extras[k] = jnp.broadcast_to(extras[k], residual.shape)
+    everywhere = jnp.ones(residual.shape, bool)
+    extras["result"] = _results_where(everywhere, extras["result"], extras["result"])
     return Relaxation(
         state=state,
         converged=(residual <= tolerance) & finite,
@@ -345,6 +392,6 @@ def _raise_nonfinite(out: Relaxation, batch) -> None:
         where = f" in samples {np.argwhere(bad).tolist()}" if batch else ""
         raise NonFiniteStateError(
             f"relaxation produced a non-finite state in layer(s) {layers}{where} (stopped at "
-            f"step {int(out.num_steps)}); try a smaller dt0, an adaptive solver, or check "
+            f"step {int(np.max(out.num_steps))}); try a smaller dt0, an adaptive solver, or check "
             "the weights"
         )

@@ -12,7 +12,14 @@ import jax
 import jax.numpy as jnp
 import optimistix as optx
 
-from ._convergence import SteadyState, _batch_ndim, _finite, _within
+from ._convergence import (
+    SteadyState,
+    _batch_ndim,
+    _each_sample,
+    _finite,
+    _results_where,
+    _within,
+)
 from ._implicit import Frozen, _steady_force
 from ._ode import _evaluations, _solve, _steady_controller
 from .solvers import Anderson, FixedPoint, with_batch_ndim
@@ -56,9 +63,12 @@ def _steady_forward(dyn, x_free, cfg):
         sol = optx.fixed_point(_fixed_point_map, solver, x_free, args=(dyn, x_free),
                                max_steps=max_steps, throw=False)
         x, ode_evals, ode_ok = _finish_by_ode(dyn, sol.value, x_free, stop, max_steps)
-        n = sol.stats["num_steps"] + ode_evals
-        result = diffrax.RESULTS.where(ode_ok, _optx_result(sol),
-                                       diffrax.RESULTS.max_steps_reached)
+        # each sample's own iterations (the loop runs as long as the slowest sample)
+        n = sol.stats["steps"].reshape(ode_evals.shape) + ode_evals
+        # per sample: out of iterations where neither the iteration nor the ODE finished it
+        done = sol.stats["done"].reshape(ode_ok.shape)
+        result = _results_where(done & ode_ok, diffrax.RESULTS.successful,
+                                diffrax.RESULTS.max_steps_reached)
         return x, dict(steps=n, num_steps=n, evaluations=n, t_final=jnp.asarray(jnp.nan),
                        result=result)
     if kind == "root":
@@ -109,16 +119,22 @@ def _finish_by_ode(dyn, x, x_init, stop: SteadyState, max_steps: int):
         hold = {n: masks.get(n, False) | fine.reshape(fine.shape + (1,) * (v.ndim - nb))
                 for n, v in x.items()}
         held = Frozen(inner, {n: jnp.broadcast_to(m, x[n].shape) for n, m in hold.items()})
-        controller = _steady_controller(stop, nb)
         solver = diffrax.Tsit5()
-        sol = _solve(held, x, solver, controller, stop, diffrax.RecursiveCheckpointAdjoint(),
-                     0.1, max_steps, diffrax.SaveAt(t1=True), False)
-        final = jax.tree.map(lambda v: v[-1], sol.ys)
-        evals = _evaluations(solver, sol.stats["num_steps"], steady_test=True)
-        return final, jnp.asarray(evals, jnp.int32), sol.result != diffrax.RESULTS.max_steps_reached
+
+        def one(d, xi):
+            # each sample with its own step size and stop
+            sol = _solve(d, xi, solver, _steady_controller(stop, 0), stop,
+                         diffrax.RecursiveCheckpointAdjoint(), 0.1, max_steps,
+                         diffrax.SaveAt(t1=True), False)
+            return (jax.tree.map(lambda v: v[-1], sol.ys), sol.stats["num_steps"],
+                    sol.result != diffrax.RESULTS.max_steps_reached)
+
+        final, steps, ok = _each_sample(one, held, x, nb)
+        evals = _evaluations(solver, steps, steady_test=True)
+        return final, jnp.asarray(evals, jnp.int32), ok
 
     def keep(x):
-        return x, jnp.asarray(0, jnp.int32), jnp.asarray(True)
+        return x, jnp.zeros(fine.shape, jnp.int32), jnp.ones(fine.shape, bool)
 
     return jax.lax.cond(jnp.all(fine), keep, ode, x)
 

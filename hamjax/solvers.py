@@ -87,6 +87,7 @@ class _FixedPointState(eqx.Module):
     since: Array  # (samples,) iterations into the current window
     stalls: Array  # (samples,) windows in a row without progress
     done: Array  # (samples,) converged, non-finite or given up: held where it is
+    steps: Array  # (samples,) iterations taken (evaluations of f) until done
 
 
 def _rows_rms(tree, batch_ndim: int) -> Array:
@@ -136,7 +137,7 @@ class FixedPoint(optx.AbstractFixedPointSolver):
         inf = jnp.full((b,), jnp.inf, dtype)
         zero = jnp.zeros((b,), jnp.int32)
         return _FixedPointState(residual=inf, best_res=inf, mark_res=inf, since=zero,
-                                stalls=zero, done=jnp.zeros((b,), bool))
+                                stalls=zero, done=jnp.zeros((b,), bool), steps=zero)
 
     def step(self, fn, y, args, options, state: _FixedPointState, tags):
         del options, tags
@@ -163,7 +164,8 @@ class FixedPoint(optx.AbstractFixedPointSolver):
         new_y = jax.tree.map(lambda a, b, k: jnp.where(k, a, b), y, fy, hold)
         return new_y, _FixedPointState(residual=jnp.where(state.done, state.residual, res),
                                        best_res=best_res, mark_res=mark_res, since=since,
-                                       stalls=stalls, done=done), aux
+                                       stalls=stalls, done=done,
+                                       steps=state.steps + ~state.done), aux
 
     def terminate(self, fn, y, args, options, state: _FixedPointState, tags):
         del fn, y, args, options, tags
@@ -171,7 +173,7 @@ class FixedPoint(optx.AbstractFixedPointSolver):
 
     def postprocess(self, fn, y, aux, args, options, state, tags, result):
         del fn, args, options, tags, result
-        return y, aux, {"residual": state.residual, "done": state.done}
+        return y, aux, {"residual": state.residual, "done": state.done, "steps": state.steps}
 
 
 # ------------------------------------------------------------------ Anderson acceleration
@@ -191,6 +193,7 @@ class _AndersonState(eqx.Module):
     restarts: Array  # (samples,) safeguard restarts taken
     mix: Array  # (samples,) the mixing in use: halved at every restart
     stalls: Array  # (samples,) windows in a row without progress
+    steps: Array  # (samples,) iterations taken (evaluations of f) until done
 
 
 class Anderson(optx.AbstractFixedPointSolver):
@@ -272,7 +275,7 @@ class Anderson(optx.AbstractFixedPointSolver):
             count=zero_i, slot=jnp.asarray(0, jnp.int32), best_res=inf,
             best_x=x, best_g=jnp.zeros_like(x), mark_res=inf, since=zero_i,
             done=jnp.zeros((b,), bool), residual=inf, restarts=zero_i,
-            mix=jnp.full((b,), self.mixing, x.dtype), stalls=zero_i,
+            mix=jnp.full((b,), self.mixing, x.dtype), stalls=zero_i, steps=zero_i,
         )
 
     def step(self, fn, y, args, options, state: _AndersonState, tags):
@@ -335,6 +338,7 @@ class Anderson(optx.AbstractFixedPointSolver):
             xs=xs, gs=gs, gram=gram, count=count, slot=slot, best_res=best_res, best_x=best_x,
             best_g=best_g, mark_res=mark_res, since=since, done=done, residual=res,
             restarts=state.restarts + blowup.astype(jnp.int32), mix=mix, stalls=stalls,
+            steps=state.steps + ~state.done,
         )
         return _unflat(new_x, y), new_state, aux
 
@@ -345,7 +349,7 @@ class Anderson(optx.AbstractFixedPointSolver):
     def postprocess(self, fn, y, aux, args, options, state, tags, result):
         del fn, args, options, tags, result
         return y, aux, {"residual": state.residual, "done": state.done,
-                        "restarts": state.restarts}
+                        "restarts": state.restarts, "steps": state.steps}
 
 
 def _anderson_weights(gram: Array, valid: Array, newest, reg: float) -> Array:

@@ -126,7 +126,8 @@ SNIPPET = textwrap.dedent(
         two_slices=[d.slice_index for d in multi.devices.flat],
     )
 
-    # batched relax: fixed steps and the adaptive steady-state solve (global stopping event)
+    # batched relax to a steady state: each sample stops on its own, so the split batch takes
+    # the same steps, sample by sample
     x0 = task.initial_state(net0, {"input": jnp.asarray(batch_np["input"])})
     rel = {}
     for name, kw in (("steady", dict(solver="euler", stop=hj.SteadyState(atol=1e-3), dt0=0.25,
@@ -136,7 +137,7 @@ SNIPPET = textwrap.dedent(
         rel[name] = dict(
             max_abs_diff=max(float(jnp.max(jnp.abs(a.state[k] - b.state[k]))) for k in a.state),
             converged_equal=bool(jnp.all(a.converged == b.converged)),
-            steps=[int(a.steps), int(b.steps)],
+            steps=[a.steps.tolist(), b.steps.tolist()],
             spec=list(b.state["hidden"].sharding.spec),
         )
     out["relax"] = rel
@@ -223,8 +224,7 @@ def test_shard_batch_split_and_params_replicated(sharded_run, n):
 
 
 def test_shard_relax_matches_single_device(sharded_run):
-    # adaptive solve to a steady state: its stopping event is a global all(converged) over the
-    # sharded batch, so the step count must equal the single-device one too
+    # a solve to a steady state: each sample takes its own steps, split over devices or not
     r = sharded_run["relax"]["steady"]
     assert r["max_abs_diff"] <= 1e-5
     assert r["converged_equal"]

@@ -69,7 +69,7 @@ def simulate(
                 stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
                 max_steps=max_steps)
     if (not isinstance(sol.result, jax.core.Tracer)
-            and bool(sol.result == diffrax.RESULTS.max_steps_reached)):
+            and bool(jnp.any(sol.result == diffrax.RESULTS.max_steps_reached))):
         raise RuntimeError(f"simulate: the solve reached max_steps={max_steps} before t1={t1} "
                            "(the saved states after that are inf); raise max_steps or loosen "
                            "rtol/atol")

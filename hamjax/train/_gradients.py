@@ -29,6 +29,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 from collections.abc import Callable
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -233,6 +234,8 @@ class Nudge(Synapse):
     per-sample ``cost(g, batch)``; ``shape``, the output layer's shape. :class:`EqProp` builds
     it."""
 
+    # its batch (and a per-sample β) travel with the samples when relax splits a batch
+    carries_batch: ClassVar[bool] = True
     beta: jax.Array
     batch: dict
     cost: Callable = eqx.field(static=True)
@@ -241,7 +244,12 @@ class Nudge(Synapse):
     def energy(self, g):
         """``β · cost(g, batch)`` per sample.
 
-        ``g``: ``(n, *shape)``; returns shape ``(n,)``."""
+        ``g``: ``(n, *shape)``, returns shape ``(n,)``; or one sample, ``shape`` (with
+        ``batch`` one sample's, as :func:`hamjax.relax` splits it), returning a scalar: the
+        task's cost is written for a batch, so the sample is given a batch axis of 1."""
+        if g.ndim == len(self.shape):
+            one = jax.tree.map(lambda v: v[None], self.batch)
+            return (self.beta * self.cost(g[None], one))[0]
         return self.beta * self.cost(g, self.batch)
 
     def expected_shapes(self, shapes):
