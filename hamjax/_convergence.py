@@ -155,8 +155,9 @@ def _each_sample(fn, dyn, x_free: Mapping[str, Array], batch_ndim: int):
     does not depend on its batch-mates. ``dyn``: a batched :class:`ClampedDynamics` (or frozen
     dynamics around one): the network is shared, its clamped states, currents and masks are
     split per sample, and so are the batch-shaped arrays of synapses that declare
-    ``carries_batch`` (their ``energy`` then also takes one sample, without batch axes). ``fn`` returns a pytree whose array leaves come back with the batch axes
-    in front, ``(*batch, ...)``."""
+    ``carries_batch`` (their ``energy`` then also takes one sample, without batch axes).
+    ``fn`` returns a pytree whose array leaves come back with the batch axes in front,
+    ``(*batch, ...)``."""
     if batch_ndim == 0:
         return fn(dyn, x_free)
     batch = next(iter(x_free.values())).shape[:batch_ndim]
