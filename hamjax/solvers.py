@@ -38,6 +38,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import lineax as lx
+import numpy as np
 import optimistix as optx
 from jaxtyping import Array, PyTree
 
@@ -597,7 +598,12 @@ class PhantomGradient(lx.AbstractLinearSolver):
 
 
 def _warn_failed(n):
-    warnings.warn(f"{int(n)} sample(s) of an adjoint linear solve did not reach its tolerance "
+    # under vmap (relax splits a batch) the cond above runs both branches: a count of 0 (or
+    # one per sample) arrives here, and only failed samples are worth a warning
+    n = int(np.sum(np.asarray(n)))
+    if n == 0:
+        return
+    warnings.warn(f"{n} sample(s) of an adjoint linear solve did not reach its tolerance "
                   "(their steady state may be unstable or nearly so); they were left out of the "
                   "gradient", LinearSolveWarning, stacklevel=2)
 
