@@ -185,3 +185,8 @@ def _results_where(pred: Array, a, b):
     the shape of ``pred`` (``RESULTS.where`` takes one predicate for the whole batch)."""
     value = jnp.where(pred, a._value, b._value)
     return eqx.tree_at(lambda r: r._value, a, value)
+
+
+def _broadcast_result(result, shape):
+    """An outcome code (a ``diffrax.RESULTS`` item) broadcast to one per sample, ``shape``."""
+    return eqx.tree_at(lambda r: r._value, result, jnp.broadcast_to(result._value, shape))

@@ -42,9 +42,9 @@ from ._convergence import (
     SteadyState,
     Stop,
     _batch_ndim,
+    _broadcast_result,
     _each_sample,
     _finite,
-    _results_where,
     _rms,
     _rows,
     _stop,
@@ -360,8 +360,7 @@ def _result(net, dyn, x0, final, stop, alive0, extras) -> Relaxation:
     extras = dict(extras)
     for k in ("steps", "num_steps", "evaluations", "t_final"):
         extras[k] = jnp.broadcast_to(extras[k], residual.shape)
-    everywhere = jnp.ones(residual.shape, bool)
-    extras["result"] = _results_where(everywhere, extras["result"], extras["result"])
+    extras["result"] = _broadcast_result(extras["result"], residual.shape)
     return Relaxation(
         state=state,
         converged=(residual <= tolerance) & finite,

@@ -106,10 +106,10 @@ def _finish_by_ode(dyn, x, x_init, stop: SteadyState, max_steps: int):
     """``(x, evaluations, ok)``: samples an iteration left above tolerance (but finite) relaxed
     on by the dynamics (Tsit5, adaptive, to the same ``stop``) from where the iteration left
     them; ``ok`` is False when that solve ran out of steps. The synchronous update can cycle
-    between the linear pieces of a ReLU network where the ODE settles. The samples already
-    converged are frozen meanwhile: left free, those sitting just under the tolerance drift
-    above it and back, and hold the whole batch's adaptive step size down. Runs only when some
-    sample needs it."""
+    between the linear pieces of a ReLU network where the ODE settles. Each sample is
+    solved on its own (its step size, its stop); the samples already converged are held
+    where the iteration left them (their vector field is zero, so their solve stops at once)
+    rather than moved by a step. Runs only when some sample needs it."""
     force = _steady_force(dyn, x, x_init)
     fine = _within(dyn, force, x, stop) | ~_finite(dyn.net, force)
 
