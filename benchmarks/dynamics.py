@@ -3,7 +3,8 @@ hand-written closed-form updates of the same model and against hamux 0.2.2.
 
 Contenders, all compiled with ``jax.jit``, same weights, same initial state, same steps:
 
-* ``hamjax.relax``: ``hj.relax(net, x0, clamp="image", solver="euler", stop=FixedSteps(n))``;
+* ``hamjax.relax``: ``hj.relax(net, x0, clamp="image", solver=diffrax.Euler(),
+  stop=FixedSteps(n))``;
 * ``hamjax field``: the library's vector field (``net.dynamics``) in a plain ``fori_loop``:
   separates the cost of the field from that of the diffrax loop around it;
 * ``hand-written``: closed-form update equations in ``jnp`` (:mod:`benchmarks.models`);

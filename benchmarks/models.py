@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -73,7 +74,8 @@ def initial_state(net: hj.HAM, image, key=None):
 
 def hamjax_relax(net, x0, steps: int, dt: float):
     """``steps`` Euler steps of ``dt`` through ``hamjax.relax`` (image clamped)."""
-    sol = hj.relax(net, x0, clamp="image", solver="euler", stop=FixedSteps(steps), dt0=dt)
+    sol = hj.relax(net, x0, clamp="image", solver=diffrax.Euler(), stop=FixedSteps(steps),
+                   dt0=dt)
     return {n: v for n, v in sol.state.items() if n != "image"}
 
 

@@ -10,6 +10,7 @@ to the matmul roofline (1.0 = all its time is matmul at the achieved rate).
 
 from __future__ import annotations
 
+import diffrax
 import jax
 import jax.numpy as jnp
 
@@ -29,7 +30,7 @@ def _chain(key, width, depth):
 
 def _step_fn(steps):
     def f(net, x0):
-        return hj.relax(net, x0, solver="euler", stop=hj.FixedSteps(steps), dt0=0.1).state
+        return hj.relax(net, x0, solver=diffrax.Euler(), stop=hj.FixedSteps(steps), dt0=0.1).state
 
     return f
 

@@ -32,6 +32,7 @@ PROCESSES = 2  # the multi-process row: processes of one CPU device each
 # ------------------------------------------------------------------ worker (one device count)
 def _worker(n: int, batch: int, width: int, steps: int, repeats: int, processes: int = 1,
             rank: int = 0, port: int = 0) -> dict:
+    import diffrax
     import equinox as eqx
     import jax
     import jax.numpy as jnp
@@ -52,7 +53,8 @@ def _worker(n: int, batch: int, width: int, steps: int, repeats: int, processes:
     net = hj.models.dense_classifier((784,), 10, hidden=width, key=key)
     net = jax.tree.map(lambda v: jnp.array(v, dtype=v.dtype) if eqx.is_array(v) else v, net)
     task = T.Classification(num_classes=10, loss_kind="nll", noise=0.0)
-    gradient = T.BPTT(steps=steps, dt0=0.25, residual_penalty=1.0)
+    gradient = T.BPTT(hj.RelaxOptions(solver=diffrax.Euler(), stop=hj.FixedSteps(steps),
+                                      dt0=0.25), residual_penalty=1.0)
     opt = optax.adam(1e-3)
     rng = np.random.default_rng(0)
     b = {"input": jnp.asarray(rng.random((batch, 784), dtype=np.float32)),
@@ -99,8 +101,8 @@ def _worker(n: int, batch: int, width: int, steps: int, repeats: int, processes:
 
     @eqx.filter_jit  # the compiled relaxation (eager relax adds per-call Python/dispatch costs)
     def relaxed(net, x0):
-        return hj.relax(net, x0, clamp=task.clamp, solver="euler", stop=hj.FixedSteps(steps),
-                        dt0=0.25, on_nonfinite="flag", mesh=mesh).state
+        return hj.relax(net, x0, clamp=task.clamp, solver=diffrax.Euler(),
+                        stop=hj.FixedSteps(steps), dt0=0.25, on_nonfinite="flag", mesh=mesh).state
 
     relax_s, relax_compile = timed(lambda: relaxed(net, x0))
     return {

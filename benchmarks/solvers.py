@@ -6,16 +6,16 @@ residual ``rms(τ dx/dt)`` over the free neurons is at most ``tol`` (``hj.relax`
 
 * ``adaptive default``: ``hj.relax(net, x0, clamp="image")`` (Tsit5, PID controller tied to the
   tolerance, ``SteadyState(atol=tol)``);
-* ``Euler dt=0.1 (hj.relax)``: ``solver="euler", dt0=0.1`` with the same stop;
+* ``Euler dt=0.1 (hj.relax)``: ``solver=diffrax.Euler(), dt0=0.1`` with the same stop;
 * ``Euler dt=0.1 loop``: the leanest fixed-step loop, hand-written around the library's field:
   one evaluation per step, the residual read off the same evaluation (``steps + 1`` in all);
-* ``fixed point (hj.relax)``: ``hj.relax(..., method="fixed_point")``, i.e. ``optx.fixed_point``
-  of ``x ← x + τẋ = c + I`` (the synchronous update) with ``hamjax.solvers.Anderson(history=1)``,
-  each sample stopped once its RMS residual is at most ``tol`` (ODE fallback for samples the
+* ``fixed point (hj.relax)``: ``hj.relax(..., solver=hj.solvers.FixedPoint())``, i.e.
+  ``optx.fixed_point`` of ``x ← x + τẋ = c + I`` (the synchronous update), each sample stopped
+  once its RMS residual is at most ``tol`` (ODE fallback for samples the
   iteration gives up on, its evaluations counted)
   (reported; its evaluations count one per iteration plus the final residual's);
-* ``Anderson (hj.relax)``: ``method="anderson"``, Anderson acceleration (history 5) of the same
-  iteration, same test and count.
+* ``Anderson (hj.relax)``: ``solver=hj.solvers.Anderson()``, Anderson acceleration (history 5)
+  of the same iteration, same test and count.
 
 ``evaluations`` counts vector-field calls, those of the stopping test included (``hj.relax``'s
 ``sol.evaluations``). Run on a random model and on one trained for a few hundred BPTT steps.
@@ -23,6 +23,7 @@ residual ``rms(τ dx/dt)`` over the free neurons is at most ``tol`` (``hj.relax`
 
 from __future__ import annotations
 
+import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,7 +49,7 @@ def _data(cfg: C.Config):
 
 def _trained(net, data, cfg):
     task = hj.train.Classification(num_classes=data.num_classes, noise=0.2)
-    net, hist = hj.train.fit(net, data, task=task, gradient=hj.train.BPTT(steps=20, dt0=0.25),
+    net, hist = hj.train.fit(net, data, task=task, gradient=hj.train.BPTT(),
                              optimizer=optax.adam(2e-3), epochs=cfg.pick(1, 2, 5),
                              batch_size=64, progress=False, eval_batch_size=256)
     return net, hist[-1]
@@ -85,9 +86,9 @@ def _euler_loop(tol, dt, max_steps):
     return f
 
 
-def _fixed_point(tol, max_steps, method="fixed_point"):
+def _fixed_point(tol, max_steps, solver):
     def f(net, x0):
-        sol = hj.relax(net, x0, clamp="image", method=method,
+        sol = hj.relax(net, x0, clamp="image", solver=solver,
                        stop=hj.SteadyState(atol=tol), max_steps=max_steps)
         return (jnp.max(sol.evaluations) + 1, jnp.max(sol.steps), jnp.max(sol.residual),
                 jnp.all(sol.converged))
@@ -115,10 +116,11 @@ def run(cfg: C.Config, tol: float = 1e-4) -> dict:
     max_steps = cfg.pick(300, 8192, 16384)
     methods = {
         "adaptive default (Tsit5+PID)": _relax_fn(tol, max_steps=cfg.pick(100, 4096, 4096)),
-        "Euler dt=0.1 (hj.relax)": _relax_fn(tol, solver="euler", dt0=0.1, max_steps=max_steps),
+        "Euler dt=0.1 (hj.relax)": _relax_fn(tol, solver=diffrax.Euler(), dt0=0.1,
+                                             max_steps=max_steps),
         "Euler dt=0.1 loop": _euler_loop(tol, 0.1, max_steps),
-        "fixed point (hj.relax)": _fixed_point(tol, max_steps),
-        "Anderson (hj.relax)": _fixed_point(tol, max_steps, "anderson"),
+        "fixed point (hj.relax)": _fixed_point(tol, max_steps, hj.solvers.FixedPoint()),
+        "Anderson (hj.relax)": _fixed_point(tol, max_steps, hj.solvers.Anderson()),
     }
     rows, out = [], {}
     for model_name, net in models:

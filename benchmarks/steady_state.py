@@ -5,7 +5,7 @@ A ``784-512-10`` dense classifier (ReLU hidden, Softmax label, the models' defau
 on a batch of 64 MNIST digits, at initialisation and after some training (``Implicit`` steps,
 the regime a training run spends its time in):
 
-(a) ``hj.train.train_step`` (Adam) with ``BPTT(steps=40, dt0=0.25)``, ``Implicit()`` and
+(a) ``hj.train.train_step`` (Adam) with BPTT through 40 Euler steps of 0.25, ``Implicit()`` and
     ``EqProp()`` (β = 0.05; β = 0.2 too) — and, for the record, the configurations these
     replaced: the adaptive ODE forward with GMRES (restart 100) for the adjoint, and EqProp
     (β = 0.2) with the ODE and the NLL itself as the nudge. The step's outputs are the new
@@ -24,6 +24,7 @@ the regime a training run spends its time in):
 
 from __future__ import annotations
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -51,17 +52,20 @@ def _data(cfg: C.Config):
 
 
 def _estimators(cfg: C.Config) -> dict:
+    steady = hj.SteadyState(atol=1e-4)
     old_gmres = hj.ImplicitSteadyState(lx.GMRES(rtol=1e-5, atol=1e-6, restart=100,
                                                 stagnation_iters=100))
     ms = {
-        "BPTT 40 steps": T.BPTT(steps=40, dt0=0.25),
+        "BPTT 40 steps": T.BPTT(hj.RelaxOptions(solver=diffrax.Euler(), stop=hj.FixedSteps(40),
+                                                dt0=0.25)),
         "implicit": T.Implicit(),
         "eqprop": T.EqProp(),
         "eqprop β = 0.2": T.EqProp(beta=0.2),
-        "implicit, before (Tsit5 + GMRES 100)": T.Implicit(method="ode", dt0=0.25,
-                                                           adjoint=old_gmres),
-        "eqprop β = 0.2, before (Tsit5, NLL nudge)": T.EqProp(beta=0.2, method="ode", dt0=0.25,
-                                                              nudge="cost"),
+        "implicit, before (Tsit5 + GMRES 100)": T.Implicit(hj.RelaxOptions(
+            solver=diffrax.Tsit5(), stop=steady, max_steps=1024, dt0=0.25, adjoint=old_gmres)),
+        "eqprop β = 0.2, before (Tsit5, NLL nudge)": T.EqProp(beta=0.2, nudge="cost",
+                                                              relaxation=hj.RelaxOptions(
+            solver=diffrax.Tsit5(), stop=steady, max_steps=1024, dt0=0.25)),
     }
     if cfg.tier == "tiny":
         ms = {k: v for k, v in ms.items() if "before" not in k}
@@ -159,9 +163,9 @@ def _hand_deq_step(net, batch, opt):
     return C.compile_fn(HAND, step, params, state, batch["input"], batch["target"])
 
 
-def _relax(method, **kw):
+def _relax(solver, **kw):
     def f(net, x0):
-        s = hj.relax(net, x0, clamp="image", method=method, stop=hj.SteadyState(atol=1e-4),
+        s = hj.relax(net, x0, clamp="image", solver=solver, stop=hj.SteadyState(atol=1e-4),
                      on_nonfinite="flag", **kw)
         # what the batch cost: as many evaluations as its slowest sample
         return (s.state, jnp.max(s.evaluations), jnp.max(s.steps), jnp.all(s.converged),
@@ -172,9 +176,9 @@ def _relax(method, **kw):
 
 def forward(cfg, models, task, batch):
     rows, data = [], {}
-    kinds = {"adaptive ODE (Tsit5)": _relax("ode", dt0=0.25),
-             "fixed point": _relax("fixed_point"),
-             "Anderson (m=5)": _relax("anderson")}
+    kinds = {"adaptive ODE (Tsit5)": _relax(diffrax.Tsit5(), dt0=0.25),
+             "fixed point": _relax(hj.solvers.FixedPoint()),
+             "Anderson (m=5)": _relax(hj.solvers.Anderson())}
     for label, net, _ in models:
         x0 = task.initial_state(net, batch)
         comps = [C.compile_fn(n, f, net, x0) for n, f in kinds.items()]
@@ -236,7 +240,8 @@ def _adjoint_runs(cfg, net, task, batch, solvers):
     """``(times, {solver: (v, iterations)}, reference v)`` for the adjoint system of ``net``'s
     steady state on ``batch`` (the fixed-point iteration to residual 1e-5)."""
     x0 = task.initial_state(net, batch)
-    sol = hj.relax(net, x0, clamp="image", method="fixed_point", stop=hj.SteadyState(atol=1e-5))
+    sol = hj.relax(net, x0, clamp="image", solver=hj.solvers.FixedPoint(),
+                   stop=hj.SteadyState(atol=1e-5))
     dyn = net.dynamics(x0, clamp="image")
     xs = dyn.free_state(sol.state)
     b = jax.grad(lambda x: jnp.mean(task.loss(net, dyn.full_state(x), batch)))(xs)

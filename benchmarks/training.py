@@ -1,16 +1,19 @@
 """2. Training cost.
 
 (a) A BPTT gradient (cross-entropy of the label after ``n`` Euler steps, image clamped, with
-    respect to every weight and bias) through ``hamjax.relax`` (``adjoint="recursive"``),
+    respect to every weight and bias) through ``hamjax.relax`` (BPTT:
+    ``adjoint=diffrax.RecursiveCheckpointAdjoint()``),
     against the same gradient of the hand-written loop and of hamux. Target ≤ 1.10× hand-written.
-(b) Implicit differentiation at the relaxed state (``adjoint="implicit"``, GMRES) against BPTT as
-    the number of relaxation steps grows: time per gradient and the compiled temporary memory
+(b) Implicit differentiation at the relaxed state (``adjoint=hj.ImplicitSteadyState()``) against
+    BPTT as the number of relaxation steps grows: time per gradient and the compiled temporary
+    memory
     (``memory_analysis().temp_size_in_bytes``: the buffers the gradient needs besides its inputs
     and outputs; on a GPU the allocator's peak is recorded too). Implicit must stay flat.
 """
 
 from __future__ import annotations
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -48,14 +51,14 @@ def _hamjax_grad(steps, dt, adjoint="recursive"):
         def loss(params):
             net = eqx.combine(params, static)
             if adjoint == "recursive":
-                sol = hj.relax(net, x0, clamp="image", solver="euler",
+                sol = hj.relax(net, x0, clamp="image", solver=diffrax.Euler(),
                                stop=hj.FixedSteps(steps), dt0=dt)
             else:
                 # SteadyState(atol=0) never stops early: exactly `steps` Euler steps, then the
                 # implicit function theorem at the state reached
-                sol = hj.relax(net, x0, clamp="image", solver="euler", dt0=dt,
+                sol = hj.relax(net, x0, clamp="image", solver=diffrax.Euler(), dt0=dt,
                                stop=hj.SteadyState(atol=0.0), max_steps=steps,
-                               adjoint="implicit")
+                               adjoint=hj.ImplicitSteadyState())
             return _ce(sol.state["label"], labels)
 
         return jax.grad(loss)(params)

@@ -30,16 +30,25 @@ from . import (  # _compat first: a dependency fix the rest relies on
     synapses,
     train,
 )
-from ._convergence import FixedSteps, FixedTime, NonFiniteStateError, SteadyState, residual_norm
+from ._convergence import (
+    AbstractStop,
+    FixedSteps,
+    FixedTime,
+    NonFiniteStateError,
+    SteadyState,
+    residual_norm,
+)
 from ._ham import HAM, ClampedDynamics, GraphError, StateError
 from ._implicit import ImplicitSteadyState
 from ._layer import Layer
-from ._relax import Relaxation, relax
+from ._relax import Relaxation, RelaxOptions, relax
+from ._results import RESULTS
 
 __version__ = "0.1.0"
 
 __all__ = [
     "HAM",
+    "AbstractStop",
     "ClampedDynamics",
     "GraphError",
     "Layer",
@@ -48,6 +57,8 @@ __all__ = [
     "FixedTime",
     "ImplicitSteadyState",
     "NonFiniteStateError",
+    "RESULTS",
+    "RelaxOptions",
     "Relaxation",
     "SteadyState",
     "relax",

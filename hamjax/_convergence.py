@@ -19,7 +19,8 @@ from jaxtyping import Array
 from ._axes import sum_trailing
 from ._ham import HAM, ClampedDynamics
 
-__all__ = ["FixedSteps", "FixedTime", "NonFiniteStateError", "SteadyState", "residual_norm"]
+__all__ = ["AbstractStop", "FixedSteps", "FixedTime", "NonFiniteStateError", "SteadyState",
+           "residual_norm"]
 
 
 class NonFiniteStateError(FloatingPointError):
@@ -30,9 +31,19 @@ class NonFiniteStateError(FloatingPointError):
 
 
 # ------------------------------------------------------------------ stopping rules
-class SteadyState(eqx.Module):
+class AbstractStop(eqx.Module):
+    """A stopping rule of :func:`hamjax.relax`: when a relaxation ends, and the tolerance
+    ``atol + rtol·rms(x)`` by which :attr:`Relaxation.converged` is judged at its end (the
+    per-sample root-mean-square of ``F = τ ẋ = c + I − x``, docs/maths.md §5.1). Each rule
+    owns its ``atol`` and ``rtol``: nothing else of a relaxation carries them."""
+
+    atol: eqx.AbstractVar[float]
+    rtol: eqx.AbstractVar[float]
+
+
+class SteadyState(AbstractStop):
     """Stop once every sample's residual ``rms(τ dx/dt) ≤ atol + rtol·rms(x)``, or at ``t_max``
-    (model time; ``method="ode"`` only).
+    (model time; the ODE path only).
 
     The residual is ``F = τ ẋ = c + I − x`` of docs/maths.md eq. (T1), its root-mean-square
     taken over the free neurons of each sample (§5.1). ``atol`` (default ``1e-4``) and ``rtol``
@@ -44,36 +55,31 @@ class SteadyState(eqx.Module):
     rtol: float = 0.0
     t_max: float = math.inf
 
-class FixedTime(eqx.Module):
+class FixedTime(AbstractStop):
     """Integrate from 0 to ``t1`` (model time, in units of the layers' ``tau``). ``atol`` and
     ``rtol`` only judge :attr:`Relaxation.converged` at the end (``rms(F) ≤ atol +
-    rtol·rms(x)`` per sample, docs/maths.md §5.1). ``method="ode"`` only."""
+    rtol·rms(x)`` per sample, docs/maths.md §5.1). The ODE path only (a diffrax ``solver``)."""
 
     t1: float
-    atol: float = 1e-4
-    rtol: float = 0.0
+    # keyword-only: the abstract tolerances come first in the field order
+    atol: float = eqx.field(default=1e-4, kw_only=True)
+    rtol: float = eqx.field(default=0.0, kw_only=True)
 
-class FixedSteps(eqx.Module):
+class FixedSteps(AbstractStop):
     """Take exactly ``n`` steps of size ``dt0`` (constant step size): the classic unrolled loop.
     ``atol`` and ``rtol`` only judge :attr:`Relaxation.converged` at the end (``rms(F) ≤ atol +
-    rtol·rms(x)`` per sample, docs/maths.md §5.1). ``method="ode"`` only."""
+    rtol·rms(x)`` per sample, docs/maths.md §5.1). The ODE path only (a diffrax ``solver``)."""
 
     n: int
-    atol: float = 1e-4
-    rtol: float = 0.0
+    # keyword-only: the abstract tolerances come first in the field order
+    atol: float = eqx.field(default=1e-4, kw_only=True)
+    rtol: float = eqx.field(default=0.0, kw_only=True)
 
-Stop = SteadyState | FixedTime | FixedSteps
-
-
-def _stop(stop) -> Stop:
-    if isinstance(stop, SteadyState | FixedTime | FixedSteps):
+def _stop(stop) -> AbstractStop:
+    if isinstance(stop, AbstractStop):
         return stop
-    if stop == "steady_state":
-        return SteadyState()
-    raise ValueError(
-        f"unknown stopping rule {stop!r}; use SteadyState(...), FixedTime(t1), FixedSteps(n) "
-        "or 'steady_state'"
-    )
+    raise ValueError(f"stop must be a stopping rule (SteadyState(...), FixedTime(t1), "
+                     f"FixedSteps(n)), got {stop!r}")
 
 
 # ------------------------------------------------------------------ per-sample tests
@@ -178,15 +184,3 @@ def _each_sample(fn, dyn, x_free: Mapping[str, Array], batch_ndim: int):
                             is_leaf=lambda a: a is None)
     out = eqx.filter_vmap(fn, in_axes=(axes, 0))(dyn_flat, jax.tree.map(flat, x_free))
     return jax.tree.map(lambda v: v.reshape(batch + v.shape[1:]) if eqx.is_array(v) else v, out)
-
-
-def _results_where(pred: Array, a, b):
-    """Per sample, ``a`` where ``pred`` else ``b``: outcome codes (``diffrax.RESULTS`` items) of
-    the shape of ``pred`` (``RESULTS.where`` takes one predicate for the whole batch)."""
-    value = jnp.where(pred, a._value, b._value)
-    return eqx.tree_at(lambda r: r._value, a, value)
-
-
-def _broadcast_result(result, shape):
-    """An outcome code (a ``diffrax.RESULTS`` item) broadcast to one per sample, ``shape``."""
-    return eqx.tree_at(lambda r: r._value, result, jnp.broadcast_to(result._value, shape))

@@ -275,16 +275,19 @@ class HAM(eqx.Module):
         return sum(terms["layers"].values()) + sum(terms["synapses"].values(), 0.0)
 
     # --------------------------------------------------------------- dynamics
-    def dynamics(self, x: Mapping[str, Array], *,
-                 clamp: Iterable[str] | str = ()) -> ClampedDynamics:
+    def dynamics(self, x: Mapping[str, Array], *, clamp: Iterable[str] | str = (),
+                 freeze: Mapping[str, Array] | None = None) -> ClampedDynamics:
         """The vector field on the free (unclamped) layers, with the layers named in ``clamp``
-        held fixed at their values in ``x``: a :class:`ClampedDynamics`.
+        held fixed at their values in ``x``, and the neurons of free layers marked ``True`` in
+        ``freeze`` (``{layer: bool mask}``, broadcast against the layer's state) held at theirs:
+        a :class:`ClampedDynamics`.
 
         Currents that the clamped layers send through multilinear synapses are computed here,
         once; calling the result only recomputes what the free layers change. Raises
-        :class:`StateError` for a bad state and :class:`GraphError` for an unknown clamp."""
+        :class:`StateError` for a bad state or a ``freeze`` mask of a layer that is not free or
+        of a shape that does not broadcast, and :class:`GraphError` for an unknown clamp."""
         self.check_state(x)
-        return ClampedDynamics(self, x, clamp=self.check_clamp(clamp))
+        return ClampedDynamics(self, x, clamp=self.check_clamp(clamp), freeze=freeze)
 
     def vector_field(self, x: Mapping[str, Array], *, clamp: Iterable[str] | str = ()) -> State:
         """The dynamics ``dx_A/dt = (−∂E/∂g_A)/τ_A = (c_A + I_A − x_A)/τ_A`` for every layer
@@ -309,6 +312,23 @@ class HAM(eqx.Module):
         return rate
 
 
+def _frozen_masks(free, x, freeze) -> dict[str, Array]:
+    """``freeze`` (``{layer: bool mask}``) checked against the free layers and broadcast to
+    their states in ``x``."""
+    masks = {}
+    for name, m in freeze.items():
+        if name not in free:
+            raise StateError(f"cannot freeze neurons of {name!r}: not a free layer of this "
+                             f"relaxation (free layers: {list(free)})")
+        m = jnp.asarray(m, dtype=bool)
+        try:
+            masks[name] = jnp.broadcast_to(m, jnp.shape(x[name]))
+        except ValueError:
+            raise StateError(f"freeze[{name!r}] has shape {m.shape}, which does not "
+                             f"broadcast to the layer's state {jnp.shape(x[name])}") from None
+    return masks
+
+
 class ClampedDynamics(eqx.Module):
     """``τ_A ẋ_A = c_A + I_A − x_A`` on the free layers of a HAM whose clamped layers are fixed
     (docs/maths.md eq. 5, §2.3): the one implementation of a HAM's currents, used by
@@ -323,19 +343,24 @@ class ClampedDynamics(eqx.Module):
     Fields: ``net`` (the :class:`HAM`), ``free`` (the free layer names, in the HAM's order),
     ``clamped_state`` and ``clamped_activations`` (the clamped layers' states and activations),
     ``constant_currents`` (``{free layer: current}`` from the multilinear synapses whose other
-    layers are clamped) and ``dynamic_synapses`` (the names of the synapses differentiated at
-    every call)."""
+    layers are clamped), ``dynamic_synapses`` (the names of the synapses differentiated at
+    every call) and ``frozen`` (``{free layer: bool mask of its state}``: neurons held where
+    they start, ``ẋ = 0`` and residual 0 there; clamping at the grain of single neurons, for
+    masked completion; ``freeze`` of :meth:`HAM.dynamics`)."""
 
     net: HAM
     clamped_state: dict[str, Array]
     clamped_activations: dict[str, Array]
     constant_currents: dict[str, Array]
+    frozen: dict[str, Array]
     free: tuple[str, ...] = eqx.field(static=True)
     dynamic_synapses: tuple[str, ...] = eqx.field(static=True)
 
-    def __init__(self, net: HAM, x: Mapping[str, Array], *, clamp: tuple[str, ...]):
+    def __init__(self, net: HAM, x: Mapping[str, Array], *, clamp: tuple[str, ...],
+                 freeze: Mapping[str, Array] | None = None):
         self.net = net
         self.free = tuple(n for n in net.layers if n not in clamp)
+        self.frozen = _frozen_masks(self.free, x, freeze or {})
         self.clamped_state = {n: x[n] for n in clamp}
         g_clamped = {n: net.layers[n].activation(x[n]) for n in clamp}
         self.clamped_activations = g_clamped
@@ -360,6 +385,18 @@ class ClampedDynamics(eqx.Module):
                 dynamic.append(name)
         self.constant_currents = const
         self.dynamic_synapses = tuple(dynamic)
+
+    def _with_frozen(self, masks: Mapping[str, Array]) -> ClampedDynamics:
+        """These dynamics with the neurons marked ``True`` in ``masks`` (``{free layer: bool
+        mask of its state's full shape}``) held too, besides those already held."""
+        frozen = {**self.frozen, **{n: self.frozen[n] | m if n in self.frozen else m
+                                    for n, m in masks.items()}}
+        return eqx.tree_at(lambda d: d.frozen, self, frozen)
+
+    def _hold(self, tree: Mapping[str, Array]) -> State:
+        """``tree`` with the frozen neurons' entries set to 0."""
+        return {n: jnp.where(self.frozen[n], 0.0, v) if n in self.frozen else v
+                for n, v in tree.items()}
 
     def free_state(self, x: Mapping[str, Array]) -> State:
         """The free layers of a full state ``x``: ``{name: x[name]}`` for the names in
@@ -423,7 +460,7 @@ class ClampedDynamics(eqx.Module):
 
         ``x_free``: ``{free name: (*batch, *shape)}``; returns a dict of the same shapes."""
         target = self.fixed_point_map(x_free)
-        return {n: target[n] - x_free[n] for n in self.free}
+        return self._hold({n: target[n] - x_free[n] for n in self.free})
 
     def __call__(self, x_free: Mapping[str, Array]) -> State:
         """The vector field ``ẋ_A = F_A(x) / τ_A = (c_A + I_A − x_A) / τ_A`` on the free layers

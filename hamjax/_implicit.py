@@ -18,46 +18,9 @@ import optimistix.internal as optxi  # implicit_jvp: the machinery diffrax.Impli
 from jaxtyping import Array
 
 from ._convergence import _finite, _rows
-from ._ham import HAM, ClampedDynamics
-from .solvers import Neumann, PhantomGradient, with_batch_ndim
+from .solvers import Neumann, with_batch_ndim
 
 __all__ = ["ImplicitSteadyState"]
-
-
-class Frozen(eqx.Module):
-    """Dynamics with some neurons of free layers held at their initial values (masked pattern
-    completion): ``ẋ ← ẋ ⊙ (1 − mask)``. Frozen neurons count as converged."""
-
-    dyn: ClampedDynamics
-    masks: dict[str, Array]
-
-    @property
-    def net(self) -> HAM:
-        return self.dyn.net
-
-    @property
-    def free(self) -> tuple[str, ...]:
-        return self.dyn.free
-
-    @property
-    def clamped_state(self):
-        return self.dyn.clamped_state
-
-    def full_state(self, x_free):
-        return self.dyn.full_state(x_free)
-
-    def free_state(self, x):
-        return self.dyn.free_state(x)
-
-    def _hold(self, tree):
-        return {n: jnp.where(self.masks[n], 0.0, v) if n in self.masks else v
-                for n, v in tree.items()}
-
-    def residual(self, x_free):
-        return self._hold(self.dyn.residual(x_free))
-
-    def __call__(self, x_free):
-        return self._hold(self.dyn(x_free))
 
 
 def _steady_force(dyn, x: Mapping[str, Array], x_init: Mapping[str, Array]) -> dict[str, Array]:
@@ -65,11 +28,9 @@ def _steady_force(dyn, x: Mapping[str, Array], x_init: Mapping[str, Array]) -> d
     the steady state. Unlike ``τ ẋ`` itself (zero on frozen rows whatever ``x``), its Jacobian
     is invertible there (``−I``), so the implicit function theorem applies, and it carries the
     dependence of the steady state on the frozen values."""
-    if isinstance(dyn, Frozen):
-        f = dyn.dyn.residual(x)
-        return {n: jnp.where(dyn.masks[n], x_init[n] - x[n], v) if n in dyn.masks else v
-                for n, v in f.items()}
-    return dyn.residual(x)
+    f = dyn.residual(x)
+    return {n: jnp.where(dyn.frozen[n], x_init[n] - x[n], v) if n in dyn.frozen else v
+            for n, v in f.items()}
 
 
 class ImplicitSteadyState(eqx.Module):
@@ -77,7 +38,7 @@ class ImplicitSteadyState(eqx.Module):
     ``dx*/dθ = −(∂F/∂x)⁻¹ ∂F/∂θ`` (docs/maths.md eqs. (T2)–(T3); ``optimistix.implicit_jvp``).
     The forward solve is not differentiated, so memory does not grow with the number of
     relaxation steps. Pass it as ``relax(..., adjoint=ImplicitSteadyState(linear_solver))``;
-    ``adjoint="implicit"`` is ``ImplicitSteadyState()``.
+    ``ImplicitSteadyState()`` is the default of the steady-state solvers.
 
     ``F = τ ẋ = c + I − x`` (frozen neurons: ``x₀ − x``), whose Jacobian at a stable steady
     state is ``C H − I``. Dead neurons make ``H`` (and the energy Hessian ``H − HCH``) singular,
@@ -86,44 +47,31 @@ class ImplicitSteadyState(eqx.Module):
     :class:`hamjax.solvers.Neumann` (fixed-point iteration of the adjoint equation, per sample,
     Anderson-accelerated where it is slow); :class:`hamjax.solvers.PhantomGradient` truncates
     it for a cheap approximate gradient; any lineax solver works (``lx.GMRES(...)``;
-    ``"implicit_dense"``: a dense least-squares solve that survives a truly singular system, for
-    small nets).
+    ``lx.AutoLinearSolver(well_posed=False)``: a dense least-squares solve that survives a truly
+    singular system, for small nets).
 
     ``linear_solver``: the lineax solver of the adjoint system ``(CH − I)ᵀ λ = ∇ℓ`` (default
     ``Neumann()``); hamjax's own solvers are told the batch axes by :func:`hamjax.relax`."""
 
     linear_solver: lx.AbstractLinearSolver = Neumann()
 
-def _adjoint(adjoint, kind: str):
-    """The adjoint for a relaxation of kind ``"ode"`` or a steady-state method."""
+def _adjoint(adjoint, ode: bool):
+    """The adjoint of a relaxation on the ODE path (``ode``) or a steady-state path: the given
+    one, checked, or the path's default (BPTT through the solver; the implicit function
+    theorem)."""
     if adjoint is None:
-        adjoint = "recursive" if kind == "ode" else "implicit"
+        return diffrax.RecursiveCheckpointAdjoint() if ode else ImplicitSteadyState()
     if isinstance(adjoint, ImplicitSteadyState):
         return adjoint
     if isinstance(adjoint, diffrax.AbstractAdjoint):
-        if kind != "ode":
-            raise ValueError(f"a diffrax adjoint differentiates an ODE solve, not method={kind!r}:"
-                             " use adjoint='implicit', 'phantom' or ImplicitSteadyState(...)")
+        if not ode:
+            raise ValueError("a diffrax adjoint differentiates an ODE solve, not a steady-state "
+                             "solver: use ImplicitSteadyState(...)")
         return adjoint
-    named = {
-        "implicit": lambda: ImplicitSteadyState(),
-        "implicit_dense": lambda: ImplicitSteadyState(lx.AutoLinearSolver(well_posed=False)),
-        "phantom": lambda: ImplicitSteadyState(PhantomGradient()),
-    }
-    if adjoint in named:
-        return named[adjoint]()
-    if adjoint in ("recursive", "direct"):
-        if kind != "ode":
-            raise ValueError(f"adjoint={adjoint!r} backpropagates through an ODE solve; "
-                             f"method={kind!r} is differentiated at its steady state: use "
-                             "adjoint='implicit', 'phantom' or ImplicitSteadyState(...)")
-        return (diffrax.RecursiveCheckpointAdjoint() if adjoint == "recursive"
-                else diffrax.DirectAdjoint())
     raise ValueError(
-        f"unknown adjoint {adjoint!r}; use 'recursive', 'direct' (method='ode'), 'implicit', "
-        "'implicit_dense', 'phantom', ImplicitSteadyState(...) or a diffrax adjoint"
+        f"adjoint must be a diffrax adjoint (the ODE path) or ImplicitSteadyState(...), got "
+        f"{adjoint!r}"
     )
-
 
 
 def _at_steady_state(forward, dyn, x_init, cfg, adjoint: ImplicitSteadyState, batch_ndim: int):

@@ -24,17 +24,7 @@ from ._convergence import (
 )
 from ._ham import ClampedDynamics
 from ._implicit import ImplicitSteadyState, _at_steady_state
-
-_SOLVERS = {
-    "euler": diffrax.Euler,
-    "heun": diffrax.Heun,
-    "midpoint": diffrax.Midpoint,
-    "ralston": diffrax.Ralston,
-    "bosh3": diffrax.Bosh3,
-    "tsit5": diffrax.Tsit5,
-    "dopri5": diffrax.Dopri5,
-    "dopri8": diffrax.Dopri8,
-}
+from ._results import RESULTS, from_diffrax
 
 _EVALS_PER_STEP = {
     diffrax.Euler: 1,
@@ -50,20 +40,10 @@ _EVALS_PER_STEP = {
 _FSAL = (diffrax.Bosh3, diffrax.Tsit5, diffrax.Dopri5, diffrax.Dopri8)
 
 
-def _solver(solver) -> diffrax.AbstractSolver:
-    if isinstance(solver, diffrax.AbstractSolver):
-        return solver
-    if isinstance(solver, str) and solver.lower() in _SOLVERS:
-        return _SOLVERS[solver.lower()]()
-    raise ValueError(
-        f"unknown solver {solver!r}; use a diffrax solver or one of {sorted(_SOLVERS)}"
-    )
-
-
 def _adaptive(solver, stop, controller) -> bool:
-    """Whether ``method="ode"`` with these settings controls its step size."""
-    return (isinstance(_solver("tsit5" if solver is None else solver),
-                       diffrax.AbstractAdaptiveSolver)
+    """Whether the ODE path with these settings (``solver`` None: Tsit5) controls its step
+    size."""
+    return ((solver is None or isinstance(solver, diffrax.AbstractAdaptiveSolver))
             and not isinstance(stop, FixedSteps)
             and not isinstance(controller, diffrax.ConstantStepSize))
 
@@ -107,8 +87,7 @@ def _check_ode(stop, adjoint, controller, save, save_ts):
 
 def _relax_ode(dyn, x_free, stop, adjoint, max_steps, *, solver, dt0, stepsize_controller,
                save, save_ts, progress):
-    """``(final free state, extras for Relaxation)`` of ``method="ode"``."""
-    solver = _solver("tsit5" if solver is None else solver)
+    """``(final free state, extras for Relaxation)`` of the ODE path (a diffrax ``solver``)."""
     dt0 = 0.1 if dt0 is None else dt0
     save = "final" if save is None else save
     progress = bool(progress)
@@ -144,7 +123,7 @@ def _relax_ode(dyn, x_free, stop, adjoint, max_steps, *, solver, dt0, stepsize_c
         num_steps=num_steps,
         evaluations=_evaluations(solver, num_steps, steady_test=isinstance(stop, SteadyState)),
         t_final=sol.ts[0][-1] if save != "final" else sol.ts[-1],
-        result=sol.result,
+        result=from_diffrax(sol.result),
         ts=ts,
         trajectory=traj,
         energies=energies,
@@ -288,8 +267,8 @@ def _fixed_steps(dyn, x_free, solver, n, dt0, save):
         ys = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, ys)
         traj = _full_trajectory(dyn, ys["x"]) if want_x else None
         energies = ys["energy"] if want_e else None
-    result = diffrax.RESULTS.where(finite, diffrax.RESULTS.successful,
-                                   diffrax.RESULTS.event_occurred)
+    # a non-finite sample is flagged per sample by relax (_result)
+    result = RESULTS.successful
     extras = dict(steps=num_steps, num_steps=num_steps, evaluations=evals,
                   t_final=num_steps * dt, result=result, ts=ts, trajectory=traj,
                   energies=energies)

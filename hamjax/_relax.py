@@ -1,13 +1,15 @@
 """Relaxation: run a HAM's dynamics until it settles.
 
-``relax(net, x0, clamp=...)`` is hamjax's ``diffeqsolve``: one entry point, with strategy objects
-(or short strings) for how to get there (``method``), when to stop, what to save and how to
-differentiate.
+``relax(net, x0, clamp=..., solver=..., stop=..., adjoint=...)`` is hamjax's ``diffeqsolve``: one
+entry point, with strategy objects for how to get there (``solver``), when to stop (``stop``),
+what to save and how to differentiate (``adjoint``). The path follows from the solver's type:
 
-* ``method="ode"`` integrates ``τ_A dx_A/dt = −∂E/∂g_A`` (docs/maths.md eq. 5) with diffrax: the
-  dynamics themselves, any stopping rule, trajectories, BPTT.
-* ``method="anderson"`` / ``"fixed_point"`` / ``"root"`` / ``"minimise"`` go straight to the
-  steady state ``x_A = c_A + I_A`` and are differentiated there by the implicit function theorem.
+* a diffrax solver (default ``diffrax.Tsit5()``) integrates ``τ_A dx_A/dt = −∂E/∂g_A``
+  (docs/maths.md eq. 5): the dynamics themselves, any stopping rule, trajectories, BPTT;
+* an optimistix fixed-point solver (hamjax's :class:`~hamjax.solvers.FixedPoint` and
+  :class:`~hamjax.solvers.Anderson` among them), root finder (``optx.Newton``) or minimiser
+  (``optx.BFGS``, of the energy) goes straight to the steady state ``x_A = c_A + I_A``, which is
+  differentiated by the implicit function theorem.
 
 Clamped layers are not states: they travel with the currents they send through multilinear
 synapses, computed once (see :class:`hamjax.ClampedDynamics`).
@@ -35,14 +37,14 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optimistix as optx
 from jaxtyping import Array
 
 from ._convergence import (
+    AbstractStop,
     NonFiniteStateError,
     SteadyState,
-    Stop,
     _batch_ndim,
-    _broadcast_result,
     _each_sample,
     _finite,
     _rms,
@@ -51,12 +53,15 @@ from ._convergence import (
     residual_norm,
 )
 from ._ham import HAM, StateError
-from ._implicit import Frozen, ImplicitSteadyState, _adjoint, _at_steady_state
+from ._implicit import ImplicitSteadyState, _adjoint, _at_steady_state
 from ._ode import _adaptive, _relax_ode
-from ._steady import _method, _steady_forward
-from .solvers import Anderson, FixedPoint
+from ._results import RESULTS, broadcast_result, results_where
+from ._steady import _ITERATION, _MINIMISE, _ROOT, _kind, _Steady, _steady_forward
 
-__all__ = ["Relaxation", "relax"]
+Solver = (diffrax.AbstractSolver | optx.AbstractFixedPointSolver | optx.AbstractRootFinder
+          | optx.AbstractMinimiser)
+
+__all__ = ["RelaxOptions", "Relaxation", "relax"]
 
 
 # ------------------------------------------------------------------ result
@@ -73,11 +78,12 @@ class Relaxation(eqx.Module):
     * ``finite``: per sample, whether the state (and its residual) stayed finite;
     * ``steps`` (accepted), ``num_steps`` (attempted), ``evaluations`` (vector-field calls, with
       those of the stopping test; −1 for a solver whose count is unknown), ``t_final`` (NaN for
-      the steady-state methods, which have no time), per sample: each sample's own (a batch
+      the steady-state solvers, which have no time), per sample: each sample's own (a batch
       costs as many evaluations as its slowest sample; where the batch steps together, a fixed
       number of steps or a saved trajectory, every sample shows the batch's count);
-    * ``result``: per sample, diffrax's outcome (``diffrax.RESULTS``, shape ``batch``): e.g.
-      ``max_steps_reached``;
+    * ``result``: per sample, how the relaxation ended (:class:`hamjax.RESULTS`, shape
+      ``batch``): ``successful``, ``max_steps_reached``, ``nonfinite`` or ``solver_failed``,
+      whichever solver ran;
     * ``ts``, ``trajectory`` (dict of arrays with a leading save axis), ``energies`` (per saved
       step and sample) when asked for; unused save slots hold ``inf`` (see :meth:`energy_trace`).
     """
@@ -91,7 +97,7 @@ class Relaxation(eqx.Module):
     num_steps: Array
     evaluations: Array
     t_final: Array
-    result: diffrax.RESULTS
+    result: RESULTS
     ts: Array | None = None
     trajectory: dict[str, Array] | None = None
     energies: Array | None = None
@@ -113,14 +119,13 @@ def relax(
     x0: Mapping[str, Array],
     *,
     clamp: Iterable[str] | str = (),
-    method: str | Anderson | FixedPoint = "ode",
-    stop: Stop | str = "steady_state",
-    adjoint: diffrax.AbstractAdjoint | ImplicitSteadyState | str | None = None,
+    solver: Solver | None = None,
+    stop: AbstractStop | None = None,
+    adjoint: diffrax.AbstractAdjoint | ImplicitSteadyState | None = None,
     max_steps: int = 4096,
     on_nonfinite: Literal["auto", "raise", "flag"] = "auto",
     freeze: Mapping[str, Array] | None = None,
     mesh=None,
-    solver: diffrax.AbstractSolver | str | None = None,
     dt0: float | None = None,
     stepsize_controller: diffrax.AbstractStepSizeController | None = None,
     save: Literal["final", "trajectory", "energy", "both"] | None = None,
@@ -129,38 +134,43 @@ def relax(
 ) -> Relaxation:
     """Relax ``net`` from ``x0`` with the layers in ``clamp`` held fixed.
 
-    Arguments (all methods):
-        method: how to reach the end state.
+    Arguments (every path):
+        solver: how to reach the end state; the path follows from its type.
 
-            * ``"ode"`` (default): integrate the dynamics with a diffrax ``solver``.
-            * ``"fixed_point"``: the iteration ``x_A ← c_A + I_A`` of all layers at once (Euler
-              with ``dt = τ``; :class:`hamjax.solvers.FixedPoint`), per sample. It converges only to
-              stable steady states (it repels the others); where it cycles or diverges (a
-              synchronous update can, where the ODE settles) it gives the sample up and the
-              ODE (Tsit5) finishes it from there.
-            * ``"anderson"``: Anderson acceleration (:class:`hamjax.solvers.Anderson`) of the
-              same iteration, same fallback: fewer iterations, but its extrapolation can land
-              on an unstable steady state (a saddle of the energy) that the dynamics would
-              leave; check with :mod:`hamjax.analysis` where that matters.
-            * ``"root"``: optimistix's Newton method on the vector field (dense Jacobian: small
-              nets, cross-checks).
-            * ``"minimise"``: BFGS on the energy, then one fixed-point step ``x_A ← c_A + I_A``
-              that moves a minimiser lying on a dead-neuron flat set onto the dynamical steady
-              state (docs/maths.md §4.6, Proposition 4). In float32 the energy resolves the steady
-              state to a residual of about 1e-4 only.
-            * an :class:`hamjax.solvers.Anderson` or :class:`hamjax.solvers.FixedPoint`
-              instance (its tolerances come from ``stop``).
+            * a diffrax solver (default ``diffrax.Tsit5()``; ``diffrax.Euler()``,
+              ``diffrax.Heun()``, ...): integrate the dynamics (the ODE path).
+            * :class:`hamjax.solvers.FixedPoint`: the iteration ``x_A ← c_A + I_A`` of all layers
+              at once (Euler with ``dt = τ``), per sample. It converges only to stable steady
+              states (it repels the others); where it cycles or diverges (a synchronous update
+              can, where the ODE settles) it gives the sample up and the ODE (Tsit5) finishes it
+              from there. Its tolerance is ``stop``'s (give none to the solver).
+            * :class:`hamjax.solvers.Anderson`: Anderson acceleration of the same iteration, same
+              fallback and tolerance: fewer iterations, but its extrapolation can land on an
+              unstable steady state (a saddle of the energy) that the dynamics would leave;
+              check with :mod:`hamjax.analysis` where that matters.
+            * another optimistix fixed-point solver (``optx.FixedPointIteration``, ...), root
+              finder of the vector field (``optx.Newton(rtol, atol)``: a dense Jacobian, for
+              small nets and cross-checks) or minimiser of the energy (``optx.BFGS(rtol,
+              atol)``, followed by one fixed-point step ``x_A ← c_A + I_A`` that moves a
+              minimiser lying on a dead-neuron flat set onto the dynamical steady state,
+              docs/maths.md §4.6, Proposition 4; in float32 the energy resolves the steady state
+              to a residual of about 1e-4 only): run on each sample alone, stopping by the
+              solver's own tolerances; ``stop`` judges ``converged``.
 
-            The steady-state methods take ``stop=SteadyState(atol, rtol)`` only, count one
-            evaluation per iteration, and are differentiated at the steady state (``adjoint``).
-        stop: ``SteadyState(atol, rtol, t_max)`` (default ``atol=1e-4``), ``FixedTime(t1)``, or
-            ``FixedSteps(n)`` (n steps of ``dt0`` with a constant step size). Each carries the
-            tolerance by which ``converged`` is judged.
-        adjoint: how gradients flow. ``method="ode"``: ``"recursive"`` (default; BPTT through the
-            solver), ``"direct"`` (forward- and higher-order autodiff) or a diffrax adjoint; any
-            method at a ``SteadyState``: ``"implicit"`` (the implicit function theorem, the
-            default of the steady-state methods; :class:`ImplicitSteadyState`), ``"phantom"``
-            (a truncated adjoint series: cheap and approximate) or ``"implicit_dense"``.
+            The steady-state solvers take ``stop=SteadyState(atol, rtol)`` only, count one
+            evaluation per iteration (−1, unknown, for optimistix's own), and are
+            differentiated at the steady state (``adjoint``).
+        stop: an :class:`AbstractStop`: ``SteadyState(atol, rtol, t_max)`` (default, with
+            ``atol=1e-4``), ``FixedTime(t1)``, or ``FixedSteps(n)`` (n steps of ``dt0`` with a
+            constant step size). Each carries the tolerance by which ``converged`` is judged.
+        adjoint: how gradients flow. The ODE path: a diffrax adjoint (default
+            ``diffrax.RecursiveCheckpointAdjoint()``, BPTT through the solver;
+            ``diffrax.DirectAdjoint()`` for forward- and higher-order autodiff); any path at a
+            ``SteadyState``: :class:`ImplicitSteadyState` (the implicit function theorem, the
+            default of the steady-state solvers), ``ImplicitSteadyState(PhantomGradient())``
+            (a truncated adjoint series: cheap and approximate) or
+            ``ImplicitSteadyState(lineax.AutoLinearSolver(well_posed=False))`` (dense, for
+            small nets whose Jacobian may be singular).
         max_steps: the most solver steps (or iterations). Reaching it is not an error: ``result``
             is then ``max_steps_reached`` and ``converged`` is False for samples whose residual
             is above tolerance.
@@ -168,7 +178,9 @@ def relax(
             go on. ``"raise"`` raises :class:`NonFiniteStateError` naming the layers, samples
             and step; ``"flag"`` returns with ``finite`` False (and ``converged`` False, a NaN
             ``residual``) for those samples; ``"auto"`` raises for an unbatched state and flags
-            in a batch. Inside ``jit``/``grad``/``vmap`` only flagging is possible.
+            in a batch, the same inside ``jit``/``grad``/``vmap`` (where the error is raised
+            when the computation runs, by ``equinox.error_if``: an ``EquinoxRuntimeError``
+            whose message says the same, without the layers and samples a trace cannot read).
         freeze: ``{layer: bool mask}`` of neurons of free layers held at their ``x0`` values
             (``True`` = frozen), broadcast against the layer's state: masked completion.
         mesh: a ``jax.sharding.Mesh`` (:func:`hamjax.sharding.make_mesh`): the batch of ``x0``
@@ -176,8 +188,7 @@ def relax(
             replicated; convergence is judged per sample, so the result equals the
             single-device one.
 
-    Arguments of ``method="ode"`` only (given with another method, they are an error):
-        solver: a diffrax solver or its name (``"tsit5"`` default, ``"euler"``, ``"heun"``, ...).
+    Arguments of the ODE path only (given with a steady-state solver, they are an error):
         dt0: the (initial) step size (default 0.1).
         stepsize_controller: for adaptive solvers defaults to ``PIDController`` with a tenth of
             the SteadyState's ``rtol``/``atol`` (a looser one stalls above the residual asked
@@ -198,21 +209,23 @@ def relax(
     Errors, raised before any work: :class:`StateError` for a state that does not fit ``net``,
     every layer clamped, or a ``freeze`` mask of a layer that is not free or of a shape that
     does not broadcast; :class:`GraphError` for an unknown layer in ``clamp``; ``ValueError``
-    for an unknown ``method``, ``stop`` or ``adjoint``, a keyword that does not apply to the
-    method, ``max_steps < 1``, a bad ``on_nonfinite``, ``freeze`` with ``"root"`` or
-    ``"minimise"``, or a combination of ``stop``, ``adjoint`` and saving that cannot work (the
-    implicit adjoint away from a ``SteadyState``, ``save_ts`` without a finite end time);
+    for a ``solver``, ``stop`` or ``adjoint`` that is not one (a name, say: names are for the
+    command line), a keyword that does not apply to the solver's path, a tolerance given to
+    hamjax's fixed-point solvers (it is ``stop``'s), ``max_steps < 1``, a bad
+    ``on_nonfinite``, ``freeze`` with a root finder or minimiser, or a combination of ``stop``,
+    ``adjoint`` and saving that cannot work (the implicit adjoint away from a ``SteadyState``,
+    ``save_ts`` without a finite end time);
     :class:`hamjax.sharding.ShardingError` for a ``mesh`` with an unbatched ``x0`` or an
     indivisible batch. :class:`NonFiniteStateError` as ``on_nonfinite`` says.
     """
     clamp = net.check_clamp(clamp)
     batch = net.check_state(x0, "x0")
-    stop = _stop(stop)
-    kind, steady_solver = _method(method)
-    ode_kw = dict(solver=solver, dt0=dt0, stepsize_controller=stepsize_controller, save=save,
+    stop = SteadyState() if stop is None else _stop(stop)
+    solver, kind = _path(solver)
+    ode_kw = dict(dt0=dt0, stepsize_controller=stepsize_controller, save=save,
                   save_ts=save_ts, progress=progress)
-    _check_arguments(kind, stop, max_steps, on_nonfinite, ode_kw)
-    adjoint = _adjoint(adjoint, kind)
+    _check_arguments(solver, kind, stop, max_steps, on_nonfinite, ode_kw)
+    adjoint = _adjoint(adjoint, kind is None)
     if mesh is not None:
         net, x0, freeze = _distribute(net, x0, freeze, batch, mesh)
     if len(clamp) == len(net.layers):
@@ -228,55 +241,107 @@ def relax(
     # their gradients (the implicit adjoint multiplies its NaN currents by 0), it is set aside:
     # relaxed from zeros, invisibly, and put back at the end, flagged. Fixed steps need no such
     # care (samples do not interact there), and BPTT through them is the hot path.
-    aside = bool(batch) and (kind != "ode" or isinstance(adjoint, ImplicitSteadyState)
+    aside = bool(batch) and (kind is not None or isinstance(adjoint, ImplicitSteadyState)
                              or _adaptive(solver, stop, stepsize_controller))
     alive0 = _finite(net, x0) if aside else None
     x_start = _zero_rows(net, x0, alive0) if aside else x0
 
-    dyn = net.dynamics(x_start, clamp=clamp)
+    if freeze and kind in (_ROOT, _MINIMISE):
+        raise ValueError(f"freeze works with a diffrax solver or a fixed-point solver, not "
+                         f"{type(solver).__name__} (its frozen rows would be singular)")
+    dyn = net.dynamics(x_start, clamp=clamp, freeze=freeze)
     x_free = dyn.free_state(x_start)
-    if freeze:
-        if kind in ("root", "minimise"):
-            raise ValueError(f"freeze works with method='ode', 'anderson' or 'fixed_point', not "
-                             f"{kind!r}")
-        dyn = Frozen(dyn, _freeze_masks(dyn, x_free, freeze))
     nb = _batch_ndim(dyn, x_free)
-    if kind == "ode":
+    if kind is None:
+        ode_kw["solver"] = solver
         if _joint_steps(stop, solver, stepsize_controller, save, progress):
             final, extras = _relax_ode(dyn, x_free, stop, adjoint, max_steps, **ode_kw)
         else:
             final, extras = _each_sample(
                 lambda d, x: _relax_ode(d, x, stop, adjoint, max_steps, **ode_kw), dyn, x_free,
                 nb)
-    elif kind in ("root", "minimise"):
-        # Newton and BFGS on one sample at a time: their steps, line searches and stopping
-        # tests are then the sample's own (and Newton's Jacobian is a sample's, not the batch's)
-        cfg = (kind, steady_solver, stop, max_steps, 0)
+    elif kind == _ITERATION:
+        # hamjax's fixed-point solvers are per sample already (each sample stops at its own
+        # tolerance); their ODE finish runs per sample (_finish_by_ode)
+        plan = _Steady(kind, solver, stop, max_steps, nb)
+        if isinstance(adjoint, ImplicitSteadyState):
+            final, extras = _at_steady_state(_steady_forward, dyn, x_free, plan, adjoint, nb)
+        else:
+            final, extras = _steady_forward(dyn, x_free, plan)
+    else:
+        # optimistix's solvers on one sample at a time: their steps, line searches and
+        # stopping tests are then the sample's own (and Newton's Jacobian is a sample's, not
+        # the batch's)
+        plan = _Steady(kind, solver, stop, max_steps, 0)
 
-        def forward(d, x, cfg):
-            return _each_sample(lambda di, xi: _steady_forward(di, xi, cfg), d, x,
+        def forward(d, x, plan):
+            return _each_sample(lambda di, xi: _steady_forward(di, xi, plan), d, x,
                                 _batch_ndim(d, x))
 
         if isinstance(adjoint, ImplicitSteadyState):
-            final, extras = _at_steady_state(forward, dyn, x_free, cfg, adjoint, nb)
+            final, extras = _at_steady_state(forward, dyn, x_free, plan, adjoint, nb)
         else:
-            final, extras = forward(dyn, x_free, cfg)
-    else:
-        # the fixed-point solvers are per sample already (each sample stops at its own
-        # tolerance); their ODE finish runs per sample (_finish_by_ode)
-        cfg = (kind, steady_solver, stop, max_steps, nb)
-        if isinstance(adjoint, ImplicitSteadyState):
-            final, extras = _at_steady_state(_steady_forward, dyn, x_free, cfg, adjoint, nb)
-        else:
-            final, extras = _steady_forward(dyn, x_free, cfg)
+            final, extras = forward(dyn, x_free, plan)
     out = _result(net, dyn, x0, final, stop, alive0, extras)
-    if raise_nonfinite and not isinstance(out.finite, jax.core.Tracer):
-        _raise_nonfinite(out, batch)
+    if raise_nonfinite:
+        if isinstance(out.finite, jax.core.Tracer):
+            # under jit/grad/vmap the same rule, checked when the computation runs
+            out = eqx.error_if(out, ~jnp.all(out.finite), _NONFINITE_TRACED)
+        else:
+            _raise_nonfinite(out, batch)
     return out
 
 
+class RelaxOptions(eqx.Module):
+    """How to relax, as one object: the ``solver``, ``stop``, ``max_steps``, ``dt0`` and
+    ``adjoint`` of :func:`hamjax.relax` (each meaning what it means there, ``None`` for
+    relax's default), checked once, when built. The gradient estimators of
+    :mod:`hamjax.train` hold one (``Implicit(relaxation=RelaxOptions(...))``), and
+    ``options(net, x0, clamp=..., ...)`` is ``relax(net, x0, clamp=..., ..., **options)``.
+
+    Raises ``ValueError`` for what :func:`hamjax.relax` would refuse of these settings alone: a
+    ``solver``, ``stop`` or ``adjoint`` that is not one (a name, say), ``dt0`` or a stop other
+    than ``SteadyState`` (or a finite ``t_max``) with a steady-state solver, a diffrax adjoint
+    with one, a tolerance given to hamjax's fixed-point solvers, or ``max_steps < 1``."""
+
+    solver: Solver | None = None
+    stop: AbstractStop | None = None
+    max_steps: int = 4096
+    dt0: float | None = None
+    adjoint: diffrax.AbstractAdjoint | ImplicitSteadyState | None = None
+
+    def __check_init__(self):
+        solver, kind = _path(self.solver)
+        stop = SteadyState() if self.stop is None else _stop(self.stop)
+        _check_arguments(solver, kind, stop, self.max_steps, "auto", dict(dt0=self.dt0))
+        _adjoint(self.adjoint, kind is None)
+
+    @property
+    def steady_state(self) -> bool:
+        """Whether the solver goes straight to a steady state (an optimistix solver), not
+        along the dynamics (a diffrax one)."""
+        return _path(self.solver)[1] is not None
+
+    @property
+    def tolerance(self) -> float:
+        """The ``atol`` by which :attr:`Relaxation.converged` is judged (``stop``'s)."""
+        return (SteadyState() if self.stop is None else self.stop).atol
+
+    def kwargs(self) -> dict:
+        """The keyword arguments of :func:`hamjax.relax` these options stand for (the ones
+        given, not ``None``)."""
+        kw = dict(solver=self.solver, stop=self.stop, max_steps=self.max_steps, dt0=self.dt0,
+                  adjoint=self.adjoint)
+        return {k: v for k, v in kw.items() if v is not None}
+
+    def __call__(self, net: HAM, x0: Mapping[str, Array], **kwargs) -> Relaxation:
+        """``relax(net, x0, **kwargs, **self.kwargs())``: ``kwargs`` are relax's other
+        keywords (``clamp``, ``freeze``, ``on_nonfinite``, ``save``, ...)."""
+        return relax(net, x0, **kwargs, **self.kwargs())
+
+
 def _joint_steps(stop, solver, controller, save, progress) -> bool:
-    """Whether ``method="ode"`` steps the whole batch together. Samples are independent under a
+    """Whether the ODE path steps the whole batch together. Samples are independent under a
     constant step size run for a fixed time or number of steps (the hot path of BPTT, kept one
     batched loop); an adaptive step size or a stop at the steady state is each sample's own,
     by ``vmap``, except where a trajectory or progress bar is saved, which share one time grid."""
@@ -285,20 +350,42 @@ def _joint_steps(stop, solver, controller, save, progress) -> bool:
     return not (isinstance(stop, SteadyState) or _adaptive(solver, stop, controller))
 
 
-def _check_arguments(kind, stop, max_steps, on_nonfinite, ode_kw) -> None:
+def _path(solver) -> tuple[Solver, str | None]:
+    """``(solver, kind)``: the solver (Tsit5 when None) and its steady-state path
+    (``_steady._kind``), None for the ODE path of a diffrax solver."""
+    if solver is None:
+        return diffrax.Tsit5(), None
+    if isinstance(solver, diffrax.AbstractSolver):
+        return solver, None
+    kind = _kind(solver)
+    if kind is not None:
+        return solver, kind
+    if isinstance(solver, str):
+        raise ValueError(f"solver={solver!r} is a name: pass a solver object, e.g. "
+                         "diffrax.Tsit5(), diffrax.Euler() or hamjax.solvers.Anderson() (names "
+                         "are for the command line)")
+    raise ValueError(f"solver must be a diffrax solver or an optimistix fixed-point solver, "
+                     f"root finder or minimiser, got {solver!r}")
+
+
+def _check_arguments(solver, kind, stop, max_steps, on_nonfinite, ode_kw) -> None:
     """Reject, before any work, keywords that would not take effect and values out of range."""
-    if kind != "ode":
+    if kind is not None:
+        name = type(solver).__name__
         given = [k for k, v in ode_kw.items() if v is not None and not (k == "save"
                                                                       and v == "final")]
         if given:
             raise ValueError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to "
-                             f"method='ode' only, not method={kind!r}")
+                             f"the ODE path (a diffrax solver) only, not to {name}")
         if not isinstance(stop, SteadyState):
-            raise ValueError(f"method={kind!r} goes to a steady state: use stop=SteadyState(...)"
-                             f", not {type(stop).__name__}")
+            raise ValueError(f"{name} goes to a steady state: use stop=SteadyState(...), not "
+                             f"{type(stop).__name__}")
         if math.isfinite(stop.t_max):
-            raise ValueError(f"method={kind!r} has no model time: SteadyState(t_max=...) applies "
-                             "to method='ode' only (bound the iterations with max_steps)")
+            raise ValueError(f"{name} has no model time: SteadyState(t_max=...) applies to the "
+                             "ODE path only (bound the iterations with max_steps)")
+        if kind == _ITERATION and (solver.atol is not None or solver.rtol is not None):
+            raise ValueError("give the tolerance once, in stop=SteadyState(atol=..., rtol=...),"
+                             f" not in the {name} solver")
     if max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
     if on_nonfinite not in ("auto", "raise", "flag"):
@@ -326,27 +413,16 @@ def _zero_rows(net: HAM, x: Mapping[str, Array], alive: Array) -> dict[str, Arra
     return {n: jnp.where(_rows(alive, v, net.layers[n].ndim), v, 0.0) for n, v in x.items()}
 
 
-def _freeze_masks(dyn, x_free, freeze) -> dict[str, Array]:
-    """``freeze`` checked against the free layers and broadcast to their states."""
-    masks = {}
-    for name, m in freeze.items():
-        if name not in dyn.free:
-            raise StateError(f"cannot freeze neurons of {name!r}: not a free layer of this "
-                             f"relaxation (free layers: {list(dyn.free)})")
-        m = jnp.asarray(m, dtype=bool)
-        try:
-            masks[name] = jnp.broadcast_to(m, x_free[name].shape)
-        except ValueError:
-            raise StateError(f"freeze[{name!r}] has shape {m.shape}, which does not "
-                             f"broadcast to the layer's state {x_free[name].shape}") from None
-    return masks
-
-
 def _result(net, dyn, x0, final, stop, alive0, extras) -> Relaxation:
     """The :class:`Relaxation` of a final free state, judged per sample. Samples set aside
     (``alive0`` False) keep their given (non-finite) clamped values and have no relaxed state,
     trajectory or energies: NaN, so that nothing computed from them passes for a result."""
-    residual = residual_norm(dyn, final)
+    extras = dict(extras)
+    # a solver that measured each sample's residual at its final state passes it on: at a
+    # steady state F(x*(θ); θ) = 0 whatever θ, so its derivative is 0, as this constant's is
+    residual = extras.pop("residual", None)
+    if residual is None:
+        residual = residual_norm(dyn, final)
     tolerance = stop.atol + stop.rtol * _rms(dyn, final)
     finite = _finite(dyn.net, final) & jnp.isfinite(residual)
     state = dyn.full_state(final)
@@ -360,7 +436,9 @@ def _result(net, dyn, x0, final, stop, alive0, extras) -> Relaxation:
     extras = dict(extras)
     for k in ("steps", "num_steps", "evaluations", "t_final"):
         extras[k] = jnp.broadcast_to(extras[k], residual.shape)
-    extras["result"] = _broadcast_result(extras["result"], residual.shape)
+    # a sample that went (or started) non-finite says so, whatever its solver reported
+    extras["result"] = results_where(finite, broadcast_result(extras["result"], residual.shape),
+                                     RESULTS.nonfinite)
     return Relaxation(
         state=state,
         converged=(residual <= tolerance) & finite,
@@ -382,6 +460,11 @@ def _set_aside_saved(net, dyn, x0, alive0, extras) -> dict:
     if energies is not None:
         energies = jnp.where(alive0, energies, jnp.nan)
     return {**extras, "trajectory": traj, "energies": energies}
+
+
+_NONFINITE_TRACED = ("relax: a relaxation produced (or was given) a non-finite state "
+                     "(on_nonfinite='raise', or 'auto' on an unbatched state); pass "
+                     "on_nonfinite='flag' to get it flagged in Relaxation.finite instead")
 
 
 def _raise_nonfinite(out: Relaxation, batch) -> None:

@@ -1,10 +1,10 @@
-"""The steady-state methods of :func:`hamjax.relax`: go straight to ``x_A = c_A + I_A`` by a
-fixed-point iteration (plain or Anderson-accelerated), Newton's method, or minimising the energy;
-samples an iteration gives up are finished by the ODE."""
+"""The steady-state paths of :func:`hamjax.relax`: go straight to ``x_A = c_A + I_A`` with an
+optimistix solver, chosen by its type: a fixed-point solver (hamjax's per-sample
+:class:`~hamjax.solvers.FixedPoint` and :class:`~hamjax.solvers.Anderson`, or optimistix's
+own), a root finder on the vector field (``optx.Newton``, ...), or a minimiser of the energy
+(``optx.BFGS``, ...). Samples hamjax's iterations give up are finished by the ODE."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import diffrax
 import equinox as eqx
@@ -16,31 +16,43 @@ from ._convergence import (
     SteadyState,
     _batch_ndim,
     _each_sample,
-    _finite,
-    _results_where,
-    _within,
+    _rms,
+    residual_norm,
 )
-from ._implicit import Frozen, _steady_force
+from ._implicit import _steady_force
 from ._ode import _evaluations, _solve, _steady_controller
+from ._results import RESULTS, from_optimistix, results_where
 from .solvers import Anderson, FixedPoint, with_batch_ndim
 
+# the kinds of steady-state solver, by the optimistix class they derive from
+_ITERATION, _FIXED_POINT, _ROOT, _MINIMISE = "iteration", "fixed_point", "root", "minimise"
 
-def _method(method) -> tuple[str, Any]:
-    """``(kind, steady-state solver or None)``."""
-    if isinstance(method, Anderson):
-        return "anderson", method
-    if isinstance(method, FixedPoint):
-        return "fixed_point", method
-    if method == "ode":
-        return "ode", None
-    if method == "anderson":
-        return "anderson", Anderson()
-    if method == "fixed_point":
-        return "fixed_point", FixedPoint()
-    if method in ("root", "minimise", "minimize"):
-        return ("minimise" if method == "minimize" else method), None
-    raise ValueError(f"unknown method {method!r}; use 'ode', 'anderson', 'fixed_point', 'root', "
-                     "'minimise' or hamjax.solvers.Anderson(...)")
+
+def _kind(solver) -> str | None:
+    """The steady-state path of an optimistix solver, None for anything else: hamjax's
+    per-sample iterations, another fixed-point solver, a root finder, a minimiser."""
+    if isinstance(solver, FixedPoint | Anderson):
+        return _ITERATION
+    if isinstance(solver, optx.AbstractFixedPointSolver):
+        return _FIXED_POINT
+    if isinstance(solver, optx.AbstractRootFinder):
+        return _ROOT
+    if isinstance(solver, optx.AbstractMinimiser):
+        return _MINIMISE
+    return None
+
+
+class _Steady(eqx.Module):
+    """How a steady-state path runs: the optimistix ``solver`` (of path ``kind``), the ``stop``
+    judging convergence (and, for hamjax's iterations, stopping them), the iteration budget and
+    the batch axes of the state it is given."""
+
+    kind: str = eqx.field(static=True)
+    solver: optx.AbstractFixedPointSolver | optx.AbstractRootFinder | optx.AbstractMinimiser
+    stop: SteadyState
+    max_steps: int = eqx.field(static=True)
+    batch_ndim: int = eqx.field(static=True)
+
 
 def _fixed_point_map(y, args):
     """``x ← c + I`` (frozen neurons: their initial values), written ``x + F(x)`` so that the
@@ -50,41 +62,45 @@ def _fixed_point_map(y, args):
     return {n: y[n] + f[n] for n in y}
 
 
-def _steady_forward(dyn, x_free, cfg):
-    kind, solver, stop, max_steps, nb = cfg
-    if kind in ("anderson", "fixed_point"):
-        if solver.atol is not None or solver.rtol is not None:
-            raise ValueError("give the tolerance once, in stop=SteadyState(atol=..., rtol=...),"
-                             f" not in the {type(solver).__name__} solver")
-        solver = with_batch_ndim(eqx.tree_at(lambda s: (s.atol, s.rtol), solver,
+def _steady_forward(dyn, x_free, plan: _Steady):
+    """``(x*, extras for Relaxation)``: the steady state by ``plan`` (never differentiated here:
+    :func:`hamjax.relax` differentiates at the steady state)."""
+    if plan.kind == _ITERATION:
+        stop = plan.stop
+        solver = with_batch_ndim(eqx.tree_at(lambda s: (s.atol, s.rtol), plan.solver,
                                              (stop.atol, stop.rtol),
-                                             is_leaf=lambda v: v is None), nb)
-        # never differentiated here: relax differentiates at the steady state (_at_steady_state)
+                                             is_leaf=lambda v: v is None), plan.batch_ndim)
         sol = optx.fixed_point(_fixed_point_map, solver, x_free, args=(dyn, x_free),
-                               max_steps=max_steps, throw=False)
-        x, ode_evals, ode_ok = _finish_by_ode(dyn, sol.value, x_free, stop, max_steps)
+                               max_steps=plan.max_steps, throw=False)
+        # the residual each sample's iteration measured where it left it (no evaluation more)
+        res = sol.stats["residual"].reshape(_rms(dyn, x_free).shape)
+        x, ode_evals, ode_ok, res = _finish_by_ode(dyn, sol.value, x_free, stop, plan.max_steps,
+                                                   res)
         # each sample's own iterations (the loop runs as long as the slowest sample)
         n = sol.stats["steps"].reshape(ode_evals.shape) + ode_evals
         # per sample: out of iterations where neither the iteration nor the ODE finished it
         done = sol.stats["done"].reshape(ode_ok.shape)
-        result = _results_where(done & ode_ok, diffrax.RESULTS.successful,
-                                diffrax.RESULTS.max_steps_reached)
+        result = results_where(done & ode_ok, RESULTS.successful, RESULTS.max_steps_reached)
         return x, dict(steps=n, num_steps=n, evaluations=n, t_final=jnp.asarray(jnp.nan),
-                       result=result)
-    if kind == "root":
-        sol = optx.root_find(lambda y, d: d(y), optx.Newton(rtol=1e-6, atol=stop.atol * 1e-2),
-                             x_free, args=dyn, max_steps=max_steps, throw=False,
-                             adjoint=optx.RecursiveCheckpointAdjoint())
+                       result=result, residual=res)
+    # optimistix's own solvers, run by relax one sample at a time, stop by their own rules
+    adjoint = optx.RecursiveCheckpointAdjoint()
+    if plan.kind == _FIXED_POINT:
+        sol = optx.fixed_point(_fixed_point_map, plan.solver, x_free, args=(dyn, x_free),
+                               max_steps=plan.max_steps, throw=False, adjoint=adjoint)
+        x = sol.value
+    elif plan.kind == _ROOT:
+        sol = optx.root_find(lambda y, d: d(y), plan.solver, x_free, args=dyn,
+                             max_steps=plan.max_steps, throw=False, adjoint=adjoint)
         x = sol.value
     else:
-        sol = _minimise_energy(dyn, x_free, optx.BFGS(rtol=1e-7, atol=stop.atol * 1e-2),
-                              max_steps, adjoint=optx.RecursiveCheckpointAdjoint())
+        sol = _minimise_energy(dyn, x_free, plan.solver, plan.max_steps, adjoint=adjoint)
         # one fixed-point step x ← c(g(x)) + I: the minimiser may sit anywhere on a dead-neuron
         # flat set; the step lands on the steady state with the same activations (Prop. 4)
         x = dyn.fixed_point_map(sol.value)
     steps = sol.stats["num_steps"]
     return x, dict(steps=steps, num_steps=steps, evaluations=jnp.asarray(-1),
-                   t_final=jnp.asarray(jnp.nan), result=_optx_result(sol))
+                   t_final=jnp.asarray(jnp.nan), result=from_optimistix(sol.result))
 
 
 def _minimise_energy(dyn, x_free, solver: optx.AbstractMinimiser, max_steps: int,
@@ -102,23 +118,22 @@ def _minimise_energy(dyn, x_free, solver: optx.AbstractMinimiser, max_steps: int
                          else adjoint)
 
 
-def _finish_by_ode(dyn, x, x_init, stop: SteadyState, max_steps: int):
-    """``(x, evaluations, ok)``: samples an iteration left above tolerance (but finite) relaxed
+def _finish_by_ode(dyn, x, x_init, stop: SteadyState, max_steps: int, residual):
+    """``(x, evaluations, ok, residual)``: samples an iteration left above tolerance (its
+    per-sample ``residual`` at ``x``, NaN where non-finite), but finite, relaxed
     on by the dynamics (Tsit5, adaptive, to the same ``stop``) from where the iteration left
     them; ``ok`` is False when that solve ran out of steps. The synchronous update can cycle
     between the linear pieces of a ReLU network where the ODE settles. Each sample is
     solved on its own (its step size, its stop); the samples already converged are held
     where the iteration left them (their vector field is zero, so their solve stops at once)
-    rather than moved by a step. Runs only when some sample needs it."""
-    force = _steady_force(dyn, x, x_init)
-    fine = _within(dyn, force, x, stop) | ~_finite(dyn.net, force)
+    rather than moved by a step. Runs only when some sample needs it; ``residual`` is then
+    measured anew at the end."""
+    fine = (residual <= stop.atol + stop.rtol * _rms(dyn, x)) | ~jnp.isfinite(residual)
 
     def ode(x):
-        inner, masks = (dyn.dyn, dyn.masks) if isinstance(dyn, Frozen) else (dyn, {})
         nb = _batch_ndim(dyn, x)
-        hold = {n: masks.get(n, False) | fine.reshape(fine.shape + (1,) * (v.ndim - nb))
-                for n, v in x.items()}
-        held = Frozen(inner, {n: jnp.broadcast_to(m, x[n].shape) for n, m in hold.items()})
+        held = dyn._with_frozen({n: jnp.broadcast_to(
+            fine.reshape(fine.shape + (1,) * (v.ndim - nb)), v.shape) for n, v in x.items()})
         solver = diffrax.Tsit5()
 
         def one(d, xi):
@@ -131,17 +146,9 @@ def _finish_by_ode(dyn, x, x_init, stop: SteadyState, max_steps: int):
 
         final, steps, ok = _each_sample(one, held, x, nb)
         evals = _evaluations(solver, steps, steady_test=True)
-        return final, jnp.asarray(evals, jnp.int32), ok
+        return final, jnp.asarray(evals, jnp.int32), ok, residual_norm(dyn, final)
 
     def keep(x):
-        return x, jnp.zeros(fine.shape, jnp.int32), jnp.ones(fine.shape, bool)
+        return x, jnp.zeros(fine.shape, jnp.int32), jnp.ones(fine.shape, bool), residual
 
     return jax.lax.cond(jnp.all(fine), keep, ode, x)
-
-
-def _optx_result(sol) -> diffrax.RESULTS:
-    return diffrax.RESULTS.where(
-        sol.result == optx.RESULTS.successful,
-        diffrax.RESULTS.successful,
-        diffrax.RESULTS.max_steps_reached,
-    )

@@ -103,7 +103,7 @@ def _rows_rms(tree, batch_ndim: int) -> Array:
 
 class FixedPoint(optx.AbstractFixedPointSolver):
     """The plain fixed-point iteration ``x ← f(x)``, per sample (docs/maths.md §5.1; for a HAM
-    ``f(x) = c(g(x)) + I``, ``method="fixed_point"`` of :func:`hamjax.relax`).
+    ``f(x) = c(g(x)) + I``, ``relax(..., solver=FixedPoint())``).
 
     A sample has converged when ``rms(f(x) − x) ≤ atol + rtol · rms(x)`` (root-mean-square over
     its features); it is then held where it is while the others go on. Its state is the iterate
@@ -199,7 +199,7 @@ class _AndersonState(eqx.Module):
 
 class Anderson(optx.AbstractFixedPointSolver):
     """Anderson acceleration (Anderson 1965; Walker & Ni 2011) of ``x ← f(x)``, per sample: the
-    accelerated steady-state iteration of docs/maths.md §5.1 (``method="anderson"`` of
+    accelerated steady-state iteration of docs/maths.md §5.1 (``solver=Anderson()`` of
     :func:`hamjax.relax`, where ``f(x) = c(g(x)) + I``).
 
     With ``g_i = f(x_i) − x_i`` over the last ``m = history`` iterates, each sample solves

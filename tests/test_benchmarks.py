@@ -89,7 +89,9 @@ def test_hand_written_deq_gradient_is_the_implicit_gradient():
                                                     train=False).items()}
     lh, gh = jax.value_and_grad(M.hand_deq_loss(atol=1e-6, rtol=1e-6))(
         M.softmax_classifier_params(net), b["input"], b["target"])
-    li, g, _ = hj.train.Implicit(atol=1e-6).loss_and_grad(net, task, b)
+    tight = hj.RelaxOptions(solver=hj.solvers.FixedPoint(), stop=hj.SteadyState(atol=1e-6),
+                            max_steps=1024)
+    li, g, _ = hj.train.Implicit(tight).loss_and_grad(net, task, b)
     gi = (g.synapses["w1"].weight, g.layers["hidden"].bias, g.synapses["w2"].weight,
           g.layers["label"].bias)
     assert float(lh) == pytest.approx(float(li), rel=1e-5)

@@ -661,7 +661,7 @@ def test_weights_figure_shows_the_most_active_units(run):
     batch = {k: jnp.asarray(v) for k, v in
              task.prepare(data.x_test[:10], data.y_test[:10], None, train=False).items()}
     sol = relax(net, task.initial_state(net, batch), clamp=task.clamp, on_nonfinite="flag",
-                **{**gradient.relax_kwargs(), "adjoint": "recursive"})
+                **gradient.relax_kwargs())
     imgs, caps, title, label, cmap, symmetric = _figures.receptive_fields(net, cfg, data, sol)
     act = np.asarray(net.layers["hidden"].activation(sol.state["hidden"])).mean(0)
     order = np.argsort(-act)

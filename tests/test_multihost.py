@@ -236,7 +236,9 @@ import hamjax as hj
 d = hd.load_digits()
 net = hj.models.dense_classifier(d.image_shape, 10, hidden=8, key=jax.random.PRNGKey(0))
 ckpt = f"{folder}/ckpt-of-process-{rank}.eqx"  # as if each saw a different file system
-kw = dict(gradient=T.BPTT(steps=2), batch_size=64, checkpoint=ckpt, progress=False,
+import diffrax
+steps = hj.RelaxOptions(solver=diffrax.Euler(), stop=hj.FixedSteps(2), dt0=0.25)
+kw = dict(gradient=T.BPTT(steps), batch_size=64, checkpoint=ckpt, progress=False,
           verbose=False, mesh=sharding.make_mesh())
 T.fit(net, d, epochs=1, **kw)
 try:

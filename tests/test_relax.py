@@ -10,13 +10,18 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import lineax as lx
 import numpy as np
+import optimistix as optx
 import pytest
 
 import hamjax as hj
 from hamjax.lagrangians import Identity, ReLU, Softmax, Tanh
 
 N_IN, N_HID, N_OUT = 6, 5, 3
+# the solvers and adjoints the tests name
+SOLVERS = {"tsit5": diffrax.Tsit5(), "euler": diffrax.Euler()}
+ADJOINTS = {"recursive": diffrax.RecursiveCheckpointAdjoint(), "implicit": hj.ImplicitSteadyState()}
 
 
 def chain(key, taus=(1.0, 1.0, 1.0), hidden=None, scale=1.0):
@@ -66,7 +71,7 @@ def closed_form_currents(net, x):
 
 def test_steady_state_solves_fixed_point_equations(net, x0, steady):
     assert bool(jnp.all(steady.converged))
-    assert bool(jnp.all(steady.result == diffrax.RESULTS.event_occurred))
+    assert bool(jnp.all(steady.result == hj.RESULTS.successful))
     c = closed_form_currents(net, steady.state)
     for name in ("hidden", "label"):
         np.testing.assert_allclose(steady.state[name], c[name], atol=2e-5)
@@ -88,7 +93,7 @@ def test_steady_state_independent_of_tau(x0):
 
 @pytest.mark.parametrize("solver", ["tsit5", "euler"])
 def test_energy_never_increases_on_saved_trajectory(net, x0, solver):
-    sol = hj.relax(net, x0, clamp="image", solver=solver, dt0=0.05, save="both")
+    sol = hj.relax(net, x0, clamp="image", solver=SOLVERS[solver], dt0=0.05, save="both")
     e = sol.energy_trace()
     assert e.shape[1:] == (4,) and e.shape[0] >= 3
     assert np.all(np.diff(e, axis=0) <= 1e-6), np.diff(e, axis=0).max()
@@ -106,7 +111,7 @@ def test_euler_and_tsit5_agree(net, x0, steady):
         net,
         x0,
         clamp="image",
-        solver="euler",
+        solver=diffrax.Euler(),
         dt0=0.05,
         stop=hj.SteadyState(atol=1e-5),
         max_steps=20000,
@@ -116,34 +121,43 @@ def test_euler_and_tsit5_agree(net, x0, steady):
         np.testing.assert_allclose(eul.state[name], steady.state[name], atol=1e-4)
 
 
-def test_optimistix_methods_agree_with_ode(net, x0, steady):
-    root = hj.relax(net, x0, clamp="image", method="root", stop=hj.SteadyState(atol=1e-6))
+def test_optimistix_solvers_agree_with_ode(net, x0, steady):
+    root = hj.relax(net, x0, clamp="image", solver=optx.Newton(rtol=1e-6, atol=1e-8),
+                    stop=hj.SteadyState(atol=1e-6))
     assert bool(jnp.all(root.converged))
     for name in ("hidden", "label"):
         np.testing.assert_allclose(root.state[name], steady.state[name], atol=1e-4)
     # minimising E in float32 resolves energy differences of ~1e-7 only, so its steady state is
     # good to ~1e-4: the residual is small, but not below a 1e-6 tolerance
-    mini = hj.relax(net, x0, clamp="image", method="minimise", stop=hj.SteadyState(atol=1e-6))
+    mini = hj.relax(net, x0, clamp="image", solver=optx.BFGS(rtol=1e-7, atol=1e-8),
+                    stop=hj.SteadyState(atol=1e-6))
     assert float(jnp.max(mini.residual)) < 2e-3
     for name in ("hidden", "label"):
         np.testing.assert_allclose(mini.state[name], steady.state[name], atol=3e-3)
+    # optimistix's own fixed-point iteration, each sample alone, stopping by its tolerances
+    it = hj.relax(net, x0, clamp="image", solver=optx.FixedPointIteration(rtol=0, atol=1e-8),
+                  stop=hj.SteadyState(atol=1e-6))
+    assert bool(jnp.all(it.converged)) and it.steps.shape == (4,)
+    for name in ("hidden", "label"):
+        np.testing.assert_allclose(it.state[name], steady.state[name], atol=1e-5)
 
 
 def test_fixed_point_method_agrees_with_ode_and_differentiates(net, x0, steady):
     mask = jnp.zeros((4, N_HID), bool).at[:, 0].set(True)
 
-    def loss(n, method):
-        sol = hj.relax(n, x0, clamp="image", method=method, stop=hj.SteadyState(atol=1e-7),
-                       adjoint="implicit")
+    def loss(n, solver):
+        sol = hj.relax(n, x0, clamp="image", solver=solver, stop=hj.SteadyState(atol=1e-7),
+                       adjoint=hj.ImplicitSteadyState())
         return jnp.sum(sol.state["label"] * jnp.arange(N_OUT))
 
     @eqx.filter_jit
     def run(n):
         # one compilation for the four relaxations (each alone would compile its own loops)
-        fp = hj.relax(n, x0, clamp="image", method="fixed_point", stop=hj.SteadyState(atol=1e-6))
-        fr = hj.relax(n, x0, clamp="image", method="fixed_point", freeze={"hidden": mask},
-                      stop=hj.SteadyState(atol=1e-6))
-        return fp, fr, eqx.filter_grad(loss)(n, "fixed_point"), eqx.filter_grad(loss)(n, "ode")
+        kw = dict(clamp="image", solver=hj.solvers.FixedPoint(), stop=hj.SteadyState(atol=1e-6))
+        fp = hj.relax(n, x0, **kw)
+        fr = hj.relax(n, x0, freeze={"hidden": mask}, **kw)
+        return (fp, fr, eqx.filter_grad(loss)(n, hj.solvers.FixedPoint()),
+                eqx.filter_grad(loss)(n, diffrax.Tsit5()))
 
     fp, fr, g_fp, g_ode = run(net)
     assert bool(jnp.all(fp.converged)) and float(jnp.max(fp.residual)) <= 1e-6
@@ -161,7 +175,7 @@ def test_fixed_point_method_agrees_with_ode_and_differentiates(net, x0, steady):
 
 def test_minimise_recovers_steady_state_on_flat_relu_set():
     # one ReLU neuron driven negative: the energy is flat along it, so a minimiser may sit far
-    # away; the fixed-point step of relax(method="minimise") lands on the steady state.
+    # away; the fixed-point step after relax's minimiser lands on the steady state.
     w = jnp.array([[1.0], [-2.0]])  # (out=2, in=1)
     net = hj.HAM(
         layers={"v": hj.Layer(1, Identity()), "h": hj.Layer(2, ReLU())},
@@ -170,14 +184,15 @@ def test_minimise_recovers_steady_state_on_flat_relu_set():
     )
     net = eqx.tree_at(lambda n: n.synapses["w"].weight, net, w)
     x = {"v": jnp.array([1.0]), "h": jnp.array([0.5, -42.0])}
-    sol = hj.relax(net, x, clamp="v", method="minimise", stop=hj.SteadyState(atol=1e-6))
+    sol = hj.relax(net, x, clamp="v", solver=optx.BFGS(rtol=1e-7, atol=1e-8),
+                   stop=hj.SteadyState(atol=1e-6))
     np.testing.assert_allclose(sol.state["h"], [1.0, -2.0], atol=1e-4)
     assert bool(sol.converged)
 
 
 def test_fixed_steps_equals_handwritten_euler(net, x0):
     n, dt = 7, 0.1
-    sol = hj.relax(net, x0, clamp="image", solver="euler", stop=hj.FixedSteps(n), dt0=dt)
+    sol = hj.relax(net, x0, clamp="image", solver=diffrax.Euler(), stop=hj.FixedSteps(n), dt0=dt)
     x = dict(x0)
     for _ in range(n):
         c = closed_form_currents(net, x)
@@ -199,15 +214,15 @@ def test_fixed_steps_scan_equals_diffeqsolve(net, x0):
     few = diffrax.RecursiveCheckpointAdjoint(checkpoints=2)
 
     def loss(n, adjoint, solver):
-        sol = hj.relax(n, x0, clamp="image", solver=solver, stop=hj.FixedSteps(6), dt0=0.1,
-                       adjoint=adjoint)
+        sol = hj.relax(n, x0, clamp="image", solver=SOLVERS[solver], stop=hj.FixedSteps(6), dt0=0.1,
+                       adjoint=ADJOINTS.get(adjoint, adjoint))
         return jnp.sum(sol.state["label"] * jnp.arange(N_OUT))
 
     @eqx.filter_jit
     def run(n):
         # both solvers and both paths in one compilation
-        return {solver: (hj.relax(n, x0, solver=solver, **kw),
-                         hj.relax(n, x0, solver=solver, adjoint=few, **kw),
+        return {solver: (hj.relax(n, x0, solver=SOLVERS[solver], **kw),
+                         hj.relax(n, x0, solver=SOLVERS[solver], adjoint=few, **kw),
                          eqx.filter_grad(loss)(n, "recursive", solver),
                          eqx.filter_grad(loss)(n, few, solver))
                 for solver in ("euler", "tsit5")}
@@ -237,11 +252,12 @@ def test_fixed_steps_flags_nonfinite_and_counts_steps():
     )
     xb = {"a": jnp.stack([jnp.ones(3), -jnp.ones(3) * 5]),
           "b": jnp.stack([jnp.ones(3), -jnp.ones(3) * 5])}
-    sol = hj.relax(net, xb, solver="euler", dt0=0.5, stop=hj.FixedSteps(40))
+    sol = hj.relax(net, xb, solver=diffrax.Euler(), dt0=0.5, stop=hj.FixedSteps(40))
     assert not bool(sol.finite[0]) and not bool(sol.converged[0])
     assert 1 <= int(sol.num_steps[0]) < 40
     with pytest.raises(hj.NonFiniteStateError, match=r"samples \[\[0\].*stopped at step"):
-        hj.relax(net, xb, solver="euler", dt0=0.5, stop=hj.FixedSteps(40), on_nonfinite="raise")
+        hj.relax(net, xb, solver=diffrax.Euler(), dt0=0.5, stop=hj.FixedSteps(40),
+                 on_nonfinite="raise")
 
 
 def test_fixed_time(net, x0):
@@ -259,8 +275,8 @@ def test_fixed_time(net, x0):
 
 
 def test_max_steps_outcome(net, x0):
-    sol = hj.relax(net, x0, clamp="image", solver="euler", dt0=0.01, max_steps=5)
-    assert bool(jnp.all(sol.result == diffrax.RESULTS.max_steps_reached))
+    sol = hj.relax(net, x0, clamp="image", solver=diffrax.Euler(), dt0=0.01, max_steps=5)
+    assert bool(jnp.all(sol.result == hj.RESULTS.max_steps_reached))
     assert not bool(jnp.any(sol.converged))
     assert bool(jnp.all(sol.steps == 5))
 
@@ -284,7 +300,7 @@ def test_evaluation_count_matches_real_calls(x0):
     )
     for solver in ("tsit5", "euler"):
         calls.clear()
-        sol = hj.relax(net, x0, clamp="image", solver=solver)
+        sol = hj.relax(net, x0, clamp="image", solver=SOLVERS[solver])
         jax.effects_barrier()
         # after the solve relax evaluates the field once more for the residual; each sample
         # counts its own evaluations, and the batch evaluates as often as its slowest sample
@@ -296,7 +312,8 @@ def test_adjoints_agree_with_finite_differences(net, x0):
     target = jax.nn.one_hot(jnp.arange(4) % N_OUT, N_OUT)
 
     def loss(net, adjoint):
-        sol = hj.relax(net, x0, clamp="image", adjoint=adjoint, stop=hj.SteadyState(atol=1e-6))
+        sol = hj.relax(net, x0, clamp="image", adjoint=ADJOINTS[adjoint],
+                       stop=hj.SteadyState(atol=1e-6))
         return jnp.sum((sol.state["label"] - target) ** 2)
 
     # each a single compilation, the loss of w2 reused for every finite difference
@@ -322,7 +339,8 @@ def test_adjoints_agree_with_finite_differences(net, x0):
 def test_gradient_with_respect_to_clamped_input(net, x0):
     def loss(img, adjoint):
         x = {**x0, "image": img}
-        sol = hj.relax(net, x, clamp="image", adjoint=adjoint, stop=hj.SteadyState(atol=1e-6))
+        sol = hj.relax(net, x, clamp="image", adjoint=ADJOINTS[adjoint],
+                       stop=hj.SteadyState(atol=1e-6))
         return jnp.sum(sol.state["label"][:, 0])
 
     gr, gi = jax.jit(lambda img: [jax.grad(loss)(img, a) for a in ("recursive", "implicit")])(
@@ -345,17 +363,25 @@ def test_nonfinite_paths():
     x = {"a": jnp.ones(3), "b": jnp.ones(3)}
     with pytest.raises(hj.NonFiniteStateError,
                        match=r"layer\(s\) \[.*'(a|b)'.*\] \(stopped at step"):
-        hj.relax(net, x, solver="euler", dt0=0.5)
+        hj.relax(net, x, solver=diffrax.Euler(), dt0=0.5)
     xb = {
         "a": jnp.stack([jnp.ones(3), jnp.zeros(3)]),
         "b": jnp.stack([jnp.ones(3), -jnp.ones(3) * 5]),
     }
-    sol = hj.relax(net, xb, solver="euler", dt0=0.5, max_steps=50)
+    sol = hj.relax(net, xb, solver=diffrax.Euler(), dt0=0.5, max_steps=50)
     assert not bool(sol.finite[0]) and not bool(sol.converged[0])
     with pytest.raises(hj.NonFiniteStateError, match="samples"):
-        hj.relax(net, xb, solver="euler", dt0=0.5, max_steps=50, on_nonfinite="raise")
+        hj.relax(net, xb, solver=diffrax.Euler(), dt0=0.5, max_steps=50, on_nonfinite="raise")
     with pytest.raises(hj.NonFiniteStateError, match=r"x0\['a'\]"):
         hj.relax(net, {"a": jnp.array([1.0, jnp.nan, 0.0]), "b": jnp.ones(3)})
+    # the same rule under jit, raised when the computation runs (equinox.error_if)
+    traced = jax.jit(lambda n, x: hj.relax(n, x, solver=diffrax.Euler(), dt0=0.5, max_steps=50,
+                                           on_nonfinite="raise").state)
+    with pytest.raises(Exception, match="non-finite state"):
+        jax.block_until_ready(traced(net, xb))
+    flagged = jax.jit(lambda n, x: hj.relax(n, x, solver=diffrax.Euler(), dt0=0.5,
+                                            max_steps=50).finite)(net, xb)
+    assert not bool(flagged[0])  # in a batch, "auto" flags, jitted or not
 
 
 def test_batched_equals_unbatched(net, x0, steady):
@@ -377,20 +403,24 @@ def test_relax_under_jit_and_vmap(net, x0, steady):
 
 
 def test_bad_arguments(net, x0):
-    with pytest.raises(ValueError, match="unknown solver"):
-        hj.relax(net, x0, clamp="image", solver="rk99")
+    with pytest.raises(ValueError, match="solver='tsit5' is a name: pass a solver object"):
+        hj.relax(net, x0, clamp="image", solver="tsit5")
+    with pytest.raises(ValueError, match="solver must be a diffrax solver or an optimistix"):
+        hj.relax(net, x0, clamp="image", solver=lambda x: x)
     with pytest.raises(hj.StateError, match="every layer is clamped"):
         hj.relax(net, x0, clamp=("image", "hidden", "label"))
     with pytest.raises(hj.GraphError, match="unknown layer 'pixels'"):
         hj.relax(net, x0, clamp="pixels")
     with pytest.raises(ValueError, match="implicit adjoint"):
-        hj.relax(net, x0, clamp="image", stop=hj.FixedSteps(3), adjoint="implicit")
-    with pytest.raises(ValueError, match="unknown adjoint"):
-        hj.relax(net, x0, clamp="image", adjoint="bptt")
+        hj.relax(net, x0, clamp="image", stop=hj.FixedSteps(3), adjoint=hj.ImplicitSteadyState())
+    with pytest.raises(ValueError, match="adjoint must be a diffrax adjoint"):
+        hj.relax(net, x0, clamp="image", adjoint="recursive")
+    with pytest.raises(ValueError, match="stop must be a stopping rule"):
+        hj.relax(net, x0, clamp="image", stop="steady_state")
     with pytest.raises(hj.StateError, match=r"x0\['hidden'\] has shape"):
         hj.relax(net, {**x0, "hidden": jnp.zeros((4, N_HID + 1))}, clamp="image")
-    with pytest.raises(ValueError, match="unknown method"):
-        hj.relax(net, x0, clamp="image", method="anneal")
+    with pytest.raises(TypeError, match="method"):  # the path follows from the solver's type
+        hj.relax(net, x0, clamp="image", method="anderson")
 
 
 def test_residual_gradient_finite_at_an_exact_fixed_point():
@@ -401,7 +431,7 @@ def test_residual_gradient_finite_at_an_exact_fixed_point():
     x0 = {"image": xi}
 
     def penalty(n):
-        sol = hj.relax(n, x0, solver="euler", stop=hj.FixedSteps(3), dt0=1.0)
+        sol = hj.relax(n, x0, solver=diffrax.Euler(), stop=hj.FixedSteps(3), dt0=1.0)
         return jnp.sum(sol.residual**2)
 
     assert float(penalty(net)) == 0.0
@@ -413,8 +443,10 @@ def test_residual_gradient_finite_at_an_exact_fixed_point():
 
 
 def test_anderson_reaches_the_ode_steady_state_in_fewer_evaluations(net, x0, steady):
-    an = hj.relax(net, x0, clamp="image", method="anderson", stop=hj.SteadyState(atol=1e-6))
-    fp = hj.relax(net, x0, clamp="image", method="fixed_point", stop=hj.SteadyState(atol=1e-6))
+    an = hj.relax(net, x0, clamp="image", solver=hj.solvers.Anderson(),
+                  stop=hj.SteadyState(atol=1e-6))
+    fp = hj.relax(net, x0, clamp="image", solver=hj.solvers.FixedPoint(),
+                  stop=hj.SteadyState(atol=1e-6))
     assert bool(jnp.all(an.converged)) and float(jnp.max(an.residual)) <= 1e-6
     for name in ("hidden", "label"):
         np.testing.assert_allclose(an.state[name], steady.state[name], atol=1e-5)
@@ -457,8 +489,10 @@ def frozen_reference(net, x0):
     return _grads_and_difference(_frozen_loss(FROZEN, max_steps=4096), net, x0)
 
 
-@pytest.mark.parametrize("kw", [dict(adjoint="implicit"), dict(method="fixed_point"),
-                                dict(method="anderson")], ids=["ode", "fixed_point", "anderson"])
+@pytest.mark.parametrize("kw", [dict(adjoint=hj.ImplicitSteadyState()),
+                                dict(solver=hj.solvers.FixedPoint()),
+                                dict(solver=hj.solvers.Anderson())],
+                         ids=["ode", "fixed_point", "anderson"])
 def test_frozen_neurons_differentiate_at_the_steady_state(net, x0, frozen_reference, kw):
     """Freezing makes ``τẋ`` zero on the frozen rows whatever the state, so the implicit
     function theorem on it is singular; on ``F = x₀ − x`` there it is not. The implicit
@@ -491,8 +525,14 @@ def test_implicit_gradient_is_right_at_dead_neurons():
     x = net.init_state(batch=(4,))
     x["image"] = jax.random.uniform(jax.random.PRNGKey(4), (4, N_IN))
 
-    def loss(n, adjoint, method="ode"):
-        sol = hj.relax(n, x, clamp="image", method=method, adjoint=adjoint,
+    adjoints = {"recursive": diffrax.RecursiveCheckpointAdjoint(),
+                "implicit": hj.ImplicitSteadyState(),
+                "implicit_dense": hj.ImplicitSteadyState(lx.AutoLinearSolver(well_posed=False)),
+                "phantom": hj.ImplicitSteadyState(hj.solvers.PhantomGradient())}
+    solvers = {"ode": diffrax.Tsit5(), "fixed_point": hj.solvers.FixedPoint()}
+
+    def loss(n, adjoint, solver="ode"):
+        sol = hj.relax(n, x, clamp="image", solver=solvers[solver], adjoint=adjoints[adjoint],
                        stop=hj.SteadyState(atol=1e-7))
         return jnp.sum(sol.state["label"] * jnp.arange(N_OUT)), sol
 
@@ -524,9 +564,10 @@ def test_relax_under_a_users_jit_with_x0_closed_over(net, x0, steady):
     read a traced value (the non-finite check) and must give the eager answer, under grad and
     vmap too."""
     methods = ("ode", "anderson")
+    solvers = {"ode": diffrax.Tsit5(), "anderson": hj.solvers.Anderson()}
 
     def label(n, x, method):
-        return hj.relax(n, x, clamp="image", method=method,
+        return hj.relax(n, x, clamp="image", solver=solvers[method],
                         stop=hj.SteadyState(atol=1e-6)).state["label"]
 
     @jax.jit
@@ -552,8 +593,9 @@ def test_relax_under_a_users_jit_with_x0_closed_over(net, x0, steady):
         np.testing.assert_allclose(per, steady.state["label"], atol=2e-5, err_msg=method)
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(solver="euler", dt0=0.2, max_steps=2000),
-                                dict(method="anderson")], ids=["tsit5", "euler", "anderson"])
+@pytest.mark.parametrize("kw", [dict(), dict(solver=diffrax.Euler(), dt0=0.2, max_steps=2000),
+                                dict(solver=hj.solvers.Anderson())],
+                         ids=["tsit5", "euler", "anderson"])
 def test_a_nan_sample_is_flagged_and_the_others_relax(net, x0, steady, kw):
     """Under jit (no eager check can run), one sample with a NaN pixel: it is reported not
     finite, not converged, with a NaN residual (never 0); the healthy samples relax to the
@@ -574,9 +616,10 @@ def test_a_nan_sample_is_flagged_and_the_others_relax(net, x0, steady, kw):
 
 
 def test_fixed_steps_carry_their_tolerance(net, x0):
-    loose = hj.relax(net, x0, clamp="image", solver="euler", dt0=0.2,
+    loose = hj.relax(net, x0, clamp="image", solver=diffrax.Euler(), dt0=0.2,
                      stop=hj.FixedSteps(30, atol=1e-2))
-    tight = hj.relax(net, x0, clamp="image", solver="euler", dt0=0.2, stop=hj.FixedSteps(30))
+    tight = hj.relax(net, x0, clamp="image", solver=diffrax.Euler(), dt0=0.2,
+                     stop=hj.FixedSteps(30))
     np.testing.assert_allclose(loose.tolerance, 1e-2)
     np.testing.assert_allclose(tight.tolerance, 1e-4)
     np.testing.assert_array_equal(loose.converged, loose.residual <= 1e-2)
@@ -597,39 +640,42 @@ def test_fixed_point_falls_back_to_the_ode_where_the_iteration_diverges():
     net = eqx.tree_at(lambda n: (n.synapses["lat"].weight, n.layers["x"].bias), net, (w, b))
     x = {"x": jnp.zeros((2, 3)).at[1].set(0.1)}
     expected = np.linalg.solve(np.eye(3) - np.asarray(w), np.asarray(b))
-    sol = hj.relax(net, x, method="fixed_point", stop=hj.SteadyState(atol=1e-5))
+    sol = hj.relax(net, x, solver=hj.solvers.FixedPoint(), stop=hj.SteadyState(atol=1e-5))
     assert bool(jnp.all(sol.converged))
     np.testing.assert_allclose(sol.state["x"], np.broadcast_to(expected, (2, 3)), atol=1e-4)
     # the ODE's evaluations (7 a Tsit5 step with its test) are counted beyond the iterations
     assert bool(jnp.all(sol.evaluations > 20))
     # Anderson extrapolates a linear map to its fixed point without the ODE
-    an = hj.relax(net, x, method="anderson", stop=hj.SteadyState(atol=1e-5))
+    an = hj.relax(net, x, solver=hj.solvers.Anderson(), stop=hj.SteadyState(atol=1e-5))
     assert bool(jnp.all(an.converged)) and bool(jnp.all(an.evaluations < 10))
 
 
 def test_every_keyword_takes_effect_or_is_refused(net, x0):
-    ode_only = dict(solver="euler", dt0=0.2, save="energy", save_ts=jnp.linspace(0, 1, 3),
+    ode_only = dict(dt0=0.2, save="energy", save_ts=jnp.linspace(0, 1, 3),
                     progress=True, stepsize_controller=diffrax.ConstantStepSize())
+    anderson = hj.solvers.Anderson()
     for k, v in ode_only.items():
-        with pytest.raises(ValueError, match=f"{k} applies to method='ode' only"):
-            hj.relax(net, x0, clamp="image", method="anderson", **{k: v})
+        with pytest.raises(ValueError, match=f"{k} applies to the ODE path .* not to Anderson"):
+            hj.relax(net, x0, clamp="image", solver=anderson, **{k: v})
     with pytest.raises(ValueError, match="use stop=SteadyState"):
-        hj.relax(net, x0, clamp="image", method="fixed_point", stop=hj.FixedSteps(3))
+        hj.relax(net, x0, clamp="image", solver=hj.solvers.FixedPoint(), stop=hj.FixedSteps(3))
     with pytest.raises(ValueError, match="t_max"):
-        hj.relax(net, x0, clamp="image", method="anderson", stop=hj.SteadyState(t_max=5.0))
-    with pytest.raises(ValueError, match="differentiated at its steady state"):
-        hj.relax(net, x0, clamp="image", method="anderson", adjoint="recursive")
+        hj.relax(net, x0, clamp="image", solver=anderson, stop=hj.SteadyState(t_max=5.0))
+    with pytest.raises(ValueError, match="differentiates an ODE solve, not a steady-state"):
+        hj.relax(net, x0, clamp="image", solver=anderson,
+                 adjoint=diffrax.RecursiveCheckpointAdjoint())
     with pytest.raises(ValueError, match="give the tolerance once"):
-        hj.relax(net, x0, clamp="image", method=hj.solvers.Anderson(atol=1e-3))
+        hj.relax(net, x0, clamp="image", solver=hj.solvers.Anderson(atol=1e-3))
     with pytest.raises(ValueError, match="freeze works with"):
-        hj.relax(net, x0, clamp="image", method="root", freeze={"hidden": True})
+        hj.relax(net, x0, clamp="image", solver=optx.Newton(rtol=1e-6, atol=1e-8),
+                 freeze={"hidden": True})
     with pytest.raises(ValueError, match="max_steps"):
         hj.relax(net, x0, clamp="image", max_steps=0)
     # a strategy object takes its own settings
     damped = hj.relax(net, x0, clamp="image", stop=hj.SteadyState(atol=1e-6),
-                      method=hj.solvers.Anderson(history=1, mixing=0.5))
+                      solver=hj.solvers.Anderson(history=1, mixing=0.5))
     plain = hj.relax(net, x0, clamp="image", stop=hj.SteadyState(atol=1e-6),
-                     method="fixed_point")
+                     solver=hj.solvers.FixedPoint())
     assert bool(jnp.all(damped.converged)) and not np.array_equal(damped.steps, plain.steps)
 
 
@@ -657,15 +703,15 @@ def test_a_repeated_clamp_name_counts_once(net, x0, steady):
 
 
 def test_fixed_point_samples_do_not_depend_on_their_batch_mates():
-    """method="fixed_point" holds each sample at the first iterate within its own tolerance,
-    and its adjoint iterates each sample to its own tolerance: a sample relaxed beside a stiff
+    """FixedPoint() holds each sample at the first iterate within its own tolerance, and
+    its adjoint iterates each sample to its own tolerance: a sample relaxed beside a stiff
     one (here samples with large inputs saturate their tanh units and settle in 4 iterations,
     the last, in the linear regime, takes 11) ends where it ends alone, and so does its
     implicit gradient."""
     net = chain(jax.random.PRNGKey(7), hidden=Tanh(1.0), scale=0.9)
     x = net.init_state(batch=(4,))
     x["image"] = jax.random.uniform(jax.random.PRNGKey(8), (4, N_IN)).at[:3].multiply(40.0)
-    kw = dict(clamp="image", method="fixed_point", stop=hj.SteadyState(atol=1e-6))
+    kw = dict(clamp="image", solver=hj.solvers.FixedPoint(), stop=hj.SteadyState(atol=1e-6))
 
     def loss(net, x):
         sol = hj.relax(net, x, **kw)
@@ -694,20 +740,20 @@ def test_fixed_point_samples_do_not_depend_on_their_batch_mates():
 
 _PER_SAMPLE = r"""
 import json, sys
-import jax, jax.numpy as jnp
+import diffrax, jax, jax.numpy as jnp, optimistix as optx
 import hamjax as hj
 sys.path.insert(0, sys.argv[1])
 from test_relax import N_HID, N_IN, chain
 
 CASES = {
-    "ode tsit5": ("ode", dict(solver="tsit5")),
-    "ode euler": ("ode", dict(solver="euler", dt0=0.2)),
-    "ode tsit5 fixed time": ("ode", dict(solver="tsit5", stop=hj.FixedTime(3.0))),
-    "ode tsit5 frozen": ("ode", dict(solver="tsit5", freeze={"hidden": jnp.arange(N_HID) < 2})),
-    "anderson": ("anderson", {}),
-    "fixed_point": ("fixed_point", {}),
-    "root": ("root", {}),
-    "minimise": ("minimise", dict(stop=hj.SteadyState(atol=1e-6))),
+    "ode tsit5": dict(solver=diffrax.Tsit5()),
+    "ode euler": dict(solver=diffrax.Euler(), dt0=0.2),
+    "ode tsit5 fixed time": dict(solver=diffrax.Tsit5(), stop=hj.FixedTime(3.0)),
+    "ode tsit5 frozen": dict(solver=diffrax.Tsit5(), freeze={"hidden": jnp.arange(N_HID) < 2}),
+    "anderson": dict(solver=hj.solvers.Anderson()),
+    "fixed_point": dict(solver=hj.solvers.FixedPoint()),
+    "root": dict(solver=optx.Newton(rtol=1e-6, atol=1e-10)),
+    "minimise": dict(solver=optx.BFGS(rtol=1e-7, atol=1e-8), stop=hj.SteadyState(atol=1e-6)),
 }
 def f64(t):
     return jax.tree.map(lambda v: v.astype(jnp.float64)
@@ -716,14 +762,13 @@ net = f64(chain(jax.random.PRNGKey(3)))
 x = f64(net.init_state(batch=2, key=jax.random.PRNGKey(4), scale=0.1))
 x["image"] = jax.random.uniform(jax.random.PRNGKey(5), (2, N_IN), jnp.float64).at[1].multiply(40.0)
 out = {}
-for name, (method, kw) in CASES.items():
+for name, kw in CASES.items():
     kw.setdefault("stop", hj.SteadyState(atol=1e-8))
-    both = hj.relax(net, x, clamp="image", method=method, **kw)
+    both = hj.relax(net, x, clamp="image", **kw)
     rec = dict(shape=list(both.steps.shape) + list(both.result._value.shape),
                converged=both.converged.tolist(), steps=both.steps.tolist(), alone=[])
     for i in (0, 1):
-        alone = hj.relax(net, {n: v[i:i + 1] for n, v in x.items()}, clamp="image",
-                         method=method, **kw)
+        alone = hj.relax(net, {n: v[i:i + 1] for n, v in x.items()}, clamp="image", **kw)
         diff = max(float(jnp.max(jnp.abs(both.state[n][i] - alone.state[n][0]))) for n in x)
         rec["alone"].append(dict(diff=diff, steps=int(alone.steps[0]),
                                  converged=bool(alone.converged[0])))

@@ -26,7 +26,7 @@ SNIPPET = textwrap.dedent(
     r"""
     import dataclasses, json, time
     t0 = time.perf_counter()
-    import equinox as eqx, jax, jax.numpy as jnp, numpy as np, optax
+    import diffrax, equinox as eqx, jax, jax.numpy as jnp, numpy as np, optax
     import hamjax as hj
     from hamjax import data as hd, sharding, train as T
 
@@ -41,7 +41,8 @@ SNIPPET = textwrap.dedent(
     batch_np = T.Classification(num_classes=10).prepare(d.x_train[:8], d.y_train[:8],
                                                         np.random.default_rng(0), train=False)
     task = T.Classification(num_classes=10, loss_kind="nll", noise=0.0)
-    gradient = T.BPTT(steps=6, dt0=0.25, residual_penalty=0.5)
+    gradient = T.BPTT(hj.RelaxOptions(solver=diffrax.Euler(), stop=hj.FixedSteps(6), dt0=0.25),
+                      residual_penalty=0.5)
 
     def stash_gradient():
         # passes the gradient on unchanged and keeps it as its state: train_step's own gradient
@@ -130,7 +131,8 @@ SNIPPET = textwrap.dedent(
     # the same steps, sample by sample
     x0 = task.initial_state(net0, {"input": jnp.asarray(batch_np["input"])})
     rel = {}
-    for name, kw in (("steady", dict(solver="euler", stop=hj.SteadyState(atol=1e-3), dt0=0.25,
+    for name, kw in (("steady", dict(solver=diffrax.Euler(), stop=hj.SteadyState(atol=1e-3),
+                                     dt0=0.25,
                                      max_steps=256)),):
         a = hj.relax(net0, x0, clamp=("image",), **kw)
         b = hj.relax(net0, x0, clamp=("image",), mesh=mesh4, **kw)

@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -22,7 +23,7 @@ import numpy as np
 import optax
 import pytest
 
-from hamjax import SteadyState, models, relax
+from hamjax import FixedSteps, ImplicitSteadyState, RelaxOptions, SteadyState, models, relax
 from hamjax import data as hd
 from hamjax import lagrangians as L
 from hamjax import solvers as hj_solvers
@@ -76,11 +77,24 @@ def _flat(tree):
                            for v in jax.tree.leaves(eqx.filter(tree, eqx.is_inexact_array))])
 
 
+def _steady(atol, max_steps=1024):
+    """The steady-state estimators' relaxation: the fixed-point iteration to residual atol."""
+    return RelaxOptions(solver=hj_solvers.FixedPoint(), stop=SteadyState(atol=atol),
+                        max_steps=max_steps)
+
+
+def _euler(steps, dt0=0.25):
+    """BPTT's relaxation: ``steps`` Euler steps of ``dt0``."""
+    return RelaxOptions(solver=diffrax.Euler(), stop=FixedSteps(steps), dt0=dt0)
+
+
 GRADIENTS = {
-    "bptt": T.BPTT(steps=None, solver="tsit5", atol=ATOL, max_steps=MAX_STEPS),
-    "implicit": T.Implicit(atol=ATOL, max_steps=MAX_STEPS),
-    "eqprop": T.EqProp(beta=BETA, variant="symmetric", atol=ATOL, max_steps=MAX_STEPS),
-    "eqprop_one_sided": T.EqProp(beta=BETA, variant="one_sided", atol=ATOL, max_steps=MAX_STEPS),
+    "bptt": T.BPTT(RelaxOptions(solver=diffrax.Tsit5(), stop=SteadyState(atol=ATOL),
+                                max_steps=MAX_STEPS, dt0=0.25)),
+    "implicit": T.Implicit(_steady(ATOL, MAX_STEPS)),
+    "eqprop": T.EqProp(beta=BETA, variant="symmetric", relaxation=_steady(ATOL, MAX_STEPS)),
+    "eqprop_one_sided": T.EqProp(beta=BETA, variant="one_sided",
+                                 relaxation=_steady(ATOL, MAX_STEPS)),
 }
 TRAIN_STEPS = 4
 
@@ -176,7 +190,7 @@ def loss_at(net, batch):
             out.append(theta[off:off + leaf.size].reshape(leaf.shape))
             off += leaf.size
         n = eqx.combine(jax.tree.unflatten(treedef, out), static)
-        sol = relax(n, CLS.initial_state(n, batch), clamp=CLS.clamp, solver="tsit5",
+        sol = relax(n, CLS.initial_state(n, batch), clamp=CLS.clamp, solver=diffrax.Tsit5(),
                     stop=SteadyState(atol=ATOL), max_steps=4 * MAX_STEPS, on_nonfinite="flag")
         return jnp.mean(CLS.loss(n, sol.state, batch)), jnp.max(sol.residual)
 
@@ -232,7 +246,7 @@ def test_training_steps_lower_the_loss(runs, name):
 # ------------------------------------------------------------------------------------------
 # memory tasks
 
-MEM_GRADIENT = T.BPTT(steps=8, dt0=0.25)
+MEM_GRADIENT = T.BPTT(_euler(8))
 ADAM = optax.adam(3e-2)
 
 
@@ -583,18 +597,19 @@ def test_nll_nudge_is_bounded_for_both_signs(batch):
     itself, the loss reported, to O(β²). The squared error of the probabilities stays available
     by name: its estimate is the gradient of that other loss."""
     net = _softmax_classifier()
-    raw = T.EqProp(beta=0.5, nudge="cost", max_steps=64)
+    raw = T.EqProp(beta=0.5, nudge="cost", relaxation=_steady(1e-4, 64))
     _, m = _grad(raw, net, NLL, batch)
     assert float(jnp.mean(m["converged_nudged"])) < 0.5
     assert float(jnp.mean(m["used"])) == float(jnp.mean(m["converged_nudged"]))
-    ep = T.EqProp(beta=0.01, atol=1e-6)
+    ep = T.EqProp(beta=0.01, relaxation=_steady(1e-6))
     g_ep, m = _grad(ep, net, NLL, batch)
     assert float(jnp.min(m["converged_nudged"])) == 1.0 and float(jnp.min(m["used"])) == 1.0
-    g_nll, _ = _grad(T.Implicit(atol=1e-6), net, NLL, batch)
+    g_nll, _ = _grad(T.Implicit(_steady(1e-6)), net, NLL, batch)
     assert _cos(g_ep, g_nll) > 0.999 and _rel(g_ep, g_nll) < 3e-2
     mse = T.Classification(num_classes=10, loss_kind="mse")
-    g_imp, _ = _grad(T.Implicit(atol=1e-6), net, mse, batch)
-    g_sq, m = _grad(T.EqProp(beta=0.01, atol=1e-6, nudge="squared_error"), net, NLL, batch)
+    g_imp, _ = _grad(T.Implicit(_steady(1e-6)), net, mse, batch)
+    g_sq, m = _grad(T.EqProp(beta=0.01, relaxation=_steady(1e-6), nudge="squared_error"), net,
+                    NLL, batch)
     assert float(jnp.min(m["converged_nudged"])) == 1.0
     assert _cos(g_sq, g_imp) > 0.999 and _rel(g_sq, g_imp) < 3e-2
     assert _cos(g_sq, g_nll) < 0.99  # a different loss: why it is not the default
@@ -610,7 +625,7 @@ def test_nll_nudge_current_is_bounded_where_the_network_is_confidently_wrong(bat
     net = _softmax_classifier()
     w = net.synapses["w2"].weight
     net = eqx.tree_at(lambda n: n.synapses["w2"].weight, net, w * 2.0)
-    free = T.Implicit(atol=1e-6).relax(net, NLL, batch)
+    free = T.Implicit(_steady(1e-6)).relax(net, NLL, batch)
     g0 = net.layers["label"].activation(free.state["label"])
     p_y = np.asarray(g0)[np.arange(8), np.asarray(batch["target"])]
     assert p_y.min() < 1e-8 and p_y.min() > 1e-12  # confidently wrong, above the log clip
@@ -618,7 +633,7 @@ def test_nll_nudge_current_is_bounded_where_the_network_is_confidently_wrong(bat
     d, s = _cost_direction(NLL, batch, g0)
     np.testing.assert_allclose(np.linalg.norm(np.asarray(d), axis=-1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(np.asarray(s), 1.0 / p_y, rtol=1e-3)  # |∂(−log g_y)/∂g| = 1/g_y
-    ep, imp = T.EqProp(beta=0.01, atol=1e-6), T.Implicit(atol=1e-6)
+    ep, imp = T.EqProp(beta=0.01, relaxation=_steady(1e-6)), T.Implicit(_steady(1e-6))
     g_ep, m = _grad(ep, net, NLL, batch)
     assert float(jnp.min(m["converged_nudged"])) == 1.0 and np.all(np.isfinite(g_ep))
     for i in range(8):
@@ -651,7 +666,7 @@ def test_eqprop_default_is_the_gradient_of_the_reported_nll_at_mnist_size():
     net = jax.tree.map(lambda v: jnp.asarray(v, v.dtype) if eqx.is_array(v) else v, net)
     b = {k: jnp.asarray(v) for k, v in
          NLL.prepare(images, labels, np.random.default_rng(0), train=False).items()}
-    g_nll, _ = _grad(T.Implicit(atol=1e-6), net, NLL, b)
+    g_nll, _ = _grad(T.Implicit(_steady(1e-6)), net, NLL, b)
     g_ep, m = _grad(T.EqProp(), net, NLL, b)
     assert float(jnp.min(m["used"])) == 1.0
     assert _cos(g_ep, g_nll) >= 0.99 and _rel(g_ep, g_nll) < 0.1
@@ -664,7 +679,7 @@ def test_random_sign_eqprop(net, batch):
     and the mean of the +β and −β one-sided estimates is exactly the symmetric estimate
     (their O(β) biases cancel)."""
     one = {k: v[:1] for k, v in batch.items()}
-    rs = T.EqProp(beta=BETA, variant="random_sign", atol=ATOL, max_steps=MAX_STEPS)
+    rs = T.EqProp(beta=BETA, variant="random_sign", relaxation=_steady(ATOL, MAX_STEPS))
     assert rs.needs_key and not GRADIENTS["eqprop"].needs_key
     with pytest.raises(ValueError, match="key"):
         _loss_and_grad(rs, net, CLS, one)
@@ -680,7 +695,7 @@ def test_random_sign_eqprop(net, batch):
     assert _rel(g_plus, g_minus) > 1e-3  # the two one-sided estimates do differ
 
 
-UNCONVERGED = T.Implicit(atol=1e-8, max_steps=1)  # one iteration: no sample converges
+UNCONVERGED = T.Implicit(_steady(1e-8, 1))  # one iteration: no sample converges
 
 
 def test_unconverged_and_nonfinite_samples_are_left_out(net, batch):
@@ -703,19 +718,40 @@ def test_unconverged_and_nonfinite_samples_are_left_out(net, batch):
 
 
 def test_estimator_settings_are_checked():
-    with pytest.raises(ValueError, match="method='ode' only"):
-        T.Implicit(dt0=0.5)
-    with pytest.raises(ValueError, match="method='ode' only"):
-        T.EqProp(solver="euler")
+    with pytest.raises(ValueError, match="dt0 applies to the ODE path"):
+        RelaxOptions(solver=hj_solvers.FixedPoint(), dt0=0.5)
+    with pytest.raises(ValueError, match="is a name: pass a solver object"):
+        RelaxOptions(solver="euler")
+    with pytest.raises(ValueError, match="must be a diffrax solver or an optimistix"):
+        RelaxOptions(solver=hj_solvers.Neumann())
+    with pytest.raises(ValueError, match="adjoint must be a diffrax adjoint"):
+        RelaxOptions(adjoint="phantom")
+    with pytest.raises(ValueError, match="must be an ImplicitSteadyState"):
+        T.Implicit(RelaxOptions(solver=diffrax.Tsit5(),
+                                adjoint=diffrax.RecursiveCheckpointAdjoint()))
+    with pytest.raises(ValueError, match="needs stop=SteadyState"):
+        T.Implicit(_euler(4))
+    with pytest.raises(ValueError, match="must be positive"):
+        T.EqProp(relaxation=_steady(0.0))
+    with pytest.raises(ValueError, match="takes no adjoint"):
+        T.EqProp(relaxation=RelaxOptions(solver=hj_solvers.FixedPoint(),
+                                         adjoint=ImplicitSteadyState()))
+    with pytest.raises(ValueError, match="BPTT backpropagates through a diffrax solver"):
+        T.BPTT(_steady(1e-4))
+    with pytest.raises(ValueError, match="must be a hamjax.RelaxOptions"):
+        T.BPTT(20)
     with pytest.raises(ValueError, match="variant"):
         T.EqProp(variant="both")
     with pytest.raises(ValueError, match="nudge"):
         T.EqProp(nudge="quadratic")
     with pytest.raises(ValueError, match="on_failure"):
         hj_solvers.Neumann(on_failure="ignore")
-    with pytest.raises(ValueError, match="method"):
-        T.Implicit(method="newton")
-    T.Implicit(method="ode", solver="euler", dt0=0.1)  # the ODE takes them
+    # a diffrax solver takes dt0 and relaxes by the ODE, the implicit adjoint added
+    kw = T.Implicit(RelaxOptions(solver=diffrax.Euler(), dt0=0.1)).relax_kwargs()
+    assert kw["dt0"] == 0.1 and isinstance(kw["solver"], diffrax.Euler)
+    assert isinstance(kw["adjoint"], ImplicitSteadyState)
+    assert isinstance(T.BPTT().relax_kwargs()["adjoint"], diffrax.RecursiveCheckpointAdjoint)
+    assert T.EqProp(relaxation=_steady(1e-3)).tolerance == 1e-3
 
 
 def test_fit_default_task_follows_the_label_layer(digits):
@@ -733,7 +769,7 @@ def test_fit_checks_layer_names_up_front_and_takes_other_names(digits):
                                          r"\[.*'pixels'.*\]: pass task="):
         T.fit(renamed, tiny, epochs=1, batch_size=8, progress=False, verbose=False)
     task = T.Classification(input_layer="pixels", output_layer="digit", loss_kind="nll")
-    _, hist = T.fit(renamed, tiny, task=task, gradient=T.BPTT(steps=4), epochs=1, batch_size=8,
+    _, hist = T.fit(renamed, tiny, task=task, gradient=T.BPTT(_euler(4)), epochs=1, batch_size=8,
                     progress=False, verbose=False)
     assert np.isfinite(hist[0]["train_loss"]) and 0 <= hist[0]["test_accuracy"] <= 1
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -64,7 +65,8 @@ def test_the_tokens_start_at_the_encoder_and_the_energy_decreases():
     expect = (jnp.einsum("nti,oi->nto", b["input"], s["encode"].weight)
               + b["mask"] * s["mask_token"].weight[:, 0] + s["position"].bias)
     np.testing.assert_allclose(x0["tokens"], expect, rtol=1e-5, atol=1e-6)
-    sol = hj.relax(net, x0, clamp=TASK.clamp, freeze=TASK.frozen(b), solver="euler", dt0=0.1,
+    sol = hj.relax(net, x0, clamp=TASK.clamp, freeze=TASK.frozen(b), solver=diffrax.Euler(),
+                   dt0=0.1,
                    stop=hj.FixedSteps(40), save="energy")
     e = np.asarray(sol.energy_trace())
     assert np.all(np.diff(e, axis=0) <= 1e-4 * np.abs(e[:-1]) + 1e-4)
@@ -104,7 +106,7 @@ def test_the_bptt_gradient_matches_finite_differences():
         net = _tiny()
         b = {k: v.astype(jnp.float64) if v.dtype == jnp.float32 else v
              for k, v in _batch(TASK, _images(3)).items()}
-        grad = T.BPTT(steps=4, dt0=0.5)
+        grad = T.BPTT(hj.RelaxOptions(solver=diffrax.Euler(), stop=hj.FixedSteps(4), dt0=0.5))
 
         @eqx.filter_jit
         def loss(n):  # the forward pass alone, compiled once for both evaluations

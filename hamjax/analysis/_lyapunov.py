@@ -21,6 +21,7 @@ from jaxtyping import Array
 from .._convergence import FixedTime
 from .._ham import HAM
 from .._relax import relax
+from .._results import RESULTS
 
 __all__ = [
     "energy_rates",
@@ -69,7 +70,7 @@ def simulate(
                 stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
                 max_steps=max_steps)
     if (not isinstance(sol.result, jax.core.Tracer)
-            and bool(jnp.any(sol.result == diffrax.RESULTS.max_steps_reached))):
+            and bool(jnp.any(sol.result == RESULTS.max_steps_reached))):
         raise RuntimeError(f"simulate: the solve reached max_steps={max_steps} before t1={t1} "
                            "(the saved states after that are inf); raise max_steps or loosen "
                            "rtol/atol")

@@ -205,8 +205,13 @@ def _gradient(cfg: dict):
     from .. import train as T
 
     if cfg["gradient"] == "bptt":
-        return T.BPTT(steps=cfg["steps"], dt0=cfg["dt"],
-                      residual_penalty=cfg.get("residual_penalty", 1.0))
+        import diffrax
+
+        from .. import FixedSteps, RelaxOptions
+
+        steps = RelaxOptions(solver=diffrax.Euler(), stop=FixedSteps(cfg["steps"]),
+                             dt0=cfg["dt"])
+        return T.BPTT(steps, residual_penalty=cfg.get("residual_penalty", 1.0))
     # both relax to a steady state by their own defaults (see hj.train.Implicit/EqProp)
     return {"implicit": T.Implicit, "eqprop": T.EqProp}[cfg["gradient"]]()
 

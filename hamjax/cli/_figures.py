@@ -72,11 +72,13 @@ def _label(data, label) -> str:
 def _relax_kwargs(gradient) -> tuple[dict, dict]:
     """``(kw, kw_saving)``: :func:`hamjax.relax` keywords of the estimator's own relaxation,
     forward only, and of one that saves the energy along the way."""
+    import diffrax
+
     from .. import SteadyState
 
     kw = dict(gradient.relax_kwargs())
     kw.pop("adjoint", None)  # forward only: an implicit adjoint matters only under grad
-    if kw.get("method", "ode") == "ode":
+    if isinstance(kw.get("solver"), diffrax.AbstractSolver | None):
         return kw, kw
     # the energy picture follows the dynamics in time: the ODE to the same tolerance (a
     # steady-state method's iterations have no time axis)

@@ -31,6 +31,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import ClassVar
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -38,7 +39,8 @@ import jax.numpy as jnp
 from .._convergence import FixedSteps, SteadyState
 from .._ham import HAM
 from .._implicit import ImplicitSteadyState
-from .._relax import relax
+from .._relax import RelaxOptions, relax
+from ..solvers import FixedPoint
 from ..synapses import Synapse
 from ._tasks import Task
 
@@ -61,27 +63,22 @@ def _mean_loss_and_metrics(net, task, batch, sol, residual_penalty=0.0):
     return loss, ev
 
 
-_STEADY = ("anderson", "fixed_point", "ode")
-
-
-def _steady_kwargs(m) -> dict:
-    """``relax`` keywords of a steady-state estimator ``m`` (fields ``method``, ``atol``,
-    ``max_steps``, ``solver``, ``dt0``)."""
-    kw = dict(method=m.method, stop=SteadyState(atol=m.atol), max_steps=m.max_steps)
-    if m.method == "ode":
-        kw.update(solver=m.solver or "tsit5", dt0=0.25 if m.dt0 is None else m.dt0)
-    return kw
+# the estimators' default relaxations
+_EULER_20 = RelaxOptions(solver=diffrax.Euler(), stop=FixedSteps(20), dt0=0.25, max_steps=256)
+_FIXED_POINT = RelaxOptions(solver=FixedPoint(), stop=SteadyState(atol=1e-4), max_steps=1024)
 
 
 def _check_steady(m) -> None:
-    name = type(m).__name__
-    if m.method not in _STEADY:
-        raise ValueError(f"{name}(method=...) must be one of {_STEADY}, got {m.method!r}")
-    if m.method != "ode" and (m.solver is not None or m.dt0 is not None):
-        raise ValueError(f"{name}(solver=..., dt0=...) apply to method='ode' only; "
-                         f"method={m.method!r} iterates the steady-state equations")
-    if not m.atol > 0:
-        raise ValueError(f"{name}(atol=...) must be positive, got {m.atol}")
+    """A steady-state estimator's relaxation: a stop at a steady state, a positive tolerance."""
+    name, r = type(m).__name__, m.relaxation
+    if not isinstance(r, RelaxOptions):
+        raise ValueError(f"{name}(relaxation=...) must be a hamjax.RelaxOptions, got {r!r}")
+    if r.stop is not None and not isinstance(r.stop, SteadyState):
+        raise ValueError(f"{name} differentiates at a steady state: its relaxation needs "
+                         f"stop=SteadyState(...), not {type(r.stop).__name__}")
+    if not r.tolerance > 0:
+        raise ValueError(f"{name}: the relaxation's tolerance (SteadyState(atol=...)) must be "
+                         f"positive, got {r.tolerance}")
 
 
 class GradientEstimator(eqx.Module):
@@ -94,7 +91,7 @@ class GradientEstimator(eqx.Module):
 
     @abc.abstractmethod
     def relax_kwargs(self) -> dict:
-        """Keyword arguments of :func:`hamjax.relax` for this estimator's relaxation (method,
+        """Keyword arguments of :func:`hamjax.relax` for this estimator's relaxation (solver,
         stopping rule, solver, adjoint): the same for training and evaluation."""
 
     def relax(self, net: HAM, task: Task, batch: dict):
@@ -106,7 +103,7 @@ class GradientEstimator(eqx.Module):
     @property
     def tolerance(self) -> float:
         """The residual tolerance by which this estimator's relaxations are judged converged."""
-        return self.atol
+        return self.relaxation.tolerance
 
     @property
     def steady_state(self) -> bool:
@@ -127,31 +124,40 @@ class GradientEstimator(eqx.Module):
 
 
 class BPTT(GradientEstimator):
-    """Backpropagation through time (docs/maths.md §5.2): ``steps`` steps of ``solver`` with
-    step ``dt0``; with ``steps=None``, an adaptive solve to a steady state (``atol``, at most
-    ``max_steps`` steps), still backpropagated through every step. ``atol`` also judges
-    ``converged`` after fixed steps. ``residual_penalty`` ρ adds ``ρ·mean|τẋ|²`` at the final
-    state to the loss, so that a fixed number of steps ends at (near) a fixed point: without it
-    the network can learn to classify with a transient that later diverges.
+    """Backpropagation through time (docs/maths.md §5.2): reverse-mode autodiff through every
+    step of the ``relaxation`` (a :class:`hamjax.RelaxOptions` with a diffrax solver; default
+    20 Euler steps of 0.25, ``RelaxOptions(solver=diffrax.Euler(), stop=FixedSteps(20),
+    dt0=0.25, max_steps=256)``); with ``stop=SteadyState(atol)``, an adaptive solve to a steady
+    state, still backpropagated through every step. The stop's ``atol`` judges ``converged``.
+    ``residual_penalty`` ρ (default 0) adds ``ρ·mean|τẋ|²`` at the final state to the loss, so
+    that a fixed number of steps ends at (near) a fixed point: without it the network can learn
+    to classify with a transient that later diverges.
 
-    Defaults: 20 Euler steps of 0.25, ``atol=1e-4``, ``max_steps=256``, ``residual_penalty=0``.
-    Exact for the computation performed, converged or not; memory grows with the steps."""
+    Exact for the computation performed, converged or not; memory grows with the steps. A
+    relaxation whose solver is not a diffrax solver, or whose adjoint is not a diffrax adjoint,
+    raises ``ValueError``."""
 
-    steps: int | None = eqx.field(static=True, default=20)
-    dt0: float = eqx.field(static=True, default=0.25)
-    solver: str = eqx.field(static=True, default="euler")
-    atol: float = eqx.field(static=True, default=1e-4)
-    max_steps: int = eqx.field(static=True, default=256)
+    relaxation: RelaxOptions = eqx.field(static=True, default=_EULER_20)
     residual_penalty: float = eqx.field(static=True, default=0.0)
 
+    def __check_init__(self):
+        r = self.relaxation
+        if not isinstance(r, RelaxOptions):
+            raise ValueError(f"BPTT(relaxation=...) must be a hamjax.RelaxOptions, got {r!r}")
+        if not isinstance(r.solver, diffrax.AbstractSolver | None):
+            raise ValueError(f"BPTT backpropagates through a diffrax solver's steps, not "
+                             f"{type(r.solver).__name__}: use Implicit for a steady-state "
+                             "solver")
+        if isinstance(r.adjoint, ImplicitSteadyState):
+            raise ValueError("BPTT backpropagates through the steps: its relaxation takes a "
+                             "diffrax adjoint, not ImplicitSteadyState (that is Implicit)")
+
     def relax_kwargs(self):
-        """``solver``, ``dt0``, the stop (``FixedSteps(steps)`` or ``SteadyState(atol)`` with
-        ``max_steps``) and ``adjoint="recursive"`` for :func:`hamjax.relax`."""
-        if self.steps is None:
-            return dict(solver=self.solver, dt0=self.dt0, stop=SteadyState(atol=self.atol),
-                        max_steps=self.max_steps, adjoint="recursive")
-        return dict(solver=self.solver, dt0=self.dt0, stop=FixedSteps(self.steps, atol=self.atol),
-                    adjoint="recursive")
+        """The relaxation's keywords for :func:`hamjax.relax`, with the recursive-checkpoint
+        adjoint unless it names another."""
+        kw = self.relaxation.kwargs()
+        kw.setdefault("adjoint", diffrax.RecursiveCheckpointAdjoint())
+        return kw
 
     def loss_and_grad(self, net, task, batch, *, key=None):
         """``(mean loss, grads, metrics)`` by reverse-mode autodiff through every solver step
@@ -168,33 +174,34 @@ class Implicit(GradientEstimator):
     """Implicit differentiation at the steady state (residual ``atol``; docs/maths.md §5.3,
     eqs. (T2)–(T4)).
 
-    ``method``: how the steady state is found: ``"fixed_point"`` (default: ``x ← c + I``, which
-    converges only to stable steady states, the ODE finishing samples it cannot; it jumps to
-    ``c + I`` where the ODE follows the transient in small steps, so it needs fewer evaluations
-    of the currents: ``python -m benchmarks --only steady_state``),
-    ``"anderson"`` (fewer iterations, but its extrapolation can land on an unstable steady
-    state, a saddle of the energy that the dynamics would leave: see
-    :class:`hamjax.solvers.Anderson`) or ``"ode"`` (the adaptive ``solver``, default Tsit5,
-    from step ``dt0``: the dynamics' own path). ``max_steps`` bounds the
-    iterations (or ODE steps). ``adjoint``: how the adjoint system is solved: ``"implicit"``
-    (default: :class:`hamjax.solvers.Neumann`, Anderson-accelerated where the plain series is
-    slow), ``"phantom"`` (a truncated
-    series: cheaper, approximate), ``"implicit_dense"`` or an :class:`ImplicitSteadyState`.
+    ``relaxation``: how the steady state is found, a :class:`hamjax.RelaxOptions` with
+    ``stop=SteadyState(atol)`` (default ``RelaxOptions(solver=FixedPoint(),
+    stop=SteadyState(atol=1e-4), max_steps=1024)``). Its solver: :class:`hamjax.solvers.FixedPoint`
+    (``x ← c + I``, which converges only to stable steady states, the ODE finishing samples it
+    cannot; it jumps to ``c + I`` where the ODE follows the transient in small steps, so it
+    needs fewer evaluations of the currents: ``python -m benchmarks --only steady_state``),
+    :class:`hamjax.solvers.Anderson` (fewer iterations, but its extrapolation can land on an
+    unstable steady state, a saddle of the energy that the dynamics would leave), another
+    optimistix steady-state solver, or a diffrax solver (``diffrax.Tsit5()``: the dynamics' own
+    path). Its ``adjoint``: an :class:`ImplicitSteadyState`, whose linear solver solves the
+    adjoint system (default :class:`hamjax.solvers.Neumann`, Anderson-accelerated where the
+    plain series is slow; ``ImplicitSteadyState(PhantomGradient())``: a truncated series,
+    cheaper, approximate).
 
     Samples whose relaxation did not converge are left out of the gradient (``used`` in the
-    metrics) and of nothing else: the loss reported is the mean over all samples. Bad
-    ``method``, ``solver``/``dt0`` with a method other than ``"ode"``, or a non-positive
-    ``atol`` raise ``ValueError``."""
+    metrics) and of nothing else: the loss reported is the mean over all samples. A
+    relaxation that does not stop at a steady state, whose tolerance is not positive or whose
+    adjoint is not an :class:`ImplicitSteadyState` raises ``ValueError``."""
 
-    atol: float = eqx.field(static=True, default=1e-4)
-    method: str = eqx.field(static=True, default="fixed_point")
-    solver: str | None = eqx.field(static=True, default=None)
-    dt0: float | None = eqx.field(static=True, default=None)
-    max_steps: int = eqx.field(static=True, default=1024)
-    adjoint: ImplicitSteadyState | str = "implicit"
+    relaxation: RelaxOptions = eqx.field(static=True, default=_FIXED_POINT)
 
     def __check_init__(self):
         _check_steady(self)
+        adjoint = self.relaxation.adjoint
+        if adjoint is not None and not isinstance(adjoint, ImplicitSteadyState):
+            raise ValueError(f"Implicit: the relaxation's adjoint must be an "
+                             f"ImplicitSteadyState (its linear solver solves the adjoint "
+                             f"system), got {adjoint!r}")
 
     @property
     def steady_state(self):
@@ -202,9 +209,11 @@ class Implicit(GradientEstimator):
         return True
 
     def relax_kwargs(self):
-        """``method``, ``stop=SteadyState(atol)``, ``max_steps`` (with ``solver``/``dt0`` for
-        ``"ode"``) and ``adjoint`` for :func:`hamjax.relax`."""
-        return dict(_steady_kwargs(self), adjoint=self.adjoint)
+        """The relaxation's keywords for :func:`hamjax.relax`, with the implicit adjoint
+        (``ImplicitSteadyState()`` unless it names another)."""
+        kw = self.relaxation.kwargs()
+        kw.setdefault("adjoint", ImplicitSteadyState())
+        return kw
 
     def loss_and_grad(self, net, task, batch, *, key=None):
         """``(mean loss, grads, metrics)``: the gradient of the loss summed over converged
@@ -329,8 +338,9 @@ class EqProp(GradientEstimator):
     errors are nudged by the cost itself: their currents are bounded, and the energy stays
     bounded below for both signs on bounded or quadratic output layers (docs/maths.md §5.4).
 
-    Every phase relaxes to a steady state by ``method`` (as :class:`Implicit`, with its
-    ``solver``, ``dt0`` and ``max_steps``): the free phase to residual ``atol``, the nudged
+    Every phase relaxes to a steady state by ``relaxation`` (a :class:`hamjax.RelaxOptions`
+    with ``stop=SteadyState(atol)``, default as :class:`Implicit`'s, no adjoint: nothing is
+    differentiated through a relaxation): the free phase to its residual ``atol``, the nudged
     phases, which start from the free steady state, to ``nudged_atol`` (default
     ``min(atol, 1e-5)``; the one-sided variants relax the free phase to it too, since their
     estimate uses it).
@@ -340,21 +350,20 @@ class EqProp(GradientEstimator):
     at 0.999, for about twice the iterations. A sample any of whose needed phases did not
     converge is left out of the gradient;
     ``converged`` (free phase), ``converged_nudged`` and ``used`` report it per sample. Bad
-    ``variant``, ``nudge``, ``method`` or a non-positive ``beta`` or ``atol`` raise
+    ``variant``, ``nudge``, ``relaxation`` or a non-positive ``beta`` or ``atol`` raise
     ``ValueError``."""
 
     beta: float = eqx.field(static=True, default=0.05)
     variant: str = eqx.field(static=True, default="symmetric")
     nudge: str = eqx.field(static=True, default="auto")
-    atol: float = eqx.field(static=True, default=1e-4)
-    method: str = eqx.field(static=True, default="fixed_point")
-    solver: str | None = eqx.field(static=True, default=None)
-    dt0: float | None = eqx.field(static=True, default=None)
-    max_steps: int = eqx.field(static=True, default=1024)
+    relaxation: RelaxOptions = eqx.field(static=True, default=_FIXED_POINT)
     nudged_atol: float | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
         _check_steady(self)
+        if self.relaxation.adjoint is not None:
+            raise ValueError("EqProp differentiates no relaxation: its relaxation takes no "
+                             "adjoint")
         if self.nudged_atol is not None and not self.nudged_atol > 0:
             raise ValueError(f"EqProp(nudged_atol=...) must be positive, got {self.nudged_atol}")
         if self.variant not in ("symmetric", "one_sided", "random_sign"):
@@ -374,7 +383,8 @@ class EqProp(GradientEstimator):
     @property
     def nudged_tolerance(self) -> float:
         """The residual the nudged phases relax to: ``nudged_atol``, or ``min(atol, 1e-5)``."""
-        return min(self.atol, 1e-5) if self.nudged_atol is None else self.nudged_atol
+        return (min(self.tolerance, 1e-5) if self.nudged_atol is None
+                else self.nudged_atol)
 
     @property
     def needs_key(self):
@@ -382,9 +392,9 @@ class EqProp(GradientEstimator):
         return self.variant == "random_sign"
 
     def relax_kwargs(self):
-        """``method``, ``stop=SteadyState(atol)`` and ``max_steps`` (with ``solver``/``dt0``
-        for ``"ode"``) for :func:`hamjax.relax`: every phase relaxes the same way."""
-        return _steady_kwargs(self)
+        """The relaxation's keywords for :func:`hamjax.relax`: every phase relaxes the same
+        way (the nudged ones to :attr:`nudged_tolerance`)."""
+        return self.relaxation.kwargs()
 
     def _nudge(self, task: Task) -> str:
         if self.nudge != "auto":
