@@ -176,7 +176,9 @@ def steady_state(folder: Path) -> list[str]:
     rows = []
     for method, per_model in table.items():
         fs = [per_model.get(m) for m in models]
-        target = next((C.fmt_target(f) for f in fs if f and f["target"] is not None), "")
+        # one target, or one per model where they differ (EqProp: untrained and trained)
+        target = " / ".join(dict.fromkeys(C.fmt_target(f) for f in fs
+                                          if f and f["target"] is not None))
         verdicts = {C.fmt_met(f) for f in fs if f and f["target"] is not None}
         rows.append([method, *(C.fmt_figure(f) if f else "n/a" for f in fs), target,
                      "MISSED" if "MISSED" in verdicts else "met" if verdicts else ""])
