@@ -13,7 +13,8 @@ __all__ = ["RESULTS"]
 
 
 class RESULTS(eqx.Enumeration):
-    """How each sample's relaxation ended (:attr:`hamjax.Relaxation.result`, shape ``batch``).
+    """How each sample's relaxation ended: the ``result`` of a :class:`hamjax.Relaxation`, shape
+    ``batch``.
 
     * ``successful``: the solver stopped as asked (at the steady state, ``t1`` or after ``n``
       steps); whether the state is a steady state is ``converged``;
