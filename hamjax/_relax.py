@@ -317,12 +317,6 @@ class RelaxOptions(eqx.Module):
         _adjoint(self.adjoint, kind is None)
 
     @property
-    def steady_state(self) -> bool:
-        """Whether the solver goes straight to a steady state (an optimistix solver), not
-        along the dynamics (a diffrax one)."""
-        return _path(self.solver)[1] is not None
-
-    @property
     def tolerance(self) -> float:
         """The ``atol`` by which :attr:`Relaxation.converged` is judged (``stop``'s)."""
         return (SteadyState() if self.stop is None else self.stop).atol
@@ -433,7 +427,6 @@ def _result(net, dyn, x0, final, stop, alive0, extras) -> Relaxation:
                  for n, v in state.items()}
         residual = jnp.where(alive0, residual, jnp.nan)
         extras = _set_aside_saved(net, dyn, x0, alive0, extras)
-    extras = dict(extras)
     for k in ("steps", "num_steps", "evaluations", "t_final"):
         extras[k] = jnp.broadcast_to(extras[k], residual.shape)
     # a sample that went (or started) non-finite says so, whatever its solver reported

@@ -67,7 +67,7 @@ def from_optimistix(result) -> RESULTS:
 def results_where(pred: Array, a: RESULTS, b: RESULTS) -> RESULTS:
     """Per sample, ``a`` where ``pred`` else ``b`` (``RESULTS.where`` takes one predicate for
     the whole batch)."""
-    return _code(jnp.where(pred, a._value, b._value))
+    return _select([(pred, a)], b)
 
 
 def broadcast_result(result: RESULTS, shape) -> RESULTS:

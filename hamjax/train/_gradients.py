@@ -64,8 +64,8 @@ def _mean_loss_and_metrics(net, task, batch, sol, residual_penalty=0.0):
 
 
 # the estimators' default relaxations
-_EULER_20 = RelaxOptions(solver=diffrax.Euler(), stop=FixedSteps(20), dt0=0.25, max_steps=256)
-_FIXED_POINT = RelaxOptions(solver=FixedPoint(), stop=SteadyState(atol=1e-4), max_steps=1024)
+_BPTT_DEFAULT = RelaxOptions(solver=diffrax.Euler(), stop=FixedSteps(20), dt0=0.25, max_steps=256)
+_STEADY_DEFAULT = RelaxOptions(solver=FixedPoint(), stop=SteadyState(atol=1e-4), max_steps=1024)
 
 
 def _check_steady(m) -> None:
@@ -137,7 +137,7 @@ class BPTT(GradientEstimator):
     relaxation whose solver is not a diffrax solver, or whose adjoint is not a diffrax adjoint,
     raises ``ValueError``."""
 
-    relaxation: RelaxOptions = eqx.field(static=True, default=_EULER_20)
+    relaxation: RelaxOptions = eqx.field(static=True, default=_BPTT_DEFAULT)
     residual_penalty: float = eqx.field(static=True, default=0.0)
 
     def __check_init__(self):
@@ -193,7 +193,7 @@ class Implicit(GradientEstimator):
     relaxation that does not stop at a steady state, whose tolerance is not positive or whose
     adjoint is not an :class:`ImplicitSteadyState` raises ``ValueError``."""
 
-    relaxation: RelaxOptions = eqx.field(static=True, default=_FIXED_POINT)
+    relaxation: RelaxOptions = eqx.field(static=True, default=_STEADY_DEFAULT)
 
     def __check_init__(self):
         _check_steady(self)
@@ -356,7 +356,7 @@ class EqProp(GradientEstimator):
     beta: float = eqx.field(static=True, default=0.05)
     variant: str = eqx.field(static=True, default="symmetric")
     nudge: str = eqx.field(static=True, default="auto")
-    relaxation: RelaxOptions = eqx.field(static=True, default=_FIXED_POINT)
+    relaxation: RelaxOptions = eqx.field(static=True, default=_STEADY_DEFAULT)
     nudged_atol: float | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
