@@ -18,6 +18,7 @@ from jaxtyping import Array
 
 from ._axes import sum_trailing
 from ._ham import HAM, ClampedDynamics
+from .solvers import _is_zero
 
 __all__ = ["AbstractStop", "FixedSteps", "FixedTime", "NonFiniteStateError", "SteadyState",
            "residual_norm"]
@@ -132,7 +133,15 @@ def _finite(net: HAM, tree: Mapping[str, Array]) -> Array:
 
 def _within(dyn, force, x, stop) -> Array:
     """Per sample: ``rms(force) ≤ atol + rtol·rms(x)`` (False for a NaN residual)."""
-    return _rms(dyn, force) <= stop.atol + stop.rtol * _rms(dyn, x)
+    return _rms(dyn, force) <= _tolerance(dyn, x, stop)
+
+
+def _tolerance(dyn, x, stop) -> Array:
+    """Per sample (or a scalar where ``rtol`` is a Python zero, the default: no pass over the
+    state for a term that vanishes): ``atol + rtol·rms(x)``."""
+    if _is_zero(stop.rtol):
+        return jnp.asarray(stop.atol)
+    return stop.atol + stop.rtol * _rms(dyn, x)
 
 
 def _rows(flags: Array, v: Array, layer_ndim: int) -> Array:

@@ -47,9 +47,9 @@ from ._convergence import (
     _batch_ndim,
     _each_sample,
     _finite,
-    _rms,
     _rows,
     _stop,
+    _tolerance,
     residual_norm,
 )
 from ._ham import HAM, StateError
@@ -417,7 +417,7 @@ def _result(net, dyn, x0, final, stop, alive0, extras) -> Relaxation:
     residual = extras.pop("residual", None)
     if residual is None:
         residual = residual_norm(dyn, final)
-    tolerance = stop.atol + stop.rtol * _rms(dyn, final)
+    tolerance = _tolerance(dyn, final, stop)
     finite = _finite(dyn.net, final) & jnp.isfinite(residual)
     state = dyn.full_state(final)
     if alive0 is not None:

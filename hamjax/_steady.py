@@ -16,13 +16,13 @@ from ._convergence import (
     SteadyState,
     _batch_ndim,
     _each_sample,
-    _rms,
+    _tolerance,
     residual_norm,
 )
 from ._implicit import _steady_force
 from ._ode import _evaluations, _solve, _steady_controller
 from ._results import RESULTS, from_optimistix, results_where
-from .solvers import Anderson, FixedPoint, with_batch_ndim
+from .solvers import Anderson, FixedPoint, iterate, with_batch_ndim
 
 # the kinds of steady-state solver, by the optimistix class they derive from
 _ITERATION, _FIXED_POINT, _ROOT, _MINIMISE = "iteration", "fixed_point", "root", "minimise"
@@ -70,16 +70,17 @@ def _steady_forward(dyn, x_free, plan: _Steady):
         solver = with_batch_ndim(eqx.tree_at(lambda s: (s.atol, s.rtol), plan.solver,
                                              (stop.atol, stop.rtol),
                                              is_leaf=lambda v: v is None), plan.batch_ndim)
-        sol = optx.fixed_point(_fixed_point_map, solver, x_free, args=(dyn, x_free),
-                               max_steps=plan.max_steps, throw=False)
+        x, stats = iterate(solver, _fixed_point_map, x_free, (dyn, x_free),
+                           max_steps=plan.max_steps)
+        n0 = dyn.free[0]
+        shape = x_free[n0].shape[:_batch_ndim(dyn, x_free)]
         # the residual each sample's iteration measured where it left it (no evaluation more)
-        res = sol.stats["residual"].reshape(_rms(dyn, x_free).shape)
-        x, ode_evals, ode_ok, res = _finish_by_ode(dyn, sol.value, x_free, stop, plan.max_steps,
-                                                   res)
+        x, ode_evals, ode_ok, res = _finish_by_ode(dyn, x, x_free, stop, plan.max_steps,
+                                                   stats["residual"].reshape(shape))
         # each sample's own iterations (the loop runs as long as the slowest sample)
-        n = sol.stats["steps"].reshape(ode_evals.shape) + ode_evals
+        n = stats["steps"].reshape(shape) + ode_evals
         # per sample: out of iterations where neither the iteration nor the ODE finished it
-        done = sol.stats["done"].reshape(ode_ok.shape)
+        done = stats["done"].reshape(shape)
         result = results_where(done & ode_ok, RESULTS.successful, RESULTS.max_steps_reached)
         return x, dict(steps=n, num_steps=n, evaluations=n, t_final=jnp.asarray(jnp.nan),
                        result=result, residual=res)
@@ -128,7 +129,7 @@ def _finish_by_ode(dyn, x, x_init, stop: SteadyState, max_steps: int, residual):
     where the iteration left them (their vector field is zero, so their solve stops at once)
     rather than moved by a step. Runs only when some sample needs it; ``residual`` is then
     measured anew at the end."""
-    fine = (residual <= stop.atol + stop.rtol * _rms(dyn, x)) | ~jnp.isfinite(residual)
+    fine = (residual <= _tolerance(dyn, x, stop)) | ~jnp.isfinite(residual)
 
     def ode(x):
         nb = _batch_ndim(dyn, x)
