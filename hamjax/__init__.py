@@ -39,7 +39,7 @@ from ._convergence import (
     residual_norm,
 )
 from ._ham import HAM, ClampedDynamics, GraphError, StateError
-from ._implicit import ImplicitSteadyState
+from ._implicit import ImplicitSteadyState, UnconvergedGradientWarning
 from ._layer import Layer
 from ._relax import Relaxation, RelaxOptions, relax
 from ._results import RESULTS
@@ -61,6 +61,7 @@ __all__ = [
     "RelaxOptions",
     "Relaxation",
     "SteadyState",
+    "UnconvergedGradientWarning",
     "relax",
     "residual_norm",
     "analysis",

@@ -7,6 +7,8 @@ Frozen neurons (masked completion) get the row ``x₀ − x`` in ``F``.
 
 from __future__ import annotations
 
+import functools
+import warnings
 from collections.abc import Mapping
 
 import diffrax
@@ -14,13 +16,23 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import lineax as lx
+import numpy as np
 import optimistix.internal as optxi  # implicit_jvp: the machinery diffrax.ImplicitAdjoint uses
 from jaxtyping import Array
 
 from ._convergence import _finite, _rows
 from .solvers import Neumann, with_batch_ndim
 
-__all__ = ["ImplicitSteadyState"]
+__all__ = ["ImplicitSteadyState", "UnconvergedGradientWarning"]
+
+
+class UnconvergedGradientWarning(RuntimeWarning):
+    """A gradient was taken by the implicit function theorem at a relaxation some of whose
+    samples had not converged: for them ``F(x) ≠ 0``, the theorem does not hold, and their
+    part of the gradient is off (by tens of percent on a trained classifier stopped early).
+    Issued by :class:`ImplicitSteadyState` with ``on_unconverged="warn"`` (the default). Mask
+    such samples out (``Relaxation.converged``, as :class:`hamjax.train.Implicit` does) and
+    pass ``on_unconverged="ignore"``, or relax longer. A ``RuntimeWarning``."""
 
 
 def _steady_force(dyn, x: Mapping[str, Array], x_init: Mapping[str, Array]) -> dict[str, Array]:
@@ -51,9 +63,24 @@ class ImplicitSteadyState(eqx.Module):
     singular system, for small nets).
 
     ``linear_solver``: the lineax solver of the adjoint system ``(CH − I)ᵀ λ = ∇ℓ`` (default
-    ``Neumann()``); hamjax's own solvers are told the batch axes by :func:`hamjax.relax`."""
+    ``Neumann()``); hamjax's own solvers are told the batch axes by :func:`hamjax.relax`.
+
+    ``on_unconverged``: what a derivative taken at a relaxation with unconverged (finite)
+    samples does, where the theorem does not hold: ``"warn"`` (default) issues an
+    :class:`UnconvergedGradientWarning` with their number when the derivative is computed;
+    ``"raise"`` fails it (under ``jit`` too, a runtime error with the same text);
+    ``"ignore"`` is for a caller that masks those samples itself (:class:`hamjax.train.Implicit`
+    does). Whichever,
+    :attr:`Relaxation.converged` says which samples they are; a relaxation that is not
+    differentiated is never affected. Anything else raises ``ValueError``."""
 
     linear_solver: lx.AbstractLinearSolver = Neumann()
+    on_unconverged: str = eqx.field(static=True, default="warn")
+
+    def __check_init__(self):
+        if self.on_unconverged not in ("warn", "raise", "ignore"):
+            raise ValueError(f"ImplicitSteadyState on_unconverged must be 'warn', 'raise' or "
+                             f"'ignore', got {self.on_unconverged!r}")
 
 def _adjoint(adjoint, ode: bool):
     """The adjoint of a relaxation on the ODE path (``ode``) or a steady-state path: the given
@@ -104,3 +131,49 @@ def _implicit_primal(inputs):
 def _implicit_rewrite(root, _extras, inputs):
     dyn, x_init, _ = inputs
     return _steady_force(dyn, root, x_init)
+
+
+def _guard_unconverged(state, off, policy: str):
+    """``state``, with derivatives that apply ``policy`` (``"warn"``, ``"raise"``) where ``off``
+    (per sample: finite but not converged) holds: the check runs only when ``state`` is
+    differentiated, forward or reverse."""
+    if policy == "ignore":
+        return state
+    return _guarded(policy, state, off)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _guarded(policy, state, off):
+    del off
+    return state
+
+
+@_guarded.defjvp
+def _guarded_jvp(policy, primals, tangents):
+    state, off = primals
+    t_state, _ = tangents
+    # a callback, which has an effect: a check on a value (eqx.error_if) would be compiled
+    # away with the primal output that grad does not use
+    report = functools.partial(_report_unconverged, policy == "raise")
+    jax.lax.cond(jnp.any(off), lambda k: jax.debug.callback(report, k), lambda k: None,
+                 jnp.sum(off))
+    return state, t_state
+
+
+class UnconvergedGradientError(RuntimeError):
+    """:class:`UnconvergedGradientWarning` as an error (``on_unconverged="raise"``); inside a
+    compiled computation it reaches the caller as the runtime error that carries its text."""
+
+
+def _report_unconverged(fail: bool, n):
+    # under vmap the cond above runs both branches: counts of 0 arrive here too
+    n = int(np.sum(np.asarray(n)))
+    if not n:
+        return
+    msg = (f"a derivative of relax at a steady state was taken where {n} sample(s) had not "
+           "converged: the implicit function theorem does not hold for them (mask them with "
+           "Relaxation.converged, relax longer, or pass "
+           "ImplicitSteadyState(on_unconverged='ignore'))")
+    if fail:
+        raise UnconvergedGradientError(msg)
+    warnings.warn(msg, UnconvergedGradientWarning, stacklevel=2)

@@ -53,7 +53,7 @@ from ._convergence import (
     residual_norm,
 )
 from ._ham import HAM, StateError
-from ._implicit import ImplicitSteadyState, _adjoint, _at_steady_state
+from ._implicit import ImplicitSteadyState, _adjoint, _at_steady_state, _guard_unconverged
 from ._ode import _adaptive, _relax_ode
 from ._results import RESULTS, broadcast_result, results_where
 from ._steady import _ITERATION, _MINIMISE, _ROOT, _kind, _Steady, _steady_forward
@@ -237,12 +237,14 @@ def relax(
         if bad:
             raise NonFiniteStateError(f"x0[{bad[0]!r}] contains NaN or infinite values")
     # A sample that starts non-finite (a NaN pixel, say) can only stay so. Where it would stall
-    # the others (an adaptive step-size control rejects every step of a NaN sample) or spoil
-    # their gradients (the implicit adjoint multiplies its NaN currents by 0), it is set aside:
-    # relaxed from zeros, invisibly, and put back at the end, flagged. Fixed steps need no such
-    # care (samples do not interact there), and BPTT through them is the hot path.
-    aside = bool(batch) and (kind is not None or isinstance(adjoint, ImplicitSteadyState)
-                             or _adaptive(solver, stop, stepsize_controller))
+    # (an adaptive step-size control rejects every step of a NaN sample, and ends where it
+    # began, with a finite state) or spoil the others' gradients (the implicit adjoint
+    # multiplies its NaN currents by 0), it is set aside: relaxed from zeros, invisibly, and
+    # put back at the end, NaN and flagged, batched or not. Fixed steps need no such care (a
+    # NaN propagates to the state; samples do not interact there), and BPTT through them is
+    # the hot path.
+    aside = (kind is not None or isinstance(adjoint, ImplicitSteadyState)
+             or _adaptive(solver, stop, stepsize_controller))
     alive0 = _finite(net, x0) if aside else None
     x_start = _zero_rows(net, x0, alive0) if aside else x0
 
@@ -283,6 +285,10 @@ def relax(
         else:
             final, extras = forward(dyn, x_free, plan)
     out = _result(net, dyn, x0, final, stop, alive0, extras)
+    if isinstance(adjoint, ImplicitSteadyState):
+        # a derivative at an unconverged sample is not what the theorem gives: say so
+        out = eqx.tree_at(lambda o: o.state, out, _guard_unconverged(
+            out.state, out.finite & ~out.converged, adjoint.on_unconverged))
     if raise_nonfinite:
         if isinstance(out.finite, jax.core.Tracer):
             # under jit/grad/vmap the same rule, checked when the computation runs
