@@ -689,7 +689,9 @@ def test_random_sign_eqprop(net, batch):
     g_plus, _ = _grad(rs, net, CLS, one, k_plus)
     g_minus, _ = _grad(rs, net, CLS, one, k_minus)
     g_one, _ = _grad(GRADIENTS["eqprop_one_sided"], net, CLS, one)
-    np.testing.assert_allclose(g_plus, g_one, rtol=1e-5, atol=1e-7)
+    # the same phases, β given per sample or as a scalar: equal to what the nudged solves
+    # resolve (residual 1e-6 against states that differ by O(β), divided by β)
+    np.testing.assert_allclose(g_plus, g_one, rtol=1e-4, atol=1e-6)
     g_sym, _ = _grad(GRADIENTS["eqprop"], net, CLS, one)
     np.testing.assert_allclose((g_plus + g_minus) / 2, g_sym, rtol=2e-3, atol=1e-5)
     assert _rel(g_plus, g_minus) > 1e-3  # the two one-sided estimates do differ
