@@ -159,18 +159,30 @@ def memory(folder: Path) -> list[str]:
         ["relaxation steps", "BPTT gradient", "implicit gradient"], rows)
 
 
+def _steady_timing(folder: Path) -> tuple[dict[str, Any], str]:
+    """The steady_state section's results and their path: a run of that section alone
+    (``python -m benchmarks --only steady_state --repeat N --out <folder>/steady-state``) where
+    one is committed, newer than the whole suite's; else the suite's."""
+    alone = folder / "steady-state" / "results.json"
+    if alone.exists():
+        return _read(alone), _rel(alone)
+    return timing(folder), _timing_path(folder)
+
+
 def steady_state(folder: Path) -> list[str]:
-    """One training step per gradient estimator, as a multiple of a 40-step BPTT step."""
-    res = timing(folder)
+    """One training step per gradient estimator, as a multiple of a 40-step BPTT step, and the
+    implicit step as a multiple of a hand-written DEQ step."""
+    res, path = _steady_timing(folder)
     figs = figures(res, "steady_state")
     table: dict[str, dict[str, dict]] = {}
     models: list[str] = []
     for key, f in figs.items():
-        if key.endswith(" / BPTT"):
-            model, method = key[: -len(" / BPTT")].split(": ", 1)
-            table.setdefault(method, {})[model] = f
-            if model not in models:
-                models.append(model)
+        for tail, suffix in ((" / BPTT", ""), (" / hand-written DEQ", " ÷ hand-written DEQ")):
+            if key.endswith(tail):
+                model, method = key[: -len(tail)].split(": ", 1)
+                table.setdefault(method + suffix, {})[model] = f
+                if model not in models:
+                    models.append(model)
     if not table:
         raise ReportError("no training-step figures in the steady_state section")
     rows = []
@@ -182,17 +194,21 @@ def steady_state(folder: Path) -> list[str]:
         verdicts = {C.fmt_met(f) for f in fs if f and f["target"] is not None}
         rows.append([method, *(C.fmt_figure(f) if f else "n/a" for f in fs), target,
                      "MISSED" if "MISSED" in verdicts else "met" if verdicts else ""])
-    return [provenance(res, _timing_path(folder)), ""] + _table(
+    return [provenance(res, path), "", "Step time ÷ a 40-step BPTT step (rows marked ÷ "
+            "hand-written DEQ: ÷ that step instead):", ""] + _table(
         ["gradient", *(f"{m} model" for m in models), "target", ""], rows)
 
 
 def solvers(folder: Path) -> list[str]:
     """Forward solvers to a residual of 1e-4, and the adjoint's linear solvers."""
-    res = timing(folder)
+    res, path = _steady_timing(folder)
     figs = figures(res, "steady_state")
-    fwd, adj = [], []
+    fwd, adj, per_it = [], [], []
     for key, f in figs.items():
         model, rest = key.split(": ", 1)
+        if rest.endswith(" per iteration"):
+            per_it.append([model, C.fmt_figure(f), C.fmt_target(f), C.fmt_met(f)])
+            continue
         if rest.startswith("forward ") and rest.endswith(" evaluations"):
             name = rest[len("forward "): -len(" evaluations")]
             ratio = figs.get(f"{model}: forward {name} / ODE")
@@ -204,9 +220,14 @@ def solvers(folder: Path) -> list[str]:
             adj.append([model, name, C.fmt_figure(f), C.fmt_figure(t)])
     if not fwd or not adj:
         raise ReportError("no forward/adjoint figures in the steady_state section")
-    return ([provenance(res, _timing_path(folder)), "", "Forward, to a residual of 1e-4:", ""]
+    if per_it:
+        fwd_it = (["", "The fixed point's time per iteration ÷ a hand-written while loop's:", ""]
+                  + _table(["model", "ratio", "target", ""], per_it))
+    else:
+        fwd_it = []
+    return ([provenance(res, path), "", "Forward, to a residual of 1e-4:", ""]
             + _table(["model", "solver", "vector-field evaluations", "time / adaptive ODE"],
-                     fwd)
+                     fwd) + fwd_it
             + ["", "Adjoint system (CH − I)ᵀ v = ∂ℓ/∂x at the steady state:", ""]
             + _table(["model", "linear solver", "matrix-vector products (at most)", "time"],
                      adj))
