@@ -5,6 +5,8 @@
 * :class:`Anderson`: Anderson acceleration of a fixed-point iteration ``x = f(x)`` (an
   ``optimistix.AbstractFixedPointSolver``), per sample, with mixing (damping) and a safeguard.
   It is the forward solver of the DEQ libraries; ``history=1`` is the plain (damped) iteration.
+* :func:`iterate`: either of them run per sample in one while loop (what :func:`hamjax.relax`
+  does), without optimistix's batch-wide test for non-finite values at every iteration.
 * :class:`Neumann`: the adjoint (or any) linear system ``A v = b`` with ``A = M − I`` and
   ``M`` a contraction, solved by the fixed-point iteration ``v ← M v − b`` (the Neumann series
   of ``(I − M)⁻¹``) with a per-sample tolerance, falling back to a Krylov solve when it does not
@@ -42,7 +44,7 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, PyTree
 
-__all__ = ["Anderson", "FixedPoint", "Neumann", "PhantomGradient", "LinearSolveWarning"]
+__all__ = ["Anderson", "FixedPoint", "Neumann", "PhantomGradient", "LinearSolveWarning", "iterate"]
 
 
 class LinearSolveWarning(RuntimeWarning):
