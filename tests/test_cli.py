@@ -586,8 +586,41 @@ def test_stall_warning_cases():
     assert "stayed at 2" in flat and "after 4 steps" in flat and "--epochs" in flat
     fell = {"test_loss": 1.9, "test_converged": 0.0, "steps": 4}
     assert _commands.stalled(fell, before, cfg) is None
-    converged = {"test_loss": 9.0, "test_converged": 0.1, "steps": 4}
-    assert _commands.stalled(converged, before, cfg) is None
+    # every relaxation converged and yet the run means nothing: said all the same
+    far = _commands.stalled({"test_loss": 3.5, "test_converged": 1.0, "steps": 4}, before, cfg)
+    assert "went wrong" in far and "rose from 2 untrained to 3.5" in far
+    below = {"test_loss": 1.9, "test_accuracy": 0.05, "test_converged": 1.0, "steps": 4}
+    assert "below chance: test accuracy 0.0500 < 1/10" in _commands.stalled(below, before, cfg, 10)
+    # a little worse (not 1.5x), and above chance with every relaxation converged: no warning
+    for quiet in ({"test_loss": 2.9, "test_converged": 0.1, "steps": 4},
+                  {"test_loss": 1.9, "test_accuracy": 0.11, "test_converged": 1.0, "steps": 4}):
+        assert _commands.stalled(quiet, before, cfg, 10) is None
+
+
+def test_a_training_set_of_one_class_is_refused(tmp_path, capsys):
+    """An image folder with a single class: refused before any training, in one line, by the
+    command line (exit 2) and by fit (DataError, a ValueError); nothing is written."""
+    import jax
+    from PIL import Image
+
+    import hamjax as hj
+
+    (tmp_path / "one" / "cats").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)).save(
+            tmp_path / "one" / "cats" / f"{i}.png")
+    out = tmp_path / "run"
+    code = cli.main(["train", "--dataset", "folder", "--data-dir", str(tmp_path / "one"),
+                     "--epochs", "1", "--batch-size", "2", "--no-progress", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "every training label is class 0" in err[0] and "two classes" in err[0]
+    assert not out.exists()
+    data = hd.load_image_folder(tmp_path / "one", test_fraction=0.34, seed=0)
+    net = hj.models.dense_classifier(data.image_shape, 2, hidden=4, key=jax.random.PRNGKey(0))
+    with pytest.raises(hd.DataError, match="two classes"):
+        hj.train.fit(net, data, epochs=1, batch_size=2, progress=False, verbose=False)
 
 
 def test_the_tiny_run_has_no_stall_warning(run, run_output):

@@ -278,6 +278,12 @@ def _prepare(cfg: dict, joined: bool = False):
                          f"as distinct training images, and there are {data.num_train}"
                          f"{limited}; use --hidden {data.num_train} or fewer")
     net, task, gradient = build(cfg, data)
+    from ..train import check_classes
+
+    try:
+        check_classes(data, task)
+    except DataError as e:
+        raise UsageError(f"{e}") from None
     return data, net, task, gradient, mesh
 
 
@@ -514,7 +520,8 @@ def _finish(out, net, history, initial, train_seconds, task, gradient, data, cfg
     )
     if cfg["model"] == "transformer":
         metrics.update(completion_baselines(task, data, cfg["seed"]))
-    warning = stalled(metrics, initial, cfg)
+    warning = stalled(metrics, initial, cfg,
+                      data.num_classes if "test_accuracy" in metrics else None)
     if warning:
         metrics["warning"] = warning
     write_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
@@ -529,13 +536,24 @@ def _finish(out, net, history, initial, train_seconds, task, gradient, data, cfg
     print(f"run folder: {out} ({', '.join(files + pics)})")
 
 
-def stalled(metrics: dict, initial: dict, cfg: dict) -> str | None:
-    """A warning when the run learned nothing: the test loss did not fall below the untrained
-    model's and no test relaxation converged (e.g. a learning rate so high that the run ends at
-    chance accuracy). A loss that rose points at the learning rate; a flat one at too little
-    training as well."""
+def stalled(metrics: dict, initial: dict, cfg: dict, num_classes: int | None = None
+            ) -> str | None:
+    """A warning when the run means nothing, whether or not its relaxations converged: a test
+    loss that ends far (1.5×) above the untrained model's or non-finite, or a test accuracy
+    below chance (``1 / num_classes``); and, where no test relaxation converged, a test loss
+    that did not fall at all. A loss that rose points at the learning rate; a flat one at too
+    little training as well."""
     loss, before = metrics.get("test_loss"), initial["loss"]
-    if loss is None or metrics.get("test_converged", 1.0) > 0:
+    if loss is None:
+        return None
+    if not math.isfinite(loss) or (before > 0 and loss > 1.5 * before):
+        return (f"the run went wrong: the test loss rose from {before:.4g} untrained to "
+                f"{loss:.4g}; lower --lr (now {cfg['lr']:g})")
+    acc = metrics.get("test_accuracy")
+    if acc is not None and num_classes and acc < 1.0 / num_classes:
+        return (f"the run ends below chance: test accuracy {acc:.4f} < 1/{num_classes}; "
+                f"lower --lr (now {cfg['lr']:g}) or train longer (--epochs)")
+    if metrics.get("test_converged", 1.0) > 0:
         return None
     if math.isfinite(loss) and loss < before * (1 - 1e-3):
         return None

@@ -17,6 +17,7 @@ from ._defaults import (
 )
 from ._fit import (
     ConvergenceWarning,
+    check_classes,
     check_task,
     data_parallel,
     default_task,
@@ -45,6 +46,7 @@ __all__ = [
     "PatchCompletion",
     "Storage",
     "Task",
+    "check_classes",
     "check_task",
     "cosine_adam",
     "data_parallel",

@@ -35,7 +35,7 @@ from ._gradients import GradientEstimator
 from ._tasks import Classification, Task
 
 __all__ = ["fit", "train_step", "data_parallel", "evaluate", "History", "ConvergenceWarning",
-           "check_task", "default_task", "sample_rng", "prepare_rows"]
+           "check_classes", "check_task", "default_task", "sample_rng", "prepare_rows"]
 
 History = list  # one dict per epoch
 
@@ -299,6 +299,7 @@ def fit(
     gradient = default_gradient() if gradient is None else gradient
     epochs = default_epochs(task) if epochs is None else epochs
     _check_sizes(data, epochs, batch_size, mesh)
+    check_classes(data, task)
     if optimizer is None:
         optimizer = cosine_adam(LEARNING_RATE, data.num_train // batch_size, max(1, epochs))
     net, opt_state, history, first = _initial_state(net, optimizer, checkpoint, resume)
@@ -332,6 +333,18 @@ def fit(
         if on_epoch is not None:
             on_epoch(record, net)
     return net, history
+
+
+def check_classes(data: hd.Dataset, task: Task) -> None:
+    """A classification task needs at least two classes among the training labels: on one,
+    every loss is minimised by answering it, and accuracy means nothing. Raises
+    :class:`hamjax.data.DataError` (a ``ValueError``) naming the dataset and the class."""
+    if not isinstance(task, Classification) or data.y_train is None:
+        return
+    classes = np.unique(np.asarray(data.y_train))
+    if classes.size < 2:
+        raise hd.DataError(f"{data.name}: every training label is class {int(classes[0])}; a "
+                           "classifier needs at least two classes to learn anything")
 
 
 def _check_sizes(data: hd.Dataset, epochs: int, batch_size: int, mesh) -> None:
