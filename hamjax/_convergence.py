@@ -8,8 +8,10 @@ carries the ``atol``/``rtol`` it is judged by.
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Mapping
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -36,10 +38,27 @@ class AbstractStop(eqx.Module):
     """A stopping rule of :func:`hamjax.relax`: when a relaxation ends, and the tolerance
     ``atol + rtol·rms(x)`` by which :attr:`Relaxation.converged` is judged at its end (the
     per-sample root-mean-square of ``F = τ ẋ = c + I − x``, docs/maths.md §5.1). Each rule
-    owns its ``atol`` and ``rtol``: nothing else of a relaxation carries them."""
+    owns its ``atol`` and ``rtol``: nothing else of a relaxation carries them.
+
+    A rule says, for the ODE path, when the integration ends (:meth:`end_time`), which
+    samples are finished (:meth:`finished`: the solve stops when all are), and two facts the
+    solve is built from: :attr:`at_steady_state` (it ends where ``F = 0``: what the implicit
+    adjoint and the steady-state solvers need) and :attr:`constant_steps` (a fixed number of
+    constant steps)."""
 
     atol: eqx.AbstractVar[float]
     rtol: eqx.AbstractVar[float]
+    at_steady_state: ClassVar[bool] = False
+    constant_steps: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def end_time(self, dt0: float) -> float:
+        """The model time the ODE path integrates to at most (``dt0``: its initial step)."""
+
+    def finished(self, dyn: ClampedDynamics, x_free: Mapping[str, Array]) -> Array:
+        """Per sample: whether the ODE path may stop for this sample at state ``x_free``. By
+        default only a non-finite sample is finished early (it cannot recover)."""
+        return ~_finite(dyn.net, x_free)
 
 
 class SteadyState(AbstractStop):
@@ -55,6 +74,14 @@ class SteadyState(AbstractStop):
     atol: float = 1e-4
     rtol: float = 0.0
     t_max: float = math.inf
+    at_steady_state: ClassVar[bool] = True
+
+    def end_time(self, dt0: float) -> float:
+        return self.t_max
+
+    def finished(self, dyn: ClampedDynamics, x_free: Mapping[str, Array]) -> Array:
+        """Per sample: converged (``rms(F) ≤ atol + rtol·rms(x)``) or non-finite."""
+        return _within(dyn, dyn.residual(x_free), x_free, self) | ~_finite(dyn.net, x_free)
 
 class FixedTime(AbstractStop):
     """Integrate from 0 to ``t1`` (model time, in units of the layers' ``tau``). ``atol`` and
@@ -66,6 +93,9 @@ class FixedTime(AbstractStop):
     atol: float = eqx.field(default=1e-4, kw_only=True)
     rtol: float = eqx.field(default=0.0, kw_only=True)
 
+    def end_time(self, dt0: float) -> float:
+        return self.t1
+
 class FixedSteps(AbstractStop):
     """Take exactly ``n`` steps of size ``dt0`` (constant step size): the classic unrolled loop.
     ``atol`` and ``rtol`` only judge :attr:`Relaxation.converged` at the end (``rms(F) ≤ atol +
@@ -75,6 +105,14 @@ class FixedSteps(AbstractStop):
     # keyword-only: the abstract tolerances come first in the field order
     atol: float = eqx.field(default=1e-4, kw_only=True)
     rtol: float = eqx.field(default=0.0, kw_only=True)
+    constant_steps: ClassVar[bool] = True
+
+    def __check_init__(self):
+        if not self.n >= 1:
+            raise ValueError(f"FixedSteps needs n >= 1, got {self.n}")
+
+    def end_time(self, dt0: float) -> float:
+        return self.n * dt0
 
 def _stop(stop) -> AbstractStop:
     if isinstance(stop, AbstractStop):

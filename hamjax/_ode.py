@@ -14,13 +14,10 @@ import jax.numpy as jnp
 from jaxtyping import Array
 
 from ._convergence import (
-    FixedSteps,
-    FixedTime,
     PerSampleRMS,
     SteadyState,
     _batch_ndim,
     _finite,
-    _within,
 )
 from ._ham import ClampedDynamics
 from ._implicit import ImplicitSteadyState, _at_steady_state
@@ -44,7 +41,7 @@ def _adaptive(solver, stop, controller) -> bool:
     """Whether the ODE path with these settings (``solver`` None: Tsit5) controls its step
     size."""
     return ((solver is None or isinstance(solver, diffrax.AbstractAdaptiveSolver))
-            and not isinstance(stop, FixedSteps)
+            and not stop.constant_steps
             and not isinstance(controller, diffrax.ConstantStepSize))
 
 
@@ -55,33 +52,33 @@ def _controller(controller, solver, stop, batch_ndim: int):
         return controller
     if not _adaptive(solver, stop, None):
         return diffrax.ConstantStepSize()
-    if isinstance(stop, SteadyState):
+    if stop.at_steady_state:
         return _steady_controller(stop, batch_ndim)
     return diffrax.PIDController(rtol=1e-3, atol=1e-6, norm=PerSampleRMS(batch_ndim))
 
 
-def _check_ode(stop, adjoint, controller, save, save_ts):
+def _check_ode(stop, adjoint, controller, save, save_ts, dt0):
     """Reject combinations of stopping rule, adjoint and saving that cannot work, and return
     the adjoint to use (the recursive adjoint keeps every step of a ``FixedSteps`` solve)."""
-    if isinstance(stop, FixedSteps):
+    if stop.constant_steps:
         if not isinstance(controller, diffrax.ConstantStepSize):
-            raise ValueError("FixedSteps takes a constant step size; drop stepsize_controller")
-        if stop.n < 1:
-            raise ValueError(f"FixedSteps needs n >= 1, got {stop.n}")
+            raise ValueError(f"{type(stop).__name__} takes a constant step size; drop "
+                             "stepsize_controller")
         if isinstance(adjoint, diffrax.RecursiveCheckpointAdjoint) and adjoint.checkpoints is None:
             # The step count is known: keep every step for the backward pass, as a hand-written
             # scan does, instead of diffrax's O(√n) checkpoints that recompute the forward pass
             # (n states is what any BPTT through n steps stores anyway).
             adjoint = diffrax.RecursiveCheckpointAdjoint(checkpoints=stop.n)
     if isinstance(adjoint, diffrax.ImplicitAdjoint | ImplicitSteadyState):
-        if not isinstance(stop, SteadyState):
+        if not stop.at_steady_state:
             raise ValueError(
                 "the implicit adjoint differentiates at a steady state: use SteadyState"
             )
         if save != "final":
             raise ValueError("the implicit adjoint only supports save='final'")
-    if isinstance(stop, SteadyState) and math.isinf(stop.t_max) and save_ts is not None:
-        raise ValueError("save_ts needs a finite end time: give SteadyState a t_max")
+    if save_ts is not None and not math.isfinite(stop.end_time(dt0)):
+        raise ValueError(f"save_ts needs a finite end time: give {type(stop).__name__} one "
+                         "(SteadyState(t_max=...))")
     return adjoint
 
 
@@ -93,8 +90,8 @@ def _relax_ode(dyn, x_free, stop, adjoint, max_steps, *, solver, dt0, stepsize_c
     progress = bool(progress)
     nb = _batch_ndim(dyn, x_free)
     controller = _controller(stepsize_controller, solver, stop, nb)
-    adjoint = _check_ode(stop, adjoint, controller, save, save_ts)
-    if isinstance(stop, FixedSteps):
+    adjoint = _check_ode(stop, adjoint, controller, save, save_ts, dt0)
+    if stop.constant_steps:
         max_steps = stop.n
         if (type(adjoint) is diffrax.RecursiveCheckpointAdjoint
                 and adjoint.checkpoints == stop.n and save_ts is None and not progress):
@@ -121,7 +118,7 @@ def _relax_ode(dyn, x_free, stop, adjoint, max_steps, *, solver, dt0, stepsize_c
     return final, dict(
         steps=sol.stats["num_accepted_steps"],
         num_steps=num_steps,
-        evaluations=_evaluations(solver, num_steps, steady_test=isinstance(stop, SteadyState)),
+        evaluations=_evaluations(solver, num_steps, steady_test=stop.at_steady_state),
         t_final=sol.ts[0][-1] if save != "final" else sol.ts[-1],
         result=from_diffrax(sol.result),
         ts=ts,
@@ -183,23 +180,17 @@ def _save_spec(save, ts):
 def _solve(dyn, x_free, solver, controller, stop, adjoint, dt0, max_steps, saveat, progress):
     term = diffrax.ODETerm(lambda t, y, d: d(y))
 
-    # Samples are independent: the solve stops when every sample has converged or gone
-    # non-finite (one NaN sample neither stops the batch nor counts as converged).
-    if isinstance(stop, SteadyState):
-        t1 = stop.t_max
+    # Samples are independent: the solve stops when every sample is finished (converged, for
+    # a stop at the steady state, or gone non-finite: one NaN sample neither stops the batch
+    # nor counts as converged).
+    t1 = stop.end_time(dt0)
 
-        def cond_fn(t, y, d, **kwargs):
-            return jnp.all(_within(d, d.residual(y), y, stop) | ~_finite(d.net, y))
+    def cond_fn(t, y, d, **kwargs):
+        return jnp.all(stop.finished(d, y))
 
-        event = diffrax.Event(cond_fn)
-    else:
-        t1 = stop.t1 if isinstance(stop, FixedTime) else stop.n * dt0
-
-        def cond_fn(t, y, d, **kwargs):
-            return jnp.all(~_finite(d.net, y))
-
-        # ImplicitAdjoint needs a steady-state event; other stops get only the NaN guard
-        event = None if isinstance(adjoint, diffrax.ImplicitAdjoint) else diffrax.Event(cond_fn)
+    # diffrax's ImplicitAdjoint needs a steady-state event; other stops only the NaN guard
+    event = (None if isinstance(adjoint, diffrax.ImplicitAdjoint) and not stop.at_steady_state
+             else diffrax.Event(cond_fn))
 
     sol = diffrax.diffeqsolve(
         term,

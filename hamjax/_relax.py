@@ -347,7 +347,7 @@ def _joint_steps(stop, solver, controller, save, progress) -> bool:
     by ``vmap``, except where a trajectory or progress bar is saved, which share one time grid."""
     if save not in (None, "final") or progress:
         return True
-    return not (isinstance(stop, SteadyState) or _adaptive(solver, stop, controller))
+    return not (stop.at_steady_state or _adaptive(solver, stop, controller))
 
 
 def _path(solver) -> tuple[Solver, str | None]:
@@ -377,10 +377,10 @@ def _check_arguments(solver, kind, stop, max_steps, on_nonfinite, ode_kw) -> Non
         if given:
             raise ValueError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to "
                              f"the ODE path (a diffrax solver) only, not to {name}")
-        if not isinstance(stop, SteadyState):
+        if not stop.at_steady_state:
             raise ValueError(f"{name} goes to a steady state: use stop=SteadyState(...), not "
                              f"{type(stop).__name__}")
-        if math.isfinite(stop.t_max):
+        if math.isfinite(stop.end_time(1.0)):
             raise ValueError(f"{name} has no model time: SteadyState(t_max=...) applies to the "
                              "ODE path only (bound the iterations with max_steps)")
         if kind == _ITERATION and (solver.atol is not None or solver.rtol is not None):

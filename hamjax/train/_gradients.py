@@ -73,7 +73,7 @@ def _check_steady(m) -> None:
     name, r = type(m).__name__, m.relaxation
     if not isinstance(r, RelaxOptions):
         raise ValueError(f"{name}(relaxation=...) must be a hamjax.RelaxOptions, got {r!r}")
-    if r.stop is not None and not isinstance(r.stop, SteadyState):
+    if r.stop is not None and not r.stop.at_steady_state:
         raise ValueError(f"{name} differentiates at a steady state: its relaxation needs "
                          f"stop=SteadyState(...), not {type(r.stop).__name__}")
     if not r.tolerance > 0:
