@@ -253,6 +253,30 @@ def test_idx_trailing_data_and_short_header(tmp_path):
         hd.read_idx(tmp_path / "nope")
 
 
+def test_a_gzip_bomb_is_refused_with_bounded_memory(tmp_path):
+    """An IDX header declaring 2×3 bytes, followed by 20 MB of zeros, gzip-compressed (about
+    20 kB): refused, and reading it allocates a small fraction of the payload, both when the
+    gzip trailer records the true size (refused before decompressing) and when it is forged to
+    match the header (decompression stops one byte past the declared data)."""
+    import tracemalloc
+
+    raw = bytes([0, 0, 8, 2]) + (2).to_bytes(4, "big") + (3).to_bytes(4, "big")
+    bomb = gzip.compress(raw + bytes(20_000_000), compresslevel=9)
+    honest, forged = tmp_path / "honest.gz", tmp_path / "forged.gz"
+    honest.write_bytes(bomb)
+    forged.write_bytes(bomb[:-4] + (len(raw) + 6).to_bytes(4, "little"))
+    for path, pattern in ((honest, "trailer records 20000012 uncompressed bytes"),
+                          (forged, "trailing data.*goes on past")):
+        tracemalloc.start()
+        try:
+            with pytest.raises(hd.DataError, match=pattern):
+                hd.read_idx(path)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 2_000_000, (path.name, peak)
+
+
 def test_mnist_wrong_magic_number(tmp_path):
     _write_mnist(tmp_path)
     # Labels where images belong: a 1-D file under the images name.

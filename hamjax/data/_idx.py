@@ -46,25 +46,37 @@ def read_idx(path, dtype=None, ndim: int | None = None) -> np.ndarray:
     as the dimensions require. Returns an array in native byte order. Raises
     :class:`DataFileNotFoundError` for a missing file and :class:`DataError` for a malformed one
     (magic number, truncation, trailing data, a corrupt gzip stream).
+
+    Memory is bounded by what the header declares, whatever the file holds: the header is
+    read and checked first; a raw file's size, and a gzip file's recorded uncompressed size
+    (its trailer, for single-member streams under 4 GiB, as the official files are), must match
+    it before any payload is read; decompression stops one byte past the declared size (a
+    stream that goes on is refused there, not decompressed to its end).
     """
     path = Path(path)
     if not path.is_file():
         raise DataFileNotFoundError(f"IDX file {path} does not exist"
                                     + (" (it is a directory)" if path.is_dir() else ""))
-    raw = path.read_bytes()
-    compressed = raw[:2] == b"\x1f\x8b"
-    if compressed:
-        try:
-            raw = gzip.decompress(raw)
-        except (EOFError, OSError, zlib.error) as e:
-            raise DataError(f"{path}: the gzip stream is truncated or corrupt ({e}); expected a "
-                            "complete gzip-compressed IDX file") from e
+    with open(path, "rb") as fh:
+        compressed = fh.read(2) == b"\x1f\x8b"
     where = f"{path}" + (" (after gzip decompression)" if compressed else "")
-    if len(raw) < 4:
+    try:
+        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as f:
+            return _read_idx_stream(f, path, where, compressed, dtype, ndim)
+    except (EOFError, OSError, zlib.error) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"{path}: the gzip stream is truncated or corrupt ({e}); expected a "
+                        "complete gzip-compressed IDX file") from e
+
+
+def _read_idx_stream(f, path: Path, where: str, compressed: bool, dtype, ndim) -> np.ndarray:
+    head = f.read(4)
+    if len(head) < 4:
         raise DataError(f"{where}: truncated: expected at least the 4-byte IDX magic number, "
-                        f"got {len(raw)} bytes")
-    zero, code, nd = raw[:2], raw[2], raw[3]
-    magic = int.from_bytes(raw[:4], "big")
+                        f"got {len(head)} bytes")
+    zero, code, nd = head[:2], head[2], head[3]
+    magic = int.from_bytes(head, "big")
     if ndim is not None or dtype is not None:
         want_code = _idx_code(dtype) if dtype is not None else code
         want_nd = ndim if ndim is not None else nd
@@ -79,21 +91,47 @@ def read_idx(path, dtype=None, ndim: int | None = None) -> np.ndarray:
                         f"type code TT in {{08, 09, 0B, 0C, 0D, 0E}} and DD >= 1 dimensions "
                         "(is this an IDX file?)")
     header = 4 + 4 * nd
-    if len(raw) < header:
+    dims = f.read(4 * nd)
+    if len(dims) < 4 * nd:
         raise DataError(f"{where}: truncated header: expected {header} bytes for {nd} "
-                        f"dimensions, got {len(raw)}")
-    shape = struct.unpack(f">{nd}I", raw[4:header])
+                        f"dimensions, got {4 + len(dims)}")
+    shape = struct.unpack(f">{nd}I", dims)
     dt = _IDX_CODES[code]
     want_bytes = math.prod(shape) * dt.itemsize
-    got_bytes = len(raw) - header
-    if got_bytes != want_bytes:
-        problem = "truncated" if got_bytes < want_bytes else "trailing data"
-        raise DataError(f"{where}: {problem}: the header declares shape {shape} of "
-                        f"{dt.newbyteorder('=')}, i.e. {want_bytes} data bytes "
-                        f"({header + want_bytes} with the header); expected {want_bytes} bytes, "
-                        f"got {got_bytes}")
-    return np.frombuffer(raw, dtype=dt, offset=header).reshape(shape).astype(
-        dt.newbyteorder("="))
+    declared = (f"the header declares shape {shape} of {dt.newbyteorder('=')}, i.e. "
+                f"{want_bytes} data bytes ({header + want_bytes} with the header)")
+    # the payload's size, known before a byte of it is read (or decompressed)
+    total = _stored_size(path, compressed)
+    if compressed and total is not None and total != (header + want_bytes) % 2**32:
+        raise DataError(f"{path}: the gzip stream is truncated or corrupt, or holds other data "
+                        f"than its header says: {declared}; its trailer records {total} "
+                        "uncompressed bytes")
+    if not compressed and total != header + want_bytes:
+        problem = "truncated" if total < header + want_bytes else "trailing data"
+        raise DataError(f"{where}: {problem}: {declared}; expected {want_bytes} bytes, got "
+                        f"{total - header}")
+    out = np.empty(want_bytes, np.uint8)
+    got = f.readinto(memoryview(out)) if want_bytes else 0
+    if got < want_bytes:
+        raise DataError(f"{where}: truncated: {declared}; expected {want_bytes} bytes, got {got}")
+    if f.read(1):
+        raise DataError(f"{where}: trailing data: {declared}; the data goes on past them")
+    return out.view(dt).reshape(shape).astype(dt.newbyteorder("="))
+
+
+def _stored_size(path: Path, compressed: bool) -> int | None:
+    """The uncompressed size of a file: its size, or a gzip stream's ISIZE (its last four
+    bytes: the size modulo 2³², exact below 4 GiB for a single-member stream); None for a
+    stream too short to have a trailer."""
+    size = path.stat().st_size
+    if not compressed:
+        return size
+    if size < 18:  # a gzip header and trailer alone take 18 bytes
+        return None  # decompressing says what is wrong with it
+    with open(path, "rb") as fh:
+        fh.seek(-4, os.SEEK_END)
+        isize = int.from_bytes(fh.read(4), "little")
+    return isize
 
 
 def write_idx(path, array, compress: bool | None = None) -> Path:
