@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -226,6 +227,32 @@ def test_cifar_refuses_a_pickle_that_runs_code(tmp_path):
     assert not marker.exists()
 
 
+class _HugeArray:
+    """Pickles as numpy's own ``_reconstruct(ndarray, shape, dtype)`` with a shape of 100 GB:
+    only allowed constructors, a few bytes of file."""
+
+    def __reduce__(self):
+        from numpy._core.multiarray import _reconstruct
+
+        return _reconstruct, (np.ndarray, (10**11,), b"b")
+
+
+def test_cifar_refuses_a_pickle_declaring_a_huge_array_or_ragged_labels(tmp_path):
+    """A batch whose pickle asks numpy's allowed constructor for an array of 100 GB is refused
+    before it is allocated; labels that are a ragged list are refused before NumPy sees them."""
+    _write_cifar10(tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    _pickle(folder / "data_batch_1", {b"labels": [0], b"data": _HugeArray()})
+    with pytest.raises(hd.DataError, match=r"data_batch_1: .*declares an array of shape "
+                                           r"\(100000000000,\).*refusing to allocate"):
+        hd.load_cifar10(tmp_path)
+    rows = _planes(2, np.random.default_rng(0))
+    _pickle(folder / "data_batch_1", {b"labels": [[1, 2], [3]], b"data": rows})
+    with pytest.raises(hd.DataError, match=r"b'labels' is a list of 2 entries of list; expected "
+                                           r"2 integer labels"):
+        hd.load_cifar10(tmp_path)
+
+
 def _write_cifar100(root: Path, seed=0):
     rng = np.random.default_rng(seed)
     folder = root / "cifar-100-python"
@@ -304,6 +331,32 @@ def test_image_folder_values_classes_and_split(tmp_path):
     other = hd.load_image_folder(tmp_path / "bugs", test_fraction=0.25, seed=4)
     assert not np.array_equal(other.y_train, ds.y_train) or not np.array_equal(
         other.x_train, ds.x_train)
+
+
+def _png_declaring(path: Path, width: int, height: int) -> None:
+    """A PNG of a few dozen bytes whose header declares ``width × height`` pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey
+    idat = zlib.compress(b"\x00" * 64)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat)
+                     + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("side", [12_000, 60_000])  # above Pillow's limit, and above twice it
+def test_an_image_declaring_a_huge_size_is_one_line(tmp_path, side):
+    """A tiny file whose header declares 144 or 3600 megapixels: refused before its pixels
+    are decoded, with a DataError naming the file and its declared size."""
+    _image_folder(tmp_path / "bugs")
+    _png_declaring(tmp_path / "bugs" / "ant" / "zz.png", side, side)
+    with pytest.raises(hd.DataError, match=r"zz\.png: declares .*pixels.*hostile"):
+        hd.load_image_folder(tmp_path / "bugs", test_fraction=0.25, seed=0)
 
 
 def test_image_folder_red_pixel_modes_and_jpeg(tmp_path):
@@ -458,6 +511,29 @@ def test_cli_restores_colour_images_from_an_image_folder(tmp_path, capsys):
     assert metrics["config"]["image_size"] == [10, 12]
     assert _colourful(out, "reconstructions.png") > 0.05  # colour images shown as colour
     assert _colourful(out, "weights.png") > 0.05  # the memories are colour images
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="macOS file systems refuse such names")
+def test_class_folders_named_in_bytes_that_are_not_utf8(tmp_path, capsys):
+    """Class folders named ``caf\\xe9`` and ``na\\xefve`` (Latin-1, not UTF-8): loaded with their
+    names readable (U+FFFD for the bytes UTF-8 cannot read), and a command-line run goes
+    through to its pictures and metrics."""
+    root = os.fsencode(tmp_path / "latin")
+    rng = np.random.default_rng(0)
+    for name in (b"caf\xe9", b"na\xefve"):
+        os.makedirs(os.path.join(root, name))
+        for i in range(4):
+            _save(Path(os.fsdecode(os.path.join(root, name, b"%d.png" % i))),
+                  rng.integers(0, 256, (6, 5, 3), dtype=np.uint8))
+    ds = hd.load_image_folder(tmp_path / "latin", test_fraction=0.25, seed=0)
+    assert ds.class_names == ("caf\ufffd", "na\ufffdve")
+    json.dumps(ds.class_names)  # printable and serialisable
+    out = tmp_path / "run"
+    printed = _cli(["train", "--dataset", "folder", "--data-dir", str(tmp_path / "latin"),
+                    "--hidden", "8", *TINY_RUN, "--out", str(out)], capsys)
+    assert "test accuracy" in printed
+    assert json.loads((out / "metrics.json").read_text())["test_accuracy"] >= 0
+    assert any(p.suffix == ".png" for p in out.iterdir())
 
 
 def test_cli_data_flags_are_checked_before_training(tmp_path, capsys):

@@ -13,6 +13,8 @@ so a file that tries anything else is a :class:`DataError` rather than run.
 
 from __future__ import annotations
 
+import functools
+import math
 import pickle
 from pathlib import Path
 
@@ -44,20 +46,43 @@ _ALLOWED_GLOBALS = {
 
 
 class _BatchUnpickler(pickle.Unpickler):
-    """An unpickler that builds only plain containers, NumPy arrays and bytes."""
+    """An unpickler that builds only plain containers, NumPy arrays and bytes, none larger than
+    ``limit`` bytes (the file's size: every array of a batch is read from the file's bytes)."""
+
+    def __init__(self, f, limit: int, **kw):
+        super().__init__(f, **kw)
+        self.limit = limit
 
     def find_class(self, module, name):
-        if (module, name) in _ALLOWED_GLOBALS:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"the pickle asks for {module}.{name}, which a CIFAR batch "
-                                     "never holds; refusing to load it")
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(f"the pickle asks for {module}.{name}, which a CIFAR "
+                                         "batch never holds; refusing to load it")
+        found = super().find_class(module, name)
+        if name == "_reconstruct":
+            return functools.partial(_bounded_reconstruct, found, self.limit)
+        return found
+
+
+def _bounded_reconstruct(reconstruct, limit: int, subtype, shape, dtype):
+    """numpy's ``_reconstruct`` (an empty array that ``__setstate__`` then fills), refusing a
+    shape whose size exceeds ``limit`` bytes before it is allocated (a pickle of a few bytes can
+    declare any shape)."""
+    try:
+        n = math.prod(int(s) for s in shape) * np.dtype(dtype).itemsize
+    except (TypeError, ValueError) as e:
+        raise pickle.UnpicklingError(f"an array of shape {shape!r}, dtype {dtype!r}: {e}") from e
+    if n > limit:
+        raise pickle.UnpicklingError(f"the pickle declares an array of shape {tuple(shape)} "
+                                     f"({n} bytes), more than the file's {limit} bytes can "
+                                     "hold; refusing to allocate it")
+    return reconstruct(subtype, shape, dtype)
 
 
 def _unpickle(path: Path) -> dict:
     """The ``dict`` pickled in ``path`` (keys ``bytes``), or a :class:`DataError` naming it."""
     try:
         with open(path, "rb") as f:
-            obj = _BatchUnpickler(f, encoding="bytes").load()
+            obj = _BatchUnpickler(f, limit=path.stat().st_size, encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
             IndexError, KeyError, ImportError, OverflowError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: not a readable CIFAR batch (truncated or corrupt?): "
@@ -86,7 +111,15 @@ def _batch(path: Path, label_key: bytes, num_classes: int) -> tuple[np.ndarray, 
         dtype = getattr(data, "dtype", type(data).__name__)
         raise DataError(f"{path}: b'data' is {dtype} of shape {shape}; expected uint8 of shape "
                         f"(n, {_ROW}) (3 colour planes of 32×32)")
-    labels = np.asarray(_entry(d, label_key, path))
+    labels = _entry(d, label_key, path)
+    if isinstance(labels, list | tuple) and (
+            len(labels) != len(data) or not all(type(v) is int for v in labels)):
+        # checked as a list: NumPy would build an object array of a ragged or nested one
+        kinds = sorted({type(v).__name__ for v in labels[:1000]})
+        raise DataError(f"{path}: {label_key!r} is a list of {len(labels)} entries of "
+                        f"{', '.join(kinds) or 'nothing'}; expected {len(data)} integer labels, "
+                        "one per row of b'data'")
+    labels = np.asarray(labels)
     if labels.shape != (len(data),) or not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{path}: {label_key!r} holds {labels.dtype} of shape {labels.shape}; "
                         f"expected {len(data)} integer labels, one per row of b'data'")

@@ -7,6 +7,7 @@ the subfolder names, sorted; label ``k`` is the ``k``-th name.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -43,13 +44,25 @@ def _classes(root: Path) -> dict[str, list[Path]]:
     return classes
 
 
+# Pillow's own limit (MAX_IMAGE_PIXELS, 89 megapixels) where a user has switched it off
+_MAX_PIXELS = 89_478_485
+
+
 def _read(path: Path, mode: str | None, size):
     """One image as a ``uint8`` array ``(H, W, 3)`` (``mode`` None or ``"RGB"``) or
     ``(H, W, 1)`` (``"L"``), resized to ``size`` when given."""
     from PIL import Image, UnidentifiedImageError
 
+    limit = Image.MAX_IMAGE_PIXELS or _MAX_PIXELS
     try:
         with Image.open(path) as img:
+            # the header is read, the pixels are not yet: refuse a size no dataset image has
+            # before decoding (a few kilobytes of PNG can declare gigabytes of pixels)
+            w, h = img.size
+            if w * h > limit:
+                raise DataError(f"{path}: declares {w}×{h} pixels ({w * h / 1e6:.0f} "
+                                f"megapixels), more than the {limit / 1e6:.0f} an image of a "
+                                "dataset may have (a corrupt or hostile file?)")
             img.load()
             if img.mode.startswith("I;16"):
                 # Pillow's conversion of 16-bit grey to 8 bits clips at 255 rather than
@@ -61,6 +74,9 @@ def _read(path: Path, mode: str | None, size):
                                 "floating point) have no fixed range; expected 8- or 16-bit "
                                 "images (save them as 8-bit PNG or JPEG)")
             img = img.convert("L" if mode == "L" else "RGB")
+    except Image.DecompressionBombError as e:
+        raise DataError(f"{path}: declares more pixels than an image of a dataset may have "
+                        f"(a corrupt or hostile file?): {e}") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         if isinstance(e, DataError):
             raise
@@ -174,4 +190,11 @@ def load_image_folder(root, *, size=None, mode: str | None = None, test_fraction
     x *= np.float32(1.0 / 255.0)
     train_idx, test_idx = train_idx[:limits[0]], test_idx[:limits[1]]
     return Dataset(x[train_idx], y[train_idx], x[test_idx], y[test_idx], tuple(x.shape[1:]),
-                   len(names), root.name or "folder", tuple(names))
+                   len(names), _printable(root.name) or "folder",
+                   tuple(_printable(n) for n in names))
+
+
+def _printable(name: str) -> str:
+    """A file name as text that can be printed, written to JSON and drawn: bytes that are not
+    UTF-8 (which Python keeps as lone surrogates, unencodable) become U+FFFD."""
+    return os.fsencode(name).decode("utf-8", "replace")
