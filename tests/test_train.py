@@ -11,6 +11,7 @@ one cheap fixed-step BPTT estimator.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 from pathlib import Path
@@ -409,6 +410,47 @@ def test_checkpoint_errors(tmp_path, trained_state):
     bigger = _classifier(hidden=12)
     with pytest.raises(T.CheckpointError, match="does not fit"):
         T.load_checkpoint(path, bigger, ADAM.init(eqx.filter(bigger, eqx.is_inexact_array)))
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("finished_epoch", "3", "finished_epoch must be a non-negative integer"),
+    ("finished_epoch", -2, "finished_epoch must be a non-negative integer"),
+    ("history", {"loss": 1}, "history must be a list of records"),
+    ("config", [1, 2], "config must be an object"),
+    ("payload_bytes", 1.5, "payload_bytes must be a non-negative integer"),
+    ("payload_sha256", "abc", "payload_sha256 must be 64 hexadecimal digits"),
+    ("version", None, "lacks version"),
+])
+def test_a_checkpoint_header_is_checked_field_by_field(tmp_path, trained_state, field, value,
+                                                       message):
+    """A header edited to hold a field of the wrong type, or missing one the format owns, is
+    one CheckpointError naming the field, before anything reads it; a header line that never
+    ends is refused without reading the file whole."""
+    net, opt_state = trained_state
+    path = T.save_checkpoint(tmp_path / "ck.eqx", net, opt_state,
+                             {"finished_epoch": 0, "history": [], "config": {}})
+    raw = path.read_bytes()
+    end = raw.index(b"\n")
+    header = json.loads(raw[:end])
+    if value is None:
+        del header[field]
+    else:
+        header[field] = value
+    path.write_bytes(json.dumps(header).encode() + raw[end:])
+    with pytest.raises(T.CheckpointError, match=message):
+        T.read_checkpoint_meta(path)
+    with pytest.raises(T.CheckpointError, match=message):
+        T.load_checkpoint(path, net, opt_state)
+
+
+def test_a_checkpoint_without_a_header_line_is_refused_unread(tmp_path, monkeypatch):
+    from hamjax.train import _checkpoint
+
+    monkeypatch.setattr(_checkpoint, "_MAX_HEADER", 1024)
+    path = tmp_path / "long.eqx"
+    path.write_bytes(b"{" + b" " * 5000)
+    with pytest.raises(T.CheckpointError, match="no header line within"):
+        T.read_checkpoint_meta(path)
 
 
 def test_checkpoint_corruption_is_detected(tmp_path, trained_state):

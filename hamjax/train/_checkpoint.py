@@ -44,17 +44,23 @@ class CheckpointError(ValueError):
     ``ValueError``."""
 
 
-def save_checkpoint(path, model, opt_state, meta: dict) -> Path:
+def save_checkpoint(path, model, opt_state, meta: dict, *, create_folders: bool = True
+                    ) -> Path:
     """Atomically write ``(model, opt_state)`` and the JSON-serialisable ``meta`` to ``path``.
 
-    Creates missing parent folders and returns the path. Raises ``ValueError`` when ``meta``
-    uses a key the header reserves (``format``, ``version``, ``payload_bytes``,
-    ``payload_sha256``)."""
+    Creates missing parent folders (unless ``create_folders`` is false: then a missing folder
+    is a :class:`CheckpointError`, as for a training run whose folder was deleted under it)
+    and returns the path. Raises ``ValueError`` when ``meta`` uses a key the header reserves
+    (``format``, ``version``, ``payload_bytes``, ``payload_sha256``)."""
     path = Path(path)
     clash = [k for k in _RESERVED if k in meta]
     if clash:
         raise ValueError(f"checkpoint meta may not use the reserved keys {clash}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if create_folders:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    elif not path.parent.is_dir():
+        raise CheckpointError(f"cannot write the checkpoint {path}: its folder {path.parent} "
+                              "no longer exists (deleted during training?)")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -88,16 +94,56 @@ def read_checkpoint_meta(path, verify: bool = False) -> dict:
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     with open(path, "rb") as f:
-        line = f.readline()
+        # bounded: a file with no line break is not read whole to find one
+        line = f.readline(_MAX_HEADER + 1)
+    if len(line) > _MAX_HEADER:
+        raise CheckpointError(f"{path} is not a hamjax checkpoint (no header line within "
+                              f"{_MAX_HEADER // 2**20} MiB)")
     try:
         meta = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise CheckpointError(f"{path} is not a hamjax checkpoint (bad header)") from None
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
         raise CheckpointError(f"{path} is not a hamjax checkpoint (format {meta!r:.60})")
+    _check_header(path, meta)
     if verify:
         verify_checkpoint(path, meta)
     return meta
+
+
+_MAX_HEADER = 64 * 2**20
+_SHA256_HEX = frozenset("0123456789abcdef")
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+# the header's fields: the format's own, and those fit writes, each with what it must be
+_FIELDS = {
+    "version": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "payload_bytes": ("a non-negative integer", _is_count),
+    "payload_sha256": ("64 hexadecimal digits",
+                       lambda v: isinstance(v, str) and len(v) == 64 and set(v) <= _SHA256_HEX),
+    "finished_epoch": ("a non-negative integer", _is_count),
+    "history": ("a list of records (objects)",
+                lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v)),
+    "config": ("an object", lambda v: isinstance(v, dict)),
+}
+_REQUIRED = ("version", "payload_bytes", "payload_sha256")
+
+
+def _check_header(path: Path, meta: dict) -> None:
+    """Each field of a checkpoint header of the type it must have, the format's own present:
+    one :class:`CheckpointError` naming the first that is not, before anything uses it."""
+    missing = [k for k in _REQUIRED if k not in meta]
+    if missing:
+        raise CheckpointError(f"{path}: the checkpoint header lacks {', '.join(missing)} (a "
+                              "damaged or hand-edited file?)")
+    for key, (what, ok) in _FIELDS.items():
+        if key in meta and not ok(meta[key]):
+            raise CheckpointError(f"{path}: the checkpoint header's {key} must be {what}, got "
+                                  f"{meta[key]!r:.60} (a damaged or hand-edited file?)")
 
 
 def _payload(path: Path) -> bytes:

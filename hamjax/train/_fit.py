@@ -304,6 +304,9 @@ def fit(
         optimizer = cosine_adam(LEARNING_RATE, data.num_train // batch_size, max(1, epochs))
     net, opt_state, history, first = _initial_state(net, optimizer, checkpoint, resume)
     _same_start(first, checkpoint)
+    if checkpoint is not None and is_main_process():
+        # made once, here: a folder that goes away during training is not made again
+        Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
     main = is_main_process()
     progress, verbose = progress and main, verbose and main
     if mesh is not None:
@@ -327,7 +330,8 @@ def fit(
         if checkpoint is not None:
             if main:
                 save_checkpoint(checkpoint, net, opt_state, {
-                    "finished_epoch": epoch, "history": history, "config": config or {}})
+                    "finished_epoch": epoch, "history": history, "config": config or {}},
+                    create_folders=False)
             # no process runs ahead of a checkpoint it may have to resume from
             barrier(f"hamjax checkpoint of epoch {epoch + 1}")
         if on_epoch is not None:
