@@ -241,24 +241,23 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def gather_text(text: str, size: int = 2048) -> list[str]:
+def gather_text(text: str) -> list[str]:
     """Every process's ``text``, in process order (``[text]`` in a one-process run): how the
-    processes of a run compare their configurations and report each other's errors. Texts are
-    truncated to ``size`` bytes of UTF-8."""
+    processes of a run compare their configurations and report each other's errors. Texts of
+    any length: the processes first exchange their lengths, then the texts padded to the
+    longest."""
     if jax.process_count() == 1:
         return [text]
     from jax.experimental import multihost_utils
 
-    raw = text.encode()[:size]
-    buf = np.zeros(size + 4, dtype=np.uint8)
-    buf[:4] = np.frombuffer(np.uint32(len(raw)).tobytes(), dtype=np.uint8)
-    buf[4:4 + len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+    raw = np.frombuffer(text.encode(), dtype=np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.asarray([raw.size], np.int64)))
+    sizes = sizes.reshape(-1)
+    buf = np.zeros(max(int(sizes.max()), 1), dtype=np.uint8)
+    buf[:raw.size] = raw
     got = np.asarray(multihost_utils.process_allgather(buf))
-    out = []
-    for row in got:
-        k = int(np.frombuffer(row[:4].tobytes(), dtype=np.uint32)[0])
-        out.append(row[4:4 + k].tobytes().decode(errors="replace"))
-    return out
+    return [row[:int(k)].tobytes().decode(errors="replace")
+            for row, k in zip(got, sizes, strict=True)]
 
 
 def _address(coordinator_address: str) -> tuple[str, int]:

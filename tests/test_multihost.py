@@ -264,3 +264,32 @@ def test_processes_that_see_different_checkpoints_are_refused(tmp_path):
                "process 1: epoch 1)" in out
     # only process 0 wrote
     assert sorted(f.name for f in tmp_path.glob("*.eqx")) == ["ckpt-of-process-0.eqx"]
+
+
+_LONG_TEXT = r"""
+import sys
+from hamjax import sharding
+rank, port = int(sys.argv[1]), sys.argv[2]
+sharding.initialize_distributed(f"127.0.0.1:{port}", 2, rank, timeout=60)
+mine = ("é" if rank else "a") * (20_000 + 7 * rank)  # past any fixed buffer, unequal lengths
+said = sharding.gather_text(mine)
+assert said == ["a" * 20_000, "é" * 20_007], [len(s) for s in said]
+print("GATHERED", len(said[0]), len(said[1]))
+"""
+
+
+@multiprocess
+@needs_loopback
+def test_texts_of_any_length_are_gathered_whole(tmp_path):
+    """Two processes exchange texts of 20 000 and 40 014 bytes (a config of any size): each
+    gets both whole, in process order."""
+    script = tmp_path / "long.py"
+    script.write_text(_LONG_TEXT)
+    port = str(free_port())
+    procs = [subprocess.Popen([sys.executable, str(script), str(i), port],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=180) for p in procs]
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-2000:]
+        assert "GATHERED 20000 20007" in out

@@ -14,6 +14,7 @@ from pathlib import Path
 from ._figures import pictures
 from ._parser import UsageError, defaults
 from ._runs import (
+    Terminated,
     check_out,
     claim,
     config_of,
@@ -378,7 +379,7 @@ def _agree(problem: str, cfg: dict | None) -> None:
 
     config = json.dumps(cfg, sort_keys=True) if cfg is not None else ""
     said = [json.loads(t) for t in gather_text(json.dumps({"problem": problem,
-                                                           "config": config}), 8192)]
+                                                           "config": config}))]
     failed = [(i, s["problem"]) for i, s in enumerate(said) if s["problem"]]
     if failed:
         if problem:
@@ -400,7 +401,7 @@ def _shared_folder(out: Path | None, problem: str) -> Path:
     """The run folder process 0 claimed, told to every process (or process 0's error)."""
     from ..sharding import gather_text, is_main_process
 
-    said = json.loads(gather_text(json.dumps({"out": str(out), "problem": problem}), 8192)[0])
+    said = json.loads(gather_text(json.dumps({"out": str(out), "problem": problem}))[0])
     if said["problem"]:
         raise UsageError(problem if is_main_process() else f"process 0 stopped: "
                          f"{said['problem']}")
@@ -466,14 +467,30 @@ def _train_in(out: Path, created: bool, cfg: dict, data, net, task, gradient, me
         if not main:
             raise UsageError(f"{e}") from None
         raise UsageError(_failed(e, out, ckpt, cfg, created, not resume)) from None
-    except KeyboardInterrupt:
+    except OSError as e:
+        # a full disk, a folder made read-only or deleted: one line, what was kept
+        where = f" {e.filename}" if e.filename else ""
+        raise UsageError(_failed(OSError(f"cannot write{where}: {e.strerror or e}"), out, ckpt,
+                                 cfg, created, not resume)) from None
+    except Exception as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        # an allocation the device cannot satisfy: XLA's message is pages long
+        first = str(e).strip().splitlines()[0][:200]
+        raise UsageError(_failed(MemoryError(
+            f"the device ran out of memory ({first}); use a smaller --batch-size (now "
+            f"{cfg['batch_size']})"), out, ckpt, cfg, created, not resume)) from None
+    except KeyboardInterrupt as e:
+        # Ctrl-C (or SIGTERM, SIGHUP: Terminated) is how a run is paused: say how to continue,
+        # not where Python was
+        status = 128 + e.signum if isinstance(e, Terminated) else 130
         if not main:
-            raise SystemExit(130) from None
-        # Ctrl-C is how a run is paused: say how to continue, not where Python was
+            raise SystemExit(status) from None
+        how = f"stopped by {e.name}" if isinstance(e, Terminated) else "interrupted"
         kept = _kept(out, ckpt) if ckpt.exists() else "no epoch had finished"
-        print(f"\nhamjax train: interrupted; {kept}; hamjax train --out {out} --resume "
+        print(f"\nhamjax train: {how}; {kept}; hamjax train --out {out} --resume "
               "continues it", file=sys.stderr)
-        raise SystemExit(130) from None
+        raise SystemExit(status) from None
     train_seconds = time.perf_counter() - t0
     if main:
         _finish(out, local_replica(net), history, initial, train_seconds, task, gradient, data,
@@ -492,7 +509,9 @@ def _failed(e: Exception, out: Path, ckpt: Path, cfg: dict, created: bool, fresh
     """The one-line message for a run that stopped (diverged, or a checkpoint that does not
     fit); a new run (``fresh``: its config.json is this command's) that saved nothing is
     removed, so no half-written folder stays behind."""
-    if ckpt.exists():
+    if not out.exists():
+        kept = f"the run folder {out} is gone"
+    elif ckpt.exists():
         kept = _kept(out, ckpt)
     else:
         release(out, created, ["config.json"] if fresh else [])
@@ -525,7 +544,12 @@ def _finish(out, net, history, initial, train_seconds, task, gradient, data, cfg
     if warning:
         metrics["warning"] = warning
     write_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
-    pics = pictures(out, net, task, gradient, data, cfg)
+    try:
+        pics = pictures(out, net, task, gradient, data, cfg)
+    except Exception as e:  # noqa: BLE001 - matplotlib and the file system raise many kinds
+        _report(metrics, gradient)
+        raise UsageError(f"cannot write the pictures: {type(e).__name__}: {e}; the run's "
+                         f"metrics.json and checkpoint in {out} are kept") from None
     metrics["pictures"] = pics
     write_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
     _report(metrics, gradient)
