@@ -11,13 +11,18 @@ a cluster, start one ``hamjax train`` per host yourself, with the same flags and
 environment).
 
 Process 0's output is shown as it is; the other processes' error output is shown with a
-``[process i]`` prefix. When a process fails, the others are stopped, and the exit status is
-the failed process's; Ctrl-C is passed to every process (so process 0 says how to resume).
+``[process i]`` prefix. When a process fails, one line names it and how it ended, the others
+are stopped (SIGTERM, then SIGKILL after :data:`STOP_GRACE_S` seconds), and the exit status is
+the failed process's (``128 + signal`` for a killed one). Ctrl-C, SIGTERM and SIGHUP to the
+launcher are passed to every process as Ctrl-C (so process 0 says how to resume); should the
+launcher itself be killed, each process is sent SIGTERM by the kernel (Linux), so none
+outlives it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
@@ -88,6 +93,8 @@ def main(argv=None) -> int:
     port = free_port() if args.port is None else args.port
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # each worker asks to be sent SIGTERM should this launcher die, even by kill -9
+    env["HAMJAX_LAUNCHER_PID"] = str(os.getpid())
     procs, relays = [], []
     for i in range(n):
         argv_i = [sys.executable, "-m", "hamjax.cli", *command, "--coordinator",
@@ -101,31 +108,70 @@ def main(argv=None) -> int:
             t.start()
             relays.append(t)
     try:
-        status = _wait(procs)
-    except KeyboardInterrupt:
+        with _stop_signals_interrupt():
+            status = _wait(procs)
+    except KeyboardInterrupt as e:
+        # Ctrl-C, SIGTERM or SIGHUP to the launcher: each worker is interrupted as by Ctrl-C
+        # (it stops between steps, keeps its checkpoint); none outlives the launcher
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGINT)
-        status = _wait(procs, grace=30.0)
-        status = status or 130
+        status = _wait(procs, grace=STOP_GRACE_S, quiet=True)
+        status = status or (128 + e.args[0] if e.args else 130)
     for t in relays:
         t.join(timeout=5)
     return status
 
 
-def _wait(procs, grace: float = 10.0) -> int:
-    """Wait for every process; when one fails, stop the others (a process whose peer died
-    would otherwise wait for JAX's heartbeat timeout). The first failure's status, or 0."""
+STOP_GRACE_S = 30.0
+"""Seconds a worker has to stop after the launcher asks it to (SIGINT, or SIGTERM when a peer
+died) before it is killed."""
+
+
+@contextlib.contextmanager
+def _stop_signals_interrupt():
+    """SIGTERM and SIGHUP raise ``KeyboardInterrupt(signum)`` while inside."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(signum)
+
+    names = [n for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
+    before = {n: signal.signal(getattr(signal, n), interrupt) for n in names}
+    try:
+        yield
+    finally:
+        for n, handler in before.items():
+            signal.signal(getattr(signal, n), handler)
+
+
+def _how(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+def _wait(procs, grace: float = STOP_GRACE_S, quiet: bool = False) -> int:
+    """Wait for every process; when one fails, say which and how in one line and stop the
+    others (SIGTERM, then SIGKILL after ``grace`` seconds: a process whose peer died would
+    otherwise wait for JAX's heartbeat timeout). The first failure's status (``128 + signal``
+    for a killed one), or 0."""
     failed = 0
     while True:
         codes = [p.poll() for p in procs]
-        bad = [c for c in codes if c not in (None, 0)]
+        bad = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
         if bad and not failed:
-            failed = bad[0]
+            i, code = bad[0]
+            failed = 128 - code if code < 0 else code
             deadline = time.monotonic() + grace
-            for p in procs:
-                if p.poll() is None:
-                    p.terminate()
+            running = [p for p in procs if p.poll() is None]
+            if running and not quiet:
+                print(f"python -m hamjax.launch: process {i} {_how(code)}; stopping the "
+                      f"other {len(running)} (killed after {grace:g} s)", file=sys.stderr,
+                      flush=True)
+            for p in running:
+                p.terminate()
         if all(c is not None for c in codes):
             return failed
         if failed and time.monotonic() > deadline:

@@ -3,11 +3,16 @@ the config a run was saved with and resumed under."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
+import re
+import signal
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -164,6 +169,78 @@ class _suppress_oserror:
         return kind is not None and issubclass(kind, OSError)
 
 
+class Terminated(KeyboardInterrupt):
+    """A stop signal (SIGTERM, SIGHUP) received by a command: handled as Ctrl-C is, so a run
+    stops between steps the same way, its temporary files removed and a resume hint printed;
+    the exit status is ``128 + signum``."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+@contextlib.contextmanager
+def stop_signals_interrupt():
+    """While inside: SIGTERM and SIGHUP raise :class:`Terminated` (a ``KeyboardInterrupt``) in
+    the main thread, as SIGINT raises ``KeyboardInterrupt``; where a launcher started this
+    process (``HAMJAX_LAUNCHER_PID``), it is also sent SIGTERM should the launcher die, even by
+    ``kill -9`` (Linux), so that no worker outlives it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_terminated(signum, frame):
+        raise Terminated(signum)
+
+    names = [n for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
+    before = {n: signal.signal(getattr(signal, n), raise_terminated) for n in names}
+    try:
+        _die_with_launcher()
+        yield
+    finally:
+        for n, handler in before.items():
+            signal.signal(getattr(signal, n), handler)
+
+
+def _die_with_launcher() -> None:
+    """Ask the kernel for SIGTERM when the launcher that started this process dies
+    (``prctl(PR_SET_PDEATHSIG)``, Linux); if it has died already, stop now."""
+    launcher = os.environ.get("HAMJAX_LAUNCHER_PID")
+    if not launcher or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if str(os.getppid()) != launcher:  # it died before the request was made
+        raise Terminated(signal.SIGTERM)
+
+
+# an atomic write's temporary name: mkstemp's (files) or the pictures' (_figures._save)
+_TEMPORARY = re.compile(r".+\.(?:[A-Za-z0-9_]{8}\.tmp|png\.tmp\.png)")
+
+
+def clear_stale(out: Path) -> list[str]:
+    """Remove the temporary files a killed command left in the run folder ``out`` (the
+    ``<name>.<8 characters>.tmp`` of an atomic write that never got renamed, or a picture's
+    ``<name>.png.tmp.png``), for the holder of
+    its lock, whom no other writer can race. Returns their names."""
+    gone = []
+    for p in out.iterdir():
+        if p.is_file() and _TEMPORARY.fullmatch(p.name):
+            with _suppress_oserror():
+                p.unlink()
+                gone.append(p.name)
+    return gone
+
+
 def lock(out: Path):
     """Hold an exclusive lock on the run folder while this command trains in it, so a second
     ``train --resume`` of the same folder cannot interleave its checkpoints with ours. The lock
@@ -180,6 +257,8 @@ def lock(out: Path):
         os.close(fd)
         raise UsageError(f"{out} is being trained by another hamjax command; wait for it to "
                          "finish or choose another --out") from None
+    # no other command writes here now: what a killed one left half-written can go
+    clear_stale(out)
     return fd
 
 
