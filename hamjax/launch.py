@@ -116,7 +116,7 @@ def main(argv=None) -> int:
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGINT)
-        status = _wait(procs, grace=STOP_GRACE_S, quiet=True)
+        status = _wait(procs, stopping=True)
         status = status or (128 + e.args[0] if e.args else 130)
     for t in relays:
         t.join(timeout=5)
@@ -152,29 +152,33 @@ def _how(code: int) -> str:
     return f"exited with status {code}"
 
 
-def _wait(procs, grace: float = STOP_GRACE_S, quiet: bool = False) -> int:
+def _wait(procs, grace: float = STOP_GRACE_S, stopping: bool = False) -> int:
     """Wait for every process; when one fails, say which and how in one line and stop the
     others (SIGTERM, then SIGKILL after ``grace`` seconds: a process whose peer died would
-    otherwise wait for JAX's heartbeat timeout). The first failure's status (``128 + signal``
-    for a killed one), or 0."""
+    otherwise wait for JAX's heartbeat timeout). ``stopping``: the processes were asked to stop
+    already; those still running ``grace`` seconds from now are killed (one blocked in a
+    collective whose peer has stopped never returns to Python to handle the request). The
+    first failure's status (``128 + signal`` for a killed one), or 0."""
     failed = 0
+    deadline = time.monotonic() + grace if stopping else None
     while True:
         codes = [p.poll() for p in procs]
         bad = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
         if bad and not failed:
             i, code = bad[0]
             failed = 128 - code if code < 0 else code
-            deadline = time.monotonic() + grace
             running = [p for p in procs if p.poll() is None]
-            if running and not quiet:
-                print(f"python -m hamjax.launch: process {i} {_how(code)}; stopping the "
-                      f"other {len(running)} (killed after {grace:g} s)", file=sys.stderr,
-                      flush=True)
-            for p in running:
-                p.terminate()
+            if not stopping:
+                deadline = time.monotonic() + grace
+                if running:
+                    print(f"python -m hamjax.launch: process {i} {_how(code)}; stopping the "
+                          f"other {len(running)} (killed after {grace:g} s)", file=sys.stderr,
+                          flush=True)
+                for p in running:
+                    p.terminate()
         if all(c is not None for c in codes):
             return failed
-        if failed and time.monotonic() > deadline:
+        if deadline is not None and time.monotonic() > deadline:
             for p in procs:
                 if p.poll() is None:
                     p.kill()
