@@ -53,7 +53,8 @@ class AbstractStop(eqx.Module):
 
     @abc.abstractmethod
     def end_time(self, dt0: float) -> float:
-        """The model time the ODE path integrates to at most (``dt0``: its initial step)."""
+        """The model time the ODE path integrates to at most (``dt0``: its initial step);
+        ``inf`` where only :meth:`finished` ends it."""
 
     def finished(self, dyn: ClampedDynamics, x_free: Mapping[str, Array]) -> Array:
         """Per sample: whether the ODE path may stop for this sample at state ``x_free``. By
@@ -77,10 +78,13 @@ class SteadyState(AbstractStop):
     at_steady_state: ClassVar[bool] = True
 
     def end_time(self, dt0: float) -> float:
+        """``t_max``: the ODE path stops earlier, where every sample is :meth:`finished`
+        (converged or non-finite)."""
         return self.t_max
 
     def finished(self, dyn: ClampedDynamics, x_free: Mapping[str, Array]) -> Array:
-        """Per sample: converged (``rms(F) ≤ atol + rtol·rms(x)``) or non-finite."""
+        """Per sample: converged (``rms(F) ≤ atol + rtol·rms(x)``, docs/maths.md §5.1) or
+        non-finite."""
         return _within(dyn, dyn.residual(x_free), x_free, self) | ~_finite(dyn.net, x_free)
 
 class FixedTime(AbstractStop):
@@ -94,6 +98,8 @@ class FixedTime(AbstractStop):
     rtol: float = eqx.field(default=0.0, kw_only=True)
 
     def end_time(self, dt0: float) -> float:
+        """``t1``, whatever ``dt0``: the ODE path integrates to it (a non-finite sample alone
+        does not stop the others)."""
         return self.t1
 
 class FixedSteps(AbstractStop):
@@ -112,6 +118,8 @@ class FixedSteps(AbstractStop):
             raise ValueError(f"FixedSteps needs n >= 1, got {self.n}")
 
     def end_time(self, dt0: float) -> float:
+        """``n · dt0``: ``n`` constant steps of ``dt0`` (a non-finite sample alone does not stop
+        the others)."""
         return self.n * dt0
 
 def _stop(stop) -> AbstractStop:

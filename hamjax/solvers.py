@@ -492,7 +492,7 @@ class Neumann(lx.AbstractLinearSolver):
     iteration Anderson-accelerated (:class:`Anderson`, history 5), per sample, for at most
     ``fallback_steps`` more products (at a steady state whose slowest mode is near ±1, where
     the plain series needs hundreds of terms, it needs tens: on the adjoints of a HAM's steady
-    states it takes about 0.7× the time of the plain series, hence the small default
+    states it takes less time than the plain series, hence the small default
     ``max_steps``); a lineax solver instead (GMRES, which treats the batch as one system) or
     ``None`` to fail. One matrix-vector product per iteration.
     Samples that meet the tolerance neither way get, with ``on_failure="zero"`` (default), a

@@ -100,10 +100,9 @@ def _launch(out: Path) -> subprocess.Popen:
 @linux
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])  # SIGHUP: the same handler
 def test_no_worker_outlives_the_launcher(tmp_path, sig):
-    """SIGTERM (and SIGHUP, by the same handler) reaches every worker through the launcher (each
-    stops as by Ctrl-C);
-    with SIGKILL the launcher cannot pass anything on, and the kernel's death signal stops them
-    (they asked for it)."""
+    """SIGTERM (and SIGHUP, by the same handler) reaches every worker through the launcher
+    (each stops as by Ctrl-C); with SIGKILL the launcher cannot pass anything on, and the
+    kernel's death signal stops them (they asked for it)."""
     out = tmp_path / "run"
     proc = _launch(out)
     try:
