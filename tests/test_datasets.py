@@ -522,7 +522,7 @@ def test_class_folders_named_in_bytes_that_are_not_utf8(tmp_path, capsys):
     rng = np.random.default_rng(0)
     for name in (b"caf\xe9", b"na\xefve"):
         os.makedirs(os.path.join(root, name))
-        for i in range(4):
+        for i in range(8):
             _save(Path(os.fsdecode(os.path.join(root, name, b"%d.png" % i))),
                   rng.integers(0, 256, (6, 5, 3), dtype=np.uint8))
     ds = hd.load_image_folder(tmp_path / "latin", test_fraction=0.25, seed=0)
