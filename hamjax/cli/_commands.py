@@ -539,8 +539,7 @@ def _finish(out, net, history, initial, train_seconds, task, gradient, data, cfg
     )
     if cfg["model"] == "transformer":
         metrics.update(completion_baselines(task, data, cfg["seed"]))
-    warning = stalled(metrics, initial, cfg,
-                      data.num_classes if "test_accuracy" in metrics else None)
+    warning = stalled(metrics, initial, cfg, data.num_classes, data.num_test)
     if warning:
         metrics["warning"] = warning
     write_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
@@ -560,13 +559,14 @@ def _finish(out, net, history, initial, train_seconds, task, gradient, data, cfg
     print(f"run folder: {out} ({', '.join(files + pics)})")
 
 
-def stalled(metrics: dict, initial: dict, cfg: dict, num_classes: int | None = None
-            ) -> str | None:
+def stalled(metrics: dict, initial: dict, cfg: dict, num_classes: int | None = None,
+            num_test: int | None = None) -> str | None:
     """A warning when the run means nothing, whether or not its relaxations converged: a test
     loss that ends far (1.5×) above the untrained model's or non-finite, or a test accuracy
-    below chance (``1 / num_classes``); and, where no test relaxation converged, a test loss
-    that did not fall at all. A loss that rose points at the learning rate; a flat one at too
-    little training as well."""
+    below chance (``1 / num_classes``) by more than two standard errors of ``num_test``
+    guesses (a small test set lands below chance by luck); and, where no test relaxation
+    converged, a test loss that did not fall at all. A loss that rose points at the learning
+    rate; a flat one at too little training as well."""
     loss, before = metrics.get("test_loss"), initial["loss"]
     if loss is None:
         return None
@@ -574,9 +574,12 @@ def stalled(metrics: dict, initial: dict, cfg: dict, num_classes: int | None = N
         return (f"the run went wrong: the test loss rose from {before:.4g} untrained to "
                 f"{loss:.4g}; lower --lr (now {cfg['lr']:g})")
     acc = metrics.get("test_accuracy")
-    if acc is not None and num_classes and acc < 1.0 / num_classes:
-        return (f"the run ends below chance: test accuracy {acc:.4f} < 1/{num_classes}; "
-                f"lower --lr (now {cfg['lr']:g}) or train longer (--epochs)")
+    if acc is not None and num_classes and num_test:
+        chance = 1.0 / num_classes
+        if acc < chance - 2.0 * math.sqrt(chance * (1.0 - chance) / num_test):
+            return (f"the run ends below chance: test accuracy {acc:.4f} < 1/{num_classes} "
+                    f"(by more than two standard errors over {num_test} test images); lower "
+                    f"--lr (now {cfg['lr']:g}) or train longer (--epochs)")
     if metrics.get("test_converged", 1.0) > 0:
         return None
     if math.isfinite(loss) and loss < before * (1 - 1e-3):

@@ -8,6 +8,7 @@ the subfolder names, sorted; label ``k`` is the ``k``-th name.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,11 @@ def _read(path: Path, mode: str | None, size):
 
     limit = Image.MAX_IMAGE_PIXELS or _MAX_PIXELS
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():
+            # Pillow warns of an image above its limit, which is refused below in one line
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
             # the header is read, the pixels are not yet: refuse a size no dataset image has
             # before decoding (a few kilobytes of PNG can declare gigabytes of pixels)
             w, h = img.size
