@@ -60,3 +60,14 @@ settings.load_profile("hamjax")
 @pytest.fixture(scope="session")
 def key():
     return jax.random.PRNGKey(0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_programs():
+    """Drop JAX's compiled programs after each test module. Each CPU executable keeps memory
+    mappings of its own (about a hundred per CLI run); the whole suite in one process would
+    otherwise pass Linux's 65 530 mappings a process may hold (vm.max_map_count), where the
+    next compilation dies of a segmentation fault inside XLA. Modules share few programs, so
+    little is compiled twice."""
+    yield
+    jax.clear_caches()
