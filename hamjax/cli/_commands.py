@@ -17,6 +17,7 @@ from ._runs import (
     Terminated,
     check_out,
     claim,
+    clear_stale,
     config_of,
     lock,
     normalised,
@@ -487,6 +488,9 @@ def _train_in(out: Path, created: bool, cfg: dict, data, net, task, gradient, me
         if not main:
             raise SystemExit(status) from None
         how = f"stopped by {e.name}" if isinstance(e, Terminated) else "interrupted"
+        # a write the interrupt cut short between creating its temporary file and guarding it
+        # leaves that file: this command holds the folder's lock, so any there is stale
+        clear_stale(out)
         kept = _kept(out, ckpt) if ckpt.exists() else "no epoch had finished"
         print(f"\nhamjax train: {how}; {kept}; hamjax train --out {out} --resume "
               "continues it", file=sys.stderr)
