@@ -102,7 +102,7 @@ def _worker(n: int, batch: int, width: int, steps: int, repeats: int, processes:
     @eqx.filter_jit  # the compiled relaxation (eager relax adds per-call Python/dispatch costs)
     def relaxed(net, x0):
         return hj.relax(net, x0, clamp=task.clamp, solver=diffrax.Euler(),
-                        stop=hj.FixedSteps(steps), dt0=0.25, on_nonfinite="flag", mesh=mesh).state
+                        stop=hj.FixedSteps(steps), dt0=0.25, raise_nonfinite=False, mesh=mesh).state
 
     relax_s, relax_compile = timed(lambda: relaxed(net, x0))
     return {

@@ -177,7 +177,7 @@ def _hand_deq_step(net, batch, opt):
 def _relax(solver, **kw):
     def f(net, x0):
         s = hj.relax(net, x0, clamp="image", solver=solver, stop=hj.SteadyState(atol=1e-4),
-                     on_nonfinite="flag", **kw)
+                     raise_nonfinite=False, **kw)
         # what the batch cost: as many evaluations as its slowest sample
         return (s.state, jnp.max(s.evaluations), jnp.max(s.steps), jnp.all(s.converged),
                 jnp.max(s.residual))

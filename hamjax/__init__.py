@@ -41,6 +41,7 @@ from ._convergence import (
 from ._ham import HAM, ClampedDynamics, GraphError, StateError
 from ._implicit import ImplicitSteadyState, UnconvergedGradientWarning
 from ._layer import Layer
+from ._ode import SaveAt
 from ._relax import Relaxation, RelaxOptions, relax
 from ._results import RESULTS
 
@@ -60,6 +61,7 @@ __all__ = [
     "RESULTS",
     "RelaxOptions",
     "Relaxation",
+    "SaveAt",
     "SteadyState",
     "UnconvergedGradientWarning",
     "relax",

@@ -29,8 +29,8 @@ __all__ = ["AbstractStop", "FixedSteps", "FixedTime", "NonFiniteStateError", "St
 class NonFiniteStateError(FloatingPointError):
     """A relaxation produced (or was given) a NaN or infinite state.
 
-    Raised by :func:`hamjax.relax` with ``on_nonfinite="raise"`` (or ``"auto"`` on an unbatched
-    state); the message names the layers, samples and step. A ``FloatingPointError``."""
+    Raised by :func:`hamjax.relax` with ``raise_nonfinite=True`` (or the default ``None`` on an
+    unbatched state); the message names the layers, samples and step. A ``FloatingPointError``."""
 
 
 # ------------------------------------------------------------------ stopping rules

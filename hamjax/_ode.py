@@ -57,7 +57,58 @@ def _controller(controller, solver, stop, batch_ndim: int):
     return diffrax.PIDController(rtol=1e-3, atol=1e-6, norm=PerSampleRMS(batch_ndim))
 
 
-def _check_ode(stop, adjoint, controller, save, save_ts, dt0):
+class SaveAt(eqx.Module):
+    """What :func:`hamjax.relax` keeps of the way to the end state, beside the end state itself
+    (the ODE path only: the steady-state solvers have no trajectory): ``relax(...,
+    save=SaveAt(...))``, as ``diffrax.SaveAt`` is ``diffeqsolve``'s.
+
+    * ``trajectory``: the states (every layer, the clamped ones included) at every step, or at
+      ``ts`` (:attr:`Relaxation.trajectory`, a leading save axis);
+    * ``energy``: the energy per sample at the same times (:attr:`Relaxation.energies`, shape
+      ``(saves, *batch)``): cheap, for Lyapunov checks and plots;
+    * ``ts``: the times to save at (1-D, increasing; the stop needs a finite end time), or
+      ``None``: the start and every step.
+
+    ``SaveAt()`` (the default) keeps the end state only. Unused save slots hold ``inf`` (see
+    :meth:`Relaxation.energy_trace`). ``ValueError`` for ``ts`` with nothing to save at them or
+    a ``ts`` that is not 1-D."""
+
+    trajectory: bool = eqx.field(static=True, default=False)
+    energy: bool = eqx.field(static=True, default=False)
+    ts: Array | None = None
+
+    def __check_init__(self):
+        if self.ts is not None:
+            if not self.saves_steps:
+                raise ValueError("SaveAt(ts=...) saves nothing at those times: ask for "
+                                 "trajectory=True and/or energy=True")
+            if jnp.ndim(self.ts) != 1:
+                raise ValueError(f"SaveAt(ts=...) takes a 1-D array of times, got shape "
+                                 f"{jnp.shape(self.ts)}")
+
+    @property
+    def saves_steps(self) -> bool:
+        """Whether anything beyond the end state is kept."""
+        return self.trajectory or self.energy
+
+
+_SAVE_NAMES = {"final": "SaveAt()", "trajectory": "SaveAt(trajectory=True)",
+               "energy": "SaveAt(energy=True)", "both": "SaveAt(trajectory=True, energy=True)"}
+
+
+def _saveat(save) -> SaveAt:
+    """The :class:`SaveAt` of relax's ``save`` (``None``: the end state only)."""
+    if save is None:
+        return SaveAt()
+    if isinstance(save, SaveAt):
+        return save
+    if isinstance(save, str) and save in _SAVE_NAMES:
+        raise ValueError(f"save={save!r} is a name: pass hamjax.{_SAVE_NAMES[save]} (names are "
+                         "for the command line)")
+    raise ValueError(f"save must be a hamjax.SaveAt, got {save!r}")
+
+
+def _check_ode(stop, adjoint, controller, save: SaveAt, dt0):
     """Reject combinations of stopping rule, adjoint and saving that cannot work, and return
     the adjoint to use (the recursive adjoint keeps every step of a ``FixedSteps`` solve)."""
     if stop.constant_steps:
@@ -74,29 +125,28 @@ def _check_ode(stop, adjoint, controller, save, save_ts, dt0):
             raise ValueError(
                 "the implicit adjoint differentiates at a steady state: use SteadyState"
             )
-        if save != "final":
-            raise ValueError("the implicit adjoint only supports save='final'")
-    if save_ts is not None and not math.isfinite(stop.end_time(dt0)):
-        raise ValueError(f"save_ts needs a finite end time: give {type(stop).__name__} one "
-                         "(SteadyState(t_max=...))")
+        if save.saves_steps:
+            raise ValueError("the implicit adjoint saves the end state only: drop save=SaveAt(...)")
+    if save.ts is not None and not math.isfinite(stop.end_time(dt0)):
+        raise ValueError(f"SaveAt(ts=...) needs a finite end time: give {type(stop).__name__} "
+                         "one (SteadyState(t_max=...))")
     return adjoint
 
 
 def _relax_ode(dyn, x_free, stop, adjoint, max_steps, *, solver, dt0, stepsize_controller,
-               save, save_ts, progress):
+               save: SaveAt, progress):
     """``(final free state, extras for Relaxation)`` of the ODE path (a diffrax ``solver``)."""
     dt0 = 0.1 if dt0 is None else dt0
-    save = "final" if save is None else save
     progress = bool(progress)
     nb = _batch_ndim(dyn, x_free)
     controller = _controller(stepsize_controller, solver, stop, nb)
-    adjoint = _check_ode(stop, adjoint, controller, save, save_ts, dt0)
+    adjoint = _check_ode(stop, adjoint, controller, save, dt0)
     if stop.constant_steps:
         max_steps = stop.n
         if (type(adjoint) is diffrax.RecursiveCheckpointAdjoint
-                and adjoint.checkpoints == stop.n and save_ts is None and not progress):
+                and adjoint.checkpoints == stop.n and save.ts is None and not progress):
             return _fixed_steps(dyn, x_free, solver, stop.n, dt0, save)
-    saveat, want_x, want_e = _save_spec(save, save_ts)
+    saveat = _save_spec(save)
     if isinstance(adjoint, ImplicitSteadyState):
         cfg = (solver, controller, stop, dt0, max_steps, saveat, progress)
         final, sol = _at_steady_state(_ode_forward, dyn, x_free, cfg, adjoint, nb)
@@ -106,20 +156,20 @@ def _relax_ode(dyn, x_free, stop, adjoint, max_steps, *, solver, dt0, stepsize_c
     else:
         sol = _solve(dyn, x_free, solver, controller, stop, adjoint, dt0, max_steps, saveat,
                      progress)
-    if save == "final":
+    if not save.saves_steps:
         final = jax.tree.map(lambda v: v[-1], sol.ys)
         ts = traj = energies = None
     else:
         final = jax.tree.map(lambda v: v[-1], sol.ys[0])
         ts = sol.ts[1]
-        traj = _full_trajectory(dyn, sol.ys[1]["x"]) if want_x else None
-        energies = sol.ys[1]["energy"] if want_e else None
+        traj = _full_trajectory(dyn, sol.ys[1]["x"]) if save.trajectory else None
+        energies = sol.ys[1]["energy"] if save.energy else None
     num_steps = sol.stats["num_steps"]
     return final, dict(
         steps=sol.stats["num_accepted_steps"],
         num_steps=num_steps,
         evaluations=_evaluations(solver, num_steps, steady_test=stop.at_steady_state),
-        t_final=sol.ts[0][-1] if save != "final" else sol.ts[-1],
+        t_final=sol.ts[0][-1] if save.saves_steps else sol.ts[-1],
         result=from_diffrax(sol.result),
         ts=ts,
         trajectory=traj,
@@ -142,38 +192,36 @@ def _steady_controller(stop: SteadyState, batch_ndim: int) -> diffrax.PIDControl
                                  norm=PerSampleRMS(batch_ndim))
 
 
-def _recorder(save):
-    """``(record(y, dyn) -> dict, want_x, want_e)``: what a saved step keeps."""
-    if save not in ("final", "trajectory", "energy", "both"):
-        raise ValueError(f"save must be 'final', 'trajectory', 'energy' or 'both', got {save!r}")
-    want_x = save in ("trajectory", "both")
-    want_e = save in ("energy", "both")
+def _recorder(save: SaveAt):
+    """``record(y, dyn) -> dict``: what a saved step keeps."""
 
     def record(y, dyn):
         out = {}
-        if want_x:
+        if save.trajectory:
             out["x"] = y
-        if want_e:
+        if save.energy:
             out["energy"] = dyn.net.energy(dyn.full_state(y))
         return out
 
-    return record, want_x, want_e
+    return record
 
 
-def _save_spec(save, ts):
-    record, want_x, want_e = _recorder(save)
-    if save == "final":
-        return diffrax.SaveAt(t1=True), False, False
+def _save_spec(save: SaveAt) -> diffrax.SaveAt:
+    """diffrax's ``SaveAt`` for ours: the end state, and what is asked for at ``ts`` or every
+    step."""
+    if not save.saves_steps:
+        return diffrax.SaveAt(t1=True)
+    record = _recorder(save)
 
     def fn(t, y, dyn):
         return record(y, dyn)
 
     sub = (
-        diffrax.SubSaveAt(ts=ts, fn=fn)
-        if ts is not None
+        diffrax.SubSaveAt(ts=save.ts, fn=fn)
+        if save.ts is not None
         else diffrax.SubSaveAt(t0=True, steps=True, fn=fn)
     )
-    return diffrax.SaveAt(subs=[diffrax.SubSaveAt(t1=True), sub]), want_x, want_e
+    return diffrax.SaveAt(subs=[diffrax.SubSaveAt(t1=True), sub])
 
 
 @eqx.filter_jit
@@ -235,7 +283,7 @@ def _fixed_steps(dyn, x_free, solver, n, dt0, save):
     first non-finite state."""
     term = diffrax.ODETerm(lambda t, y, d: d(y))
     dt = jnp.asarray(dt0, jnp.result_type(float))
-    record, want_x, want_e = _recorder(save)
+    record = _recorder(save)
 
     def body(carry, i):
         y, state, ok_steps = carry
@@ -252,12 +300,12 @@ def _fixed_steps(dyn, x_free, solver, n, dt0, save):
     num_steps = jnp.where(finite, n, ok_steps)
     evals = _evaluations(solver, num_steps, steady_test=False)
     ts = traj = energies = None
-    if save != "final":
+    if save.saves_steps:
         ts = jnp.arange(n + 1) * dt
         first = record(x_free, dyn)
         ys = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, ys)
-        traj = _full_trajectory(dyn, ys["x"]) if want_x else None
-        energies = ys["energy"] if want_e else None
+        traj = _full_trajectory(dyn, ys["x"]) if save.trajectory else None
+        energies = ys["energy"] if save.energy else None
     # a non-finite sample is flagged per sample by relax (_result)
     result = RESULTS.successful
     extras = dict(steps=num_steps, num_steps=num_steps, evaluations=evals,

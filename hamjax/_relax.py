@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from typing import Literal
 
 import diffrax
 import equinox as eqx
@@ -54,7 +53,7 @@ from ._convergence import (
 )
 from ._ham import HAM, StateError
 from ._implicit import ImplicitSteadyState, _adjoint, _at_steady_state, _guard_unconverged
-from ._ode import _adaptive, _relax_ode
+from ._ode import SaveAt, _adaptive, _relax_ode, _saveat
 from ._results import RESULTS, broadcast_result, results_where
 from ._steady import _ITERATION, _MINIMISE, _ROOT, _kind, _Steady, _steady_forward
 
@@ -105,9 +104,10 @@ class Relaxation(eqx.Module):
     def energy_trace(self) -> np.ndarray:
         """The saved energies as a NumPy array, unused slots (after the last step) dropped:
         shape ``(saved steps, *batch)``. Raises ``ValueError`` when no energies were saved
-        (``relax(..., save="energy")`` or ``"both"`` saves them)."""
+        (``relax(..., save=SaveAt(energy=True))`` saves them)."""
         if self.energies is None:
-            raise ValueError("no energies were saved: call relax(..., save='energy')")
+            raise ValueError("no energies were saved: call relax(..., "
+                             "save=hamjax.SaveAt(energy=True))")
         e = np.asarray(self.energies)
         keep = np.isfinite(np.asarray(self.ts))
         return e[keep]
@@ -123,13 +123,12 @@ def relax(
     stop: AbstractStop | None = None,
     adjoint: diffrax.AbstractAdjoint | ImplicitSteadyState | None = None,
     max_steps: int = 4096,
-    on_nonfinite: Literal["auto", "raise", "flag"] = "auto",
+    raise_nonfinite: bool | None = None,
     freeze: Mapping[str, Array] | None = None,
     mesh=None,
     dt0: float | None = None,
     stepsize_controller: diffrax.AbstractStepSizeController | None = None,
-    save: Literal["final", "trajectory", "energy", "both"] | None = None,
-    save_ts: Array | None = None,
+    save: SaveAt | None = None,
     progress: bool | None = None,
 ) -> Relaxation:
     """Relax ``net`` from ``x0`` with the layers in ``clamp`` held fixed.
@@ -174,13 +173,14 @@ def relax(
         max_steps: the most solver steps (or iterations). Reaching it is not an error: ``result``
             is then ``max_steps_reached`` and ``converged`` is False for samples whose residual
             is above tolerance.
-        on_nonfinite: a sample whose state is (or becomes) NaN/inf is set aside while the others
-            go on. ``"raise"`` raises :class:`NonFiniteStateError` naming the layers, samples
-            and step; ``"flag"`` returns with ``finite`` False (and ``converged`` False, a NaN
-            ``residual``) for those samples; ``"auto"`` raises for an unbatched state and flags
-            in a batch, the same inside ``jit``/``grad``/``vmap`` (where the error is raised
-            when the computation runs, by ``equinox.error_if``: an ``EquinoxRuntimeError``
-            whose message says the same, without the layers and samples a trace cannot read).
+        raise_nonfinite: a sample whose state is (or becomes) NaN/inf is set aside while the
+            others go on. ``True`` raises :class:`NonFiniteStateError` naming the layers,
+            samples and step; ``False`` returns with ``finite`` False (and ``converged`` False,
+            a NaN ``residual``) for those samples; ``None`` (default) raises for an unbatched
+            state and flags in a batch. The same inside ``jit``/``grad``/``vmap``, where the
+            error is raised when the computation runs, by ``equinox.error_if`` (an
+            ``EquinoxRuntimeError`` whose message says the same, without the layers and samples
+            a trace cannot read).
         freeze: ``{layer: bool mask}`` of neurons of free layers held at their ``x0`` values
             (``True`` = frozen), broadcast against the layer's state: masked completion.
         mesh: a ``jax.sharding.Mesh`` (:func:`hamjax.sharding.make_mesh`): the batch of ``x0``
@@ -194,10 +194,10 @@ def relax(
             the SteadyState's ``rtol``/``atol`` (a looser one stalls above the residual asked
             for) and a per-sample error norm, or ``rtol=1e-3, atol=1e-6`` under FixedTime; a
             constant step size otherwise.
-        save: ``"final"`` (default), ``"trajectory"`` (states at every step, or at ``save_ts``),
-            ``"energy"`` (only the energy per sample: cheap, for Lyapunov checks and plots) or
-            ``"both"``.
-        save_ts: the times to save at (a finite end time is needed).
+        save: what to keep beside the end state, a :class:`SaveAt`: ``SaveAt(trajectory=True)``
+            (the states at every step, or at ``SaveAt(ts=...)``), ``SaveAt(energy=True)`` (the
+            energy per sample only: cheap, for Lyapunov checks and plots), or both. Default:
+            the end state only.
         progress: show a tqdm progress bar (fraction of ``t1``/``t_max``; give SteadyState a
             finite ``t_max`` for a meaningful bar).
 
@@ -212,25 +212,27 @@ def relax(
     for a ``solver``, ``stop`` or ``adjoint`` that is not one (a name, say: names are for the
     command line), a keyword that does not apply to the solver's path, a tolerance given to
     hamjax's fixed-point solvers (it is ``stop``'s), ``max_steps < 1``, a bad
-    ``on_nonfinite``, ``freeze`` with a root finder or minimiser, or a combination of ``stop``,
-    ``adjoint`` and saving that cannot work (the implicit adjoint away from a ``SteadyState``,
-    ``save_ts`` without a finite end time);
+    ``raise_nonfinite`` or ``save``, ``freeze`` with a root finder or minimiser, or a
+    combination of ``stop``, ``adjoint`` and saving that cannot work (the implicit adjoint
+    away from a ``SteadyState``, ``SaveAt(ts=...)`` without a finite end time);
     :class:`hamjax.sharding.ShardingError` for a ``mesh`` with an unbatched ``x0`` or an
-    indivisible batch. :class:`NonFiniteStateError` as ``on_nonfinite`` says.
+    indivisible batch. :class:`NonFiniteStateError` as ``raise_nonfinite`` says.
     """
     clamp = net.check_clamp(clamp)
     batch = net.check_state(x0, "x0")
     stop = SteadyState() if stop is None else _stop(stop)
     solver, kind = _path(solver)
-    ode_kw = dict(dt0=dt0, stepsize_controller=stepsize_controller, save=save,
-                  save_ts=save_ts, progress=progress)
-    _check_arguments(solver, kind, stop, max_steps, on_nonfinite, ode_kw)
+    ode_kw = dict(dt0=dt0, stepsize_controller=stepsize_controller,
+                  save=None if save is None else _saveat(save), progress=progress)
+    _check_arguments(solver, kind, stop, max_steps, raise_nonfinite, ode_kw)
+    ode_kw["save"] = _saveat(save)
     adjoint = _adjoint(adjoint, kind is None)
     if mesh is not None:
         net, x0, freeze = _distribute(net, x0, freeze, batch, mesh)
     if len(clamp) == len(net.layers):
         raise StateError("every layer is clamped: there is nothing to relax")
-    raise_nonfinite = on_nonfinite == "raise" or (on_nonfinite == "auto" and not batch)
+    if raise_nonfinite is None:
+        raise_nonfinite = not batch
     concrete = not any(isinstance(v, jax.core.Tracer) for v in jax.tree.leaves(x0))
     if raise_nonfinite and concrete:
         bad = [n for n, v in x0.items() if not bool(jnp.all(jnp.isfinite(v)))]
@@ -256,7 +258,7 @@ def relax(
     nb = _batch_ndim(dyn, x_free)
     if kind is None:
         ode_kw["solver"] = solver
-        if _joint_steps(stop, solver, stepsize_controller, save, progress):
+        if _joint_steps(stop, solver, stepsize_controller, ode_kw["save"], progress):
             final, extras = _relax_ode(dyn, x_free, stop, adjoint, max_steps, **ode_kw)
         else:
             final, extras = _each_sample(
@@ -319,7 +321,7 @@ class RelaxOptions(eqx.Module):
     def __check_init__(self):
         solver, kind = _path(self.solver)
         stop = SteadyState() if self.stop is None else _stop(self.stop)
-        _check_arguments(solver, kind, stop, self.max_steps, "auto", dict(dt0=self.dt0))
+        _check_arguments(solver, kind, stop, self.max_steps, None, dict(dt0=self.dt0))
         _adjoint(self.adjoint, kind is None)
 
     @property
@@ -336,7 +338,7 @@ class RelaxOptions(eqx.Module):
 
     def __call__(self, net: HAM, x0: Mapping[str, Array], **kwargs) -> Relaxation:
         """``relax(net, x0, **kwargs, **self.kwargs())``: ``kwargs`` are relax's other
-        keywords (``clamp``, ``freeze``, ``on_nonfinite``, ``save``, ...)."""
+        keywords (``clamp``, ``freeze``, ``raise_nonfinite``, ``save``, ...)."""
         return relax(net, x0, **kwargs, **self.kwargs())
 
 
@@ -345,7 +347,7 @@ def _joint_steps(stop, solver, controller, save, progress) -> bool:
     constant step size run for a fixed time or number of steps (the hot path of BPTT, kept one
     batched loop); an adaptive step size or a stop at the steady state is each sample's own,
     by ``vmap``, except where a trajectory or progress bar is saved, which share one time grid."""
-    if save not in (None, "final") or progress:
+    if save.saves_steps or progress:
         return True
     return not (stop.at_steady_state or _adaptive(solver, stop, controller))
 
@@ -368,12 +370,12 @@ def _path(solver) -> tuple[Solver, str | None]:
                      f"root finder or minimiser, got {solver!r}")
 
 
-def _check_arguments(solver, kind, stop, max_steps, on_nonfinite, ode_kw) -> None:
+def _check_arguments(solver, kind, stop, max_steps, raise_nonfinite, ode_kw) -> None:
     """Reject, before any work, keywords that would not take effect and values out of range."""
     if kind is not None:
         name = type(solver).__name__
-        given = [k for k, v in ode_kw.items() if v is not None and not (k == "save"
-                                                                      and v == "final")]
+        given = [k for k, v in ode_kw.items() if v is not None and not (
+            k == "save" and not v.saves_steps)]
         if given:
             raise ValueError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to "
                              f"the ODE path (a diffrax solver) only, not to {name}")
@@ -388,8 +390,8 @@ def _check_arguments(solver, kind, stop, max_steps, on_nonfinite, ode_kw) -> Non
                              f" not in the {name} solver")
     if max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
-    if on_nonfinite not in ("auto", "raise", "flag"):
-        raise ValueError(f"on_nonfinite must be 'auto', 'raise' or 'flag', got {on_nonfinite!r}")
+    if raise_nonfinite not in (None, True, False):
+        raise ValueError(f"raise_nonfinite must be True, False or None, got {raise_nonfinite!r}")
 
 
 def _distribute(net, x0, freeze, batch, mesh):
@@ -462,8 +464,8 @@ def _set_aside_saved(net, dyn, x0, alive0, extras) -> dict:
 
 
 _NONFINITE_TRACED = ("relax: a relaxation produced (or was given) a non-finite state "
-                     "(on_nonfinite='raise', or 'auto' on an unbatched state); pass "
-                     "on_nonfinite='flag' to get it flagged in Relaxation.finite instead")
+                     "(raise_nonfinite=True, or None on an unbatched state); pass "
+                     "raise_nonfinite=False to get it flagged in Relaxation.finite instead")
 
 
 def _raise_nonfinite(out: Relaxation, batch) -> None:

@@ -698,7 +698,7 @@ def test_weights_figure_shows_the_most_active_units(run):
 
     batch = {k: jnp.asarray(v) for k, v in
              task.prepare(data.x_test[:10], data.y_test[:10], None, train=False).items()}
-    sol = relax(net, task.initial_state(net, batch), clamp=task.clamp, on_nonfinite="flag",
+    sol = relax(net, task.initial_state(net, batch), clamp=task.clamp, raise_nonfinite=False,
                 **gradient.relax_kwargs())
     imgs, caps, title, label, cmap, symmetric = _figures.receptive_fields(net, cfg, data, sol)
     act = np.asarray(net.layers["hidden"].activation(sol.state["hidden"])).mean(0)
@@ -715,7 +715,7 @@ def test_energy_baseline_is_the_steady_state(run):
     every curve would end at 0."""
     import jax.numpy as jnp
 
-    from hamjax import relax
+    from hamjax import SaveAt, relax
 
     cfg, data, net, task, gradient, _ = _commands.load_run(run)
     batch = {k: jnp.asarray(v) for k, v in
@@ -723,8 +723,8 @@ def test_energy_baseline_is_the_steady_state(run):
     x0 = task.initial_state(net, batch)
     kw = gradient.relax_kwargs()
     kw.pop("adjoint", None)  # as energy.png relaxes them: its compiled solves are reused
-    sol = relax(net, x0, clamp=task.clamp, freeze=task.frozen(batch), save="energy",
-                on_nonfinite="flag", **kw)
+    sol = relax(net, x0, clamp=task.clamp, freeze=task.frozen(batch), save=SaveAt(energy=True),
+                raise_nonfinite=False, **kw)
     ts, gap, ok, found = _figures.energy_gaps(net, task, batch, x0, sol)
     assert found.all() and not ok.any()
     assert np.all(gap[-1] > 1e-4)  # not converged: visibly above the steady state

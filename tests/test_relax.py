@@ -93,7 +93,8 @@ def test_steady_state_independent_of_tau(x0):
 
 @pytest.mark.parametrize("solver", ["tsit5", "euler"])
 def test_energy_never_increases_on_saved_trajectory(net, x0, solver):
-    sol = hj.relax(net, x0, clamp="image", solver=SOLVERS[solver], dt0=0.05, save="both")
+    sol = hj.relax(net, x0, clamp="image", solver=SOLVERS[solver], dt0=0.05,
+                   save=hj.SaveAt(trajectory=True, energy=True))
     e = sol.energy_trace()
     assert e.shape[1:] == (4,) and e.shape[0] >= 3
     assert np.all(np.diff(e, axis=0) <= 1e-6), np.diff(e, axis=0).max()
@@ -210,7 +211,8 @@ def test_fixed_steps_scan_equals_diffeqsolve(net, x0):
     # FixedSteps with the recursive adjoint drives diffrax's solver.step from a scan; with fewer
     # checkpoints the same relaxation goes through diffeqsolve. Same states, saved trajectory,
     # energies, counts and BPTT gradients.
-    kw = dict(clamp="image", stop=hj.FixedSteps(6), dt0=0.1, save="both")
+    kw = dict(clamp="image", stop=hj.FixedSteps(6), dt0=0.1,
+              save=hj.SaveAt(trajectory=True, energy=True))
     few = diffrax.RecursiveCheckpointAdjoint(checkpoints=2)
 
     def loss(n, adjoint, solver):
@@ -257,7 +259,7 @@ def test_fixed_steps_flags_nonfinite_and_counts_steps():
     assert 1 <= int(sol.num_steps[0]) < 40
     with pytest.raises(hj.NonFiniteStateError, match=r"samples \[\[0\].*stopped at step"):
         hj.relax(net, xb, solver=diffrax.Euler(), dt0=0.5, stop=hj.FixedSteps(40),
-                 on_nonfinite="raise")
+                 raise_nonfinite=True)
 
 
 def test_fixed_time(net, x0):
@@ -266,8 +268,7 @@ def test_fixed_time(net, x0):
         x0,
         clamp="image",
         stop=hj.FixedTime(0.5),
-        save="trajectory",
-        save_ts=jnp.linspace(0.0, 0.5, 6),
+        save=hj.SaveAt(trajectory=True, ts=jnp.linspace(0.0, 0.5, 6)),
     )
     np.testing.assert_allclose(sol.ts, np.linspace(0, 0.5, 6), atol=1e-6)
     assert sol.trajectory["hidden"].shape == (6, 4, N_HID)
@@ -371,12 +372,12 @@ def test_nonfinite_paths():
     sol = hj.relax(net, xb, solver=diffrax.Euler(), dt0=0.5, max_steps=50)
     assert not bool(sol.finite[0]) and not bool(sol.converged[0])
     with pytest.raises(hj.NonFiniteStateError, match="samples"):
-        hj.relax(net, xb, solver=diffrax.Euler(), dt0=0.5, max_steps=50, on_nonfinite="raise")
+        hj.relax(net, xb, solver=diffrax.Euler(), dt0=0.5, max_steps=50, raise_nonfinite=True)
     with pytest.raises(hj.NonFiniteStateError, match=r"x0\['a'\]"):
         hj.relax(net, {"a": jnp.array([1.0, jnp.nan, 0.0]), "b": jnp.ones(3)})
     # the same rule under jit, raised when the computation runs (equinox.error_if)
     traced = jax.jit(lambda n, x: hj.relax(n, x, solver=diffrax.Euler(), dt0=0.5, max_steps=50,
-                                           on_nonfinite="raise").state)
+                                           raise_nonfinite=True).state)
     with pytest.raises(Exception, match="non-finite state"):
         jax.block_until_ready(traced(net, xb))
     flagged = jax.jit(lambda n, x: hj.relax(n, x, solver=diffrax.Euler(), dt0=0.5,
@@ -623,7 +624,7 @@ def test_an_unbatched_nan_state_comes_back_nan_and_flagged(net, x0, kw):
     not converged, with the outcome ``nonfinite``: what the same sample gets in a batch."""
     one = {n: v[1] for n, v in x0.items()}
     one["image"] = one["image"].at[2].set(jnp.nan)
-    run = eqx.filter_jit(lambda n, x: hj.relax(n, x, clamp="image", on_nonfinite="flag", **kw))
+    run = eqx.filter_jit(lambda n, x: hj.relax(n, x, clamp="image", raise_nonfinite=False, **kw))
     sol = run(net, one)
     batched = run(net, {n: jnp.stack([v, v]) for n, v in one.items()})
     for out in (sol, jax.tree.map(lambda v: v[0], batched)):
@@ -702,7 +703,7 @@ def test_fixed_point_falls_back_to_the_ode_where_the_iteration_diverges():
 
 
 def test_every_keyword_takes_effect_or_is_refused(net, x0):
-    ode_only = dict(dt0=0.2, save="energy", save_ts=jnp.linspace(0, 1, 3),
+    ode_only = dict(dt0=0.2, save=hj.SaveAt(energy=True),
                     progress=True, stepsize_controller=diffrax.ConstantStepSize())
     anderson = hj.solvers.Anderson()
     for k, v in ode_only.items():
@@ -722,6 +723,15 @@ def test_every_keyword_takes_effect_or_is_refused(net, x0):
                  freeze={"hidden": True})
     with pytest.raises(ValueError, match="max_steps"):
         hj.relax(net, x0, clamp="image", max_steps=0)
+    # names are for the command line; the strategy object says what to keep
+    with pytest.raises(ValueError, match=r"save='energy' is a name: pass hamjax.SaveAt\(energy"):
+        hj.relax(net, x0, clamp="image", save="energy")
+    with pytest.raises(ValueError, match="saves nothing"):
+        hj.SaveAt(ts=jnp.linspace(0, 1, 3))
+    with pytest.raises(ValueError, match="needs a finite end time"):
+        hj.relax(net, x0, clamp="image", save=hj.SaveAt(energy=True, ts=jnp.linspace(0, 1, 3)))
+    with pytest.raises(ValueError, match="raise_nonfinite must be"):
+        hj.relax(net, x0, clamp="image", raise_nonfinite="flag")
     # a strategy object takes its own settings
     damped = hj.relax(net, x0, clamp="image", stop=hj.SteadyState(atol=1e-6),
                       solver=hj.solvers.Anderson(history=1, mixing=0.5))
@@ -735,8 +745,8 @@ def test_a_set_aside_sample_saves_no_trajectory(net, x0):
     energies are NaN (its clamped layer keeps the given values), never a finite path that
     would pass a Lyapunov check. The other samples' saves are those of a run without it."""
     bad = {**x0, "hidden": x0["hidden"].at[1, 0].set(jnp.nan)}
-    kw = dict(clamp="image", stop=hj.SteadyState(atol=1e-5, t_max=4.0), save="both",
-              save_ts=jnp.linspace(0.0, 4.0, 5))
+    kw = dict(clamp="image", stop=hj.SteadyState(atol=1e-5, t_max=4.0),
+              save=hj.SaveAt(trajectory=True, energy=True, ts=jnp.linspace(0.0, 4.0, 5)))
     sol = hj.relax(net, bad, **kw)
     ref = hj.relax(net, x0, **kw)
     assert bool(jnp.all(jnp.isnan(sol.trajectory["hidden"][:, 1])))

@@ -192,7 +192,7 @@ def loss_at(net, batch):
             off += leaf.size
         n = eqx.combine(jax.tree.unflatten(treedef, out), static)
         sol = relax(n, CLS.initial_state(n, batch), clamp=CLS.clamp, solver=diffrax.Tsit5(),
-                    stop=SteadyState(atol=ATOL), max_steps=4 * MAX_STEPS, on_nonfinite="flag")
+                    stop=SteadyState(atol=ATOL), max_steps=4 * MAX_STEPS, raise_nonfinite=False)
         return jnp.mean(CLS.loss(n, sol.state, batch)), jnp.max(sol.residual)
 
     theta0 = jnp.concatenate([leaf.ravel() for leaf in leaves])

@@ -67,7 +67,7 @@ def test_the_tokens_start_at_the_encoder_and_the_energy_decreases():
     np.testing.assert_allclose(x0["tokens"], expect, rtol=1e-5, atol=1e-6)
     sol = hj.relax(net, x0, clamp=TASK.clamp, freeze=TASK.frozen(b), solver=diffrax.Euler(),
                    dt0=0.1,
-                   stop=hj.FixedSteps(40), save="energy")
+                   stop=hj.FixedSteps(40), save=hj.SaveAt(energy=True))
     e = np.asarray(sol.energy_trace())
     assert np.all(np.diff(e, axis=0) <= 1e-4 * np.abs(e[:-1]) + 1e-4)
     assert np.all(e[-1] < e[0] - 1e-2)  # it moved

@@ -20,6 +20,7 @@ from jaxtyping import Array
 
 from .._convergence import FixedTime
 from .._ham import HAM
+from .._ode import SaveAt
 from .._relax import relax
 from .._results import RESULTS
 
@@ -66,7 +67,7 @@ def simulate(
     layers repeated): ``(n_save,)`` and ``{name: (n_save, *batch, *shape)}`` (docs/maths.md
     eq. 5). Raises ``RuntimeError`` when the solve reaches ``max_steps`` before ``t1``."""
     ts = jnp.linspace(0.0, t1, n_save)
-    sol = relax(net, x0, clamp=clamp, stop=FixedTime(t1), save="trajectory", save_ts=ts,
+    sol = relax(net, x0, clamp=clamp, stop=FixedTime(t1), save=SaveAt(trajectory=True, ts=ts),
                 stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
                 max_steps=max_steps)
     if (not isinstance(sol.result, jax.core.Tracer)

@@ -677,7 +677,7 @@ def analyze(args) -> int:
     batch = {k: jnp.asarray(v) for k, v in batch.items()}
     x0 = task.initial_state(net, batch)
     sol = relax(net, x0, clamp=task.clamp, stop=SteadyState(atol=1e-5), max_steps=20000,
-                on_nonfinite="flag")
+                raise_nonfinite=False)
     report = []
     for i in range(args.samples):
         xi = {n: v[i] for n, v in sol.state.items()}

@@ -17,7 +17,7 @@ def pictures(out: Path, net, task, gradient, data, cfg) -> list[str]:
     import numpy as np
 
     matplotlib.use("Agg")
-    from .. import relax
+    from .. import SaveAt, relax
 
     # --limit-test may leave fewer than ten test images: show what there is
     k = min(SHOWN, data.num_test)
@@ -26,8 +26,8 @@ def pictures(out: Path, net, task, gradient, data, cfg) -> list[str]:
              task.prepare(xb, yb, np.random.default_rng(0), train=False).items()}
     kw, kw_saving = _relax_kwargs(gradient)
     x0 = task.initial_state(net, batch)
-    sol = relax(net, x0, clamp=task.clamp, freeze=task.frozen(batch), save="energy",
-                on_nonfinite="flag", **kw_saving)
+    sol = relax(net, x0, clamp=task.clamp, freeze=task.frozen(batch), save=SaveAt(energy=True),
+                raise_nonfinite=False, **kw_saving)
     names = []
     if _weights_figure(out / "weights.png", net, cfg, data, sol):
         names.append("weights.png")
@@ -218,7 +218,7 @@ def _predictions_figure(path, net, task, data, xb, yb, sol, kw) -> None:
     k = len(xb)
     noisy = hd.gaussian_noise(xb, 0.3, np.random.default_rng(1)).images
     nb = {"input": jnp.asarray(noisy), "target": jnp.asarray(yb)}
-    sol_noisy = relax(net, task.initial_state(net, nb), clamp=task.clamp, on_nonfinite="flag",
+    sol_noisy = relax(net, task.initial_state(net, nb), clamp=task.clamp, raise_nonfinite=False,
                       **kw)
     pred = np.argmax(np.asarray(sol.state["label"]).reshape(k, -1), -1)
     pred_noisy = np.argmax(np.asarray(sol_noisy.state["label"]).reshape(k, -1), -1)
@@ -317,7 +317,7 @@ def energy_gaps(net, task, batch, x0, sol):
     from .. import SteadyState, relax
 
     steady = relax(net, x0, clamp=task.clamp, freeze=task.frozen(batch),
-                   stop=SteadyState(atol=1e-4), max_steps=20000, on_nonfinite="flag")
+                   stop=SteadyState(atol=1e-4), max_steps=20000, raise_nonfinite=False)
     e_star = np.asarray(net.energy(steady.state))
     e = sol.energy_trace()  # (saved steps, samples)
     ts = np.asarray(sol.ts)

@@ -49,7 +49,7 @@ __all__ = ["GradientEstimator", "BPTT", "Implicit", "EqProp", "Nudge"]
 
 def _relaxation(net: HAM, task: Task, batch: dict, **kw):
     x0 = task.initial_state(net, batch)
-    return relax(net, x0, clamp=task.clamp, freeze=task.frozen(batch), on_nonfinite="flag", **kw)
+    return relax(net, x0, clamp=task.clamp, freeze=task.frozen(batch), raise_nonfinite=False, **kw)
 
 
 def _mean_loss_and_metrics(net, task, batch, sol, residual_penalty=0.0):
@@ -451,7 +451,7 @@ class EqProp(GradientEstimator):
         def phase(beta):
             nudged = _nudged(net, task, batch, beta, kind, direction)
             return relax(nudged, free.state, clamp=task.clamp, freeze=task.frozen(batch),
-                         on_nonfinite="flag", **nudged_kw)
+                         raise_nonfinite=False, **nudged_kw)
 
         if self.variant == "symmetric":
             plus, minus = phase(self.beta), phase(-self.beta)
