@@ -1,8 +1,11 @@
 """Shared test configuration: float32 on CPU, quick compilation, small hypothesis budgets."""
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import jax
 import pytest
@@ -43,6 +46,13 @@ if os.environ.get("JAX_PLATFORMS", "cpu") == "cpu":
         _flags += " --xla_cpu_use_fusion_emitters=false"
     os.environ["XLA_FLAGS"] = _flags.strip()
 
+# hamjax's commands keep their compiled programs on disk (cli/_main.py): in the tests, in a
+# folder of this run's own, shared by the processes the tests start, never the user's cache
+if "HAMJAX_COMPILATION_CACHE" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="hamjax-tests-jax-cache-")
+    os.environ["HAMJAX_COMPILATION_CACHE"] = _cache
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+
 # Tests compile small JAX programs per drawn shape: keep example counts low, never time out on
 # the first (compiling) example, and draw the same examples on every run. No shrinking: every
 # shrink step compiles again (minutes on a shared CPU); the failing example is still printed.
@@ -55,6 +65,27 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.load_profile("hamjax")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true",
+                     help="run the slow tier too: the tests marked slow or multiprocess (whole "
+                          "command-line runs, several processes, MNIST-sized gradients)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow tier (``slow``; ``multiprocess`` belongs to it) runs with ``--slow`` only:
+    ``pytest -q`` is the quick suite, ``pytest -q --slow`` the whole one, ``pytest -q --slow -m
+    slow`` the slow tier alone (CI runs both tiers)."""
+    for item in items:
+        if item.get_closest_marker("multiprocess"):
+            item.add_marker(pytest.mark.slow)
+    if config.getoption("--slow"):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ benchmarks = pytest.importorskip("benchmarks.__main__")
 from benchmarks import common as C  # noqa: E402
 
 
+@pytest.mark.slow
 def test_tiny_suite_writes_valid_json_and_markdown(tmp_path):
     rc = benchmarks.main(["--tiny", "--only", "dynamics", "--out", str(tmp_path),
                           "--repeats", "2"])
@@ -49,6 +50,7 @@ def test_cli_bench_dispatches_to_the_runner(monkeypatch):
     assert seen["argv"] == ["--tiny", "--only", "scaling"]
 
 
+@pytest.mark.slow
 def test_tiny_steady_state_section_measures_every_method(tmp_path):
     rc = benchmarks.main(["--tiny", "--only", "steady_state", "--out", str(tmp_path),
                           "--repeats", "2"])
@@ -70,6 +72,7 @@ def test_tiny_steady_state_section_measures_every_method(tmp_path):
     assert adj["Neumann (default)"]["relative_difference"] < 1e-3
 
 
+@pytest.mark.slow
 def test_hand_written_deq_gradient_is_the_implicit_gradient():
     """The benchmark's hand-written DEQ (closed-form fixed point, custom_vjp Neumann adjoint)
     differentiates the same loss as ``hj.train.Implicit()``: at tight tolerances the two

@@ -144,6 +144,7 @@ def test_resume_continues_at_the_next_epoch(run, tmp_path, capsys):
     assert metrics["test_accuracy"] == pytest.approx(float(rows[1]["test_accuracy"]))
 
 
+@pytest.mark.slow
 def test_denoising_run_writes_reconstructions_and_psnr(tmp_path):
     out = tmp_path / "denoise"
     assert cli.main(["train", "--model", "memory", "--task", "denoise", "--epochs", "1", *TINY,
@@ -158,6 +159,7 @@ def test_denoising_run_writes_reconstructions_and_psnr(tmp_path):
     assert metrics["config"]["noise"] == 0.3  # the denoising default corruption level
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAVE_MNIST, reason=f"MNIST IDX files not found in {MNIST_DIR}")
 def test_tiny_mnist_run(tmp_path, capsys):
     out = tmp_path / "mnist"
@@ -633,6 +635,7 @@ def test_the_tiny_run_has_no_stall_warning(run, run_output):
     assert metrics["test_loss"] < metrics["initial_test_loss"] and "warning" not in metrics
 
 
+@pytest.mark.slow
 def test_few_test_images_and_a_relative_data_dir(tmp_path, capsys, monkeypatch):
     """--limit-test 2: the pictures show the two test images there are; the data folder is
     recorded absolute (eval from elsewhere finds it); analyze refuses more samples than test
@@ -751,3 +754,35 @@ def test_a_diverged_steady_state_run_names_only_its_own_flags(tmp_path):
     msg = _commands._failed(e, out, out / "checkpoint.eqx", {"lr": 1e-3, "dt": 0.25}, False,
                             False)
     assert "or --dt (now 0.25)" in msg
+
+
+def test_commands_keep_compiled_programs_in_the_folder_asked_for(tmp_path, monkeypatch, capsys):
+    """HAMJAX_COMPILATION_CACHE names the folder of JAX's persistent compilation cache (made if
+    missing); ``off`` keeps none; a folder that cannot be written is said in one line and the
+    command goes on without it; a folder set for JAX itself is left alone."""
+    import jax
+
+    from hamjax.cli import _main
+
+    before = jax.config.jax_compilation_cache_dir
+    try:
+        jax.config.update("jax_compilation_cache_dir", None)
+        monkeypatch.setenv("HAMJAX_COMPILATION_CACHE", "off")
+        _main._persistent_compilation_cache()
+        assert jax.config.jax_compilation_cache_dir is None
+        blocked = tmp_path / "file"
+        blocked.write_text("")
+        monkeypatch.setenv("HAMJAX_COMPILATION_CACHE", str(blocked / "cache"))
+        _main._persistent_compilation_cache()
+        err = capsys.readouterr().err
+        assert jax.config.jax_compilation_cache_dir is None
+        assert err.count("\n") == 1 and "cannot write" in err and str(blocked) in err
+        monkeypatch.setenv("HAMJAX_COMPILATION_CACHE", str(tmp_path / "new" / "cache"))
+        _main._persistent_compilation_cache()
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "new" / "cache")
+        assert (tmp_path / "new" / "cache").is_dir()
+        monkeypatch.setenv("HAMJAX_COMPILATION_CACHE", str(tmp_path / "other"))
+        _main._persistent_compilation_cache()  # JAX's own setting stands
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "new" / "cache")
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)

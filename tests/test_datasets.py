@@ -473,6 +473,7 @@ def _cli(argv, capsys) -> str:
 TINY_RUN = ["--epochs", "1", "--batch-size", "8", "--no-progress"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["dense", "conv"])
 def test_cli_trains_a_classifier_on_cifar_colour_images(tmp_path, capsys, model):
     _write_cifar10(tmp_path / "data", per_batch=4, n_test=6)
@@ -493,6 +494,7 @@ def test_cli_trains_a_classifier_on_cifar_colour_images(tmp_path, capsys, model)
         assert f"test accuracy: {metrics['test_accuracy']:.4f}" in printed
 
 
+@pytest.mark.slow
 def test_cli_restores_colour_images_from_an_image_folder(tmp_path, capsys):
     rng = np.random.default_rng(0)
     for c, colour in enumerate(((220, 30, 30), (30, 200, 40), (40, 60, 230))):
@@ -513,6 +515,7 @@ def test_cli_restores_colour_images_from_an_image_folder(tmp_path, capsys):
     assert _colourful(out, "weights.png") > 0.05  # the memories are colour images
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "darwin", reason="macOS file systems refuse such names")
 def test_class_folders_named_in_bytes_that_are_not_utf8(tmp_path, capsys):
     """Class folders named ``caf\\xe9`` and ``na\\xefve`` (Latin-1, not UTF-8): loaded with their

@@ -179,7 +179,15 @@ def device_pages(device_process) -> dict[str, str | None]:
     return results
 
 
-@pytest.mark.parametrize("path", _PYTHON_PAGES, ids=_rel)
+# the pages whose blocks take longest (they train or relax MNIST-sized nets): the slow tier
+_SLOW_PAGES = {"README.md", "docs/getting-started.md", "docs/how-to/train-on-your-images.md",
+               "docs/how-to/analyse.md", "docs/how-to/memory-retrieval.md",
+               "docs/concepts/relaxation.md"}
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow)
+                                  if _rel(p) in _SLOW_PAGES else p for p in _PYTHON_PAGES],
+                         ids=_rel)
 def test_python_blocks_run(path, tmp_path, monkeypatch, request):
     if _devices(path) > 1:
         error = request.getfixturevalue("device_pages")[_rel(path)]

@@ -37,12 +37,14 @@ def capacity(tmp_path_factory):
     return out, _load("capacity.py")["main"](["--tiny", "--out", str(out)])
 
 
+@pytest.mark.slow
 def test_capacity_writes_its_three_pictures(capacity):
     out, _ = capacity
     for name in ("capacity_random.png", "capacity_images.png", "modern_hopfield_beta.png"):
         assert _is_picture(out / name), f"{name} missing or empty"
 
 
+@pytest.mark.slow
 def test_capacity_falls_with_the_number_of_patterns(capacity):
     _, res = capacity
     for kind in ("hebbian", "poly"):
@@ -61,6 +63,7 @@ def test_capacity_falls_with_the_number_of_patterns(capacity):
         assert all(0 <= f <= 1 for f in images[kind])
 
 
+@pytest.mark.slow
 def test_the_beta_sweep_goes_from_the_average_to_one_memory(capacity):
     _, res = capacity
     neff = np.asarray(res["beta_sweep"]["effective_patterns"])  # (betas, queries)

@@ -51,6 +51,7 @@ def _workers_of(launcher_pid: int) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 @posix
 def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path):
     out = tmp_path / "run"
@@ -96,6 +97,7 @@ def _launch(out: Path) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 @pytest.mark.multiprocess
 @linux
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])  # SIGHUP: the same handler
@@ -122,6 +124,7 @@ def test_no_worker_outlives_the_launcher(tmp_path, sig):
     assert proc.returncode != 0
 
 
+@pytest.mark.slow
 @pytest.mark.multiprocess
 @linux
 def test_a_dead_worker_is_named_in_one_line(tmp_path):

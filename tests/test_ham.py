@@ -371,6 +371,7 @@ def _lyapunov_quantities(net, x, clamp=()):
                 dxc=dxc, rate_c=rate_c, rate_c_jvp=rate_c_jvp)
 
 
+@pytest.mark.slow
 @given(chains(), st.data())
 @settings(max_examples=6)
 def test_random_chain_properties(chain, data):

@@ -118,6 +118,7 @@ def test_polar_mobility_is_orthogonal_and_kM_psd(relu_system):
     assert jnp.linalg.eigvalsh(km)[0] >= -1e-5
 
 
+@pytest.mark.slow
 def test_nonsymmetric_smooth_leaky_relu_example_7():
     # DN Examples 6–7: W ≠ Wᵀ (free feedback blocks), SMU with a = 0 (g' < 0 somewhere: H not
     # PSD), spectral rescale so that I − ĤW stays invertible; gradient flow on E_2

@@ -40,6 +40,7 @@ def _read(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+@pytest.mark.slow
 def test_tiny_tier_writes_a_complete_record(tiny):
     _, out = tiny
     (spec,) = Q.specs("tiny", None)
@@ -75,6 +76,7 @@ def test_tiny_tier_writes_a_complete_record(tiny):
     assert not [p for p in out.rglob(".*")]
 
 
+@pytest.mark.slow
 def test_a_failing_run_is_recorded_and_the_others_go_on(tiny):
     rc, out = tiny
     assert rc == 1  # the suite's exit status says a run failed
@@ -231,6 +233,7 @@ def test_an_interrupted_run_leaves_the_previous_record(tmp_path, monkeypatch, wh
     assert len(_snapshot(q)) == len(before)
 
 
+@pytest.mark.slow
 def test_the_shown_output_names_no_temporary_folder_and_elides_the_middle(tiny, tmp_path):
     _, out = tiny
     (spec,) = Q.specs("tiny", None)

@@ -79,6 +79,7 @@ def test_steady_state_solves_fixed_point_equations(net, x0, steady):
     assert float(jnp.max(steady.residual)) <= 1e-6
 
 
+@pytest.mark.slow
 def test_steady_state_independent_of_tau(x0):
     # small weights and tanh: the field is a contraction, so the minimum is unique
     key = jax.random.PRNGKey(3)
@@ -143,6 +144,7 @@ def test_optimistix_solvers_agree_with_ode(net, x0, steady):
         np.testing.assert_allclose(it.state[name], steady.state[name], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_fixed_point_method_agrees_with_ode_and_differentiates(net, x0, steady):
     mask = jnp.zeros((4, N_HID), bool).at[:, 0].set(True)
 
@@ -207,6 +209,7 @@ def test_fixed_steps_equals_handwritten_euler(net, x0):
     assert bool(jnp.all(sol.steps == n))
 
 
+@pytest.mark.slow
 def test_fixed_steps_scan_equals_diffeqsolve(net, x0):
     # FixedSteps with the recursive adjoint drives diffrax's solver.step from a scan; with fewer
     # checkpoints the same relaxation goes through diffeqsolve. Same states, saved trajectory,
@@ -309,6 +312,7 @@ def test_evaluation_count_matches_real_calls(x0):
                                                                  sol.evaluations)
 
 
+@pytest.mark.slow
 def test_adjoints_agree_with_finite_differences(net, x0):
     target = jax.nn.one_hot(jnp.arange(4) % N_OUT, N_OUT)
 
@@ -337,6 +341,7 @@ def test_adjoints_agree_with_finite_differences(net, x0):
         np.testing.assert_allclose(wi[idx], fd, rtol=2e-2, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_gradient_with_respect_to_clamped_input(net, x0):
     def loss(img, adjoint):
         x = {**x0, "image": img}
@@ -490,6 +495,7 @@ def frozen_reference(net, x0):
     return _grads_and_difference(_frozen_loss(FROZEN, max_steps=4096), net, x0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kw", [dict(adjoint=hj.ImplicitSteadyState()),
                                 dict(solver=hj.solvers.FixedPoint()),
                                 dict(solver=hj.solvers.Anderson())],
@@ -515,6 +521,7 @@ def test_frozen_neurons_differentiate_at_the_steady_state(net, x0, frozen_refere
     np.testing.assert_allclose(gx[1, 0], fd, rtol=2e-2, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_implicit_gradient_is_right_at_dead_neurons():
     """ReLU hidden units driven below zero are dead (H = 0 there): the energy Hessian is
     singular but ``CH − I`` is not. Neumann (default) and a dense least-squares solve of the
@@ -560,6 +567,7 @@ def test_implicit_gradient_is_right_at_dead_neurons():
     assert np.dot(g, ref) / (np.linalg.norm(g) * np.linalg.norm(ref)) > 0.99
 
 
+@pytest.mark.slow
 def test_relax_under_a_users_jit_with_x0_closed_over(net, x0, steady):
     """x0 is a constant of the traced function and the net a tracer: relax must not try to
     read a traced value (the non-finite check) and must give the eager answer, under grad and
@@ -616,6 +624,7 @@ def test_a_nan_sample_is_flagged_and_the_others_relax(net, x0, steady, kw):
     assert bool(jnp.isnan(sol.state["image"][1, 2]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kw", [dict(), dict(solver=hj.solvers.FixedPoint())],
                          ids=["tsit5", "fixed_point"])
 def test_an_unbatched_nan_state_comes_back_nan_and_flagged(net, x0, kw):
@@ -634,6 +643,7 @@ def test_an_unbatched_nan_state_comes_back_nan_and_flagged(net, x0, kw):
         assert out.result == hj.RESULTS.nonfinite
 
 
+@pytest.mark.slow
 def test_a_derivative_at_unconverged_samples_is_never_silent(net, x0):
     """Two fixed-point iterations leave every sample unconverged (``F(x) ≠ 0``, where the
     implicit function theorem gives a wrong derivative): differentiating that relaxation warns
@@ -740,6 +750,7 @@ def test_every_keyword_takes_effect_or_is_refused(net, x0):
     assert bool(jnp.all(damped.converged)) and not np.array_equal(damped.steps, plain.steps)
 
 
+@pytest.mark.slow
 def test_a_set_aside_sample_saves_no_trajectory(net, x0):
     """A sample set aside (NaN start) is relaxed invisibly from zeros; its saved trajectory and
     energies are NaN (its clamped layer keeps the given values), never a finite path that
@@ -763,6 +774,7 @@ def test_a_repeated_clamp_name_counts_once(net, x0, steady):
     np.testing.assert_allclose(sol.state["label"], steady.state["label"], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_fixed_point_samples_do_not_depend_on_their_batch_mates():
     """FixedPoint() holds each sample at the first iterate within its own tolerance, and
     its adjoint iterates each sample to its own tolerance: a sample relaxed beside a stiff
@@ -838,6 +850,7 @@ print("RESULT " + json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_a_sample_relaxes_alone_as_it_does_beside_a_stiff_one():
     """Per-sample semantics: each sample keeps its own step sizes, stopping test and
     iteration count, so a sample relaxed alone ends where it ends in a batch beside a sample

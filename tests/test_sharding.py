@@ -183,6 +183,7 @@ def sharded_run():
 RTOL, ATOL = 1e-4, 1e-5  # float32, sums reordered across devices
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", ["2", "4"])
 def test_shard_loss_and_gradients_match_single_device(sharded_run, n):
     one, many = sharded_run["None"], sharded_run[n]
@@ -192,6 +193,7 @@ def test_shard_loss_and_gradients_match_single_device(sharded_run, n):
     assert np.abs(one["grads"][0]).max() > 1e-3  # not vacuous
 
 
+@pytest.mark.slow
 def test_implicit_train_step_under_data_parallelism_matches_single_device(sharded_run):
     """Implicit differentiation (the default estimator) under shard_map: each device's
     relaxations stop per sample, so the gradient equals one device's."""
@@ -202,6 +204,7 @@ def test_implicit_train_step_under_data_parallelism_matches_single_device(sharde
     assert np.abs(one["grad"]).max() > 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", ["2", "4"])
 def test_shard_train_steps_match_single_device(sharded_run, n):
     one, many = sharded_run["None"], sharded_run[n]
@@ -210,6 +213,7 @@ def test_shard_train_steps_match_single_device(sharded_run, n):
     assert one["losses"][-1] < one["losses"][0]  # the steps did train
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", ["2", "4"])
 def test_shard_fit_matches_single_device(sharded_run, n):
     one, many = sharded_run["None"], sharded_run[n]
@@ -218,6 +222,7 @@ def test_shard_fit_matches_single_device(sharded_run, n):
     assert many["fit_test_acc"] == pytest.approx(one["fit_test_acc"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", ["2", "4"])
 def test_shard_batch_split_and_params_replicated(sharded_run, n):
     run = sharded_run[n]
@@ -225,6 +230,7 @@ def test_shard_batch_split_and_params_replicated(sharded_run, n):
     assert run["param_replicated"] and run["param_devices"] == int(n)
 
 
+@pytest.mark.slow
 def test_shard_relax_matches_single_device(sharded_run):
     # a solve to a steady state: each sample takes its own steps, split over devices or not
     r = sharded_run["relax"]["steady"]
@@ -234,6 +240,7 @@ def test_shard_relax_matches_single_device(sharded_run):
     assert r["spec"] == ["batch"]
 
 
+@pytest.mark.slow
 def test_shard_errors_are_clear(sharded_run):
     e = sharded_run["errors"]
     assert e["too_many"][0] == "ShardingError"
@@ -245,6 +252,7 @@ def test_shard_errors_are_clear(sharded_run):
         assert "not divisible by the 4 devices" in e[k][1]
 
 
+@pytest.mark.slow
 def test_shard_make_mesh_layout(sharded_run):
     """Automatic axes (jit propagates the batch's sharding); ``N`` picks the first ``N``
     devices, a list is kept in its order, and devices of several slices (several hosts), which

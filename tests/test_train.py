@@ -149,6 +149,7 @@ def _rel(a, b):
 # one way only. Cosine alone is blind to a wrong scale, hence the relative-norm checks.
 
 
+@pytest.mark.slow
 def test_bptt_and_implicit_gradients_agree(runs):
     g_bptt, _ = runs("bptt")
     g_impl, _ = runs("implicit")
@@ -157,6 +158,7 @@ def test_bptt_and_implicit_gradients_agree(runs):
     assert _rel(g_bptt, g_impl) < 1e-3
 
 
+@pytest.mark.slow
 def test_symmetric_eqprop_gradient_agrees_with_bptt_and_implicit(runs):
     g_ep, _ = runs("eqprop")
     for other in ("bptt", "implicit"):
@@ -165,6 +167,7 @@ def test_symmetric_eqprop_gradient_agrees_with_bptt_and_implicit(runs):
         assert _rel(g_ep, g) < 5e-3, other
 
 
+@pytest.mark.slow
 def test_one_sided_eqprop_is_biased_more_than_symmetric(runs):
     """One-sided nudging has an O(β) bias, symmetric nudging O(β²) (Laborieux et al. 2021):
     at β = 0.05 the one-sided estimate must be clearly (> 5×; measured ~50×) further from the
@@ -200,6 +203,7 @@ def loss_at(net, batch):
     return f, theta0, sizes
 
 
+@pytest.mark.slow
 def test_gradients_match_finite_differences(runs, loss_at):
     """Central differences ``[ℓ(θ+εd) − ℓ(θ−εd)]/2ε`` along unit directions: one random
     direction inside each parameter leaf (a leaf-specific bug shows there) and the implicit
@@ -574,6 +578,7 @@ def test_fit_argument_errors(tiny, kw, match):
         T.fit(_classifier(), tiny, **{**FIT, "epochs": 1, **kw})
 
 
+@pytest.mark.slow
 def test_evaluate_accuracy_is_a_hand_count_and_padding_is_ignored(two_epochs, tiny):
     """20 test digits in two batches of 10 (a size that divides 20), and in 8 + 8 + 4 padded
     to 8 (the padding must not count). The accuracy is compared with a hand count of argmax
@@ -631,6 +636,7 @@ def _step_grad(gradient, net, batch):
     return loss, (_flat(net) - _flat(new)) / LR, metrics
 
 
+@pytest.mark.slow
 def test_nll_nudge_is_bounded_for_both_signs(batch):
     """−β·(−log g_y) makes the energy unbounded below as g_y → 0: the −β phase with the cost
     itself runs away (samples do not converge, and are left out). The default nudge for the
@@ -657,6 +663,7 @@ def test_nll_nudge_is_bounded_for_both_signs(batch):
     assert _cos(g_sq, g_nll) < 0.99  # a different loss: why it is not the default
 
 
+@pytest.mark.slow
 def test_nll_nudge_current_is_bounded_where_the_network_is_confidently_wrong(batch):
     """A label weight scaled up makes p_y tiny for some samples (the NLL's slope 1/p_y
     enormous): the scaled linear nudge still pushes each sample with a current of norm β, both
@@ -690,6 +697,7 @@ def test_nll_nudge_current_is_bounded_where_the_network_is_confidently_wrong(bat
     assert _cos(g_ep_ok, g_nll_ok) > 0.99 and _rel(g_ep_ok, g_nll_ok) < 0.1
 
 
+@pytest.mark.slow
 def test_eqprop_default_is_the_gradient_of_the_reported_nll_at_mnist_size():
     """The issue's yardstick: an untrained 784-512-10 classifier (the default Softmax label,
     NLL loss) on a batch of 64 MNIST-sized images. EqProp with every default (β = 0.05,
@@ -716,6 +724,7 @@ def test_eqprop_default_is_the_gradient_of_the_reported_nll_at_mnist_size():
     assert _cos(g_sq, g_nll) < 0.95
 
 
+@pytest.mark.slow
 def test_random_sign_eqprop(net, batch):
     """With one sample, random_sign is the one-sided estimate with β or −β as its key draws;
     and the mean of the +β and −β one-sided estimates is exactly the symmetric estimate
@@ -742,6 +751,7 @@ def test_random_sign_eqprop(net, batch):
 UNCONVERGED = T.Implicit(_steady(1e-8, 1))  # one iteration: no sample converges
 
 
+@pytest.mark.slow
 def test_unconverged_and_nonfinite_samples_are_left_out(net, batch):
     """A NaN image: its sample is reported (converged 0, used 0) and the gradient is that of
     the other samples (finite, equal to their batch's gradient times 7/8); the loss reported
@@ -837,6 +847,7 @@ def test_fit_warns_when_training_relaxations_do_not_converge(digits):
     assert hist[0]["train_used"] == 0.0 and hist[0]["train_converged"] == 0.0
 
 
+@pytest.mark.slow
 def test_fit_and_the_command_line_share_their_defaults(digits):
     """One set of defaults: hamjax train's parser fills in the library's (it cannot import
     JAX for --help, so it writes them out, and this keeps them equal), and fit with no

@@ -57,6 +57,7 @@ def test_prepare_masks_the_drawn_fraction_and_freezes_the_rest():
         T.PatchCompletion(level=1.0)
 
 
+@pytest.mark.slow
 def test_the_tokens_start_at_the_encoder_and_the_energy_decreases():
     net = _tiny()
     b = _batch(TASK, _images(3))
@@ -99,6 +100,7 @@ def test_the_loss_reads_only_the_masked_patches():
     np.testing.assert_allclose(exact, 10 * np.log10(12 * 255.0**2), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_the_bptt_gradient_matches_finite_differences():
     # in float64: in float32 the relaxation's rounding, amplified through the LayerNorm, is
     # within a per cent of a central difference small enough to see past the loss's curvature
@@ -156,6 +158,7 @@ def test_baselines_against_hand_computed_fills():
     np.testing.assert_allclose(out["psnr_nearest"], [-10 * np.log10(mse_near)], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_cli_completion_run_writes_baselines_and_pictures(tmp_path, capsys):
     out = tmp_path / "et"
     assert cli.main(["train", "--model", "transformer", "--task", "complete", "--epochs", "1",

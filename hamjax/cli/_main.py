@@ -3,7 +3,9 @@ line."""
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
 from ._commands import analyze, bench, evaluate, train
 from ._parser import UsageError, build_parser, given_flags
@@ -18,6 +20,7 @@ def main(argv=None) -> int:
         return bench(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    _persistent_compilation_cache()
     commands = {"train": lambda: train(args, given_flags(argv)),
                 "eval": lambda: evaluate(args), "analyze": lambda: analyze(args)}
     try:
@@ -31,3 +34,34 @@ def main(argv=None) -> int:
         how = f"stopped by {e.name}" if isinstance(e, Terminated) else "interrupted"
         print(f"\nhamjax {args.command}: {how}", file=sys.stderr)
         return 128 + e.signum if isinstance(e, Terminated) else 130
+
+
+def _persistent_compilation_cache() -> None:
+    """Keep the programs a command compiles on disk (JAX's persistent compilation cache), so
+    that the next run of the same model starts without compiling them again. The folder:
+    ``$HAMJAX_COMPILATION_CACHE`` (``off`` for none), else ``$XDG_CACHE_HOME/hamjax/jax``
+    (``~/.cache/hamjax/jax``); a folder set for JAX itself (``JAX_COMPILATION_CACHE_DIR``) is
+    left as it is. Programs that compile in under half a second are not kept. A folder that
+    cannot be written is said in one line, and the run goes on without it."""
+    import jax
+
+    if jax.config.jax_compilation_cache_dir:
+        return
+    where = os.environ.get("HAMJAX_COMPILATION_CACHE")
+    if where is None:
+        home = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        where = str(Path(home) / "hamjax" / "jax")
+    if where.lower() in ("off", ""):
+        return
+    try:
+        Path(where).mkdir(parents=True, exist_ok=True)
+        usable = os.access(where, os.W_OK | os.X_OK)
+    except OSError:
+        usable = False
+    if not usable:
+        # JAX would warn at every program it fails to keep: say it once and go on without
+        print(f"hamjax: compiled programs are not kept: cannot write {where} (set "
+              "HAMJAX_COMPILATION_CACHE to a folder of yours, or to off)", file=sys.stderr)
+        return
+    jax.config.update("jax_compilation_cache_dir", where)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
