@@ -55,11 +55,13 @@ class _Steady(eqx.Module):
 
 
 def _fixed_point_map(y, args):
-    """``x ← c + I`` (frozen neurons: their initial values), written ``x + F(x)`` so that the
-    frozen rows of :func:`~hamjax._implicit._steady_force` apply."""
+    """``x ← c + I``, frozen neurons at their initial values: ``x + F(x)`` for the ``F`` of
+    :func:`~hamjax._implicit._steady_force`, computed as the update itself (no ``x − x``
+    round trip, which costs a hand-written loop's pass over the state)."""
     dyn, x_init = args
-    f = _steady_force(dyn, y, x_init)
-    return {n: y[n] + f[n] for n in y}
+    f = dyn.fixed_point_map(y)
+    return {n: jnp.where(dyn.frozen[n], x_init[n], v) if n in dyn.frozen else v
+            for n, v in f.items()}
 
 
 def _steady_forward(dyn, x_free, plan: _Steady):
