@@ -19,7 +19,6 @@ from ._convergence import (
     _tolerance,
     residual_norm,
 )
-from ._implicit import _steady_force
 from ._ode import _evaluations, _solve, _steady_controller
 from ._results import RESULTS, from_optimistix, results_where
 from .solvers import Anderson, FixedPoint, iterate, with_batch_ndim

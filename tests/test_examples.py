@@ -27,7 +27,7 @@ def _is_picture(path: Path) -> bool:
 
 
 def test_every_example_is_tested():
-    tested = {"capacity.py", "dead_neurons_figure1.py"}
+    tested = {"basins.py", "capacity.py", "dead_neurons_figure1.py"}
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 
@@ -86,3 +86,12 @@ def test_dead_neurons_figure(tmp_path):
     assert np.min(np.ptp(r[:, dead], axis=1)) > 1e-3
     i, j = np.unravel_index(np.argmin(r), r.shape)
     assert abs(x0[i, j] + 1) <= 0.2 + 1e-6 and abs(x1[i, j] - 2) <= 0.2 + 1e-6
+
+
+@pytest.mark.slow
+def test_basins_draws_the_curves_and_they_shrink_with_the_load(tmp_path):
+    res = _load("basins.py")["main"](["--tiny", "--out", str(tmp_path)])
+    assert _is_picture(tmp_path / "basins.png")
+    low, high = res["curves"][("hebbian", 0.05)], res["curves"][("hebbian", 0.3)]
+    assert low.mean_radius > high.mean_radius
+    assert np.all(low.mean[:2] == 1.0) and low.mean[-1] == 0.0  # 60 % flipped: the mirror

@@ -1,7 +1,9 @@
 """Analysis of HAMs at a state: Hessians and Jacobians by autodiff, dead neurons, stability of
 steady states (with dead neurons told apart from genuine flat directions), steady-state recovery
-from energy minimisers, and Lyapunov diagnostics (docs/maths.md §4, Fanaskov & Oseledets 2025)."""
+from energy minimisers, and Lyapunov diagnostics (docs/maths.md §4, Fanaskov & Oseledets 2025);
+and of an associative memory as a whole: the basins of attraction of its memories."""
 
+from ._basins import Basins, basins, half_radius
 from ._dead_neurons import DeadNeurons, dead_neurons, energy_along, is_flat, layer_spectrum
 from ._hessians import (
     FlatIndex,
@@ -37,6 +39,7 @@ from ._stability import (
 )
 
 __all__ = [
+    "Basins",
     "DeadNeurons",
     "FlatIndex",
     "FlatSystem",
@@ -46,9 +49,11 @@ __all__ = [
     "PostActivationDynamics",
     "RecoveredState",
     "StabilityReport",
+    "basins",
     "check_lyapunov",
     "coupling",
     "dead_neurons",
+    "half_radius",
     "derivative_bound",
     "energy_along",
     "energy_hessian",

@@ -21,6 +21,7 @@ from ._binary import (
 from ._retrieval import (
     capacity_curve,
     flip_bits,
+    flip_fraction,
     make_memory,
     one_step_errors,
     overlap,
@@ -47,6 +48,7 @@ __all__ = [
     "sign_update",
     "random_patterns",
     "flip_bits",
+    "flip_fraction",
     "overlap",
     "retrieve",
     "relax_retrieve",

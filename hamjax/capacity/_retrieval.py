@@ -43,6 +43,18 @@ def flip_bits(patterns: Array, num_flips: int, *, key) -> Array:
     return jnp.where(scores <= kth, -patterns, patterns)
 
 
+def flip_fraction(patterns: Array, fraction: float, key) -> Array:
+    """Flip ``round(fraction·N)`` bits of every ±1 pattern (``(*batch, N)``) at random positions
+    (:func:`flip_bits`): the corruption of :func:`hamjax.analysis.basins` for binary memories,
+    ``fraction`` in ``[0, 1]`` (0.5: a random pattern; 1: the mirror pattern ``−ξ``).
+
+    Raises ``ValueError`` for a ``fraction`` outside ``[0, 1]``."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    n = jnp.shape(patterns)[-1]
+    return flip_bits(patterns, int(round(fraction * n)), key=key)
+
+
 def overlap(sigma: Array, patterns: Array) -> Array:
     """The overlap ``m = σ·ξ / N`` row by row (1 when ``σ = ξ``, −1 when ``σ = −ξ``; the
     normalised overlap ``ξ_μ·σ`` of docs/maths.md §6.2).
