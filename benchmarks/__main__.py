@@ -17,7 +17,9 @@ from pathlib import Path
 from . import common as C
 
 SECTIONS = ("dynamics", "training", "solvers", "steady_state", "scaling", "end_to_end", "capacity",
-            "sharding", "quality")
+            "sharding", "quality", "memories")
+# measured only when named (--only): training runs and restorations, not speed
+NAMED_ONLY = ("quality", "memories")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,7 +75,7 @@ def run(tier: str = "quick", out=None, only=None, data_dir=None, repeats=None,
                "config": {"repeats": cfg.repeats, "min_sample_s": cfg.min_sample_s,
                           "x64": bool(jax.config.jax_enable_x64)},
                "sections": {}}
-    for name in only or [s for s in SECTIONS if s != "quality"]:  # quality trains for minutes
+    for name in only or [s for s in SECTIONS if s not in NAMED_ONLY]:
         mod = _module(name)
         if mod is None:
             continue

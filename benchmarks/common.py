@@ -68,10 +68,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def default_out(only=None, m: Mapping[str, Any] | None = None) -> Path:
-    """``benchmarks/results/<machine>/timing`` (speed and memory) or ``.../quality`` (training
-    results, ``--only quality``): each machine its own folder, so a GPU's results never mix with a
-    CPU's."""
-    kind = "quality" if only is not None and list(only) == ["quality"] else "timing"
+    """``benchmarks/results/<machine>/timing`` (speed and memory), ``.../quality`` (training
+    results, ``--only quality``) or ``.../memories`` (the memory tasks' baselines, ``--only
+    memories``): each machine its own folder, so a GPU's results never mix with a CPU's."""
+    kind = (list(only)[0] if only is not None and list(only) in (["quality"], ["memories"])
+            else "timing")
     return RESULTS / machine_slug(m) / kind
 
 

@@ -4,6 +4,7 @@ asserted: times depend on the machine)."""
 import json
 import math
 
+import numpy as np
 import pytest
 
 benchmarks = pytest.importorskip("benchmarks.__main__")
@@ -100,3 +101,23 @@ def test_hand_written_deq_gradient_is_the_implicit_gradient():
     assert float(lh) == pytest.approx(float(li), rel=1e-5)
     for a, c in zip(gh[:4], gi, strict=True):
         assert float(jnp.linalg.norm(a - c) / jnp.linalg.norm(c)) < 1e-3
+
+
+@pytest.mark.slow
+def test_memories_section_measures_every_baseline_on_every_corruption(tmp_path):
+    """``--only memories``: every dataset present × corruption × method has a PSNR, and the
+    settings reported are those the validation split chose."""
+    rc = benchmarks.main(["--tiny", "--only", "memories", "--out", str(tmp_path)])
+    assert rc == 0
+    res = json.loads((tmp_path / "results.json").read_text())["sections"]["memories"]
+    from benchmarks import memories
+
+    assert res["data"], res.get("notes")
+    for name, d in res["data"].items():
+        assert set(d["corruptions"]) == set(memories.CORRUPTIONS), name
+        for kind, c in d["corruptions"].items():
+            assert set(c["psnr"]) == set(memories.METHODS)
+            assert all(np.isfinite(v) for v in c["psnr"].values()), (name, kind)
+            val = c["validation"]
+            assert c["pca_k"] == int(max(val["pca"], key=val["pca"].get))
+            assert c["hopfield_beta"] == float(max(val["hopfield"], key=val["hopfield"].get))

@@ -36,6 +36,15 @@ expected; a missing file or directory raises :class:`DataFileNotFoundError`, whi
 """
 
 from ._augment import per_image, random_affine, random_elastic, random_flip, random_shift
+from ._baselines import (
+    PCA,
+    Baselines,
+    fit_baselines,
+    fit_pca,
+    hopfield_fill,
+    masked_psnr,
+    nearest_fill,
+)
 from ._checks import DataError, DataFileNotFoundError
 from ._cifar import CIFAR10_FILES, CIFAR100_FILES, load_cifar10, load_cifar100
 from ._corrupt import (
@@ -64,6 +73,13 @@ from ._registry import DATASETS, DatasetSource, load_dataset
 from ._split import batch_indices, batches, split_indices
 
 __all__ = [
+    "PCA",
+    "Baselines",
+    "fit_baselines",
+    "fit_pca",
+    "hopfield_fill",
+    "masked_psnr",
+    "nearest_fill",
     "CIFAR10_FILES",
     "CIFAR100_FILES",
     "CORRUPTIONS",
