@@ -674,6 +674,8 @@ def test_analyze_prints_a_readable_summary(run, tmp_path, capsys):
         assert r["reason"] in printed
     assert "{" not in printed and "\\u" not in printed
     assert f"details: {copy / 'stability.json'}" in printed
+    assert f"landscape: {copy / 'landscape.png'}" in printed
+    assert (copy / "landscape.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if any("τ" in r["reason"] for r in report):
         assert "τ" in (copy / "stability.json").read_text(encoding="utf-8")
 

@@ -17,6 +17,7 @@ from ._hessians import (
     lagrangian_hessian,
     lanczos,
 )
+from ._landscape import Slice, energy_slice
 from ._lyapunov import LyapunovCheck, check_lyapunov, energy_rates, max_energy_increase, simulate
 from ._post_activation import (
     HAMPostActivation,
@@ -48,6 +49,7 @@ __all__ = [
     "MatrixPostActivation",
     "PostActivationDynamics",
     "RecoveredState",
+    "Slice",
     "StabilityReport",
     "basins",
     "check_lyapunov",
@@ -58,6 +60,7 @@ __all__ = [
     "energy_along",
     "energy_hessian",
     "energy_rates",
+    "energy_slice",
     "extremal_eigenvalues",
     "flat_system",
     "hessian",

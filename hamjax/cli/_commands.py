@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from ._figures import pictures
+from ._figures import landscape_figure, pictures
 from ._parser import UsageError, defaults
 from ._runs import (
     Terminated,
@@ -662,7 +662,8 @@ def evaluate(args) -> int:
 
 def analyze(args) -> int:
     """``hamjax analyze``: relax a few test images to a steady state, then the stability
-    report of each (:func:`hamjax.analysis.stability`); a summary printed, the JSON saved."""
+    report of each (:func:`hamjax.analysis.stability`); a summary printed, the JSON saved, and
+    ``landscape.png``: the energy landscape through the first image's steady state."""
     import jax.numpy as jnp
     import numpy as np
 
@@ -678,21 +679,25 @@ def analyze(args) -> int:
     x0 = task.initial_state(net, batch)
     sol = relax(net, x0, clamp=task.clamp, stop=SteadyState(atol=1e-5), max_steps=20000,
                 raise_nonfinite=False)
-    report = []
+    report, first = [], None
     for i in range(args.samples):
         xi = {n: v[i] for n, v in sol.state.items()}
         rep = analysis.stability(net, xi, clamp=task.clamp)
+        first = (xi, rep) if first is None else first
         report.append(_stability_entry(i, sol, rep))
     path = args.run_dir / "stability.json"
+    picture = args.run_dir / "landscape.png"
     try:
         write_atomic(path, json.dumps(report, indent=2, ensure_ascii=False))
+        plane = landscape_figure(picture, net, task.clamp, *first)
     except OSError as e:
-        raise UsageError(f"cannot write {path}: {e.strerror}") from None
+        raise UsageError(f"cannot write {e.filename or args.run_dir}: {e.strerror}") from None
     print(f"run {args.run_dir} (epoch {int(meta['finished_epoch']) + 1}): {args.samples} test "
           f"images relaxed to residual 1e-5, then the Jacobian at the steady state")
     for entry in report:
         print(_stability_line(entry))
     print(f"details: {path}")
+    print(f"landscape: {picture} (sample 0: the energy on the plane of {plane})")
     return 0
 
 

@@ -351,3 +351,70 @@ def _energy_figure(path, net, task, batch, x0, sol, cfg) -> None:
                  + "; ".join(note), fontsize=9)
     fig.tight_layout()
     _save(fig, path)
+
+
+def landscape_figure(path: Path, net, clamp, x_star, report) -> str:
+    """``landscape.png``: the energy and the residual energy ``½|F|²`` on a plane through the
+    steady state ``x_star`` (one sample, full state), with the dynamics' vector field drawn
+    over both (:func:`hamjax.analysis.energy_slice`; the dead-neurons paper's Figure 1, for the
+    trained network). The plane is spanned by a dead neuron's direction (into its flat region)
+    and the stiffest live direction of the same layer, where the layer has a dead neuron;
+    otherwise by its softest and stiffest live directions. Returns the plane's description."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from .. import analysis
+
+    dead = report.dead
+    layer = next((n for n in dead.index.names if dead.counts[n] > 0), dead.index.names[0])
+    shape = dead.index.shapes[dead.index.names.index(layer)]
+    live, eig = dead.live[layer], dead.live_eigenvalues[layer]
+    stiff = live[:, int(np.argmax(eig))]
+    if dead.counts[layer] > 0:
+        first, what = dead.directions[layer][:, 0], f"a dead neuron of {layer!r}"
+    else:
+        first, what = live[:, int(np.argmin(eig))], f"the softest live direction of {layer!r}"
+    dyn = net.dynamics(x_star, clamp=clamp)
+    free = dyn.free_state(x_star)
+
+    def direction(vec):
+        return {n: jnp.asarray(vec.reshape(shape)) if n == layer else jnp.zeros_like(v)
+                for n, v in free.items()}
+
+    # far enough to see the dead neuron come alive: past |x_i| along its direction and back
+    i = int(np.argmax(np.abs(first)))
+    reach = max(1.0, 3.0 * float(abs(np.asarray(free[layer]).ravel()[i])))
+    kw = dict(extent=reach, grid=41)
+    energy = analysis.energy_slice(lambda f: net.energy(dyn.full_state(f)), free,
+                                   direction(first), direction(stiff), vector_field=dyn, **kw)
+    resid = analysis.energy_slice(
+        lambda f: analysis.residual_energy(net, dyn.full_state(f), clamp=clamp), free,
+        direction(first), direction(stiff), **kw)
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+    field = energy.field
+    for ax, sl, title in ((axes[0], energy, "energy E (DN eq. 4)"),
+                          (axes[1], resid, "residual energy ½|F|² (DN eq. 14, α = 0)")):
+        vals = sl.values if sl is energy else np.log10(sl.values + 1e-12)
+        cs = ax.contourf(sl.a, sl.b, vals, levels=30, cmap="viridis")
+        fig.colorbar(cs, ax=ax, label="E" if sl is energy else "log10 ½|F|²")
+        ax.streamplot(sl.a, sl.b, field[0], field[1], color="white", density=0.9,
+                      linewidth=0.6, arrowsize=0.7)
+        ax.plot(0, 0, "r*", ms=10, label="steady state")
+        ax.set(title=title, xlabel=f"along {what}", ylabel=f"along the stiffest direction of "
+               f"{layer!r}")
+        ax.legend(loc="upper right", fontsize=7)
+    fig.suptitle("the plane through a test image's steady state; white: the dynamics' flow",
+                 fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+    return f"{what} and the stiffest live direction of {layer!r}"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
