@@ -22,8 +22,8 @@ SECTIONS = ("dynamics", "training", "solvers", "steady_state", "scaling", "end_t
 NAMED_ONLY = ("quality", "memories")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks",
+def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog,
                                 description="hamjax benchmarks: JSON + markdown + PNG results")
     tier = p.add_mutually_exclusive_group()
     tier.add_argument("--quick", dest="tier", action="store_const", const="quick",
@@ -115,9 +115,10 @@ def _call(mod, cfg: C.Config) -> dict:
     return mod.run(cfg)
 
 
-def main(argv=None) -> int:
+def main(argv=None, prog: str = "python -m benchmarks") -> int:
+    """Run the command line ``argv``; ``prog`` is the name its messages give it."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     if args.repeat is not None and args.repeat < 1:
         parser.error(f"--repeat must be at least 1, got {args.repeat}")

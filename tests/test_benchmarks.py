@@ -46,9 +46,18 @@ def test_cli_bench_dispatches_to_the_runner(monkeypatch):
     from hamjax import cli
 
     seen = {}
-    monkeypatch.setattr(benchmarks, "main", lambda argv: seen.setdefault("argv", argv) and 0)
-    assert cli.main(["bench", "--tiny", "--only", "scaling"]) == 0
-    assert seen["argv"] == ["--tiny", "--only", "scaling"]
+
+    def fake(argv, prog):
+        seen.update(argv=argv, prog=prog)
+        return 0
+
+    monkeypatch.setattr(benchmarks, "main", fake)
+    assert cli.main(["bench", "--tiny", "--only", "scaling", "--out", "x"]) == 0
+    assert seen == {"argv": ["--tiny", "--only", "scaling", "--out", "x"], "prog": "hamjax bench"}
+    # without --out: a new folder of the current directory, not the source tree's results
+    assert cli.main(["bench", "--tiny"]) == 0
+    assert seen["argv"][:2] == ["--tiny", "--out"]
+    assert seen["argv"][2].startswith("hamjax-bench-") and "/" not in seen["argv"][2]
 
 
 @pytest.mark.slow

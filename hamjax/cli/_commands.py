@@ -735,7 +735,9 @@ def _stability_line(e: dict) -> str:
 
 # ---------------------------------------------------------------------------------- bench
 def bench(argv) -> int:
-    """``hamjax bench``: the benchmarks' own command line (``python -m benchmarks``)."""
+    """``hamjax bench``: the benchmarks' own command line (``python -m benchmarks``). Unless
+    ``--out`` is given, the results go to a new folder ``hamjax-bench-<time>`` of the current
+    directory, never beside the committed results of the source tree."""
     # benchmarks/ lives beside the package in the source tree, not inside the installed package
     try:
         from benchmarks.__main__ import main as bench_main
@@ -748,4 +750,7 @@ def bench(argv) -> int:
             print("hamjax bench: error: the benchmarks are not installed with the package; run "
                   "it from a source checkout of hamjax (python -m benchmarks)", file=sys.stderr)
             return 2
-    return bench_main(argv)
+    argv = list(argv)
+    if not any(a in ("-h", "--help") or a == "--out" or a.startswith("--out=") for a in argv):
+        argv += ["--out", time.strftime("hamjax-bench-%Y%m%d-%H%M%S")]
+    return bench_main(argv, prog="hamjax bench")
