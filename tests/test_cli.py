@@ -157,6 +157,14 @@ def test_denoising_run_writes_reconstructions_and_psnr(tmp_path):
     assert "reconstructions.png" in metrics["pictures"]
     _check_pngs(out, metrics["pictures"])
     assert metrics["config"]["noise"] == 0.3  # the denoising default corruption level
+    # analyze measures the learned memories' basins: from a memory itself (σ = 0) the
+    # relaxation ends at that memory's attractor, every time
+    assert cli.main(["analyze", str(out), "--samples", "1"]) == 0
+    basins = json.loads((out / "basins.json").read_text())
+    assert basins["mean"][0] == 1.0 and basins["noise_sigma"][0] == 0.0
+    assert len(basins["radius"]) == basins["memories"] and basins["trials"] >= 1
+    assert all(0.0 <= p <= 1.0 for p in basins["mean"])
+    _check_pngs(out, ["basins.png", "landscape.png"])
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from ._figures import landscape_figure, pictures
+from ._figures import basins_figure, landscape_figure, pictures
 from ._parser import UsageError, defaults
 from ._runs import (
     Terminated,
@@ -690,6 +690,8 @@ def analyze(args) -> int:
     try:
         write_atomic(path, json.dumps(report, indent=2, ensure_ascii=False))
         plane = landscape_figure(picture, net, task.clamp, *first)
+        basins = (memory_basins(args.run_dir, net)
+                  if cfg["model"] == "memory" and "memory" in net.synapses else None)
     except OSError as e:
         raise UsageError(f"cannot write {e.filename or args.run_dir}: {e.strerror}") from None
     print(f"run {args.run_dir} (epoch {int(meta['finished_epoch']) + 1}): {args.samples} test "
@@ -698,7 +700,50 @@ def analyze(args) -> int:
         print(_stability_line(entry))
     print(f"details: {path}")
     print(f"landscape: {picture} (sample 0: the energy on the plane of {plane})")
+    if basins is not None:
+        print(basins)
     return 0
+
+
+BASIN_NOISE = (0.0, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0)
+
+
+def memory_basins(run_dir: Path, net, trials: int = 4, shown: int = 64) -> str:
+    """The basins of a memory model's learned memories (:func:`hamjax.analysis.basins`): for
+    the first ``shown`` memories, the fraction of relaxations from the memory plus Gaussian
+    noise of each level in :data:`BASIN_NOISE` that end at the memory's own attractor (root-
+    mean-square distance at most 0.02); ``basins.json`` and ``basins.png`` written into the run
+    folder. Returns the summary line."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from .. import SteadyState, analysis, relax, solvers
+
+    shape = tuple(net.layers["image"].shape)
+    xi = jnp.reshape(net.synapses["memory"].memories[:shown], (-1, *shape))
+
+    def retrieve(x, key):
+        sol = relax(net, {"image": x.reshape(-1, *shape)}, solver=solvers.FixedPoint(),
+                    stop=SteadyState(atol=1e-5), raise_nonfinite=False)
+        return sol.state["image"].reshape(x.shape[0], -1)
+
+    def noise(x, level, key):
+        return x + level * jax.random.normal(key, x.shape)
+
+    b = analysis.basins(retrieve, jnp.reshape(xi, (xi.shape[0], -1)), BASIN_NOISE,
+                        corrupt=noise, trials=trials, key=jax.random.PRNGKey(0), atol=0.02)
+    record = {"noise_sigma": list(BASIN_NOISE), "mean": b.mean.tolist(),
+              "returned": b.returned.tolist(), "radius": b.radius.tolist(),
+              "mean_radius": b.mean_radius, "attractor_error": b.attractor_error.tolist(),
+              "trials": trials, "memories": int(xi.shape[0]), "atol": 0.02}
+    write_atomic(run_dir / "basins.json", json.dumps(record, indent=2))
+    basins_figure(run_dir / "basins.png", b, xi)
+    radius = ("beyond σ = 1" if not np.isfinite(b.mean_radius)
+              else f"σ = {b.mean_radius:.2f}")
+    return (f"basins: {run_dir / 'basins.png'} ({xi.shape[0]} memories; P(return) falls below "
+            f"one half at {radius}; memories' own attractors at rms "
+            f"{float(np.median(b.attractor_error)):.3f} from them, median)")
 
 
 def _stability_entry(i: int, sol, rep) -> dict:

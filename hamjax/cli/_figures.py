@@ -369,11 +369,12 @@ def landscape_figure(path: Path, net, clamp, x_star, report) -> str:
     layer = next((n for n in dead.index.names if dead.counts[n] > 0), dead.index.names[0])
     shape = dead.index.shapes[dead.index.names.index(layer)]
     live, eig = dead.live[layer], dead.live_eigenvalues[layer]
-    stiff = live[:, int(np.argmax(eig))]
+    order = np.argsort(eig)  # softest first; equal eigenvalues (an Identity layer): any two
+    stiff = live[:, int(order[-1])]
     if dead.counts[layer] > 0:
         first, what = dead.directions[layer][:, 0], f"a dead neuron of {layer!r}"
     else:
-        first, what = live[:, int(np.argmin(eig))], f"the softest live direction of {layer!r}"
+        first, what = live[:, int(order[0])], f"the softest live direction of {layer!r}"
     dyn = net.dynamics(x_star, clamp=clamp)
     free = dyn.free_state(x_star)
 
@@ -418,3 +419,38 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def basins_figure(path: Path, basins, memories) -> None:
+    """``basins.png``: a memory model's basin curves (:func:`hamjax.analysis.basins` against the
+    noise level: each memory thin, the mean thick, one half dashed) beside the memories whose
+    basins are the widest and the narrowest."""
+    import numpy as np
+
+    plt = _pyplot()
+    fig = plt.figure(figsize=(11, 4.2))
+    ax = fig.add_subplot(1, 2, 1)
+    for col in basins.returned.T:
+        ax.plot(basins.levels, col, color="grey", lw=0.5, alpha=0.5)
+    ax.plot(basins.levels, basins.mean, "o-", color="C0", lw=2, label="mean over memories")
+    ax.axhline(0.5, color="k", ls="--", lw=0.7)
+    ax.set(xlabel="Gaussian noise σ added to a memory",
+           ylabel="P(relaxation ends at its attractor)",
+           title=f"basins of {basins.returned.shape[1]} learned memories, "
+                 f"{basins.trials} draws each")
+    ax.legend(fontsize=8)
+    r = np.where(np.isfinite(basins.radius), basins.radius, basins.levels[-1] * 1.05)
+    order = np.argsort(-r)
+    pick = list(order[:4]) + list(order[-4:])
+    mem = np.asarray(memories)
+    for j, i in enumerate(pick):
+        a = fig.add_subplot(2, 8, 4 + (j // 4) * 8 + (j % 4) + 1)
+        img = mem[i]
+        img = img[..., 0] if img.ndim == 3 and img.shape[-1] == 1 else img
+        a.imshow(np.clip(img, 0, 1), cmap="gray" if img.ndim == 2 else None)
+        a.set_title(f"{'widest' if j < 4 else 'narrowest'}\nradius "
+                    f"{'>1' if not np.isfinite(basins.radius[i]) else f'{basins.radius[i]:.2f}'}",
+                    fontsize=7)
+        a.axis("off")
+    fig.tight_layout()
+    _save(fig, path)
