@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 
-__all__ = ["main", "free_port"]
+__all__ = ["main", "free_port", "stop_signals_raise"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
             t.start()
             relays.append(t)
     try:
-        with _stop_signals_interrupt():
+        with stop_signals_raise():
             status = _wait(procs)
     except KeyboardInterrupt as e:
         # Ctrl-C, SIGTERM or SIGHUP to the launcher: each worker is interrupted as by Ctrl-C
@@ -129,18 +129,20 @@ died) before it is killed."""
 
 
 @contextlib.contextmanager
-def _stop_signals_interrupt():
-    """SIGTERM and SIGHUP raise ``KeyboardInterrupt(signum)`` while inside."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(signum)
+def stop_signals_raise(interrupt: type[KeyboardInterrupt] = KeyboardInterrupt):
+    """While inside (in the main thread), SIGTERM and SIGHUP raise ``interrupt(signum)``, as
+    SIGINT raises ``KeyboardInterrupt``: a stop by the system or a closed terminal takes the
+    path of Ctrl-C. The handlers before are put back on leaving."""
+    def handler(signum, frame):
+        raise interrupt(signum)
 
     names = [n for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
-    before = {n: signal.signal(getattr(signal, n), interrupt) for n in names}
+    before = {n: signal.signal(getattr(signal, n), handler) for n in names}
     try:
         yield
     finally:
-        for n, handler in before.items():
-            signal.signal(getattr(signal, n), handler)
+        for n, old in before.items():
+            signal.signal(getattr(signal, n), old)
 
 
 def _how(code: int) -> str:

@@ -192,18 +192,11 @@ def stop_signals_interrupt():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    from ..launch import stop_signals_raise
 
-    def raise_terminated(signum, frame):
-        raise Terminated(signum)
-
-    names = [n for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
-    before = {n: signal.signal(getattr(signal, n), raise_terminated) for n in names}
-    try:
+    with stop_signals_raise(Terminated):
         _die_with_launcher()
         yield
-    finally:
-        for n, handler in before.items():
-            signal.signal(getattr(signal, n), handler)
 
 
 def _die_with_launcher() -> None:
