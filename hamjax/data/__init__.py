@@ -68,7 +68,7 @@ from ._loaders import (
     load_idx_dataset,
     load_mnist,
 )
-from ._psnr import psnr
+from ._psnr import QUANTISATION_MSE, capped_psnr, psnr
 from ._registry import DATASETS, DatasetSource, load_dataset
 from ._split import batch_indices, batches, split_indices
 
@@ -79,6 +79,8 @@ __all__ = [
     "fit_pca",
     "hopfield_fill",
     "masked_psnr",
+    "capped_psnr",
+    "QUANTISATION_MSE",
     "nearest_fill",
     "CIFAR10_FILES",
     "CIFAR100_FILES",

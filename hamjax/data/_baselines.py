@@ -30,6 +30,7 @@ import numpy as np
 from jaxtyping import Array
 
 from ._checks import DataError
+from ._psnr import capped_psnr
 
 
 def _flat(x) -> Array:
@@ -104,10 +105,11 @@ def fit_pca(train, max_components: int) -> PCA:
 
 def masked_psnr(clean, restored, scored) -> Array:
     """PSNR per sample over the ``scored`` pixels only (``(n, D)`` weights, 1 where scored):
-    ``10 log10(1 / (Σ s (x − y)² / Σ s))``, pixel values in ``[0, 1]``; ``(n,)``."""
+    :func:`capped_psnr` of ``Σ s (x − y)² / Σ s``, pixel values in ``[0, 1]`` (at most 58.9 dB:
+    a hidden region that is blank and restored blank does not make a mean infinite); ``(n,)``."""
     clean, restored, scored = _flat(clean), _flat(restored), _flat(scored)
     mse = jnp.sum(scored * (clean - restored) ** 2, axis=1) / jnp.sum(scored, axis=1)
-    return 10.0 * jnp.log10(1.0 / mse)
+    return capped_psnr(mse)
 
 
 class Baselines(eqx.Module):
@@ -147,7 +149,7 @@ class Baselines(eqx.Module):
 
 
 def fit_baselines(train, valid_clean, valid_corrupted, valid_evidence, valid_scored, *,
-                  ks: Sequence[int] = (8, 16, 32, 64, 128, 256),
+                  ks: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128, 256),
                   betas: Sequence[float] = (0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100)
                   ) -> Baselines:
     """Fit the baselines on ``train`` ``(M, ...)`` and choose PCA's ``k`` (from ``ks``) and the

@@ -29,3 +29,15 @@ def psnr(clean, restored, max_val: float = 1.0) -> Array:
     axes = tuple(range(1, clean.ndim)) if clean.ndim > 1 else None
     mse = jnp.mean((clean - restored) ** 2, axis=axes)
     return 10.0 * jnp.log10(max_val**2 / mse)
+
+
+QUANTISATION_MSE = (1.0 / 255.0) ** 2 / 12.0
+"""The mean squared error of 8-bit quantisation noise, ``(1/255)²/12``: the floor of
+:func:`capped_psnr`."""
+
+
+def capped_psnr(mse) -> Array:
+    """``10 log10(1 / max(MSE, (1/255)²/12))`` for pixels in ``[0, 1]``: at most 58.9 dB, the PSNR
+    of 8-bit quantisation noise, so that a region restored exactly (a blank one, say) does not
+    make a mean over images infinite. ``mse``: any shape; returns the same shape."""
+    return -10.0 * jnp.log10(jnp.maximum(jnp.asarray(mse), QUANTISATION_MSE))

@@ -295,13 +295,9 @@ class Storage(Denoising):
 # 8-bit pixels: an error below their quantisation noise, (1/255)²/12, is not measurable. An
 # exact fill (masked patches that are all background, filled with background) would otherwise
 # be +inf and make every mean over samples infinite
-_MSE_FLOOR = (1.0 / 255.0) ** 2 / 12.0
-
-
 def _masked_psnr(sq_err_sum, count):
-    """``10 log10(1 / max(MSE, (1/255)²/12))`` with ``MSE = sq_err_sum / count`` (pixels in
-    ``[0, 1]``): at most 58.9 dB, the PSNR of 8-bit quantisation noise."""
-    return -10.0 * jnp.log10(jnp.maximum(sq_err_sum / count, _MSE_FLOOR))
+    """:func:`hamjax.data.capped_psnr` of ``MSE = sq_err_sum / count``."""
+    return hd.capped_psnr(sq_err_sum / count)
 
 
 class PatchCompletion(Task):
