@@ -705,7 +705,7 @@ def analyze(args) -> int:
     return 0
 
 
-BASIN_NOISE = (0.0, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0)
+BASIN_NOISE = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 
 
 def memory_basins(run_dir: Path, net, trials: int = 4, shown: int = 64) -> str:
@@ -739,11 +739,12 @@ def memory_basins(run_dir: Path, net, trials: int = 4, shown: int = 64) -> str:
               "trials": trials, "memories": int(xi.shape[0]), "atol": 0.02}
     write_atomic(run_dir / "basins.json", json.dumps(record, indent=2))
     basins_figure(run_dir / "basins.png", b, xi)
-    radius = ("beyond σ = 1" if not np.isfinite(b.mean_radius)
-              else f"σ = {b.mean_radius:.2f}")
-    return (f"basins: {run_dir / 'basins.png'} ({xi.shape[0]} memories; P(return) falls below "
-            f"one half at {radius}; memories' own attractors at rms "
-            f"{float(np.median(b.attractor_error)):.3f} from them, median)")
+    radius = (f"stays at or above one half up to σ = {BASIN_NOISE[-1]:g}"
+              if not np.isfinite(b.mean_radius)
+              else f"falls below one half at σ = {b.mean_radius:.2f}")
+    return (f"basins: {run_dir / 'basins.png'} ({xi.shape[0]} memories; P(return) {radius}; "
+            f"memories' own attractors at rms {float(np.median(b.attractor_error)):.3f} from "
+            "them, median)")
 
 
 def _stability_entry(i: int, sol, rep) -> dict:

@@ -448,9 +448,9 @@ def basins_figure(path: Path, basins, memories) -> None:
         img = mem[i]
         img = img[..., 0] if img.ndim == 3 and img.shape[-1] == 1 else img
         a.imshow(np.clip(img, 0, 1), cmap="gray" if img.ndim == 2 else None)
-        a.set_title(f"{'widest' if j < 4 else 'narrowest'}\nradius "
-                    f"{'>1' if not np.isfinite(basins.radius[i]) else f'{basins.radius[i]:.2f}'}",
-                    fontsize=7)
+        radius = (f"> {basins.levels[-1]:g}" if not np.isfinite(basins.radius[i])
+                  else f"{basins.radius[i]:.2f}")
+        a.set_title(f"{'widest' if j < 4 else 'narrowest'}\nradius {radius}", fontsize=7)
         a.axis("off")
     fig.tight_layout()
     _save(fig, path)
