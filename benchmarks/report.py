@@ -373,10 +373,40 @@ def _seconds(s: float | None) -> str:
     return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
 
 
+_BASELINES = ("corrupted input", "training mean", "nearest", "PCA", "modern Hopfield")
+
+
+def memory_baselines(folder: Path) -> list[str]:
+    """The memory tasks' baselines (``--only memories``): PSNR of each restoration per dataset
+    and corruption, the best marked."""
+    path = folder / "memories" / "results.json"
+    res = _read(path)
+    sec = res["sections"]["memories"]
+    rows = []
+    for name, d in sec["data"].items():
+        for kind, c in d["corruptions"].items():
+            extra = {"PCA": f" (k = {c['pca_k']})",
+                     "modern Hopfield": f" (β = {c['hopfield_beta']:g})"}
+            cells = [f"{c['psnr'][m]:.2f}{extra.get(m, '')}" for m in _BASELINES]
+            rows.append([name, kind] + [f"**{v}**" if m == c["best"] else v
+                                        for m, v in zip(_BASELINES, cells, strict=True)])
+    d0 = next(iter(sec["data"].values()))
+    where = (f"_Generated from `{_rel(path)}` ({_machine(res['machine'])}; "
+             f"{res['started'][:10]}; `{res['command']}`): one run, restorations are "
+             "deterministic given the seeds._")
+    return [where,
+            f"PSNR in dB on {d0['test_images']:,} test images, of the hidden pixels for "
+            "completion and of every pixel for denoising; k and β chosen on "
+            f"{d0['validation_images']:,} held-out training images; the nearest image and the "
+            f"modern Hopfield network store the other {d0['train_images_stored']:,}.", ""
+            ] + _table(["dataset", "corruption", "corrupted input", "training mean", "nearest",
+                        "PCA", "modern Hopfield"], rows)
+
+
 RENDERERS: dict[str, Callable[..., list[str]]] = {
     "speed": speed, "memory": memory, "steady-state": steady_state, "solvers": solvers,
     "relaxation": relaxation, "sharding": sharding, "scaling": scaling,
-    "quality": quality_table, "quickstart": quickstart,
+    "quality": quality_table, "quickstart": quickstart, "memory-baselines": memory_baselines,
 }
 
 

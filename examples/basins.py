@@ -80,7 +80,7 @@ def main(argv=None) -> dict:
     ax.axhline(0.5, color="grey", lw=0.6)
     ax.set(xlabel="fraction of bits flipped", ylabel="P(end at the pattern's attractor)",
            title=f"basins, N = {n}, {trials} corruptions per pattern and level")
-    ax.legend(fontsize=7, loc="lower left", framealpha=0.9)
+    ax.legend(fontsize=7)
     loads = np.array(size["loads"])
     radius = [min(curves[("hebbian", x)].mean_radius, levels[-1]) for x in loads]
     wrong = [float((curves[("hebbian", x)].attractor_error ** 2 / 4).mean()) for x in loads]
