@@ -1,4 +1,5 @@
-"""Basins of attraction of an associative memory: how much corruption a memory survives.
+"""Basins of attraction of an associative memory: how much corruption a memory survives
+(docs/maths.md §6.3, eq. (B1)).
 
 For memories ``ξ_μ`` (rows of ``memories``, ``(M, N)``) and a retrieval map ``R`` (run the
 dynamics from a start to where they settle), the memory's attractor is ``a_μ = R(ξ_μ)``; the
@@ -73,7 +74,8 @@ def half_radius(levels, fraction) -> np.ndarray:
 def basins(retrieve: Callable[[Array, Array], Array], memories, levels: Sequence[float], *,
            corrupt: Callable[[Array, float, Array], Array], key, trials: int = 16,
            atol: float = 0.0) -> Basins:
-    """Measure the basin of attraction of each memory against the corruption level.
+    """Measure the basin of attraction of each memory against the corruption level
+    (docs/maths.md §6.3, eq. (B1)).
 
     ``retrieve(x, key) -> final``: the dynamics run from the starts ``x`` (``(B, N)``) to where
     they settle, same shape (``key``: for random update orders; a deterministic map ignores

@@ -136,7 +136,8 @@ class Baselines(eqx.Module):
         return out
 
     def restore(self, x, evidence, *, batch_size: int = 256) -> dict[str, np.ndarray]:
-        """``{"nearest", "pca", "hopfield": (n, D)}``: each baseline's restoration of ``x``."""
+        """``{"nearest", "pca", "hopfield": (n, D)}``: each baseline's restoration of ``x``
+        ``(n, D)`` from its ``evidence`` pixels, ``batch_size`` rows at a time."""
         out = {"nearest": [], "pca": [], "hopfield": []}
         x, evidence = _flat(x), _flat(evidence)
         for s in range(0, x.shape[0], batch_size):
