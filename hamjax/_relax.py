@@ -222,10 +222,11 @@ def relax(
     batch = net.check_state(x0, "x0")
     stop = SteadyState() if stop is None else _stop(stop)
     solver, kind = _path(solver)
+    saveat = _saveat(save)
     ode_kw = dict(dt0=dt0, stepsize_controller=stepsize_controller,
-                  save=None if save is None else _saveat(save), progress=progress)
+                  save=None if save is None else saveat, progress=progress)
     _check_arguments(solver, kind, stop, max_steps, raise_nonfinite, ode_kw)
-    ode_kw["save"] = _saveat(save)
+    ode_kw["save"] = saveat
     adjoint = _adjoint(adjoint, kind is None)
     if mesh is not None:
         net, x0, freeze = _distribute(net, x0, freeze, batch, mesh)

@@ -433,8 +433,8 @@ class PatchCompletion(Task):
         * ``psnr_mean``: the masked patches of ``mean_patches`` ``(T, P)`` (the training mean
           image, patchified);
         * ``psnr_nearest``: those of the ``reference`` image ``(M, T, P)`` nearest to the
-          sample on its visible patches: ``argmin_r Σ_visible (x − r)²``, computed as
-          ``Σ v x² − 2 (v x)·r + v·r²`` with two matrix products.
+          sample on its visible patches: ``argmin_r Σ_visible (x − r)²``
+          (:func:`hamjax.data.nearest_fill`).
 
         ``batch``: a prepared batch (:meth:`prepare`); returns two ``(n,)`` arrays."""
         tgt = jnp.asarray(batch["target"])
@@ -444,8 +444,6 @@ class PatchCompletion(Task):
         mean_fill = jnp.broadcast_to(jnp.asarray(mean_patches), tgt.shape)
         ref = jnp.asarray(reference).reshape(len(reference), -1)
         vis = (1.0 - m).reshape(n, -1)
-        xv = tgt.reshape(n, -1) * vis
-        d = jnp.sum(xv * xv, axis=1)[:, None] - 2.0 * xv @ ref.T + vis @ (ref * ref).T
-        nearest = ref[jnp.argmin(d, axis=1)].reshape(tgt.shape)
+        nearest = hd.nearest_fill(tgt.reshape(n, -1), vis, ref).reshape(tgt.shape)
         return {"psnr_mean": _masked_psnr(self._masked_sq_err(mean_fill, batch), count),
                 "psnr_nearest": _masked_psnr(self._masked_sq_err(nearest, batch), count)}
