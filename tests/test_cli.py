@@ -796,3 +796,18 @@ def test_commands_keep_compiled_programs_in_the_folder_asked_for(tmp_path, monke
         assert jax.config.jax_compilation_cache_dir == str(tmp_path / "new" / "cache")
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
+
+
+@pytest.mark.parametrize("task, evidence", [("denoise", True), ("complete", False),
+                                            ("store", False)])
+def test_dense_model_restores_images_with_evidence_for_denoising(task, evidence):
+    """``--model dense`` on an image task is hamjax.models.dense_memory: for denoising the noisy
+    image is clamped on its evidence layer (the task names it), for completion and storage
+    there is none (the frozen pixels, or nothing, are the evidence)."""
+    cfg = _parser.defaults({"dataset": "digits", "task": task, "model": "dense", "hidden": [16],
+                            "epochs": None, "steps": None, "dt": None, "noise": None,
+                            "lr": 1e-3, "seed": 0, "gradient": None})
+    net, t, _ = _commands.build(cfg, hd.load_digits())
+    assert ("evidence" in net.layers) is evidence and net.layers["hidden"].shape == (16,)
+    assert t.clamp == (("evidence",) if evidence else ())
+    assert "label" not in net.layers

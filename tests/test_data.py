@@ -539,6 +539,21 @@ def test_mask_region_named_and_tuple():
     assert flat_out.shape == (2, 48) and flat_mask[:, :24].all() and not flat_mask[:, 24:].any()
 
 
+def test_mask_patches_hides_whole_patches():
+    x = np.random.default_rng(0).random((20, 8, 12, 2)).astype(np.float32)
+    out, mask = hd.corrupt(x, "mask_patches", 0.5, rng=3, patch=4, fill=-1.0)
+    # each 4×4 patch (all channels) is hidden whole or not at all: 3 of the 6, round(0.5·6)
+    blocks = mask.reshape(20, 2, 4, 3, 4, 2).transpose(0, 1, 3, 2, 4, 5).reshape(20, 6, -1)
+    assert np.all(blocks.all(-1) | ~blocks.any(-1))
+    np.testing.assert_array_equal(blocks.all(-1).sum(1), 3)
+    np.testing.assert_array_equal(out, np.where(mask, -1.0, x))
+    assert len({tuple(b) for b in blocks.all(-1)}) > 1  # drawn per image
+    flat = hd.mask_patches(x.reshape(20, -1), 0.5, 3, patch=4, image_shape=(8, 12, 2))
+    np.testing.assert_array_equal(flat.mask, mask.reshape(20, -1))  # same draws, flat
+    with pytest.raises(hd.DataError, match="3x3 patches do not tile 8x12"):
+        hd.mask_patches(x, 0.5, 0, patch=3)
+
+
 def test_mask_region_errors():
     x = np.ones((2, 8, 6))
     with pytest.raises(hd.DataError, match="unknown region 'middle'"):

@@ -304,6 +304,56 @@ def test_completion_keeps_visible_pixels_exactly(memory_net, images):
     assert np.abs(out[~frozen]).max() > 1e-3  # the hidden pixels did move
 
 
+def test_dense_memory_with_evidence_settles_at_its_closed_form_steady_state(images):
+    """docs/maths.md eq. (R1): with the noisy image clamped on the evidence layer, the relaxed
+    state solves h = W v + b_h, v = b + W_e x̃ + Wᵀ tanh(h), by an independent NumPy iteration;
+    the attractor moves with the evidence (it is not a function of the start alone)."""
+    k = jax.random.split(jax.random.PRNGKey(3), 3)
+    net = models.dense_memory((8, 8, 1), hidden=24, key=k[0])
+    # trained-looking parameters: nonzero biases, a W_e that is no multiple of I
+    net = eqx.tree_at(lambda m: (m.layers["image"].bias, m.layers["hidden"].bias,
+                                 m.synapses["evidence"].weight),
+                      net, (0.1 * jax.random.normal(k[1], (8, 8, 1)),
+                            0.2 * jax.random.normal(k[2], (24,)),
+                            0.4 * jnp.eye(64) + 0.02 * jax.random.normal(k[2], (64, 64))))
+    task = T.Denoising(level=0.3, evidence_layer="evidence")
+    assert task.clamp == ("evidence",)
+    b = {key: jnp.asarray(v) for key, v in
+         task.prepare(images[:6], None, np.random.default_rng(1)).items()}
+    x0 = task.initial_state(net, b)
+    np.testing.assert_array_equal(np.asarray(x0["evidence"]), np.asarray(b["input"]))
+    tight = RelaxOptions(solver=hj_solvers.FixedPoint(), stop=SteadyState(atol=1e-7),
+                         max_steps=2000)
+    sol = relax(net, x0, clamp=task.clamp, **tight.kwargs())
+    assert bool(sol.converged.all())
+    np.testing.assert_array_equal(np.asarray(sol.state["evidence"]), np.asarray(b["input"]))
+    W = np.asarray(net.synapses["memory"].weight, np.float64)
+    We = np.asarray(net.synapses["evidence"].weight, np.float64)
+    bv = np.asarray(net.layers["image"].bias, np.float64).reshape(-1)
+    bh = np.asarray(net.layers["hidden"].bias, np.float64)
+    e = np.asarray(b["input"], np.float64).reshape(6, -1)
+    v = e.copy()
+    for _ in range(3000):  # the loop v → h → v is a contraction at these weights
+        v = bv + e @ We.T + np.tanh(v @ W.T + bh) @ W
+    np.testing.assert_allclose(np.asarray(sol.state["image"]).reshape(6, -1), v, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(sol.state["hidden"]), v @ W.T + bh, atol=1e-4)
+    # the same start with other evidence settles elsewhere
+    other = dict(x0, evidence=x0["evidence"][::-1])
+    moved = relax(net, other, clamp=task.clamp, **tight.kwargs()).state["image"]
+    assert float(jnp.abs(moved - sol.state["image"]).max()) > 1e-2
+
+
+def test_evidence_layer_is_checked_and_optional(images):
+    net = models.dense_memory((8, 8, 1), hidden=8, evidence=False, key=jax.random.PRNGKey(0))
+    assert set(net.layers) == {"image", "hidden"} and set(net.synapses) == {"memory"}
+    b = {key: jnp.asarray(v) for key, v in
+         T.Denoising().prepare(images[:2], None, np.random.default_rng(0)).items()}
+    with pytest.raises(ValueError, match="evidence_layer 'evidence' is not a layer of the HAM"):
+        T.Denoising(evidence_layer="evidence").initial_state(net, b)
+    with pytest.raises(ValueError, match="at least one hidden neuron"):
+        models.dense_memory((8, 8, 1), hidden=0, key=jax.random.PRNGKey(0))
+
+
 def _signature(tree):
     """What a jitted function's cache keys on, for the array leaves: shape, dtype, weak type."""
     leaves = jax.tree.leaves(eqx.filter(tree, eqx.is_array))

@@ -71,6 +71,11 @@ def _model(cfg: dict, data):
 
     key = jax.random.PRNGKey(cfg["seed"])
     h = cfg["hidden"]
+    if cfg["model"] == "dense" and cfg["task"] != "classify":
+        # the noisy image clamped beside the free one: a denoiser's attractor then moves with
+        # its input (docs/maths.md §6.4); completion freezes the visible pixels instead
+        return models.dense_memory(data.image_shape, hidden=h[0],
+                                   evidence=cfg["task"] == "denoise", key=key)
     if cfg["model"] == "dense":
         return models.dense_classifier(data.image_shape, data.num_classes, hidden=h[0], key=key)
     if cfg["model"] == "deep":
@@ -154,6 +159,8 @@ def _task(cfg: dict, data):
             raise UsageError(f"--noise {cfg['noise']:g}: the masked fraction of the patches "
                              "must lie strictly between 0 and 1")
         return T.PatchCompletion(patch_size=patch_size(data.image_shape), level=cfg["noise"])
+    if cfg["task"] == "denoise" and cfg["model"] == "dense":
+        return T.Denoising(level=cfg["noise"], evidence_layer="evidence")
     return {"denoise": T.Denoising, "complete": T.Completion,
             "store": T.Storage}[cfg["task"]](level=cfg["noise"])
 

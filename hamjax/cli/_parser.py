@@ -152,12 +152,14 @@ def _what_flags(t) -> None:
                    help="--dataset folder: resize every image to H x W (bilinear); without it "
                         "all images must have one size")
     t.add_argument("--model", choices=MODELS, default=None,
-                   help="dense (default for classify), deep, conv, memory (default otherwise), "
-                        "transformer (Energy Transformer; --task complete: masked patches)")
+                   help="dense (default for classify; for denoise/complete/store: learned "
+                        "tanh features, denoise with the noisy image clamped as evidence), "
+                        "deep, conv, memory (default otherwise), transformer (Energy "
+                        "Transformer; --task complete: masked patches)")
     t.add_argument("--task", choices=TASKS, default="classify",
                    help="classify: read the label layer; denoise, complete, store: restore "
-                        "images with a memory model (complete also with --model transformer: "
-                        "masked patches)")
+                        "images with a memory or dense model (complete also with --model "
+                        "transformer: masked patches)")
     t.add_argument("--gradient", choices=GRADIENTS, default=None,
                    help="gradient estimator: implicit differentiation at the steady state (the "
                         "network is trained and read at its attractor), equilibrium "
@@ -286,9 +288,9 @@ def defaults(cfg: dict) -> dict:
                          "--task denoise, complete or store")
     if cfg["model"] == "transformer":
         _transformer_defaults(cfg)
-    elif cfg["task"] != "classify" and cfg["model"] != "memory":
-        raise UsageError(f"--task {cfg['task']} needs --model memory "
-                         "(its image layer is free)")
+    elif cfg["task"] != "classify" and cfg["model"] not in ("memory", "dense"):
+        raise UsageError(f"--task {cfg['task']} needs --model memory or dense "
+                         "(their image layer is free)")
     if cfg.get("hidden") is None:
         cfg["hidden"] = {"dense": (1024,), "deep": (256, 128), "conv": (32,),
                          "memory": (100,)}[cfg["model"]]

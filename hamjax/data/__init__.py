@@ -26,9 +26,10 @@ Sources, each returning a :class:`Dataset` of ``float32`` images in ``[0, 1]`` o
 :func:`load_dataset` loads any of them by name (the keys of :data:`DATASETS`).
 
 Corruptions (:func:`gaussian_noise`, :func:`salt_and_pepper`, :func:`mask_region`,
-:func:`mask_random`, dispatched by :func:`corrupt`) return a :class:`Corrupted` pair
-``(images, mask)`` with ``mask`` ``True`` where a value was corrupted or hidden. Randomness comes
-only from an explicit ``np.random.Generator`` or integer seed. :func:`psnr` scores a restoration.
+:func:`mask_random`, :func:`mask_patches`, dispatched by :func:`corrupt`) return a
+:class:`Corrupted` pair ``(images, mask)`` with ``mask`` ``True`` where a value was corrupted
+or hidden. Randomness comes only from an explicit ``np.random.Generator`` or integer seed.
+:func:`psnr` scores a restoration.
 
 Bad input raises :class:`DataError` (a ``ValueError``) naming the file or argument and what was
 expected; a missing file or directory raises :class:`DataFileNotFoundError`, which is both a
@@ -53,6 +54,7 @@ from ._corrupt import (
     Corrupted,
     corrupt,
     gaussian_noise,
+    mask_patches,
     mask_random,
     mask_region,
     salt_and_pepper,
@@ -109,6 +111,7 @@ __all__ = [
     "load_idx_dataset",
     "load_image_folder",
     "load_mnist",
+    "mask_patches",
     "mask_random",
     "mask_region",
     "one_hot",

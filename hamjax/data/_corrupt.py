@@ -144,12 +144,45 @@ def mask_region(x, region="bottom_half", fill: float = 0.0, image_shape=None) ->
     return Corrupted(out, mask)
 
 
-CORRUPTIONS = ("gaussian", "salt_and_pepper", "mask_random", "mask_region", "mask_bottom")
+def mask_patches(x, fraction: float, rng, patch: int = 4, fill: float = 0.0,
+                 image_shape=None) -> Corrupted:
+    """Hide exactly ``round(fraction * T)`` of the ``T = (H/p)(W/p)`` square ``p × p`` patches
+    of each image (``p = patch``), chosen uniformly, by setting them to ``fill``: the masked
+    patches of a masked autoencoder or the Energy Transformer, as pixels.
+
+    ``x``: images ``(n, H, W)`` or ``(n, H, W, C)``, or flat ``(n, D)`` with ``image_shape``
+    given (the result is flat again); all channels of a hidden pixel are hidden; ``mask`` is
+    ``True`` on the hidden values. Raises :class:`DataError` for a fraction outside ``[0, 1]``,
+    a patch that does not tile the image, or a missing ``rng``."""
+    x = as_batch(x, "mask_patches")
+    fraction = as_fraction(fraction, "mask_patches")
+    flat_shape = None
+    if image_shape is not None:
+        flat_shape = x.shape
+        x = unflatten(x, image_shape)
+    if x.ndim not in (3, 4):
+        raise DataError(f"mask_patches needs images of shape (n, H, W) or (n, H, W, C), or flat "
+                        f"(n, D) with image_shape=(H, W[, C]); got shape {x.shape}")
+    n, H, W = x.shape[:3]
+    if patch < 1 or H % patch or W % patch:
+        raise DataError(f"mask_patches: {patch}x{patch} patches do not tile {H}x{W} images")
+    grid = _random_elements((n, H // patch, W // patch), fraction, as_rng(rng))
+    mask = np.repeat(np.repeat(grid, patch, axis=1), patch, axis=2)
+    mask = np.broadcast_to(mask.reshape(mask.shape + (1,) * (x.ndim - 3)), x.shape)
+    out = np.where(mask, np.asarray(fill, x.dtype), x)
+    if flat_shape is not None:
+        out, mask = out.reshape(flat_shape), mask.reshape(flat_shape)
+    return Corrupted(out, np.array(mask))
+
+
+CORRUPTIONS = ("gaussian", "salt_and_pepper", "mask_random", "mask_patches", "mask_region",
+               "mask_bottom")
 """The corruption kinds :func:`corrupt` dispatches on (and the tasks of :mod:`hamjax.train`
 accept)."""
 
 
-def corrupt(x, kind: str, level, rng=None, *, fill: float = 0.0, image_shape=None) -> Corrupted:
+def corrupt(x, kind: str, level, rng=None, *, fill: float = 0.0, image_shape=None,
+            patch: int = 4) -> Corrupted:
     """Apply one corruption by name; ``level`` is its strength.
 
     ====================  =====================================================  ===========
@@ -158,13 +191,15 @@ def corrupt(x, kind: str, level, rng=None, *, fill: float = 0.0, image_shape=Non
     ``gaussian``          noise standard deviation ``sigma``                     yes
     ``salt_and_pepper``   fraction of values set to 0 or 1                       yes
     ``mask_random``       fraction of values set to ``fill``                     yes
+    ``mask_patches``      fraction of ``patch × patch`` patches set to ``fill``  yes
     ``mask_region``       a region for :func:`mask_region` (name or tuple)       no
     ``mask_bottom``       fraction of image rows hidden from the bottom          no
     ====================  =====================================================  ===========
 
-    ``image_shape`` lets the region masks work on flat ``(n, D)`` batches; ``fill`` is the value
-    of hidden entries. Returns a :class:`Corrupted` pair; raises :class:`DataError` for an
-    unknown ``kind`` (the kinds are :data:`CORRUPTIONS`) or a bad level.
+    ``image_shape`` lets the region and patch masks work on flat ``(n, D)`` batches; ``fill`` is
+    the value of hidden entries; ``patch`` the side of ``mask_patches``'s patches. Returns a
+    :class:`Corrupted` pair; raises :class:`DataError` for an unknown ``kind`` (the kinds are
+    :data:`CORRUPTIONS`) or a bad level.
     """
     if kind == "gaussian":
         return gaussian_noise(x, level, rng)
@@ -172,6 +207,8 @@ def corrupt(x, kind: str, level, rng=None, *, fill: float = 0.0, image_shape=Non
         return salt_and_pepper(x, level, rng)
     if kind == "mask_random":
         return mask_random(x, level, rng, fill=fill)
+    if kind == "mask_patches":
+        return mask_patches(x, level, rng, patch=patch, fill=fill, image_shape=image_shape)
     if kind == "mask_region":
         return mask_region(x, level, fill=fill, image_shape=image_shape)
     if kind == "mask_bottom":

@@ -2,8 +2,9 @@
 
 * trainable models for images, used by ``hamjax train``: :func:`dense_classifier`,
   :func:`deep_dense_classifier`, :func:`conv_classifier` (image → conv feature map → average
-  pooling → label, HAM paper §4.3) and :func:`memory_model` (``K`` memories eliminated
-  analytically, for denoising, completion and storage);
+  pooling → label, HAM paper §4.3), :func:`memory_model` (``K`` memories eliminated
+  analytically) and :func:`dense_memory` (learned tanh features, with a clamped evidence
+  layer), for denoising, completion and storage;
 * continuous Hopfield networks: :func:`continuous_hopfield` (Tanh layer, Hebbian weights),
   :func:`modern_hopfield` (one :func:`fixed_point_step` is attention);
 * the HAM paper's architectures :func:`ham_1hidden`, :func:`ham_2hidden`, :func:`ham_conv`, and
@@ -17,7 +18,13 @@ given patterns or weights need none. The binary memories with sign updates are i
 :mod:`hamjax.capacity`.
 """
 
-from ._classifiers import conv_classifier, deep_dense_classifier, dense_classifier, memory_model
+from ._classifiers import (
+    conv_classifier,
+    deep_dense_classifier,
+    dense_classifier,
+    dense_memory,
+    memory_model,
+)
 from ._energy_transformer import (
     energy_transformer,
     energy_transformer_block,
@@ -40,6 +47,7 @@ __all__ = [
     "deep_dense_classifier",
     "conv_classifier",
     "memory_model",
+    "dense_memory",
     "continuous_hopfield",
     "modern_hopfield",
     "fixed_point_step",

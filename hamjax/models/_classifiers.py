@@ -10,6 +10,7 @@ import math
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 from jaxtyping import PRNGKeyArray
 
 from .. import lagrangians as L
@@ -178,6 +179,48 @@ def _per_stage(value, stages: int, name: str) -> tuple:
         raise ValueError(f"conv_classifier: {name} has {len(value)} entries for {stages} "
                          "stages (channels); give one value or one per stage")
     return tuple(value)
+
+
+def dense_memory(
+    image_shape: Sequence[int],
+    hidden: int = 1024,
+    *,
+    evidence: bool = True,
+    hidden_lagrangian: L.Lagrangian | None = None,
+    key: PRNGKeyArray,
+) -> HAM:
+    """``evidence (Identity, clamped) —W_e— image (Identity, bias) —W— hidden (Tanh, bias)``: a
+    dense associative memory of ``hidden`` learned features that restores images.
+
+    The energy (docs/maths.md §6.4, eq. R1) is
+    ``E = ½|v|² − b·v − eᵀW_e v + Σ_μ [h_μ g_μ − L_h(h)] − b_hᵀ g − gᵀ W v`` with ``g = tanh(h)``;
+    its steady state is ``h = W v + b_h``, ``v = b + W_e e + Wᵀ tanh(h)``. The image layer ``v``
+    relaxes from the corrupted image; with ``evidence`` the corrupted image is also held on the
+    clamped ``evidence`` layer ``e`` (``hamjax.train.Denoising(evidence_layer="evidence")``), so
+    the attractor is conditioned on it throughout instead of only through where it starts.
+    ``W_e`` starts at ``½ I`` (the restoration starts as a shrunk copy of the input), ``W`` at
+    half the usual scale ``0.5/sqrt(N)`` (the untrained loop ``v → h → v`` a contraction). The
+    tanh keeps the energy bounded below for any weights (``log cosh h ≤ |h|`` against ``½|v|²``),
+    so every relaxation settles.
+
+    Shapes: ``image_shape`` (any, ``N`` pixels), ``hidden`` features ``K``; ``W: (K, N)`` and
+    ``W_e: (N, N)``. Layers ``"evidence"`` (only with ``evidence``), ``"image"``, ``"hidden"``;
+    synapses ``"evidence"`` and ``"memory"``. ``hidden_lagrangian`` replaces the Tanh (a
+    bounded one keeps the energy bounded below). Raises ``ValueError`` for ``hidden < 1``."""
+    image_shape = tuple(image_shape)
+    if hidden < 1:
+        raise ValueError(f"dense_memory needs at least one hidden neuron, got hidden={hidden}")
+    n = math.prod(image_shape)
+    hl = L.Tanh() if hidden_lagrangian is None else hidden_lagrangian
+    layers = {"image": Layer(image_shape, L.Identity(), bias=True),
+              "hidden": Layer(hidden, hl, bias=True)}
+    synapses = {"memory": Dense(image_shape, hidden, scale=0.5 / math.sqrt(n), key=key)}
+    edges = {"memory": ("image", "hidden")}
+    if evidence:
+        layers = {"evidence": Layer(image_shape, L.Identity()), **layers}
+        synapses["evidence"] = Dense(image_shape, image_shape, weight=0.5 * jnp.eye(n))
+        edges["evidence"] = ("evidence", "image")
+    return HAM(layers, synapses, edges)
 
 
 def memory_model(

@@ -216,12 +216,36 @@ class Denoising(Task):
 
     ``corruption`` (default ``"gaussian"``) and ``level`` (default 0.3) are a kind and level of
     :func:`hamjax.data.corrupt`; ``input_layer`` and ``output_layer`` are both ``"image"`` by
-    default (no layer is clamped)."""
+    default. ``evidence_layer`` names a layer that also holds the corrupted image, clamped
+    (:func:`hamjax.models.dense_memory`'s ``"evidence"``, docs/maths.md §6.4): the attractor is
+    then conditioned on the input, not only started from it. By default (None) no layer is
+    clamped."""
 
     input_layer: str = "image"
     output_layer: str = "image"
     corruption: str = eqx.field(static=True, default="gaussian")
     level: float = eqx.field(static=True, default=0.3)
+    evidence_layer: str | None = eqx.field(static=True, default=None)
+
+    @property
+    def clamp(self):
+        """``(evidence_layer,)`` when the task has one, else none."""
+        return () if self.evidence_layer is None else (self.evidence_layer,)
+
+    def initial_state(self, net, batch):
+        """:meth:`Task.initial_state`, with the evidence layer (when named) also set to the
+        corrupted image; ``ValueError`` when ``net`` has no layer of that name.
+
+        Returns ``{name: (n, *shape)}`` for every layer of ``net``."""
+        x = super().initial_state(net, batch)
+        ev = self.evidence_layer
+        if ev is not None:
+            if ev not in net.layers:
+                raise ValueError(f"{type(self).__name__}: evidence_layer {ev!r} is not a layer "
+                                 f"of the HAM (its layers: {list(net.layers)})")
+            inp = batch["input"]
+            x[ev] = inp.reshape(inp.shape[:1] + net.layers[ev].shape).astype(x[ev].dtype)
+        return x
 
     def prepare(self, x, y, rng, train=True):
         """``{"input": corrupted images, "target": clean images}``, both of ``x``'s shape
