@@ -124,9 +124,14 @@ def test_memories_section_measures_every_baseline_on_every_corruption(tmp_path):
     assert res["data"], res.get("notes")
     for name, d in res["data"].items():
         assert set(d["corruptions"]) == set(memories.CORRUPTIONS), name
+        assert (tmp_path / f"memories-{name}.png").is_file()
         for kind, c in d["corruptions"].items():
             assert set(c["psnr"]) == set(memories.METHODS)
             assert all(np.isfinite(v) for v in c["psnr"].values()), (name, kind)
             val = c["validation"]
+            assert 0 <= c["ham_converged"] <= 1 and c["ham_train_seconds"] > 0
+            best = max((m for m in memories.BASELINES if m != "corrupted input"),
+                       key=c["psnr"].get)
+            assert c["ham_margin_db"] == pytest.approx(c["psnr"]["HAM"] - c["psnr"][best])
             assert c["pca_k"] == int(max(val["pca"], key=val["pca"].get))
             assert c["hopfield_beta"] == float(max(val["hopfield"], key=val["hopfield"].get))

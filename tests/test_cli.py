@@ -243,7 +243,8 @@ def test_mnist_with_a_missing_data_dir_names_it(capsys, tmp_path):
 
 @pytest.mark.parametrize("argv, words", [
     (["train", "--model", "memory"], ["--model memory", "--task"]),
-    (["train", "--task", "denoise", "--model", "dense"], ["--task denoise", "--model memory"]),
+    (["train", "--task", "denoise", "--model", "deep"],
+     ["--task denoise", "--model memory or dense"]),
     (["train", "--resume"], ["--resume", "--out"]),
     (["train", "--gradient", "implicit", "--steps", "5"],
      ["--steps", "--gradient bptt", "--gradient implicit"]),
@@ -811,3 +812,25 @@ def test_dense_model_restores_images_with_evidence_for_denoising(task, evidence)
     assert ("evidence" in net.layers) is evidence and net.layers["hidden"].shape == (16,)
     assert t.clamp == (("evidence",) if evidence else ())
     assert "label" not in net.layers
+
+
+def test_corruption_flag_takes_effect_or_is_refused(capsys):
+    """--corruption picks the kind the task corrupts with (--noise its level), within the
+    kinds of that task; elsewhere it is refused before anything is read."""
+    base = {"dataset": "digits", "model": "dense", "hidden": [8], "epochs": None,
+            "steps": None, "dt": None, "noise": None, "lr": 1e-3, "seed": 0, "gradient": None}
+    digits = hd.load_digits()
+    for task, kind, default in [("denoise", "salt_and_pepper", "gaussian"),
+                                ("complete", "mask_patches", "mask_bottom")]:
+        assert _parser.defaults({**base, "task": task})["corruption"] == default
+        cfg = _parser.defaults({**base, "task": task, "corruption": kind})
+        _, t, _ = _commands.build(cfg, digits)
+        assert t.corruption == kind and t.level == cfg["noise"]
+    for argv, words in [(["--task", "denoise", "--corruption", "mask_bottom"],
+                         ["--task denoise takes --corruption gaussian or salt_and_pepper"]),
+                        (["--corruption", "gaussian"], ["--task classify takes no --corruption"]),
+                        (["--task", "complete", "--model", "transformer", "--corruption",
+                          "mask_patches"], ["--model transformer takes no --corruption"])]:
+        _, msg = _fails(["train", *argv], capsys)
+        for w in words:
+            assert w in msg, (w, msg)

@@ -159,10 +159,13 @@ def _task(cfg: dict, data):
             raise UsageError(f"--noise {cfg['noise']:g}: the masked fraction of the patches "
                              "must lie strictly between 0 and 1")
         return T.PatchCompletion(patch_size=patch_size(data.image_shape), level=cfg["noise"])
+    kw = {"level": cfg["noise"]}
+    if cfg.get("corruption") is not None:  # runs saved before --corruption: the task's own
+        kw["corruption"] = cfg["corruption"]
     if cfg["task"] == "denoise" and cfg["model"] == "dense":
-        return T.Denoising(level=cfg["noise"], evidence_layer="evidence")
+        kw["evidence_layer"] = "evidence"
     return {"denoise": T.Denoising, "complete": T.Completion,
-            "store": T.Storage}[cfg["task"]](level=cfg["noise"])
+            "store": T.Storage}[cfg["task"]](**kw)
 
 
 def patch_size(image_shape) -> int:

@@ -298,8 +298,10 @@ def _completions_figure(path, net, task, data, xb, batch, sol, cfg) -> None:
 
 
 def reconstructions_title(ev: dict, cfg: dict, k: int) -> str:
-    """The task, its corruption level and the mean PSNR of the corrupted and restored images."""
-    title = f"{cfg['task']} (level {cfg['noise']:g}) on {k} test images"
+    """The task, its corruption (kind, where the run names one, and level) and the mean PSNR of
+    the corrupted and restored images."""
+    kind = f"{cfg['corruption']} " if cfg.get("corruption") else ""
+    title = f"{cfg['task']} ({kind}level {cfg['noise']:g}) on {k} test images"
     if "psnr_input" in ev:
         return title + (f": mean PSNR {ev['psnr_input'].mean():.1f} dB corrupted → "
                         f"{ev['psnr'].mean():.1f} dB restored")

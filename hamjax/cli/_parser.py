@@ -9,6 +9,9 @@ from pathlib import Path
 
 MODELS = ("dense", "deep", "conv", "memory", "transformer")
 TASKS = ("classify", "denoise", "complete", "store")
+CORRUPTIONS = ("gaussian", "salt_and_pepper", "mask_bottom", "mask_patches", "mask_random")
+_TASK_CORRUPTIONS = {"denoise": ("gaussian", "salt_and_pepper"),
+                     "complete": ("mask_bottom", "mask_patches", "mask_random")}
 GRADIENTS = ("bptt", "implicit", "eqprop")
 # the keys of hamjax.data.DATASETS (a test keeps them equal), written out so that the parser
 # and --help do not import JAX
@@ -219,6 +222,10 @@ def _data_flags(t) -> None:
                    help="classify: training input noise std (0.1); denoise: corruption level "
                         "(0.3); complete: hidden fraction (0.5; transformer: of the patches); "
                         "store: noise (0.1)")
+    t.add_argument("--corruption", choices=CORRUPTIONS, default=None,
+                   help="denoise: gaussian (default) or salt_and_pepper; complete: mask_bottom "
+                        "(default: the bottom rows), mask_patches (4x4 patches) or "
+                        "mask_random (pixels); --noise is its level")
     t.add_argument("--limit-train", type=_positive_int, default=None, metavar="N",
                    help="use only the first N training images (quick trials)")
     t.add_argument("--limit-test", type=_positive_int, default=None, metavar="N",
@@ -286,6 +293,16 @@ def defaults(cfg: dict) -> dict:
     if cfg["task"] == "classify" and cfg["model"] == "memory":
         raise UsageError("--model memory has no label layer; use it with "
                          "--task denoise, complete or store")
+    kinds = _TASK_CORRUPTIONS.get(cfg["task"], ())
+    if cfg.get("corruption") is not None and (cfg["corruption"] not in kinds
+                                             or cfg["model"] == "transformer"):
+        takes = (f"--task {cfg['task']} takes --corruption {' or '.join(kinds)}" if kinds
+                 and cfg["model"] != "transformer" else
+                 f"--task {cfg['task']}" + (" --model transformer" if kinds else "")
+                 + " takes no --corruption")
+        raise UsageError(f"--corruption {cfg['corruption']}: {takes}")
+    if cfg.get("corruption") is None and kinds and cfg["model"] != "transformer":
+        cfg["corruption"] = kinds[0]
     if cfg["model"] == "transformer":
         _transformer_defaults(cfg)
     elif cfg["task"] != "classify" and cfg["model"] not in ("memory", "dense"):
