@@ -159,6 +159,14 @@ def _mnist(data_dir: Path) -> list[Spec]:
              f"corruption: Gaussian noise of std 0.3 clipped to [0, 1]{_FULL_SET}",
              (*mnist, "--task", "denoise", "--hidden", "1000", "--batch-size", "64",
               "--epochs", "3")),
+        Spec("mnist-denoise-dense", "MNIST denoising, Gaussian σ = 0.3, dense memory",
+             "hj.models.dense_memory: 1024 tanh features, the noisy image clamped as evidence "
+             f"(docs/maths.md §6.4); {_IMPLICIT}; Adam 1e-3 cosine, batch 64; corruption: "
+             f"Gaussian noise of std 0.3 clipped to [0, 1]{_FULL_SET}",
+             (*mnist, "--task", "denoise", "--model", "dense", "--batch-size", "64",
+              "--epochs", "8"),
+             "the baselines of the memory table below, on the same corruption: nearest "
+             "training image, PCA, a modern Hopfield network storing the training set"),
     ]
 
 

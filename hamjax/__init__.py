@@ -18,32 +18,69 @@ Subpackages: :mod:`hamjax.lagrangians`, :mod:`hamjax.synapses`, :mod:`hamjax.mod
 :mod:`hamjax.solvers`, :mod:`hamjax.sharding`.
 """
 
-from . import (  # _compat first: a dependency fix the rest relies on
-    _compat,  # noqa: F401
-    analysis,
-    capacity,
-    data,
-    lagrangians,
-    models,
-    sharding,
-    solvers,
-    synapses,
-    train,
-)
-from ._convergence import (
-    AbstractStop,
-    FixedSteps,
-    FixedTime,
-    NonFiniteStateError,
-    SteadyState,
-    residual_norm,
-)
-from ._ham import HAM, ClampedDynamics, GraphError, StateError
-from ._implicit import ImplicitSteadyState, UnconvergedGradientWarning
-from ._layer import Layer
-from ._ode import SaveAt
-from ._relax import Relaxation, RelaxOptions, relax
-from ._results import RESULTS
+import importlib
+from typing import TYPE_CHECKING
+
+# Names are imported on first use (PEP 562): `import hamjax` costs nothing until a name is read,
+# so the command line answers --help and argument errors without importing JAX (seconds)
+_SUBPACKAGES = ("analysis", "capacity", "data", "lagrangians", "models", "sharding", "solvers",
+                "synapses", "train")
+_EXPORTS = {
+    "AbstractStop": "_convergence", "FixedSteps": "_convergence", "FixedTime": "_convergence",
+    "NonFiniteStateError": "_convergence", "SteadyState": "_convergence",
+    "residual_norm": "_convergence",
+    "HAM": "_ham", "ClampedDynamics": "_ham", "GraphError": "_ham", "StateError": "_ham",
+    "ImplicitSteadyState": "_implicit", "UnconvergedGradientWarning": "_implicit",
+    "Layer": "_layer", "SaveAt": "_ode",
+    "Relaxation": "_relax", "RelaxOptions": "_relax", "relax": "_relax",
+    "RESULTS": "_results",
+}
+
+if TYPE_CHECKING:  # what type checkers and the documentation read
+    from . import (
+        analysis,
+        capacity,
+        data,
+        lagrangians,
+        models,
+        sharding,
+        solvers,
+        synapses,
+        train,
+    )
+    from ._convergence import (
+        AbstractStop,
+        FixedSteps,
+        FixedTime,
+        NonFiniteStateError,
+        SteadyState,
+        residual_norm,
+    )
+    from ._ham import HAM, ClampedDynamics, GraphError, StateError
+    from ._implicit import ImplicitSteadyState, UnconvergedGradientWarning
+    from ._layer import Layer
+    from ._ode import SaveAt
+    from ._relax import Relaxation, RelaxOptions, relax
+    from ._results import RESULTS
+
+
+def __getattr__(name: str):
+    """``hamjax.<name>``: a subpackage or a re-exported name, imported on first use and then
+    kept as a module attribute. ``AttributeError`` for any other name."""
+    if name in _SUBPACKAGES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    elif name in _EXPORTS:
+        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """The module's attributes with every lazily imported name (``dir(hamjax)``)."""
+    return sorted(set(globals()) | set(__all__))
+
 
 __version__ = "0.1.0"
 

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
+from . import _compat  # noqa: F401  (a dependency fix every relaxation relies on)
 from ._axes import sum_trailing
 from ._layer import Layer
 from .synapses import Synapse

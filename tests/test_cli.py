@@ -834,3 +834,17 @@ def test_corruption_flag_takes_effect_or_is_refused(capsys):
         _, msg = _fails(["train", *argv], capsys)
         for w in words:
             assert w in msg, (w, msg)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["train", "--bogus"]])
+def test_help_and_usage_errors_do_not_import_jax(argv):
+    """``import hamjax`` is lazy (names are imported on first use), so ``hamjax --help`` and an
+    unknown flag answer at once instead of after JAX's import (seconds)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom hamjax.cli import main\ntry:\n    main(sys.argv[1:])\n"
+            "except SystemExit:\n    pass\nprint('jax imported:', 'jax' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                         timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "jax imported: False", out.stderr
