@@ -63,24 +63,24 @@ class AbstractStop(eqx.Module):
 
 
 class SteadyState(AbstractStop):
-    """Stop once every sample's residual ``rms(τ dx/dt) ≤ atol + rtol·rms(x)``, or at ``t_max``
+    """Stop once every sample's residual ``rms(τ dx/dt) ≤ atol + rtol·rms(x)``, or at ``t1``
     (model time; the ODE path only).
 
     The residual is ``F = τ ẋ = c + I − x`` of docs/maths.md eq. (T1), its root-mean-square
     taken over the free neurons of each sample (§5.1). ``atol`` (default ``1e-4``) and ``rtol``
-    (default 0) set the tolerance; ``t_max`` (default ``inf``) bounds the model time. The
+    (default 0) set the tolerance; ``t1`` (default ``inf``) bounds the model time. The
     default stopping rule of :func:`hamjax.relax` and the only one of its steady-state
     methods."""
 
     atol: float = 1e-4
     rtol: float = 0.0
-    t_max: float = math.inf
+    t1: float = math.inf
     at_steady_state: ClassVar[bool] = True
 
     def end_time(self, dt0: float) -> float:
-        """``t_max``: the ODE path stops earlier, where every sample is :meth:`finished`
+        """``t1``: the ODE path stops earlier, where every sample is :meth:`finished`
         (converged or non-finite)."""
-        return self.t_max
+        return self.t1
 
     def finished(self, dyn: ClampedDynamics, x_free: Mapping[str, Array]) -> Array:
         """Per sample: converged (``rms(F) ≤ atol + rtol·rms(x)``, docs/maths.md §5.1) or

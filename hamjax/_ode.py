@@ -129,7 +129,7 @@ def _check_ode(stop, adjoint, controller, save: SaveAt, dt0):
             raise ValueError("the implicit adjoint saves the end state only: drop save=SaveAt(...)")
     if save.ts is not None and not math.isfinite(stop.end_time(dt0)):
         raise ValueError(f"SaveAt(ts=...) needs a finite end time: give {type(stop).__name__} "
-                         "one (SteadyState(t_max=...))")
+                         "one (SteadyState(t1=...))")
     return adjoint
 
 

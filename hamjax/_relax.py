@@ -159,7 +159,7 @@ def relax(
             The steady-state solvers take ``stop=SteadyState(atol, rtol)`` only, count one
             evaluation per iteration (−1, unknown, for optimistix's own), and are
             differentiated at the steady state (``adjoint``).
-        stop: an :class:`AbstractStop`: ``SteadyState(atol, rtol, t_max)`` (default, with
+        stop: an :class:`AbstractStop`: ``SteadyState(atol, rtol, t1)`` (default, with
             ``atol=1e-4``), ``FixedTime(t1)``, or ``FixedSteps(n)`` (n steps of ``dt0`` with a
             constant step size). Each carries the tolerance by which ``converged`` is judged.
         adjoint: how gradients flow. The ODE path: a diffrax adjoint (default
@@ -198,8 +198,8 @@ def relax(
             (the states at every step, or at ``SaveAt(ts=...)``), ``SaveAt(energy=True)`` (the
             energy per sample only: cheap, for Lyapunov checks and plots), or both. Default:
             the end state only.
-        progress: show a tqdm progress bar (fraction of ``t1``/``t_max``; give SteadyState a
-            finite ``t_max`` for a meaningful bar).
+        progress: show a tqdm progress bar (fraction of ``t1``; give SteadyState a
+            finite ``t1`` for a meaningful bar).
 
     Shapes: ``x0`` is ``{layer name: (*batch, *layer.shape)}`` for every layer of ``net`` (the
     clamped ones included), the same ``batch`` in all; the :class:`Relaxation` keeps those
@@ -310,7 +310,7 @@ class RelaxOptions(eqx.Module):
 
     Raises ``ValueError`` for what :func:`hamjax.relax` would refuse of these settings alone: a
     ``solver``, ``stop`` or ``adjoint`` that is not one (a name, say), ``dt0`` or a stop other
-    than ``SteadyState`` (or a finite ``t_max``) with a steady-state solver, a diffrax adjoint
+    than ``SteadyState`` (or a finite ``t1``) with a steady-state solver, a diffrax adjoint
     with one, a tolerance given to hamjax's fixed-point solvers, or ``max_steps < 1``."""
 
     solver: Solver | None = None
@@ -384,7 +384,7 @@ def _check_arguments(solver, kind, stop, max_steps, raise_nonfinite, ode_kw) -> 
             raise ValueError(f"{name} goes to a steady state: use stop=SteadyState(...), not "
                              f"{type(stop).__name__}")
         if math.isfinite(stop.end_time(1.0)):
-            raise ValueError(f"{name} has no model time: SteadyState(t_max=...) applies to the "
+            raise ValueError(f"{name} has no model time: SteadyState(t1=...) applies to the "
                              "ODE path only (bound the iterations with max_steps)")
         if kind == _ITERATION and (solver.atol is not None or solver.rtol is not None):
             raise ValueError("give the tolerance once, in stop=SteadyState(atol=..., rtol=...),"

@@ -619,7 +619,7 @@ def test_random_shift_is_a_translation_within_bounds():
     rng = np.random.default_rng(0)
     x = np.zeros((40, 12, 10, 1), np.float32)
     x[:, 3:9, 3:7, 0] = rng.random((40, 6, 4))  # zero border of 3 pixels: nothing falls off
-    out = hd.random_shift(x, 2, rng=1)
+    out = hd.random_shift(x, 1, 2)
     assert out.shape == x.shape and out.dtype == x.dtype
     seen = set()
     for a, b in zip(x, out, strict=True):
@@ -628,20 +628,24 @@ def test_random_shift_is_a_translation_within_bounds():
         assert len(match) == 1
         seen.add(match[0])
     assert len(seen) > 10  # offsets vary between images
-    np.testing.assert_array_equal(hd.random_shift(x, 2, rng=1), out)  # deterministic by seed
-    np.testing.assert_array_equal(hd.random_shift(x[..., 0], 0, rng=1), x[..., 0])
+    np.testing.assert_array_equal(hd.random_shift(x, 1, 2), out)  # deterministic by seed
+    np.testing.assert_array_equal(hd.random_shift(x[..., 0], 1, 0), x[..., 0])
     # pixels pushed over the edge are lost, zeros come in
     edge = np.zeros((1, 4, 4), np.float32)
     edge[0, 0, 0] = 1.0
-    moved = hd.random_shift(np.repeat(edge, 50, 0), 1, rng=3)
+    moved = hd.random_shift(np.repeat(edge, 50, 0), 3, 1)
     assert set(np.unique(moved.sum((1, 2)))) == {0.0, 1.0}
 
 
 def test_random_shift_errors():
     with pytest.raises(hd.DataError, match=r"max_shift must be in \[0, 3\]"):
-        hd.random_shift(np.zeros((2, 4, 4)), 4, rng=0)
+        hd.random_shift(np.zeros((2, 4, 4)), 0, 4)
     with pytest.raises(hd.DataError, match=r"images \(n, H, W\)"):
-        hd.random_shift(np.zeros((2, 16)), 1, rng=0)
+        hd.random_shift(np.zeros((2, 16)), 0, 1)
+    # the order of random_affine's (x, rng, setting): a generator where max_shift goes is named
+    with pytest.raises(hd.DataError, match=r"random_shift\(x, rng, max_shift\): max_shift must "
+                                           r"be an integer"):
+        hd.random_shift(np.zeros((2, 4, 4)), 1, np.random.default_rng(0))
 
 
 def test_classification_shift_only_when_training():

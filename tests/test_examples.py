@@ -55,8 +55,11 @@ def test_capacity_falls_with_the_number_of_patterns(capacity):
             assert fixed[0] == 1.0 and fixed[-1] < 0.5, (kind, n, k, fixed)
             assert np.all(np.diff(fixed) <= 0), (kind, n, k, fixed)
     for n, curve in res["random"]["exp"].items():
-        # the exponential memory holds N patterns and restores them from 20 % flipped bits
-        assert curve["K"][0] == n and curve["recovered_20pct_flips"][0] >= 0.9
+        # the exponential memory holds more patterns than neurons and restores them from 10 %
+        # flipped bits; more corruption undoes it less often
+        rec = curve["recovered"]
+        assert curve["K"] > n and curve["flipped"][0] == 0.1 and rec[0] >= 0.9, curve
+        assert rec[-1] <= rec[0], curve
     images = res["images"]
     for kind in ("hebbian", "poly", "exp"):
         assert len(images[kind]) == len(images["K"])

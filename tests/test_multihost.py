@@ -62,7 +62,7 @@ def _same_run(a, b):
     ha, hb = _history(a), _history(b)
     assert len(ha) == len(hb)
     for ra, rb in zip(ha, hb, strict=True):
-        for k in ("train_loss", "train_acc", "test_loss", "test_accuracy"):
+        for k in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
             np.testing.assert_allclose(float(ra[k]), float(rb[k]), rtol=1e-5, atol=1e-6,
                                        err_msg=k)
     for pa, pb in zip(_params(a), _params(b), strict=True):

@@ -721,8 +721,8 @@ def test_every_keyword_takes_effect_or_is_refused(net, x0):
             hj.relax(net, x0, clamp="image", solver=anderson, **{k: v})
     with pytest.raises(ValueError, match="use stop=SteadyState"):
         hj.relax(net, x0, clamp="image", solver=hj.solvers.FixedPoint(), stop=hj.FixedSteps(3))
-    with pytest.raises(ValueError, match="t_max"):
-        hj.relax(net, x0, clamp="image", solver=anderson, stop=hj.SteadyState(t_max=5.0))
+    with pytest.raises(ValueError, match="t1"):
+        hj.relax(net, x0, clamp="image", solver=anderson, stop=hj.SteadyState(t1=5.0))
     with pytest.raises(ValueError, match="differentiates an ODE solve, not a steady-state"):
         hj.relax(net, x0, clamp="image", solver=anderson,
                  adjoint=diffrax.RecursiveCheckpointAdjoint())
@@ -756,7 +756,7 @@ def test_a_set_aside_sample_saves_no_trajectory(net, x0):
     energies are NaN (its clamped layer keeps the given values), never a finite path that
     would pass a Lyapunov check. The other samples' saves are those of a run without it."""
     bad = {**x0, "hidden": x0["hidden"].at[1, 0].set(jnp.nan)}
-    kw = dict(clamp="image", stop=hj.SteadyState(atol=1e-5, t_max=4.0),
+    kw = dict(clamp="image", stop=hj.SteadyState(atol=1e-5, t1=4.0),
               save=hj.SaveAt(trajectory=True, energy=True, ts=jnp.linspace(0.0, 4.0, 5)))
     sol = hj.relax(net, bad, **kw)
     ref = hj.relax(net, x0, **kw)

@@ -568,7 +568,7 @@ def test_fit_returns_model_and_history(two_epochs, tiny):
     net, history, path = two_epochs
     assert [h["epoch"] for h in history] == [1, 2]
     for h in history:
-        assert {"train_loss", "train_acc", "test_accuracy", "test_loss", "test_converged",
+        assert {"train_loss", "train_accuracy", "test_accuracy", "test_loss", "test_converged",
                 "epoch_seconds"} <= set(h)
         assert np.isfinite(h["train_loss"]) and 0 <= h["test_accuracy"] <= 1
     assert history[1]["train_loss"] < history[0]["train_loss"]
@@ -959,4 +959,4 @@ def test_prepare_rows_in_one_call_equals_one_image_at_a_time(digits):
         np.testing.assert_array_equal(batch[k], np.concatenate([a[k] for a in alone]))
     assert not np.array_equal(batch["input"], digits.x_train[idx])  # augmented
     with pytest.raises(hd.DataError, match="3 generators for 16 images"):
-        hd.random_shift(digits.x_train[idx], 1, [np.random.default_rng(i) for i in range(3)])
+        hd.random_shift(digits.x_train[idx], [np.random.default_rng(i) for i in range(3)], 1)

@@ -36,15 +36,19 @@ def _image_batch(x, what: str) -> np.ndarray:
     return x
 
 
-def random_shift(x, max_shift: int, rng) -> np.ndarray:
+def random_shift(x, rng, max_shift: int) -> np.ndarray:
     """Translate each image of ``x`` (``(n, H, W)`` or ``(n, H, W, C)``) by its own random
     offset of ``−max_shift … max_shift`` pixels along each axis, filling with zeros:
     the classical augmentation of MNIST-like data (pen strokes move, labels do not).
 
     ``rng``: a ``np.random.Generator``, an integer seed or one generator per image. Returns a new
     array of ``x``'s shape; raises :class:`DataError` for a batch that is not images, a negative
-    ``max_shift`` or one not smaller than the image."""
+    ``max_shift``, one not smaller than the image, or one that is not an integer (the
+    arguments come in :func:`random_affine`'s order: images, generator, then the setting)."""
     x = _image_batch(x, "random_shift")
+    if isinstance(max_shift, bool) or not isinstance(max_shift, int | np.integer):
+        raise DataError(f"random_shift(x, rng, max_shift): max_shift must be an integer number "
+                        f"of pixels, got {type(max_shift).__name__}")
     s = int(max_shift)
     if s < 0 or s >= min(x.shape[1:3]):
         raise DataError(f"random_shift: max_shift must be in [0, {min(x.shape[1:3]) - 1}] for "

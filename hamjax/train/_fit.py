@@ -208,7 +208,7 @@ def prepare_rows(task: Task, x, y, idx, seed: int, where, train: bool = True) ->
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def evaluate(net: HAM, x, y, task: Task, gradient: GradientEstimator, batch_size: int = 256,
+def evaluate(net: HAM, x, y, task: Task, gradient: GradientEstimator, *, batch_size: int = 256,
              seed: int = 0, mesh=None) -> dict[str, float]:
     """Mean loss and metrics over ``(x, y)`` (``accuracy`` for classification, ``mse`` and
     ``psnr`` for image tasks, ``converged``: the fraction of relaxations that converged), each
@@ -317,8 +317,8 @@ def fit(
             net, opt_state, data, task, gradient, optimizer, epoch=epoch, epochs=epochs,
             batch_size=batch_size, seed=seed, mesh=mesh, progress=progress)
         train_seconds = time.perf_counter() - t0
-        test = evaluate(net, data.x_test, data.y_test, task, gradient, eval_batch_size, seed,
-                        mesh=mesh)
+        test = evaluate(net, data.x_test, data.y_test, task, gradient,
+                        batch_size=eval_batch_size, seed=seed, mesh=mesh)
         record = {"epoch": epoch + 1, **train, **{f"test_{k}": v for k, v in test.items()},
                   "epoch_seconds": train_seconds}
         history.append(record)
@@ -392,7 +392,7 @@ def _train_epoch(net: HAM, opt_state, data: hd.Dataset, task: Task, gradient: Gr
                  progress: bool):
     """One pass over the training set, shuffled by ``(seed, epoch)``: ``(net, opt_state,
     figures)``, the figures being the epoch's mean loss (``train_loss``), main metric
-    (``train_acc`` or ``train_<task.main_metric>``) and convergence fractions (``train_converged``,
+    (``train_accuracy`` or ``train_<task.main_metric>``) and convergence fractions (``train_converged``,
     ``train_converged_nudged``, ``train_used``, as the estimator reports them).
 
     The next batch is prepared on the host while the device runs the current step (the step is
@@ -464,7 +464,7 @@ def _warn_unconverged(record: dict, gradient: GradientEstimator, epoch: int) -> 
 
 
 def _label(key: str) -> str:
-    return "acc" if key == "correct" else key
+    return "accuracy" if key == "correct" else key
 
 
 def _bar(progress: bool, total: int, desc: str):

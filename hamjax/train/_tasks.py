@@ -169,7 +169,7 @@ class Classification(Task):
         if (self.rotate or self.zoom) and train:
             x = hd.random_affine(x, rng, self.rotate, self.zoom)
         if self.shift and train:
-            x = hd.random_shift(x, self.shift, rng)
+            x = hd.random_shift(x, rng, self.shift)
         if self.flip and train:
             x = hd.random_flip(x, rng)
         if self.noise > 0 and train:
