@@ -392,8 +392,9 @@ def _train_epoch(net: HAM, opt_state, data: hd.Dataset, task: Task, gradient: Gr
                  progress: bool):
     """One pass over the training set, shuffled by ``(seed, epoch)``: ``(net, opt_state,
     figures)``, the figures being the epoch's mean loss (``train_loss``), main metric
-    (``train_accuracy`` or ``train_<task.main_metric>``) and convergence fractions (``train_converged``,
-    ``train_converged_nudged``, ``train_used``, as the estimator reports them).
+    (``train_accuracy`` or ``train_<task.main_metric>``) and convergence fractions
+    (``train_converged``, ``train_converged_nudged``, ``train_used``, as the estimator reports
+    them).
 
     The next batch is prepared on the host while the device runs the current step (the step is
     dispatched asynchronously; its loss is read only afterwards)."""
