@@ -249,14 +249,12 @@ def command(spec: Spec) -> str:
 def parse(args) -> dict:
     """The config ``hamjax train *args`` runs with (the CLI's own parser and defaults);
     raises ``ValueError`` naming the problem when the CLI would refuse the flags."""
-    from hamjax.cli._parser import UsageError, build_parser, defaults
-    from hamjax.cli._runs import config_of
+    from hamjax.cli import UsageError, train_config
 
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
-            ns = build_parser().parse_args(["train", *args])
-        return defaults(config_of(ns))
+            return train_config(list(args))
     except SystemExit:
         raise ValueError(err.getvalue().strip() or f"hamjax train {shlex.join(args)}: "
                          "refused by the parser") from None

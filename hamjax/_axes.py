@@ -20,3 +20,13 @@ def sum_trailing(v: Array, ndim: int | None) -> Array:
 def all_trailing(v: Array, ndim: int | None) -> Array:
     """``all`` over the last ``ndim`` axes of ``v``: one flag per sample."""
     return jnp.all(v, axis=trailing(v, ndim)) if ndim != 0 else v
+
+
+def stacked(patterns, what: str = "patterns") -> Array:
+    """``patterns`` as a float array with a leading pattern axis, ``(K, *pattern_shape)``: the
+    memories of a Hopfield network or a dense associative memory. ``ValueError`` (naming
+    ``what``) for fewer than two axes."""
+    p = jnp.asarray(patterns, dtype=jnp.result_type(float))
+    if p.ndim < 2:
+        raise ValueError(f"{what} must have shape (K, *pattern_shape), got {p.shape}")
+    return p

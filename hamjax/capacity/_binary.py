@@ -13,13 +13,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
-
-def _patterns(patterns, what: str = "patterns") -> Array:
-    """``patterns`` as a float array of shape ``(K, *pattern_shape)``, or a ValueError."""
-    p = jnp.asarray(patterns, dtype=jnp.result_type(float))
-    if p.ndim < 2:
-        raise ValueError(f"{what} must have shape (K, *pattern_shape), got {p.shape}")
-    return p
+from .._axes import stacked
 
 
 def hebbian_weight(patterns) -> Array:
@@ -28,7 +22,7 @@ def hebbian_weight(patterns) -> Array:
 
     Patterns of shape ``(K, *pattern_shape)`` are flattened first; fewer than two axes raise
     ``ValueError``."""
-    xi = _patterns(patterns)
+    xi = stacked(patterns)
     xi = xi.reshape(xi.shape[0], -1)
     n = xi.shape[1]
     w = xi.T @ xi / n
@@ -195,7 +189,7 @@ def dense_associative_memory(patterns, n: int = 3, *, kind: str = "poly",
 
     See :class:`DenseAssociativeMemory`; run it with :func:`sign_update` (docs/maths.md §6.2,
     eqs. (C3)–(C4)). ``patterns`` of shape ``(K, *pattern_shape)`` are flattened."""
-    xi = _patterns(patterns)
+    xi = stacked(patterns)
     return DenseAssociativeMemory(xi.reshape(xi.shape[0], -1), kind=kind, n=n,
                                   rectified=rectified, beta=beta)
 

@@ -5,6 +5,7 @@
 run folder: ``metrics.json``, ``history.csv``, ``checkpoint.eqx``, ``config.json`` and pictures.
 """
 
-from ._main import main
+from ._main import main, train_config
+from ._parser import UsageError
 
-__all__ = ["main"]
+__all__ = ["main", "train_config", "UsageError"]

@@ -8,8 +8,18 @@ import sys
 from pathlib import Path
 
 from ._commands import analyze, bench, evaluate, train
-from ._parser import UsageError, build_parser, given_flags
+from ._parser import UsageError, build_parser, defaults, given_flags
 from ._runs import Terminated, stop_signals_interrupt
+
+
+def train_config(argv) -> dict:
+    """The config ``hamjax train *argv`` runs with (as its config.json records it): the
+    command line's own parser and defaults. Raises :class:`UsageError` where
+    the command would refuse the flags, with the message it would print; argparse's own
+    refusals (an unknown flag, a bad value) exit as they do on the command line."""
+    from ._runs import config_of
+
+    return defaults(config_of(build_parser().parse_args(["train", *argv])))
 
 
 def main(argv=None) -> int:

@@ -12,9 +12,10 @@ import jax.numpy as jnp
 from jaxtyping import PRNGKeyArray
 
 from .. import lagrangians as L
+from .._axes import stacked
 from .._ham import HAM
 from .._layer import Layer
-from ..capacity._binary import _patterns, hebbian_weight
+from ..capacity import hebbian_weight
 from ..synapses import AvgPool2D, Conv2D, Dense, Lateral, Memory
 
 
@@ -58,7 +59,7 @@ def modern_hopfield(patterns, beta: float = 1.0, *, tau: float = 1.0) -> HAM:
 
     ``patterns`` has shape ``(K, *pattern_shape)``; the layer has the pattern shape. ``tau`` is
     its time constant. Raises ``ValueError`` for patterns with fewer than two axes."""
-    xi = _patterns(patterns)
+    xi = stacked(patterns)
     shape = tuple(xi.shape[1:])
     return HAM(
         layers={"image": Layer(shape, L.Identity(), tau=tau)},
@@ -78,7 +79,7 @@ def ham_1hidden(xi, beta: float = 1.0, *, adiabatic: bool = False, tau_visible: 
     ``adiabatic=True`` eliminates the hidden layer (``h = ξv``): the modern Hopfield network,
     ``E = ½|v|² − (1/β) log Σ_μ exp(β ξ_μ·v)`` (:func:`modern_hopfield`). ``tau_visible`` and
     ``tau_hidden`` are the time constants (the hidden layer faster, eq. 12)."""
-    xi = _patterns(xi, "xi")
+    xi = stacked(xi, "xi")
     if adiabatic:
         return modern_hopfield(xi, beta, tau=tau_visible)
     k, n = xi.shape
@@ -101,7 +102,7 @@ def ham_2hidden(xi, theta, beta: float = 1.0, gamma: float = 1.0, *, adiabatic_t
     ``adiabatic_top=True`` eliminates the top layer (``z = Θf``, eq. 19): a
     :class:`~hamjax.synapses.Memory` ``"theta"`` on the hidden layer with energy
     ``−(1/γ) log Σ_α exp(γ Σ_μ Θ_αμ f_μ)``. ``taus = (τ_v, τ_h, τ_z)``."""
-    xi, theta = _patterns(xi, "xi"), _patterns(theta, "theta")
+    xi, theta = stacked(xi, "xi"), stacked(theta, "theta")
     k, n = xi.shape
     tv, th, tz = taus
     layers = {"image": Layer(n, L.Identity(), tau=tv),
@@ -148,7 +149,7 @@ def ham_conv(kernel, theta, image_shape: Sequence[int], beta: float = 1.0, gamma
     conv = Conv2D(kernel.shape[2], kernel.shape[3], kernel.shape[:2], stride=stride,
                   kernel=kernel)
     fshape = conv.output_shape(image_shape)
-    theta = _patterns(theta, "theta")
+    theta = stacked(theta, "theta")
     tv, th, tz = taus
     layers = {"image": Layer(image_shape, L.Identity(), tau=tv),
               "features": Layer(fshape, L.Softmax(beta, axis=-1), tau=th)}
