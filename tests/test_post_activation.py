@@ -29,15 +29,15 @@ def relu_system():
     return dn.post_activation(w, b, L.ReLU()), w, b
 
 
-def nonincreasing(sys, ys, alpha, beta, tol=1e-5):
-    e = np.asarray(sys.energies(ys, alpha, beta))
+def nonincreasing(sys, ys, tol=1e-5):
+    e = np.asarray(sys.energies(ys))
     return float(np.max(np.diff(e))) <= tol * (1 + np.abs(e).max()), e
 
 
 def test_steady_states_are_affine_images(relu_system):
     sys, w, b = relu_system
     y0 = jax.random.normal(jax.random.PRNGKey(2), (5,))
-    _, ys = sys.solve(y0, 30.0, "gradient", 0.0, 1.0, n_save=2)
+    _, ys = sys.solve(y0, 30.0, n_save=2)
     y = ys[-1]
     assert jnp.max(jnp.abs(sys.residual(y))) < 1e-4
     x = sys.to_x(y)  # x* = W y* + b solves the original fixed-point equation
@@ -71,7 +71,7 @@ def test_ham_system_matches_the_ham():
     np.testing.assert_allclose(only_v.to_x(y), sys.to_x(y), atol=1e-7)
     # at a steady state y* (found with M = I), x* = c(y*) + b is the HAM's steady state and
     # E_1(y*) its energy
-    _, ys = sys.solve(y, 40.0, "identity", 0.0, 1.0, n_save=2)
+    _, ys = dn.post_activation(net, x=x, clamp="v", m="identity").solve(y, 40.0, n_save=2)
     ys = ys[-1]
     assert jnp.max(jnp.abs(sys.residual(ys))) < 1e-5
     xs = flat.full_state(sys.to_x(ys))
@@ -89,31 +89,31 @@ def test_energies_nonincreasing_symmetric(case):
     n = 5
     w = pd_weight(jax.random.PRNGKey(4), n)
     b = jax.random.normal(jax.random.PRNGKey(5), (n,))
-    sys = dn.post_activation(w, b, L.ReLU())
     m, alpha, beta = {
         "E2-identity": ("identity", 0.0, 1.0),  # ω(ĤW) ≤ ‖W‖ ≤ 1: sym(I − ĤW) ⪰ 0 (Ex. 6.2)
         "E2-gradient": ("gradient", 0.0, 1.0),
         "Eab-polar": ("polar", 1.0, 0.5),  # Proposition 5.2
         "E1-W": (lambda y: w, 1.0, 0.0),  # Example 5.1: K M = W² ⪰ 0
     }[case]
+    sys = dn.post_activation(w, b, L.ReLU(), alpha=alpha, beta=beta, m=m)
     y0 = 2.0 * jax.random.normal(jax.random.PRNGKey(6), (n,))
-    _, ys = sys.solve(y0, 8.0, m, alpha, beta, n_save=33)
-    ok, e = nonincreasing(sys, ys, alpha, beta)
+    _, ys = sys.solve(y0, 8.0, n_save=33)
+    ok, e = nonincreasing(sys, ys)
     assert ok and e[-1] < e[0]
     # condition (11) and dE/dt ≤ 0 on the trajectory
-    check = jax.jit(lambda y: (sys.condition(y, m, alpha, beta),
-                               sys.energy_rate(y, m, alpha, beta)))
+    check = jax.jit(lambda y: (sys.condition(y), sys.energy_rate(y)))
     for y in (ys[0], ys[8]):
         cond, rate = check(y)
         assert cond >= -1e-5 and rate <= 1e-5
 
 
 def test_polar_mobility_is_orthogonal_and_kM_psd(relu_system):
-    sys, *_ = relu_system
+    _, w, b = relu_system
+    sys = dn.post_activation(w, b, L.ReLU(), alpha=1.0, beta=1.0, m="polar")
     y = jax.random.normal(jax.random.PRNGKey(7), (5,))
-    q = sys.mobility(y, "polar", 1.0, 1.0)
+    q = sys.mobility(y)
     np.testing.assert_allclose(q.T @ q, jnp.eye(5), atol=1e-5)
-    km = sys.k_matrix(y, 1.0, 1.0) @ q
+    km = sys.k_matrix(y) @ q
     np.testing.assert_allclose(km, km.T, atol=1e-5)
     assert jnp.linalg.eigvalsh(km)[0] >= -1e-5
 
@@ -137,8 +137,8 @@ def test_nonsymmetric_smooth_leaky_relu_example_7():
     with pytest.raises(ValueError, match="symmetric"):
         sys.e1(jnp.zeros(10))
     y0 = 3.0 * jax.random.normal(keys[1], (10,))
-    _, ys = sys.solve(y0, 40.0, "gradient", 0.0, 1.0, n_save=41)
-    ok, e = nonincreasing(sys, ys, 0.0, 1.0)
+    _, ys = sys.solve(y0, 40.0, n_save=41)
+    ok, e = nonincreasing(sys, ys)
     assert ok and e[-1] < 1e-7 * max(1.0, e[0])
     # the trajectory visited non-PSD Hessians
     xs = jax.vmap(sys.to_x)(ys)
@@ -147,7 +147,7 @@ def test_nonsymmetric_smooth_leaky_relu_example_7():
     x = sys.to_x(ys[-1])
     np.testing.assert_allclose(w @ lag.activation(x) + b, x, atol=1e-3)
     # and (12) holds there: (I − ĤW)ᵀ(I − ĤW) ≻ 0
-    assert jnp.linalg.eigvalsh(sys.stability_matrix(ys[-1], 0.0, 1.0))[0] > 0
+    assert jnp.linalg.eigvalsh(sys.stability_matrix(ys[-1]))[0] > 0
 
 
 def central_differences(grad, y, h=1e-2):
@@ -160,21 +160,21 @@ def test_stability_matrix_matches_energy_hessian(relu_system):
     n = 5
     w = pd_weight(jax.random.PRNGKey(9), n)
     b = jax.random.normal(jax.random.PRNGKey(10), (n,))
-    sys = dn.post_activation(w, b, L.Tanh())
-    _, ys = sys.solve(jnp.zeros(n), 30.0, "gradient", 0.0, 1.0, n_save=2)
+    _, ys = dn.post_activation(w, b, L.Tanh()).solve(jnp.zeros(n), 30.0, n_save=2)
     y = ys[-1]
     for alpha, beta in [(1.0, 0.0), (0.0, 1.0), (0.7, 0.4)]:
-        s = sys.stability_matrix(y, alpha, beta)
-        exact = jax.jit(jax.hessian(lambda z, a=alpha, bb=beta: sys.energy(z, a, bb)))(y)
+        sys = dn.post_activation(w, b, L.Tanh(), alpha=alpha, beta=beta)
+        s = sys.stability_matrix(y)
+        exact = jax.jit(jax.hessian(sys.energy))(y)
         np.testing.assert_allclose(s, exact, atol=2e-4)
         # central finite differences of the gradient
-        fd = central_differences(jax.grad(lambda z, a=alpha, bb=beta: sys.energy(z, a, bb)), y)
+        fd = central_differences(jax.grad(sys.energy), y)
         np.testing.assert_allclose(0.5 * (fd + fd.T), 0.5 * (s + s.T), atol=2e-3)
 
 
 def test_no_flat_directions_where_the_kh_energy_has_them(relu_system):
     sys, w, b = relu_system
-    _, ys = sys.solve(jnp.zeros(5), 30.0, "gradient", 0.0, 1.0, n_save=2)
+    _, ys = sys.solve(jnp.zeros(5), 30.0, n_save=2)
     y = ys[-1]
     x = sys.to_x(y)
     dead = np.flatnonzero(np.asarray(x) < 0)
@@ -187,7 +187,7 @@ def test_no_flat_directions_where_the_kh_energy_has_them(relu_system):
     assert np.sum(np.abs(kh) < 1e-6) >= len(dead)  # KH energy: zero modes (eq. 7)
     # modified energies: the stability matrix (12) has no zero mode (E_2 and E_1 + E_2)
     for alpha, beta in [(0.0, 1.0), (1.0, 1.0)]:
-        s = sys.stability_matrix(y, alpha, beta)
+        s = dn.post_activation(w, b, L.ReLU(), alpha=alpha, beta=beta).stability_matrix(y)
         assert np.min(np.abs(np.linalg.eigvals(np.asarray(s)))) > 1e-3
     # in x: the KH energy is flat along a dead neuron, the residual energy ½|F|² is not
     e_i = -jnp.eye(5)[dead[0]]
@@ -214,7 +214,7 @@ def test_residual_energy_decreases_on_original_dynamics():
     r = np.asarray(dn.residual_energy(net, xs))
     assert np.max(np.diff(r)) <= 1e-6 * (1 + r.max()) and r[-1] < r[0]
     sys = dn.post_activation(w, b, L.ReLU())
-    np.testing.assert_allclose(sys.x_energy(xs["x"][5], 0.0, 1.0), r[5], rtol=1e-4)
+    np.testing.assert_allclose(sys.x_energy(xs["x"][5]), r[5], rtol=1e-4)
     assert float(dn.numerical_abscissa(jnp.array([[0.0, 1.0], [-1.0, 0.0]]))) == 0.0
 
 
@@ -222,7 +222,8 @@ def test_x_energy_alpha_term_is_e1_in_x_coordinates():
     n = 4
     w = pd_weight(jax.random.PRNGKey(14), n)
     b = jax.random.normal(jax.random.PRNGKey(15), (n,))
-    sys = dn.post_activation(w, b, L.Tanh())
+    sys = dn.post_activation(w, b, L.Tanh(), alpha=1.0, beta=0.0)
     y = jax.random.normal(jax.random.PRNGKey(16), (n,))
-    np.testing.assert_allclose(sys.x_energy(sys.to_x(y), 1.0, 0.0), sys.e1(y), rtol=1e-4,
-                               atol=1e-5)
+    np.testing.assert_allclose(sys.x_energy(sys.to_x(y)), sys.e1(y), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="M must be 'identity', 'gradient', 'polar'"):
+        dn.post_activation(w, b, L.Tanh(), m="newton")

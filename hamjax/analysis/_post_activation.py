@@ -69,8 +69,20 @@ class PostActivationDynamics(eqx.Module):
     """The post-activation system (DN9)–(DN12) on a flat vector ``y`` (docs/maths.md §4.7–4.8);
     subclasses say what the currents ``c(y)``, the bias, the activation and the Lagrangian are
     (:class:`MatrixPostActivation`, :class:`HAMPostActivation`; :func:`post_activation` builds
-    either). Every vector has ``N`` entries, one per free neuron; ``alpha`` and ``beta`` weigh
-    the two energies (α, β of eq. (DN10)), ``m`` names the matrix ``M`` of eq. (DN9)."""
+    either). Every vector has ``N`` entries, one per free neuron. The system holds its choice
+    of dynamics: ``alpha`` and ``beta`` weigh the two energies (α, β of eq. (DN10); defaults 0
+    and 1, the β-energy alone) and ``m`` is the matrix ``M`` of eq. (DN9): ``"identity"``,
+    ``"gradient"`` (default), ``"polar"`` or a callable ``y ↦ M`` (:meth:`mobility`). Another
+    choice is another system: ``post_activation(..., alpha=..., beta=..., m=...)``."""
+
+    alpha: float = eqx.field(static=True, default=0.0, kw_only=True)
+    beta: float = eqx.field(static=True, default=1.0, kw_only=True)
+    m: object = eqx.field(static=True, default="gradient", kw_only=True)
+
+    def __check_init__(self):
+        if not (callable(self.m) or self.m in ("identity", "gradient", "polar")):
+            raise ValueError(f"M must be 'identity', 'gradient', 'polar' or a callable, got "
+                             f"{self.m!r}")
 
     @abc.abstractmethod
     def currents(self, y: Vector) -> Vector:
@@ -131,14 +143,14 @@ class PostActivationDynamics(eqx.Module):
         r = self.residual(y)
         return 0.5 * jnp.vdot(r, r)
 
-    def energy(self, y: Vector, alpha: float = 0.0, beta: float = 1.0) -> Array:
+    def energy(self, y: Vector) -> Array:
         """``E_{α,β} = α E_1 + β E_2`` (docs/maths.md eq. (DN10)); a term whose weight is zero
         is not evaluated. ``y``: ``(N,)``; returns a scalar."""
         out = jnp.zeros((), y.dtype)
-        if alpha != 0.0:
-            out = out + alpha * self.e1(y)
-        if beta != 0.0:
-            out = out + beta * self.e2(y)
+        if self.alpha != 0.0:
+            out = out + self.alpha * self.e1(y)
+        if self.beta != 0.0:
+            out = out + self.beta * self.e2(y)
         return out
 
     # ------------------------------------------------------------------ linearisations
@@ -154,63 +166,58 @@ class PostActivationDynamics(eqx.Module):
         ``y``: ``(N,)``; returns ``(N, N)``."""
         return jax.jacfwd(self.activation)(self.to_x(y))
 
-    def k_matrix(self, y: Vector, alpha: float = 0.0, beta: float = 1.0) -> Array:
+    def k_matrix(self, y: Vector) -> Array:
         """``K = α C + β (I − Ĥ C)``, so that ``∇E_{α,β} = −Kᵀ G`` (docs/maths.md §4.7).
 
         ``y``: ``(N,)``; returns ``(N, N)``."""
         c = self.coupling(y)
-        return alpha * c + beta * (jnp.eye(c.shape[0], dtype=c.dtype) - self.hessian(y) @ c)
+        eye = jnp.eye(c.shape[0], dtype=c.dtype)
+        return self.alpha * c + self.beta * (eye - self.hessian(y) @ c)
 
-    def mobility(self, y: Vector, m="gradient", alpha: float = 0.0, beta: float = 1.0) -> Array:
-        """The matrix ``M(y)`` of (DN9): "identity", "gradient" (``Kᵀ``), "polar" (``Q`` with
-        ``Kᵀ = QP``, Proposition 5.2 of docs/maths.md §4.7), or a callable ``y ↦ M``.
-
-        ``y``: ``(N,)``; returns ``(N, N)``. Another ``m`` raises ``ValueError``."""
-        if callable(m):
-            return m(y)
-        if m == "identity":
+    def mobility(self, y: Vector) -> Array:
+        """The matrix ``M(y)`` of (DN9), by :attr:`m`: "identity", "gradient" (``Kᵀ``), "polar"
+        (``Q`` with ``Kᵀ = QP``, Proposition 5.2 of docs/maths.md §4.7), or a callable
+        ``y ↦ M``. ``y``: ``(N,)``; returns ``(N, N)``."""
+        if callable(self.m):
+            return self.m(y)
+        if self.m == "identity":
             return jnp.eye(y.shape[0], dtype=y.dtype)
-        if m == "gradient":
-            return self.k_matrix(y, alpha, beta).T
-        if m == "polar":
-            return _polar_factor(self.k_matrix(y, alpha, beta).T)[0]
-        raise ValueError(f"M must be 'identity', 'gradient', 'polar' or a callable, got {m!r}")
+        if self.m == "gradient":
+            return self.k_matrix(y).T
+        return _polar_factor(self.k_matrix(y).T)[0]
 
-    def field(self, y: Vector, m="gradient", alpha: float = 0.0, beta: float = 1.0) -> Vector:
+    def field(self, y: Vector) -> Vector:
         """``dy/dt = M(y) G(y)`` (docs/maths.md eq. (DN9)). ``"gradient"`` is ``−∇E`` by autodiff
         (matrix-free). ``y``: ``(N,)``; returns ``(N,)``."""
-        if m == "gradient":
-            return -jax.grad(self.energy)(y, alpha, beta)
-        if m == "identity":
+        if self.m == "gradient":
+            return -jax.grad(self.energy)(y)
+        if self.m == "identity":
             return self.residual(y)
-        return self.mobility(y, m, alpha, beta) @ self.residual(y)
+        return self.mobility(y) @ self.residual(y)
 
-    def energy_rate(self, y: Vector, m="gradient", alpha: float = 0.0, beta: float = 1.0):
+    def energy_rate(self, y: Vector) -> Array:
         """``dE/dt = ∇E · M G = −Gᵀ K M G`` along (DN9) (docs/maths.md §4.7): non-positive under
         condition (DN11). ``y``: ``(N,)``; returns a scalar."""
-        return jnp.vdot(jax.grad(self.energy)(y, alpha, beta), self.field(y, m, alpha, beta))
+        return jnp.vdot(jax.grad(self.energy)(y), self.field(y))
 
-    def condition(self, y: Vector, m="gradient", alpha: float = 0.0, beta: float = 1.0) -> Array:
+    def condition(self, y: Vector) -> Array:
         """``λ_min(sym(K M))``: condition (DN11) holds at ``y`` when it is ``≥ 0``
         (docs/maths.md eq. (DN11)). ``y``: ``(N,)``; returns a scalar."""
-        km = self.k_matrix(y, alpha, beta) @ self.mobility(y, m, alpha, beta)
+        km = self.k_matrix(y) @ self.mobility(y)
         return jnp.linalg.eigvalsh(0.5 * (km + km.T))[0]
 
-    def stability_matrix(self, y: Vector, alpha: float = 0.0, beta: float = 1.0) -> Array:
+    def stability_matrix(self, y: Vector) -> Array:
         """``∇²E(y*) = Kᵀ(I − ĤC) = α(C − CĤC) + β(I − CĤ)(I − ĤC)`` at a steady state
         (docs/maths.md eq. (DN12)); positive definite ⇒ ``y*`` is a stable steady state of
         (DN9). ``y``: ``(N,)``; returns ``(N, N)``."""
         c = self.coupling(y)
         eye = jnp.eye(c.shape[0], dtype=c.dtype)
-        return self.k_matrix(y, alpha, beta).T @ (eye - self.hessian(y) @ c)
+        return self.k_matrix(y).T @ (eye - self.hessian(y) @ c)
 
     def solve(
         self,
         y0: Vector,
         t1: float = 10.0,
-        m="gradient",
-        alpha: float = 0.0,
-        beta: float = 1.0,
         *,
         n_save: int = 64,
         rtol: float = 1e-6,
@@ -221,13 +228,13 @@ class PostActivationDynamics(eqx.Module):
         at most ``max_steps`` steps); returns the ``n_save`` save times ``(n_save,)`` and the
         states ``(n_save, N)``. Compiled once per system structure and choice of ``M``, α, β
         (the weights are traced, not baked in). docs/maths.md eq. (DN9)."""
-        return _solve(self, jnp.asarray(y0), jnp.asarray(t1, y0.dtype), m, alpha, beta, n_save,
-                      rtol, atol, max_steps)
+        return _solve(self, jnp.asarray(y0), jnp.asarray(t1, y0.dtype), n_save, rtol, atol,
+                      max_steps)
 
-    def energies(self, ys: Float[Array, "t n"], alpha: float = 0.0, beta: float = 1.0) -> Array:
+    def energies(self, ys: Float[Array, "t n"]) -> Array:
         """``E_{α,β}`` (docs/maths.md eq. (DN10)) at every row of ``ys`` (e.g. a trajectory from
         :meth:`solve`). ``ys``: ``(T, N)``; returns ``(T,)``."""
-        return _energies(self, ys, alpha, beta)
+        return _energies(self, ys)
 
     # ------------------------------------------------- the original dynamics (eqs. 13–14)
     def original_residual(self, x: Vector) -> Vector:
@@ -242,28 +249,28 @@ class PostActivationDynamics(eqx.Module):
         f = self.original_residual(x)
         return 0.5 * jnp.vdot(f, f)
 
-    def x_energy(self, x: Vector, alpha: float = 0.0, beta: float = 1.0) -> Array:
+    def x_energy(self, x: Vector) -> Array:
         """docs/maths.md eq. (DN14): ``α[½(x−b)ᵀC⁻¹(x−b) − L(x)] + β ½|F(x)|²``, i.e. (DN10) at
         ``y = C⁻¹(x − b)``. The α-term needs linear, invertible currents (solved with lineax).
         ``x``: ``(N,)``; returns a scalar."""
         out = jnp.zeros((), x.dtype)
-        if alpha != 0.0:
+        if self.alpha != 0.0:
             d = x - self.bias
             c = self.coupling(jnp.zeros_like(x))
             y = lx.linear_solve(lx.MatrixLinearOperator(c), d).value
-            out = out + alpha * (0.5 * jnp.vdot(d, y) - self.lagrangian(x))
-        if beta != 0.0:
-            out = out + beta * self.residual_energy(x)
+            out = out + self.alpha * (0.5 * jnp.vdot(d, y) - self.lagrangian(x))
+        if self.beta != 0.0:
+            out = out + self.beta * self.residual_energy(x)
         return out
 
 
 @eqx.filter_jit
-def _solve(system, y0, t1, m, alpha, beta, n_save, rtol, atol, max_steps):
+def _solve(system, y0, t1, n_save, rtol, atol, max_steps):
     # (9) is an ODE in the activations y with a mobility M, not the dynamics of a HAM, so it is
     # integrated here and not by hj.relax (whose states are a HAM's layer states)
     ts = jnp.linspace(0.0, 1.0, n_save) * t1
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(lambda t, y, args: args.field(y, m, alpha, beta)),
+        diffrax.ODETerm(lambda t, y, args: args.field(y)),
         diffrax.Tsit5(),
         t0=0.0,
         t1=t1,
@@ -278,8 +285,8 @@ def _solve(system, y0, t1, m, alpha, beta, n_save, rtol, atol, max_steps):
 
 
 @eqx.filter_jit
-def _energies(system, ys, alpha, beta):
-    return jax.vmap(lambda y: system.energy(y, alpha, beta))(ys)
+def _energies(system, ys):
+    return jax.vmap(system.energy)(ys)
 
 
 class MatrixPostActivation(PostActivationDynamics):
@@ -287,7 +294,8 @@ class MatrixPostActivation(PostActivationDynamics):
     Lagrangian (docs/maths.md §4.7–4.8). ``W`` may be non-symmetric (then only ``E_2``,
     β-energies, are defined: DN Example 6).
 
-    ``MatrixPostActivation(weight, bias, lagrangian)``: ``weight`` is ``W``, ``(N, N)`` (a
+    ``MatrixPostActivation(weight, bias, lagrangian, *, alpha, beta, m)``: ``weight`` is ``W``,
+    ``(N, N)`` (a
     non-square one raises ``ValueError``); ``bias`` is ``b``, broadcast to ``(N,)`` and kept
     as ``bias_vector``; ``lagrangian`` (kept as ``lagrangian_fn``) a
     :class:`hamjax.lagrangians.Lagrangian` on ``(N,)`` vectors. ``symmetric`` records whether
@@ -298,7 +306,9 @@ class MatrixPostActivation(PostActivationDynamics):
     lagrangian_fn: Lagrangian
     symmetric: bool = eqx.field(static=True)
 
-    def __init__(self, weight, bias, lagrangian: Lagrangian):
+    def __init__(self, weight, bias, lagrangian: Lagrangian, *, alpha: float = 0.0,
+                 beta: float = 1.0, m="gradient"):
+        self.alpha, self.beta, self.m = alpha, beta, m
         self.weight = jnp.asarray(weight, dtype=jnp.result_type(float))
         n = self.weight.shape[0]
         if self.weight.shape != (n, n):
@@ -356,14 +366,17 @@ class HAMPostActivation(PostActivationDynamics):
     equals the HAM energy of ``x* = c(y*) + b`` less the constant Legendre terms of the clamped
     layers.
 
-    ``HAMPostActivation(net, x, clamp=...)``: ``x`` supplies the values of the clamped layers
+    ``HAMPostActivation(net, x, clamp=..., alpha=..., beta=..., m=...)``: ``x`` supplies the
+    values of the clamped layers
     (required when ``clamp`` is not empty, else ``ValueError``); ``system`` is the underlying
     :class:`FlatSystem`."""
 
     system: FlatSystem
 
     def __init__(self, net: HAM, x: Mapping[str, Array] | None = None, *,
-                 clamp: Iterable[str] | str = ()):
+                 clamp: Iterable[str] | str = (), alpha: float = 0.0, beta: float = 1.0,
+                 m="gradient"):
+        self.alpha, self.beta, self.m = alpha, beta, m
         clamp = net.check_clamp(clamp)
         if clamp and x is None:
             raise ValueError("clamped layers need a state x to hold them at")
@@ -425,16 +438,22 @@ class HAMPostActivation(PostActivationDynamics):
 
 
 def post_activation(net_or_weight, bias=None, lagrangian: Lagrangian | None = None, *,
-                    x=None, clamp=()) -> PostActivationDynamics:
+                    x=None, clamp=(), alpha: float = 0.0, beta: float = 1.0,
+                    m="gradient") -> PostActivationDynamics:
     """The modified system (DN9) of a HAM (``post_activation(net, x=x, clamp=...)``) or of a
     matrix (``post_activation(W, b, lagrangian)``): a :class:`HAMPostActivation` or a
-    :class:`MatrixPostActivation` (docs/maths.md §4.7). For a matrix, ``bias`` defaults to 0 and
-    a ``lagrangian`` is required (else ``ValueError``)."""
+    :class:`MatrixPostActivation` (docs/maths.md §4.7), with the energy ``α E_1 + β E_2`` of
+    eq. (DN10) (``alpha``, ``beta``; default the β-energy alone) and the matrix ``M`` of (DN9)
+    (``m``: ``"gradient"``, ``"identity"``, ``"polar"`` or a callable). For a matrix, ``bias``
+    defaults to 0 and a ``lagrangian`` is required (else ``ValueError``); an unknown ``m``
+    raises ``ValueError``."""
+    choice = {"alpha": alpha, "beta": beta, "m": m}
     if isinstance(net_or_weight, HAM):
-        return HAMPostActivation(net_or_weight, x, clamp=clamp)
+        return HAMPostActivation(net_or_weight, x, clamp=clamp, **choice)
     if lagrangian is None:
         raise ValueError("a matrix system needs a Lagrangian")
-    return MatrixPostActivation(net_or_weight, 0.0 if bias is None else bias, lagrangian)
+    return MatrixPostActivation(net_or_weight, 0.0 if bias is None else bias, lagrangian,
+                                **choice)
 
 
 # ------------------------------------------------------------------------- helpers
