@@ -60,7 +60,7 @@ def test_flat_index_roundtrip_and_locate():
 def test_hessians_closed_forms_at_fixed_point(tanh_kh):
     net, w, b, xs = tanh_kh
     x = xs["x"]
-    assert jnp.max(jnp.abs(an.flat_system(net, xs).residual(xs["x"]))) < 1e-5
+    assert jnp.max(jnp.abs(an.FlatSystem(net, xs).residual(xs["x"]))) < 1e-5
     h = an.hessian(net, xs, of="lagrangian")
     np.testing.assert_allclose(h, jnp.diag(1 - jnp.tanh(x) ** 2), atol=1e-6)
     lag_hess = jax.jit(jax.hessian(net.layers["x"].lagrangian_value))
@@ -118,7 +118,7 @@ def test_layered_ham_coupling_clamping_tau_and_memory():
         edges={"w1": ("v", "h"), "w2": ("h", "z"), "m": ("h",)},
     )
     x = net.init_state(key=jax.random.PRNGKey(4), scale=1.0)
-    sys = an.flat_system(net, x, clamp=("v",))
+    sys = an.FlatSystem(net, x, clamp=("v",))
     assert sys.index.names == ("h", "z")
     vf = jax.jit(lambda s: net.vector_field(s, clamp=("v",)))(x)
     np.testing.assert_allclose(sys.field(sys.x), sys.index.flatten(vf), atol=1e-5)
@@ -135,7 +135,7 @@ def test_layered_ham_coupling_clamping_tau_and_memory():
     j = an.jacobian(net, x, clamp="v")
     np.testing.assert_allclose(j, (c @ h - jnp.eye(5)) / sys.tau[:, None], atol=1e-4)
     with pytest.raises(ValueError, match="one sample"):
-        an.flat_system(net, net.init_state(batch=(2,)))
+        an.FlatSystem(net, net.init_state(batch=(2,)))
 
 
 def test_lanczos_matches_eigh():

@@ -649,5 +649,5 @@ def test_layer_order_survives_tree_map():
     for n in net.layers:
         np.testing.assert_array_equal(x[n], y[n])
     one = {n: v[0] for n, v in x.items()}
-    assert hj.analysis.flat_system(mapped, one).index == hj.analysis.flat_system(net, one).index
-    assert hj.analysis.flat_system(net, one).index.names == ("image", "zeta", "alpha")
+    assert hj.analysis.FlatSystem(mapped, one).index == hj.analysis.FlatSystem(net, one).index
+    assert hj.analysis.FlatSystem(net, one).index.names == ("image", "zeta", "alpha")

@@ -62,7 +62,7 @@ def test_ham_system_matches_the_ham():
     )
     x = net.init_state(key=k3, scale=1.0)
     sys = dn.post_activation(net, x=x, clamp="v")
-    flat = an.flat_system(net, x, clamp="v")
+    flat = an.FlatSystem(net, x, clamp="v")
     y = flat.activation(flat.x)
     # the map x = c(y) + b is the HAM's own input currents plus biases
     np.testing.assert_allclose(sys.to_x(y), flat.currents(y) + flat.bias, atol=1e-6)

@@ -11,14 +11,13 @@ from ._hessians import (
     coupling,
     energy_hessian,
     extremal_eigenvalues,
-    flat_system,
     hessian,
     jacobian,
     lagrangian_hessian,
     lanczos,
 )
 from ._landscape import Slice, energy_slice
-from ._lyapunov import LyapunovCheck, check_lyapunov, energy_rates, max_energy_increase, simulate
+from ._lyapunov import LyapunovCheck, check_lyapunov, max_energy_increase, simulate
 from ._post_activation import (
     HAMPostActivation,
     MatrixPostActivation,
@@ -59,10 +58,8 @@ __all__ = [
     "derivative_bound",
     "energy_along",
     "energy_hessian",
-    "energy_rates",
     "energy_slice",
     "extremal_eigenvalues",
-    "flat_system",
     "hessian",
     "is_flat",
     "jacobian",

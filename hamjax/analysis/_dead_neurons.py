@@ -23,7 +23,7 @@ from jaxtyping import Array
 
 from .._ham import HAM
 from ..lagrangians import ElementwiseLagrangian
-from ._hessians import FlatIndex, _call, _layer_hessian_dense, flat_system
+from ._hessians import FlatIndex, FlatSystem, _call, _layer_hessian_dense
 
 __all__ = ["DeadNeurons", "layer_spectrum", "dead_neurons", "energy_along", "is_flat"]
 
@@ -138,7 +138,7 @@ def dead_neurons(
     An eigenvalue ``λ`` of ``H_A`` counts as zero when ``|λ| ≤ max(atol, rtol·max|λ(H_A)|)``; the
     relative tolerance makes saturated sigmoids (``σ' ≈ 1e-9``) dead in float32 and softmax's
     shift direction (zero up to rounding) dead, while keeping layers of any scale comparable."""
-    sys = flat_system(net, x, clamp=clamp)
+    sys = FlatSystem(net, x, clamp=clamp)
     counts, dirs, live, lams, tols = {}, {}, {}, {}, {}
     for name in sys.free:
         d, a, lam, tol = layer_spectrum(net.layers[name], sys.state[name], rtol, atol)
@@ -170,7 +170,7 @@ def energy_along(
 
     ``x``: one unbatched state; ``direction``: ``(N,)`` in :class:`FlatIndex` order (else
     ``ValueError``) or a dict; returns an array of ``alphas``' length."""
-    sys = flat_system(net, x, clamp=clamp)
+    sys = FlatSystem(net, x, clamp=clamp)
     d = _direction(sys.index, direction)
     alphas = jnp.asarray(alphas, sys.x.dtype)
     zs = sys.x[None, :] + alphas[:, None] * d[None, :]

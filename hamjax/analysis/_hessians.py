@@ -37,7 +37,6 @@ from ..lagrangians import ElementwiseLagrangian
 __all__ = [
     "FlatIndex",
     "FlatSystem",
-    "flat_system",
     "lagrangian_hessian",
     "coupling",
     "energy_hessian",
@@ -142,7 +141,7 @@ class FlatSystem(eqx.Module):
     ``N`` (:attr:`n`). A PyTree (``eqx.Module``), so the module-level jitted helpers reuse their
     compilation for every state of the same network.
 
-    ``FlatSystem(net, x, clamp=...)`` (or :func:`flat_system`): ``x`` one unbatched state
+    ``FlatSystem(net, x, clamp=...)``: ``x`` one unbatched state
     (a batch raises ``ValueError``, as does clamping every layer). Fields: ``state`` (the state
     given, every layer), ``x`` (its free part flattened, ``(N,)``), ``tau`` (``τ`` of every
     free neuron, the diagonal of ``T``, ``(N,)``), ``bias`` (``b``, the layer biases, zero
@@ -318,16 +317,6 @@ def _fixed_point_hvp(sys: FlatSystem, v: Array) -> Array:
     return hv - sys.hessian_mv(sys.x, sys.coupling_mv(gz, hv))
 
 
-def flat_system(net: HAM, x: Mapping[str, Array], *,
-                clamp: Iterable[str] | str = ()) -> FlatSystem:
-    """The HAM ``net`` at the (unbatched) state ``x`` as a flat system over its free layers
-    (docs/maths.md §1.3), the layers in ``clamp`` held fixed: a :class:`FlatSystem`.
-
-    ``x``: ``{name: array of the layer's shape}``. Raises ``ValueError`` for a batched state or
-    when every layer is clamped."""
-    return FlatSystem(net, x, clamp=clamp)
-
-
 def _operator(fn: Callable, n: int, dtype, symmetric: bool) -> lx.FunctionLinearOperator:
     tags = (lx.symmetric_tag,) if symmetric else ()
     return lx.FunctionLinearOperator(fn, jax.ShapeDtypeStruct((n,), dtype), tags=tags)
@@ -375,7 +364,7 @@ def lagrangian_hessian(
             return jnp.reshape(hv, (n,))
 
         return _operator(mv, n, xa.dtype, symmetric=True)
-    sys = flat_system(net, x, clamp=clamp)
+    sys = FlatSystem(net, x, clamp=clamp)
     if dense:
         return _call(sys, "dense_lagrangian_hessian")
     return _operator(lambda v: _jvp(sys, "activation", sys.x, v), sys.n, sys.x.dtype, True)
@@ -387,7 +376,7 @@ def coupling(net: HAM, x: Mapping[str, Array], *, clamp: Iterable[str] | str = (
 
     ``x``: one unbatched state; returns an ``(N, N)`` matrix in :class:`FlatIndex` order, or a
     symmetric ``lineax`` operator with ``dense=False``."""
-    sys = flat_system(net, x, clamp=clamp)
+    sys = FlatSystem(net, x, clamp=clamp)
     gz = _call(sys, "activation", sys.x)
     if dense:
         return _jacfwd(sys, "currents", gz)
@@ -412,7 +401,7 @@ def energy_hessian(
     ``x``: one unbatched state; returns an ``(N, N)`` matrix in :class:`FlatIndex` order, or a
     symmetric ``lineax`` operator (Hessian-vector products) with ``dense=False``.
     """
-    sys = flat_system(net, x, clamp=clamp)
+    sys = FlatSystem(net, x, clamp=clamp)
     if at_fixed_point:
         if dense:
             h = _call(sys, "dense_lagrangian_hessian")
@@ -429,7 +418,7 @@ def jacobian(net: HAM, x: Mapping[str, Array], *, clamp: Iterable[str] | str = (
     (by autodiff of the field: exact for any synapse, e.g. ``C`` state-dependent for Memory;
     docs/maths.md §4.5). ``x``: one unbatched state; returns an ``(N, N)`` matrix, or a
     (non-symmetric) ``lineax`` operator with ``dense=False``."""
-    sys = flat_system(net, x, clamp=clamp)
+    sys = FlatSystem(net, x, clamp=clamp)
     if dense:
         return _jacfwd(sys, "field", sys.x)
     return _operator(lambda v: _jvp(sys, "field", sys.x, v), sys.n, sys.x.dtype, False)
@@ -438,7 +427,7 @@ def jacobian(net: HAM, x: Mapping[str, Array], *, clamp: Iterable[str] | str = (
 def hessian(net: HAM, x: Mapping[str, Array], of: str = "energy", *, clamp=()) -> Array:
     """Dense Hessian for small nets: ``of="lagrangian"`` gives ``H`` (block-diagonal over free
     layers), ``of="energy"`` gives ``∇²E``; rows and columns in :class:`FlatIndex` order
-    (``flat_system(net, x, clamp=clamp).index`` maps them back to layers and neurons).
+    (``FlatSystem(net, x, clamp=clamp).index`` maps them back to layers and neurons).
     Shape ``(N, N)``; another ``of`` raises ``ValueError``."""
     if of == "lagrangian":
         return lagrangian_hessian(net, x, clamp=clamp)

@@ -25,22 +25,11 @@ from .._relax import relax
 from .._results import RESULTS
 
 __all__ = [
-    "energy_rates",
     "max_energy_increase",
     "simulate",
     "LyapunovCheck",
     "check_lyapunov",
 ]
-
-
-def energy_rates(net: HAM, xs: Mapping[str, Array], *, clamp: Iterable[str] | str = ()) -> Array:
-    """``dE/dt = −Σ_A τ_A ẋ_Aᵀ H_A ẋ_A`` (docs/maths.md eq. 9) at every state of a trajectory
-    ``xs`` (dict of arrays with a leading time axis, then any batch axes); the dynamics are
-    batch-native, so time is just another batch axis.
-
-    ``xs``: ``{name: (T, *batch, *shape)}``; returns shape ``(T, *batch)``.
-    """
-    return net.energy_rate(dict(xs), clamp=clamp)
 
 
 def max_energy_increase(energies: Array, axis: int = 0) -> Array:
@@ -126,7 +115,7 @@ def check_lyapunov(
     else:
         ts, xs = trajectory
     energies = net.energy(dict(xs))
-    rates = energy_rates(net, xs, clamp=clamp)
+    rates = net.energy_rate(dict(xs), clamp=clamp)
     tolerance = atol + rtol * float(jnp.max(jnp.abs(energies)))
     inc = float(jnp.max(max_energy_increase(energies)))
     rate = float(jnp.max(rates))

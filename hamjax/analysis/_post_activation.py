@@ -40,7 +40,7 @@ from jaxtyping import Array, Float
 from .._axes import sum_trailing
 from .._ham import HAM
 from ..lagrangians import Identity, Lagrangian, ReLU, Sigmoid, SmoothLeakyReLU, Tanh
-from ._hessians import FlatIndex, FlatSystem, coupling, flat_system, lagrangian_hessian
+from ._hessians import FlatIndex, FlatSystem, coupling, lagrangian_hessian
 
 __all__ = [
     "PostActivationDynamics",
@@ -480,7 +480,7 @@ def residual_energy_abscissa(net: HAM, x: Mapping[str, Array], *,
     ``d(½|F|²)/dt = Fᵀ(C H − I)T⁻¹F ≤ 0``, so the residual energy is a Lyapunov function there
     (for τ = 1, ``‖C‖₂ sup g' ≤ 1`` suffices: DN Example 6.2; docs/maths.md §4.8).
     ``x``: one unbatched state; returns a scalar."""
-    sys = flat_system(net, x, clamp=clamp)
+    sys = FlatSystem(net, x, clamp=clamp)
     j = coupling(net, x, clamp=clamp) @ lagrangian_hessian(net, x, clamp=clamp)
     j = j - jnp.eye(sys.n, dtype=j.dtype)
     return numerical_abscissa(j / sys.tau[None, :])

@@ -35,11 +35,11 @@ from ..lagrangians import ElementwiseLagrangian
 from ._dead_neurons import DeadNeurons, dead_neurons
 from ._hessians import (
     FlatIndex,
+    FlatSystem,
     _call,
     _jacfwd,
     _operator,
     extremal_eigenvalues,
-    flat_system,
 )
 
 __all__ = [
@@ -122,7 +122,7 @@ def stability(
     whose ``stable`` is None when ``x_star`` is not a steady state or a zero eigenvalue leaves
     the linearisation undecided.
     """
-    sys = flat_system(net, x_star, clamp=clamp)
+    sys = FlatSystem(net, x_star, clamp=clamp)
     dn = dead_neurons(net, x_star, clamp=clamp, rtol=rtol)
     f = np.asarray(_call(sys, "residual", sys.x), dtype=np.float64)
     residual = float(np.max(np.abs(f)))
@@ -283,7 +283,7 @@ def recover_steady_state(
     ``x*_0 = −1``). One fixed-point step ``x* = c(g(x̃)) + b`` restores it, since
     ``g(x*) = g(x̃)``. ``x_tilde``: one unbatched state; ``rtol`` is the dead-neuron tolerance
     of :func:`dead_neurons`. Returns a :class:`RecoveredState`."""
-    sys = flat_system(net, x_tilde, clamp=clamp)
+    sys = FlatSystem(net, x_tilde, clamp=clamp)
     dn = dead_neurons(net, x_tilde, clamp=clamp, rtol=rtol)
     target = _call(sys, "fixed_point_map", sys.x)
     p = dn.projector()
