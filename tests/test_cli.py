@@ -808,10 +808,23 @@ def test_dense_model_restores_images_with_evidence_for_denoising(task, evidence)
     cfg = _parser.defaults({"dataset": "digits", "task": task, "model": "dense", "hidden": [16],
                             "epochs": None, "steps": None, "dt": None, "noise": None,
                             "lr": 1e-3, "seed": 0, "gradient": None})
-    net, t, _ = _commands.build(cfg, hd.load_digits())
+    digits = hd.load_digits()
+    net, t, _ = _commands.build(cfg, digits)
     assert ("evidence" in net.layers) is evidence and net.layers["hidden"].shape == (16,)
     assert t.clamp == (("evidence",) if evidence else ())
     assert "label" not in net.layers
+    # weights.png shows the image-to-feature weights of the most active features
+    import types
+
+    import jax.numpy as jnp
+
+    batch = {k: jnp.asarray(v) for k, v in
+             t.prepare(digits.x_test[:4], None, np.random.default_rng(0), train=False).items()}
+    sol = types.SimpleNamespace(state=t.initial_state(net, batch))
+    images, captions, *_ = _figures.receptive_fields(net, cfg, digits, sol)
+    assert images.shape == (16, 8, 8) and len(captions) == 16
+    w = np.asarray(net.synapses["memory"].weight).reshape(16, 8, 8)
+    assert all(any(np.array_equal(i, v) for v in w) for i in images)
 
 
 def test_corruption_flag_takes_effect_or_is_refused(capsys):

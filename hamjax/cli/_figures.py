@@ -116,7 +116,9 @@ def _dense_fields(net, sol):
     import numpy as np
 
     name = "hidden" if "hidden" in net.layers else "hidden1"
-    syn = net.synapses["w1"]
+    # the dense synapse from the image into that layer: "w1" of the classifiers, "memory" of
+    # hamjax.models.dense_memory
+    syn = next(net.synapses[s] for s, e in net.edges.items() if e == ("image", name))
     w = _grey_squeezed(np.asarray(syn.weight).reshape((-1,) + syn.in_shape))
     act = np.asarray(net.layers[name].activation(sol.state[name])).reshape(
         len(sol.state[name]), -1)
