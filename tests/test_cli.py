@@ -25,7 +25,7 @@ import pytest  # noqa: E402
 
 from hamjax import cli  # noqa: E402
 from hamjax import data as hd  # noqa: E402
-from hamjax.cli import _commands, _figures, _parser, _runs  # noqa: E402
+from hamjax.cli import _build, _commands, _figures, _parser, _runs  # noqa: E402
 
 MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 HAVE_MNIST = MNIST_DIR.is_dir() and all(
@@ -264,7 +264,7 @@ def test_eval_of_a_folder_that_is_not_a_run_errors(run, tmp_path, capsys):
     cfg, data, net, task, gradient, _ = _commands.load_run(run)
     bare = tmp_path / "bare"
     bare.mkdir()
-    opt = _commands.optimizer(cfg, data)
+    opt = _build.optimizer(cfg, data)
     import equinox as eqx
 
     T.save_checkpoint(bare / "checkpoint.eqx", net,
@@ -336,7 +336,7 @@ def test_an_extended_run_restarts_the_cosine_schedule_and_keeps_the_first():
     data = hd.load_digits(seed=0)
     per_epoch = data.num_train // 32
     cfg = {"lr": 1e-3, "batch_size": 32, "epochs": 5, "schedule": [3, 5]}
-    opt = _commands.optimizer(cfg, data)
+    opt = _build.optimizer(cfg, data)
     plain = optax.cosine_decay_schedule(1e-3, 3 * per_epoch)
     lrs = []
     params = {"w": jnp.zeros(())}
@@ -809,7 +809,7 @@ def test_dense_model_restores_images_with_evidence_for_denoising(task, evidence)
                             "epochs": None, "steps": None, "dt": None, "noise": None,
                             "lr": 1e-3, "seed": 0, "gradient": None})
     digits = hd.load_digits()
-    net, t, _ = _commands.build(cfg, digits)
+    net, t, _ = _build.build(cfg, digits)
     assert ("evidence" in net.layers) is evidence and net.layers["hidden"].shape == (16,)
     assert t.clamp == (("evidence",) if evidence else ())
     assert "label" not in net.layers
@@ -837,7 +837,7 @@ def test_corruption_flag_takes_effect_or_is_refused(capsys):
                                 ("complete", "mask_patches", "mask_bottom")]:
         assert _parser.defaults({**base, "task": task})["corruption"] == default
         cfg = _parser.defaults({**base, "task": task, "corruption": kind})
-        _, t, _ = _commands.build(cfg, digits)
+        _, t, _ = _build.build(cfg, digits)
         assert t.corruption == kind and t.level == cfg["noise"]
     for argv, words in [(["--task", "denoise", "--corruption", "mask_bottom"],
                          ["--task denoise takes --corruption gaussian or salt_and_pepper"]),

@@ -568,25 +568,25 @@ def test_cli_data_flags_are_checked_before_training(tmp_path, capsys):
 
 
 def test_cli_dataset_choices_are_the_registry_and_conv_takes_colour():
-    from hamjax.cli import _commands, _parser
+    from hamjax.cli import _build, _parser
 
     assert _parser.DATASETS == tuple(hd.DATASETS)
-    assert _commands._conv_shape((32, 32, 3)) == (5, 2, 1)
-    assert _commands._conv_shape((28, 28, 1)) == (5, 2, 1)
-    assert _commands._conv_shape((8, 8, 1)) == (3, 1, 2)
-    assert _commands._conv_shape((64, 64, 3)) == (5, 2, 2)
+    assert _build._conv_shape((32, 32, 3)) == (5, 2, 1)
+    assert _build._conv_shape((28, 28, 1)) == (5, 2, 1)
+    assert _build._conv_shape((8, 8, 1)) == (3, 1, 2)
+    assert _build._conv_shape((64, 64, 3)) == (5, 2, 2)
     # further stages: 3x3, stride 2 down to maps 7 wide, no pooling; 28 -> 12 -> 5 -> 3
-    assert _commands._conv_stages((28, 28, 1), 3) == ([5, 3, 3], [2, 2, 1], 1)
-    assert _commands._conv_stages((8, 8, 1), 1) == ([3], [1], 2)
-    with pytest.raises(_commands.UsageError, match="conv stage 4 would convolve a 2x2 map"):
-        _commands._conv_stages((8, 8, 1), 4)
+    assert _build._conv_stages((28, 28, 1), 3) == ([5, 3, 3], [2, 2, 1], 1)
+    assert _build._conv_stages((8, 8, 1), 1) == ([3], [1], 2)
+    with pytest.raises(_parser.UsageError, match="conv stage 4 would convolve a 2x2 map"):
+        _build._conv_stages((8, 8, 1), 4)
     x = np.zeros((4, 32, 32, 3), np.uint8)
     data = hd.from_arrays(x, [0, 1, 0, 1], x, [0, 1, 1, 0])
-    net = _commands._model({"model": "conv", "seed": 0, "hidden": [4]}, data)
+    net = _build._model({"model": "conv", "seed": 0, "hidden": [4]}, data)
     assert net.synapses["conv"].kernel.shape == (5, 5, 3, 4)
     assert net.layers["features"].shape == (14, 14, 4)
     # --hidden 4,6: a second stage, 3x3 at stride 2, tanh, fed by the first
-    net = _commands._model({"model": "conv", "seed": 0, "hidden": [4, 6]}, data)
+    net = _build._model({"model": "conv", "seed": 0, "hidden": [4, 6]}, data)
     assert net.synapses["conv2"].kernel.shape == (3, 3, 4, 6)
     assert net.layers["features2"].shape == (6, 6, 6)
     assert net.edges["conv2"] == ("features", "features2")

@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import hamjax as hj  # noqa: E402
 from hamjax import cli  # noqa: E402
 from hamjax import train as T  # noqa: E402
-from hamjax.cli import _commands  # noqa: E402
+from hamjax.cli import _build  # noqa: E402
 
 SHAPE = (4, 4, 1)  # 4 patches of 2x2 pixels
 
@@ -175,9 +175,9 @@ def test_cli_completion_run_writes_baselines_and_pictures(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "nearest of 48 training images" in printed
     # the baselines are measured on the masks evaluate draws: recompute them here
-    data = _commands.load_data(m["config"])
-    task = _commands._task(m["config"], data)
-    again = _commands.completion_baselines(task, data, 0)
+    data = _build.load_data(m["config"])
+    task = _build._task(m["config"], data)
+    again = _build.completion_baselines(task, data, 0)
     assert again["test_psnr_nearest"] == pytest.approx(m["test_psnr_nearest"])
 
 
