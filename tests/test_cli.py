@@ -211,7 +211,8 @@ def _fails(argv, capsys):
     (["train", "--rotate", "-5"], "--rotate"),
     (["train", "--lr", "inf"], "--lr"),  # passes `v > 0`, then trains to NaN
     (["train", "--lr", "nan"], "--lr"),
-    (["train", "--dt", "inf"], "--dt"),
+    (["train", "--dt0", "inf"], "--dt0"),
+    (["train", "--dt", "0.1"], "--dt0"),
     (["train", "--noise", "-1"], "--noise"),
     (["train", "--residual-penalty", "-1"], "--residual-penalty"),
     (["train", "--epochs", "0"], "--epochs"),  # would train nothing yet write a run
@@ -411,7 +412,7 @@ def test_a_damaged_checkpoint_is_named_by_eval_and_resume(run, tmp_path, capsys,
 def test_resume_with_fewer_epochs_than_planned_is_refused(tmp_path):
     """--epochs below the run's own would end it mid-schedule: refused, naming both."""
     saved = _parser.defaults({"dataset": "digits", "task": "classify", "model": None,
-                           "epochs": 5, "hidden": None, "steps": None, "dt": None,
+                           "epochs": 5, "hidden": None, "steps": None, "dt0": None,
                            "noise": None, "lr": 1e-3})
     args = _parser.build_parser().parse_args(["train", "--epochs", "3", "--resume"])
     with pytest.raises(_parser.UsageError, match="--epochs 3 is fewer than the 5 the run"):
@@ -422,9 +423,9 @@ def test_resume_with_fewer_epochs_than_planned_is_refused(tmp_path):
 
 
 def test_a_run_that_records_method_reads_as_gradient(run, tmp_path, capsys):
-    """Run folders written before the flag --gradient record the estimator as ``method``: the
-    saved config reads it as ``gradient``, so eval works and --resume compares it with
-    --gradient."""
+    """Run folders written before the flags --gradient and --dt0 record the estimator as
+    ``method`` and the step as ``dt``: the saved config reads them as ``gradient`` and ``dt0``,
+    so eval works and --resume compares them with the flags."""
     from hamjax import train as T
 
     copy = _copy(run, tmp_path)
@@ -433,10 +434,12 @@ def test_a_run_that_records_method_reads_as_gradient(run, tmp_path, capsys):
     cut = raw.index(b"\n")
     meta = json.loads(raw[:cut])
     meta["config"]["method"] = meta["config"].pop("gradient")
+    meta["config"]["dt"] = meta["config"].pop("dt0")  # and --dt0 was --dt
     ckpt.write_bytes(json.dumps(meta).encode() + raw[cut:])
     T.verify_checkpoint(ckpt)
     cfg, _ = _runs.saved_config(copy)
     assert cfg["gradient"] == "bptt" and "method" not in cfg
+    assert cfg["dt0"] == 0.25 and "dt" not in cfg
     _, msg = _fails(["train", "--out", str(copy), "--resume", "--gradient", "eqprop"], capsys)
     assert "was trained with --gradient bptt" in msg and "drop --gradient eqprop" in msg
     assert cli.main(["eval", str(copy)]) == 0
@@ -743,7 +746,7 @@ def test_energy_baseline_is_the_steady_state(run):
     assert found.all() and not ok.any()
     assert np.all(gap[-1] > 1e-4)  # not converged: visibly above the steady state
     assert np.all(np.diff(gap, axis=0) <= 1e-6)  # and falling (a Lyapunov function)
-    assert len(ts) == len(gap) and ts[-1] == pytest.approx(5 * cfg["dt"])
+    assert len(ts) == len(gap) and ts[-1] == pytest.approx(5 * cfg["dt0"])
 
 
 def test_reconstructions_title_names_the_task_and_psnr():
@@ -754,17 +757,17 @@ def test_reconstructions_title_names_the_task_and_psnr():
 
 
 def test_a_diverged_steady_state_run_names_only_its_own_flags(tmp_path):
-    """The divergence message suggests --dt only where the run has one (BPTT); a steady-state
+    """The divergence message suggests --dt0 only where the run has one (BPTT); a steady-state
     run records none, and formatting it must not fail."""
     out = tmp_path / "run"
     out.mkdir()
     e = FloatingPointError("training loss became nan at epoch 1, step 2; lower the rate")
-    msg = _commands._failed(e, out, out / "checkpoint.eqx", {"lr": 1e-3, "dt": None}, False,
+    msg = _commands._failed(e, out, out / "checkpoint.eqx", {"lr": 1e-3, "dt0": None}, False,
                             False)
-    assert "lower --lr (now 0.001)" in msg and "--dt" not in msg
-    msg = _commands._failed(e, out, out / "checkpoint.eqx", {"lr": 1e-3, "dt": 0.25}, False,
+    assert "lower --lr (now 0.001)" in msg and "--dt0" not in msg
+    msg = _commands._failed(e, out, out / "checkpoint.eqx", {"lr": 1e-3, "dt0": 0.25}, False,
                             False)
-    assert "or --dt (now 0.25)" in msg
+    assert "or --dt0 (now 0.25)" in msg
 
 
 def test_commands_keep_compiled_programs_in_the_folder_asked_for(tmp_path, monkeypatch, capsys):
@@ -806,7 +809,7 @@ def test_dense_model_restores_images_with_evidence_for_denoising(task, evidence)
     image is clamped on its evidence layer (the task names it), for completion and storage
     there is none (the frozen pixels, or nothing, are the evidence)."""
     cfg = _parser.defaults({"dataset": "digits", "task": task, "model": "dense", "hidden": [16],
-                            "epochs": None, "steps": None, "dt": None, "noise": None,
+                            "epochs": None, "steps": None, "dt0": None, "noise": None,
                             "lr": 1e-3, "seed": 0, "gradient": None})
     digits = hd.load_digits()
     net, t, _ = _build.build(cfg, digits)
@@ -831,7 +834,7 @@ def test_corruption_flag_takes_effect_or_is_refused(capsys):
     """--corruption picks the kind the task corrupts with (--noise its level), within the
     kinds of that task; elsewhere it is refused before anything is read."""
     base = {"dataset": "digits", "model": "dense", "hidden": [8], "epochs": None,
-            "steps": None, "dt": None, "noise": None, "lr": 1e-3, "seed": 0, "gradient": None}
+            "steps": None, "dt0": None, "noise": None, "lr": 1e-3, "seed": 0, "gradient": None}
     digits = hd.load_digits()
     for task, kind, default in [("denoise", "salt_and_pepper", "gaussian"),
                                 ("complete", "mask_patches", "mask_bottom")]:

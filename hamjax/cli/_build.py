@@ -200,7 +200,7 @@ def _gradient(cfg: dict):
         from .. import FixedSteps, RelaxOptions
 
         steps = RelaxOptions(solver=diffrax.Euler(), stop=FixedSteps(cfg["steps"]),
-                             dt0=cfg["dt"])
+                             dt0=cfg["dt0"])
         return T.BPTT(steps, residual_penalty=cfg.get("residual_penalty", 1.0))
     # both relax to a steady state by their own defaults (see hj.train.Implicit/EqProp)
     return {"implicit": T.Implicit, "eqprop": T.EqProp}[cfg["gradient"]]()

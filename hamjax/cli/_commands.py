@@ -237,8 +237,8 @@ def _train_config(args, given: set[str]) -> tuple[dict, tuple | None, list[str]]
     else:
         cfg, more = resumed_config(saved[0], args, given, out, saved[1])
         notes += more
-    if cfg["gradient"] != "bptt" and {"steps", "dt"} & given:
-        raise UsageError(f"--steps and --dt set the relaxation of --gradient bptt; --gradient "
+    if cfg["gradient"] != "bptt" and {"steps", "dt0"} & given:
+        raise UsageError(f"--steps and --dt0 set the relaxation of --gradient bptt; --gradient "
                          f"{cfg['gradient']} relaxes to a steady state (residual 1e-4)")
     return cfg, saved, notes
 
@@ -323,7 +323,7 @@ def _failed(e: Exception, out: Path, ckpt: Path, cfg: dict, created: bool, fresh
         release(out, created, ["config.json"] if fresh else [])
         kept = "nothing was saved" + (f" ({out} removed)" if not out.exists() else "")
     if isinstance(e, FloatingPointError):
-        dt = f" or --dt (now {cfg['dt']:g})" if cfg.get("dt") is not None else ""
+        dt = f" or --dt0 (now {cfg['dt0']:g})" if cfg.get("dt0") is not None else ""
         return (f"training diverged: {str(e).split(';')[0]}; {kept}; start a new run with a "
                 f"lower --lr (now {cfg['lr']:g}){dt}")
     return f"{e}; {kept}"

@@ -195,10 +195,12 @@ def _training_flags(t) -> None:
     t.add_argument("--steps", type=_positive_int, default=None,
                    help="relaxation steps for bptt (Euler; dense/conv: 40, deep: 100, memory "
                         "tasks: 10, transformer: 4)")
-    t.add_argument("--dt", type=_positive_float, default=None,
-                   help="relaxation step size (dense/conv: 0.25, deep: 0.5, transformer: 0.25; "
-                        "memory tasks: 1.0, where one Euler step is the modern Hopfield update "
-                        "v <- ξᵀ softmax(β h))")
+    t.add_argument("--dt0", type=_positive_float, default=None,
+                   help="relaxation step size, dt0 as in hamjax.RelaxOptions (dense/conv: 0.25, "
+                        "deep: 0.5, transformer: 0.25; memory tasks: 1.0, where one Euler step "
+                        "is the modern Hopfield update v <- ξᵀ softmax(β h))")
+    t.add_argument("--dt", action=_Unknown, instead="the step size is --dt0 (dt0, as in "
+                                                    "hamjax.RelaxOptions)")
     t.add_argument("--residual-penalty", type=_nonneg_float, default=1.0,
                    help="bptt: weight of mean |τ dx/dt|² at the last step, so the readout sits "
                         "at a fixed point")
@@ -313,14 +315,14 @@ def defaults(cfg: dict) -> dict:
                          "memory": (100,)}[cfg["model"]]
     if cfg.get("epochs") is None:
         cfg["epochs"] = 30 if cfg["task"] == "classify" else 10
-    # T = steps·dt: a deep chain takes longer to settle, so it gets more and longer steps. The
+    # T = steps·dt0: a deep chain takes longer to settle, so it gets more and longer steps. The
     # steady-state estimators take neither (a config records only what takes effect)
     if cfg.get("gradient", "bptt") != "bptt":
-        cfg["steps"] = cfg["dt"] = None
+        cfg["steps"] = cfg["dt0"] = None
     if cfg.get("steps") is None and cfg.get("gradient", "bptt") == "bptt":
         cfg["steps"] = {"memory": 10, "deep": 100}.get(cfg["model"], 40)
-    if cfg.get("dt") is None and cfg.get("gradient", "bptt") == "bptt":
-        cfg["dt"] = {"memory": 1.0, "deep": 0.5}.get(cfg["model"], 0.25)
+    if cfg.get("dt0") is None and cfg.get("gradient", "bptt") == "bptt":
+        cfg["dt0"] = {"memory": 1.0, "deep": 0.5}.get(cfg["model"], 0.25)
     if cfg.get("noise") is None:
         cfg["noise"] = {"classify": 0.1, "denoise": 0.3, "complete": 0.5, "store": 0.1}[
             cfg["task"]]
@@ -342,8 +344,8 @@ def _transformer_defaults(cfg: dict) -> None:
                          "D,K (token width D, a multiple of its 4 heads; K Hopfield memories)")
     cfg["hidden"] = hidden
     cfg.setdefault("steps", None)
-    cfg.setdefault("dt", None)
+    cfg.setdefault("dt0", None)
     if cfg["steps"] is None:
         cfg["steps"] = 4
-    if cfg["dt"] is None:
-        cfg["dt"] = 0.25
+    if cfg["dt0"] is None:
+        cfg["dt0"] = 0.25

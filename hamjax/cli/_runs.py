@@ -282,10 +282,13 @@ def saved_config(out: Path) -> tuple[dict, dict] | None:
 
 
 def _current(cfg: dict) -> dict:
-    """A saved config under the keys of today's flags: run folders written before the flag
-    ``--gradient`` record the gradient estimator as ``method``."""
+    """A saved config under the keys of today's flags: run folders written before the flags
+    ``--gradient`` and ``--dt0`` record the gradient estimator as ``method`` and the step size
+    as ``dt``."""
     if "method" in cfg and "gradient" not in cfg:
         cfg["gradient"] = cfg.pop("method")
+    if "dt" in cfg and "dt0" not in cfg:
+        cfg["dt0"] = cfg.pop("dt")
     return cfg
 
 
