@@ -304,6 +304,7 @@ def test_completion_keeps_visible_pixels_exactly(memory_net, images):
     assert np.abs(out[~frozen]).max() > 1e-3  # the hidden pixels did move
 
 
+@pytest.mark.slow
 def test_dense_memory_with_evidence_settles_at_its_closed_form_steady_state(images):
     """docs/maths.md eq. (R1): with the noisy image clamped on the evidence layer, the relaxed
     state solves h = W v + b_h, v = b + W_e x̃ + Wᵀ tanh(h), by an independent NumPy iteration;
