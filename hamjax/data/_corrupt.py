@@ -89,6 +89,20 @@ def mask_random(x, fraction: float, rng, fill: float = 0.0) -> Corrupted:
     return Corrupted(np.where(mask, np.asarray(fill, x.dtype), x), mask)
 
 
+def _masked_images(x, image_shape, who: str) -> tuple[np.ndarray, tuple | None]:
+    """``(images (n, H, W[, C]), the flat shape to return to or None)`` of a region or patch
+    mask's input: images, or flat ``(n, D)`` with ``image_shape``. ``DataError`` otherwise."""
+    x = as_batch(x, who)
+    flat_shape = None
+    if image_shape is not None:
+        flat_shape = x.shape
+        x = unflatten(x, image_shape)
+    if x.ndim not in (3, 4):
+        raise DataError(f"{who} needs images of shape (n, H, W) or (n, H, W, C), or flat "
+                        f"(n, D) with image_shape=(H, W[, C]); got shape {x.shape}")
+    return x, flat_shape
+
+
 REGIONS = ("bottom_half", "top_half", "left_half", "right_half", "center")
 """The named regions :func:`mask_region` hides: halves of the image and the central box."""
 
@@ -105,14 +119,7 @@ def mask_region(x, region="bottom_half", fill: float = 0.0, image_shape=None) ->
     :class:`DataError` for an unknown region, a box outside the image, or a batch that is not
     images.
     """
-    x = as_batch(x, "mask_region")
-    flat_shape = None
-    if image_shape is not None:
-        flat_shape = x.shape
-        x = unflatten(x, image_shape)
-    if x.ndim not in (3, 4):
-        raise DataError(f"mask_region needs images of shape (n, H, W) or (n, H, W, C), or flat "
-                        f"(n, D) with image_shape=(H, W[, C]); got shape {x.shape}")
+    x, flat_shape = _masked_images(x, image_shape, "mask_region")
     H, W = x.shape[1], x.shape[2]
     if isinstance(region, str):
         boxes = {
@@ -154,15 +161,8 @@ def mask_patches(x, fraction: float, rng, patch: int = 4, fill: float = 0.0,
     given (the result is flat again); all channels of a hidden pixel are hidden; ``mask`` is
     ``True`` on the hidden values. Raises :class:`DataError` for a fraction outside ``[0, 1]``,
     a patch that does not tile the image, or a missing ``rng``."""
-    x = as_batch(x, "mask_patches")
+    x, flat_shape = _masked_images(x, image_shape, "mask_patches")
     fraction = as_fraction(fraction, "mask_patches")
-    flat_shape = None
-    if image_shape is not None:
-        flat_shape = x.shape
-        x = unflatten(x, image_shape)
-    if x.ndim not in (3, 4):
-        raise DataError(f"mask_patches needs images of shape (n, H, W) or (n, H, W, C), or flat "
-                        f"(n, D) with image_shape=(H, W[, C]); got shape {x.shape}")
     n, H, W = x.shape[:3]
     if patch < 1 or H % patch or W % patch:
         raise DataError(f"mask_patches: {patch}x{patch} patches do not tile {H}x{W} images")
