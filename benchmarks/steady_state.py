@@ -74,7 +74,7 @@ def _estimators(cfg: C.Config) -> dict:
         "eqprop β = 0.2": T.EqProp(beta=0.2),
         "implicit, before (Tsit5 + GMRES 100)": T.Implicit(hj.RelaxOptions(
             solver=diffrax.Tsit5(), stop=steady, max_steps=1024, dt0=0.25, adjoint=old_gmres)),
-        "eqprop β = 0.2, before (Tsit5, NLL nudge)": T.EqProp(beta=0.2, nudge="cost",
+        "eqprop β = 0.2, before (Tsit5, NLL nudge)": T.EqProp(beta=0.2, nudge=T.TaskCost(),
                                                               relaxation=hj.RelaxOptions(
             solver=diffrax.Tsit5(), stop=steady, max_steps=1024, dt0=0.25)),
     }

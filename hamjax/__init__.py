@@ -30,7 +30,8 @@ _EXPORTS = {
     "NonFiniteStateError": "_convergence", "SteadyState": "_convergence",
     "residual_norm": "_convergence",
     "HAM": "_ham", "ClampedDynamics": "_ham", "GraphError": "_ham", "StateError": "_ham",
-    "ImplicitSteadyState": "_implicit", "UnconvergedGradientWarning": "_implicit",
+    "ImplicitSteadyState": "_implicit", "UnconvergedGradientError": "_implicit",
+    "UnconvergedGradientWarning": "_implicit",
     "Layer": "_layer", "SaveAt": "_ode",
     "Relaxation": "_relax", "RelaxOptions": "_relax", "relax": "_relax",
     "RESULTS": "_results",
@@ -57,7 +58,11 @@ if TYPE_CHECKING:  # what type checkers and the documentation read
         residual_norm,
     )
     from ._ham import HAM, ClampedDynamics, GraphError, StateError
-    from ._implicit import ImplicitSteadyState, UnconvergedGradientWarning
+    from ._implicit import (
+        ImplicitSteadyState,
+        UnconvergedGradientError,
+        UnconvergedGradientWarning,
+    )
     from ._layer import Layer
     from ._ode import SaveAt
     from ._relax import Relaxation, RelaxOptions, relax
@@ -100,6 +105,7 @@ __all__ = [
     "Relaxation",
     "SaveAt",
     "SteadyState",
+    "UnconvergedGradientError",
     "UnconvergedGradientWarning",
     "relax",
     "residual_norm",

@@ -23,16 +23,23 @@ from jaxtyping import Array
 from ._convergence import _finite, _rows
 from .solvers import Neumann, with_batch_ndim
 
-__all__ = ["ImplicitSteadyState", "UnconvergedGradientWarning"]
+__all__ = ["ImplicitSteadyState", "UnconvergedGradientError", "UnconvergedGradientWarning"]
 
 
 class UnconvergedGradientWarning(RuntimeWarning):
     """A gradient was taken by the implicit function theorem at a relaxation some of whose
     samples had not converged: for them ``F(x) ≠ 0``, the theorem does not hold, and their
     part of the gradient is off (by tens of percent on a trained classifier stopped early).
-    Issued by :class:`ImplicitSteadyState` with ``on_unconverged="warn"`` (the default). Mask
-    such samples out (``Relaxation.converged``, as :class:`hamjax.train.Implicit` does) and
-    pass ``on_unconverged="ignore"``, or relax longer. A ``RuntimeWarning``."""
+    Issued by :class:`ImplicitSteadyState` with ``on_unconverged=UnconvergedGradientWarning``
+    (the default). Mask such samples out (``Relaxation.converged``, as
+    :class:`hamjax.train.Implicit` does) and pass ``on_unconverged=None``, or relax longer. A
+    ``RuntimeWarning``."""
+
+
+class UnconvergedGradientError(RuntimeError):
+    """:class:`UnconvergedGradientWarning` as an error
+    (``ImplicitSteadyState(on_unconverged=UnconvergedGradientError)``); inside a compiled
+    computation it reaches the caller as the runtime error that carries its text."""
 
 
 def _steady_force(dyn, x: Mapping[str, Array], x_init: Mapping[str, Array]) -> dict[str, Array]:
@@ -66,21 +73,24 @@ class ImplicitSteadyState(eqx.Module):
     ``Neumann()``); hamjax's own solvers are told the batch axes by :func:`hamjax.relax`.
 
     ``on_unconverged``: what a derivative taken at a relaxation with unconverged (finite)
-    samples does, where the theorem does not hold: ``"warn"`` (default) issues an
-    :class:`UnconvergedGradientWarning` with their number when the derivative is computed;
-    ``"raise"`` fails it (under ``jit`` too, a runtime error with the same text);
-    ``"ignore"`` is for a caller that masks those samples itself (:class:`hamjax.train.Implicit`
-    does). Whichever,
-    :attr:`Relaxation.converged` says which samples they are; a relaxation that is not
-    differentiated is never affected. Anything else raises ``ValueError``."""
+    samples issues, where the theorem does not hold: :class:`UnconvergedGradientWarning`
+    (default; or a subclass) is warned with their number when the derivative is computed;
+    :class:`UnconvergedGradientError` (or a subclass) is raised (under ``jit`` too, a runtime
+    error with the same text); ``None`` is for a caller that masks those samples itself
+    (:class:`hamjax.train.Implicit` does). Whichever, :attr:`Relaxation.converged` says which
+    samples they are; a relaxation that is not differentiated is never affected. Anything
+    else raises ``ValueError``."""
 
     linear_solver: lx.AbstractLinearSolver = Neumann()
-    on_unconverged: str = eqx.field(static=True, default="warn")
+    on_unconverged: type | None = eqx.field(static=True, default=UnconvergedGradientWarning)
 
     def __check_init__(self):
-        if self.on_unconverged not in ("warn", "raise", "ignore"):
-            raise ValueError(f"ImplicitSteadyState on_unconverged must be 'warn', 'raise' or "
-                             f"'ignore', got {self.on_unconverged!r}")
+        kind = self.on_unconverged
+        if kind is not None and not (isinstance(kind, type) and issubclass(
+                kind, UnconvergedGradientWarning | UnconvergedGradientError)):
+            raise ValueError("ImplicitSteadyState(on_unconverged=...) must be "
+                             "UnconvergedGradientWarning (warn), UnconvergedGradientError "
+                             f"(raise) or None (nothing), got {kind!r}")
 
 def _adjoint(adjoint, ode: bool):
     """The adjoint of a relaxation on the ODE path (``ode``) or a steady-state path: the given
@@ -133,39 +143,35 @@ def _implicit_rewrite(root, _extras, inputs):
     return _steady_force(dyn, root, x_init)
 
 
-def _guard_unconverged(state, off, policy: str):
-    """``state``, with derivatives that apply ``policy`` (``"warn"``, ``"raise"``) where ``off``
-    (per sample: finite but not converged) holds: the check runs only when ``state`` is
-    differentiated, forward or reverse."""
-    if policy == "ignore":
+def _guard_unconverged(state, off, kind: type | None):
+    """``state``, with derivatives that issue ``kind`` (an :class:`UnconvergedGradientWarning`
+    or :class:`UnconvergedGradientError` class; ``None``: nothing) where ``off`` (per sample:
+    finite but not converged) holds: the check runs only when ``state`` is differentiated,
+    forward or reverse."""
+    if kind is None:
         return state
-    return _guarded(policy, state, off)
+    return _guarded(kind, state, off)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _guarded(policy, state, off):
+def _guarded(kind, state, off):
     del off
     return state
 
 
 @_guarded.defjvp
-def _guarded_jvp(policy, primals, tangents):
+def _guarded_jvp(kind, primals, tangents):
     state, off = primals
     t_state, _ = tangents
     # a callback, which has an effect: a check on a value (eqx.error_if) would be compiled
     # away with the primal output that grad does not use
-    report = functools.partial(_report_unconverged, policy == "raise")
+    report = functools.partial(_report_unconverged, kind)
     jax.lax.cond(jnp.any(off), lambda k: jax.debug.callback(report, k), lambda k: None,
                  jnp.sum(off))
     return state, t_state
 
 
-class UnconvergedGradientError(RuntimeError):
-    """:class:`UnconvergedGradientWarning` as an error (``on_unconverged="raise"``); inside a
-    compiled computation it reaches the caller as the runtime error that carries its text."""
-
-
-def _report_unconverged(fail: bool, n):
+def _report_unconverged(kind: type, n):
     # under vmap the cond above runs both branches: counts of 0 arrive here too
     n = int(np.sum(np.asarray(n)))
     if not n:
@@ -173,7 +179,7 @@ def _report_unconverged(fail: bool, n):
     msg = (f"a derivative of relax at a steady state was taken where {n} sample(s) had not "
            "converged: the implicit function theorem does not hold for them (mask them with "
            "Relaxation.converged, relax longer, or pass "
-           "ImplicitSteadyState(on_unconverged='ignore'))")
-    if fail:
-        raise UnconvergedGradientError(msg)
-    warnings.warn(msg, UnconvergedGradientWarning, stacklevel=2)
+           "ImplicitSteadyState(on_unconverged=None))")
+    if issubclass(kind, Exception) and not issubclass(kind, Warning):
+        raise kind(msg)
+    warnings.warn(msg, kind, stacklevel=2)

@@ -51,7 +51,7 @@ class LinearSolveWarning(RuntimeWarning):
     """Some samples of a linear solve did not meet its tolerance, and were given a zero
     solution (they drop out of a gradient) instead of failing the whole batch.
 
-    Issued by :class:`Neumann` with ``on_failure="zero"`` (the default), e.g. for the adjoint
+    Issued by :class:`Neumann` with ``throw=False`` (the default), e.g. for the adjoint
     system of a steady state that is unstable or nearly so. A ``RuntimeWarning``."""
 
 
@@ -495,10 +495,10 @@ class Neumann(lx.AbstractLinearSolver):
     states it takes less time than the plain series, hence the small default
     ``max_steps``); a lineax solver instead (GMRES, which treats the batch as one system) or
     ``None`` to fail. One matrix-vector product per iteration.
-    Samples that meet the tolerance neither way get, with ``on_failure="zero"`` (default), a
+    Samples that meet the tolerance neither way get, with ``throw=False`` (default), a
     zero solution and a :class:`LinearSolveWarning` (in a gradient they drop out, and the rest
     of the batch stands: the samples of a relaxation are independent systems); with
-    ``"raise"`` the solve fails (lineax raises under its default ``throw=True``).
+    ``throw=True`` the solve fails (lineax raises under its default ``throw=True``).
 
     The transposed system (what reverse-mode differentiation solves) is iterated the same
     way with ``Mᵀ``, whose spectrum is that of ``M``. For the adjoint of a steady state,
@@ -508,9 +508,9 @@ class Neumann(lx.AbstractLinearSolver):
     Fields: ``rtol`` (default ``1e-4``), ``atol`` (default ``1e-9``), ``max_steps`` (static,
     default 20: the terms of the plain series before the fallback), ``damping`` λ (default 1:
     the plain series), ``fallback`` (an :class:`Anderson`, a lineax solver or ``None``),
-    ``fallback_steps`` (static, default 300: the Anderson fallback's cap), ``on_failure``
-    (``"zero"`` or ``"raise"``, else ``ValueError``) and ``batch_ndim`` (the leading axes that
-    index samples; :func:`hamjax.relax` sets it).
+    ``fallback_steps`` (static, default 300: the Anderson fallback's cap), ``throw`` (static,
+    a bool, else ``ValueError``) and ``batch_ndim`` (the leading axes that index samples;
+    :func:`hamjax.relax` sets it).
     """
 
     rtol: float = 1e-4
@@ -519,13 +519,12 @@ class Neumann(lx.AbstractLinearSolver):
     damping: float = 1.0
     fallback: Anderson | lx.AbstractLinearSolver | None = Anderson(history=5)
     fallback_steps: int = eqx.field(static=True, default=300)
-    on_failure: str = eqx.field(static=True, default="zero")
+    throw: bool = eqx.field(static=True, default=False)
     batch_ndim: int = eqx.field(static=True, default=0)
 
     def __check_init__(self):
-        if self.on_failure not in ("zero", "raise"):
-            raise ValueError(f"Neumann on_failure must be 'zero' or 'raise', got "
-                             f"{self.on_failure!r}")
+        if not isinstance(self.throw, bool):
+            raise ValueError(f"Neumann(throw=...) must be True or False, got {self.throw!r}")
 
     def init(self, operator, options):
         del options
@@ -574,7 +573,7 @@ class Neumann(lx.AbstractLinearSolver):
                                _broadcast_rows(ok0, sol, self.batch_ndim))
             r = jax.tree.map(lambda av, bb: av - bb, operator.mv(sol), vector)
             ok = _sample_rms(r, self.batch_ndim) <= tol_fn(vector)
-            if self.on_failure == "zero":
+            if not self.throw:
                 # samples are independent: give those that failed a zero solution (they drop
                 # out of a gradient) and say so, rather than fail the whole batch
                 sol = jax.tree.map(lambda a, k: jnp.where(k, a, 0.0), sol,

@@ -864,3 +864,23 @@ def test_help_and_usage_errors_do_not_import_jax(argv):
     out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
                          timeout=120)
     assert out.stdout.strip().splitlines()[-1] == "jax imported: False", out.stderr
+
+
+def test_lazy_exports_agree():
+    """``hamjax``'s lazy table, ``__all__`` and the names type checkers read (its
+    ``TYPE_CHECKING`` imports) list the same names, and each resolves to the object its module
+    defines."""
+    import ast
+    import importlib
+
+    import hamjax
+
+    lazy = set(hamjax._EXPORTS) | set(hamjax._SUBPACKAGES)
+    assert set(hamjax.__all__) == lazy
+    tree = ast.parse(open(hamjax.__file__).read())
+    checked = {a.asname or a.name for node in ast.walk(tree) if isinstance(node, ast.If)
+               and getattr(node.test, "id", None) == "TYPE_CHECKING"
+               for stmt in node.body if isinstance(stmt, ast.ImportFrom) for a in stmt.names}
+    assert checked == lazy
+    for name, module in hamjax._EXPORTS.items():
+        assert getattr(hamjax, name) is getattr(importlib.import_module(f"hamjax.{module}"), name)

@@ -647,8 +647,8 @@ def test_an_unbatched_nan_state_comes_back_nan_and_flagged(net, x0, kw):
 def test_a_derivative_at_unconverged_samples_is_never_silent(net, x0):
     """Two fixed-point iterations leave every sample unconverged (``F(x) ≠ 0``, where the
     implicit function theorem gives a wrong derivative): differentiating that relaxation warns
-    by default, fails with ``on_unconverged="raise"`` (under jit too) and is quiet with
-    ``"ignore"``; a converged relaxation differentiates quietly, and an unconverged one that
+    by default, fails with ``on_unconverged=UnconvergedGradientError`` (under jit too) and is
+    quiet with ``None``; a converged relaxation differentiates quietly, and an unconverged one that
     is not differentiated says nothing (its ``converged`` flags say it)."""
     import warnings
 
@@ -665,16 +665,16 @@ def test_a_derivative_at_unconverged_samples_is_never_silent(net, x0):
         jax.block_until_ready(grad(net, hj.ImplicitSteadyState(), 2))
         jax.effects_barrier()
     with pytest.raises(Exception, match=r"had not\s+converged"):
-        strict = hj.ImplicitSteadyState(on_unconverged="raise")
+        strict = hj.ImplicitSteadyState(on_unconverged=hj.UnconvergedGradientError)
         jax.block_until_ready(eqx.filter_jit(lambda n: grad(n, strict, 2))(net))
     with warnings.catch_warnings():
         warnings.simplefilter("error", hj.UnconvergedGradientWarning)
-        jax.block_until_ready(grad(net, hj.ImplicitSteadyState(on_unconverged="ignore"), 2))
+        jax.block_until_ready(grad(net, hj.ImplicitSteadyState(on_unconverged=None), 2))
         jax.block_until_ready(grad(net, hj.ImplicitSteadyState(), 1024))
         jax.block_until_ready(objective(net, hj.ImplicitSteadyState(), 2))
         jax.effects_barrier()
     with pytest.raises(ValueError, match="on_unconverged"):
-        hj.ImplicitSteadyState(on_unconverged="flag")
+        hj.ImplicitSteadyState(on_unconverged="raise")
 
 
 def test_fixed_steps_carry_their_tolerance(net, x0):

@@ -207,7 +207,7 @@ def test_bad_settings_are_refused():
 def test_neumann_gives_failed_samples_a_zero_solution_and_warns():
     """Two independent 1-d systems: ``(0.5 − 1) v = b₀`` contracts; ``0 · v = b₁`` has no
     solution. The first is solved, the second gets 0 and a LinearSolveWarning (in a gradient
-    it drops out instead of failing the batch); ``on_failure="raise"`` fails the solve."""
+    it drops out instead of failing the batch); ``throw=True`` fails the solve."""
     m = jnp.array([[0.5], [1.0]])  # A = M − I per sample: −0.5 and 0
     b = jnp.array([[1.0], [1.0]])
     op = lx.FunctionLinearOperator(lambda v: m * v - v, jax.eval_shape(lambda: b))
@@ -217,4 +217,4 @@ def test_neumann_gives_failed_samples_a_zero_solution_and_warns():
         jax.effects_barrier()
     np.testing.assert_allclose(v, [[-2.0], [0.0]], rtol=2e-4)  # rtol 1e-4 on the residual
     with pytest.raises(Exception, match="maximum number of solver steps"):
-        lx.linear_solve(op, b, Neumann(batch_ndim=1, fallback=fb, on_failure="raise"))
+        lx.linear_solve(op, b, Neumann(batch_ndim=1, fallback=fb, throw=True))

@@ -93,8 +93,9 @@ GRADIENTS = {
     "bptt": T.BPTT(RelaxOptions(solver=diffrax.Tsit5(), stop=SteadyState(atol=ATOL),
                                 max_steps=MAX_STEPS, dt0=0.25)),
     "implicit": T.Implicit(_steady(ATOL, MAX_STEPS)),
-    "eqprop": T.EqProp(beta=BETA, variant="symmetric", relaxation=_steady(ATOL, MAX_STEPS)),
-    "eqprop_one_sided": T.EqProp(beta=BETA, variant="one_sided",
+    "eqprop": T.EqProp(beta=BETA, nudging=T.SymmetricNudging(),
+                       relaxation=_steady(ATOL, MAX_STEPS)),
+    "eqprop_one_sided": T.EqProp(beta=BETA, nudging=T.OneSidedNudging(),
                                  relaxation=_steady(ATOL, MAX_STEPS)),
 }
 TRAIN_STEPS = 4
@@ -696,7 +697,7 @@ def test_nll_nudge_is_bounded_for_both_signs(batch):
     itself, the loss reported, to O(β²). The squared error of the probabilities stays available
     by name: its estimate is the gradient of that other loss."""
     net = _softmax_classifier()
-    raw = T.EqProp(beta=0.5, nudge="cost", relaxation=_steady(1e-4, 64))
+    raw = T.EqProp(beta=0.5, nudge=T.TaskCost(), relaxation=_steady(1e-4, 64))
     _, m = _grad(raw, net, NLL, batch)
     assert float(jnp.mean(m["converged_nudged"])) < 0.5
     assert float(jnp.mean(m["used"])) == float(jnp.mean(m["converged_nudged"]))
@@ -707,7 +708,7 @@ def test_nll_nudge_is_bounded_for_both_signs(batch):
     assert _cos(g_ep, g_nll) > 0.999 and _rel(g_ep, g_nll) < 3e-2
     mse = T.Classification(num_classes=10, loss_kind="mse")
     g_imp, _ = _grad(T.Implicit(_steady(1e-6)), net, mse, batch)
-    g_sq, m = _grad(T.EqProp(beta=0.01, relaxation=_steady(1e-6), nudge="squared_error"), net,
+    g_sq, m = _grad(T.EqProp(beta=0.01, relaxation=_steady(1e-6), nudge=T.SquaredErrorCost()), net,
                     NLL, batch)
     assert float(jnp.min(m["converged_nudged"])) == 1.0
     assert _cos(g_sq, g_imp) > 0.999 and _rel(g_sq, g_imp) < 3e-2
@@ -729,7 +730,7 @@ def test_nll_nudge_current_is_bounded_where_the_network_is_confidently_wrong(bat
     g0 = net.layers["label"].activation(free.state["label"])
     p_y = np.asarray(g0)[np.arange(8), np.asarray(batch["target"])]
     assert p_y.min() < 1e-8 and p_y.min() > 1e-12  # confidently wrong, above the log clip
-    from hamjax.train._gradients import _cost_direction
+    from hamjax.train._nudging import _cost_direction
     d, s = _cost_direction(NLL, batch, g0)
     np.testing.assert_allclose(np.linalg.norm(np.asarray(d), axis=-1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(np.asarray(s), 1.0 / p_y, rtol=1e-3)  # |∂(−log g_y)/∂g| = 1/g_y
@@ -771,7 +772,7 @@ def test_eqprop_default_is_the_gradient_of_the_reported_nll_at_mnist_size():
     g_ep, m = _grad(T.EqProp(), net, NLL, b)
     assert float(jnp.min(m["used"])) == 1.0
     assert _cos(g_ep, g_nll) >= 0.99 and _rel(g_ep, g_nll) < 0.1
-    g_sq, _ = _grad(T.EqProp(nudge="squared_error"), net, NLL, b)
+    g_sq, _ = _grad(T.EqProp(nudge=T.SquaredErrorCost()), net, NLL, b)
     assert _cos(g_sq, g_nll) < 0.95
 
 
@@ -781,7 +782,7 @@ def test_random_sign_eqprop(net, batch):
     and the mean of the +β and −β one-sided estimates is exactly the symmetric estimate
     (their O(β) biases cancel)."""
     one = {k: v[:1] for k, v in batch.items()}
-    rs = T.EqProp(beta=BETA, variant="random_sign", relaxation=_steady(ATOL, MAX_STEPS))
+    rs = T.EqProp(beta=BETA, nudging=T.RandomSignNudging(), relaxation=_steady(ATOL, MAX_STEPS))
     assert rs.needs_key and not GRADIENTS["eqprop"].needs_key
     with pytest.raises(ValueError, match="key"):
         _loss_and_grad(rs, net, CLS, one)
@@ -845,12 +846,13 @@ def test_estimator_settings_are_checked():
         T.BPTT(_steady(1e-4))
     with pytest.raises(ValueError, match="must be a hamjax.RelaxOptions"):
         T.BPTT(20)
-    with pytest.raises(ValueError, match="variant"):
-        T.EqProp(variant="both")
-    with pytest.raises(ValueError, match="nudge"):
-        T.EqProp(nudge="quadratic")
-    with pytest.raises(ValueError, match="on_failure"):
-        hj_solvers.Neumann(on_failure="ignore")
+    # strings name nothing in the API: the strategies are objects
+    with pytest.raises(ValueError, match="nudging=.*SymmetricNudging"):
+        T.EqProp(nudging="symmetric")
+    with pytest.raises(ValueError, match="nudge=.*LinearisedCost"):
+        T.EqProp(nudge="linear")
+    with pytest.raises(ValueError, match="throw"):
+        hj_solvers.Neumann(throw="raise")
     # a diffrax solver takes dt0 and relaxes by the ODE, the implicit adjoint added
     kw = T.Implicit(RelaxOptions(solver=diffrax.Euler(), dt0=0.1)).relax_kwargs()
     assert kw["dt0"] == 0.1 and isinstance(kw["solver"], diffrax.Euler)

@@ -27,10 +27,24 @@ from ._fit import (
     sample_rng,
     train_step,
 )
-from ._gradients import BPTT, EqProp, GradientEstimator, Implicit, Nudge
+from ._gradients import BPTT, EqProp, GradientEstimator, Implicit
+from ._nudging import (
+    AbstractNudgeCost,
+    AbstractNudging,
+    LinearisedCost,
+    Nudge,
+    OneSidedNudging,
+    RandomSignNudging,
+    SquaredErrorCost,
+    SymmetricNudging,
+    TaskCost,
+    default_nudge_cost,
+)
 from ._tasks import Classification, Completion, Denoising, PatchCompletion, Storage, Task
 
 __all__ = [
+    "AbstractNudgeCost",
+    "AbstractNudging",
     "BATCH_SIZE",
     "BPTT",
     "CheckpointError",
@@ -42,16 +56,23 @@ __all__ = [
     "GradientEstimator",
     "Implicit",
     "LEARNING_RATE",
+    "LinearisedCost",
     "Nudge",
+    "OneSidedNudging",
     "PatchCompletion",
+    "RandomSignNudging",
+    "SquaredErrorCost",
     "Storage",
+    "SymmetricNudging",
     "Task",
+    "TaskCost",
     "check_classes",
     "check_task",
     "cosine_adam",
     "data_parallel",
     "default_epochs",
     "default_gradient",
+    "default_nudge_cost",
     "default_task",
     "evaluate",
     "fit",

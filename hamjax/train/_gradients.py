@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Callable
-from typing import ClassVar
 
 import diffrax
 import equinox as eqx
@@ -41,10 +39,16 @@ from .._ham import HAM
 from .._implicit import ImplicitSteadyState
 from .._relax import RelaxOptions, relax
 from ..solvers import Anderson, FixedPoint
-from ..synapses import Synapse
+from ._nudging import (
+    AbstractNudgeCost,
+    AbstractNudging,
+    SymmetricNudging,
+    _nudged,
+    default_nudge_cost,
+)
 from ._tasks import Task
 
-__all__ = ["GradientEstimator", "BPTT", "Implicit", "EqProp", "Nudge"]
+__all__ = ["GradientEstimator", "BPTT", "Implicit", "EqProp"]
 
 
 def _relaxation(net: HAM, task: Task, batch: dict, **kw):
@@ -214,7 +218,7 @@ class Implicit(GradientEstimator):
         kw = self.relaxation.kwargs()
         # unconverged samples are masked out of the objective (loss_and_grad): no warning
         kw["adjoint"] = dataclasses.replace(kw.get("adjoint", ImplicitSteadyState()),
-                                            on_unconverged="ignore")
+                                            on_unconverged=None)
         return kw
 
     def loss_and_grad(self, net, task, batch, *, key=None):
@@ -236,78 +240,6 @@ class Implicit(GradientEstimator):
         return loss, grads, metrics
 
 
-class Nudge(Synapse):
-    """``E = β · cost(g)``: the cost of a task as an energy term on the output layer, so that the
-    nudged dynamics receive the current ``−β ∂cost/∂g`` (equilibrium propagation; docs/maths.md
-    §5.4, the nudged energy ``E_β = E + β C``). ``beta`` is a scalar or one value per sample.
-
-    Fields: ``beta``; ``batch``, the prepared batch the cost reads its targets from; ``cost``, a
-    per-sample ``cost(g, batch)``; ``shape``, the output layer's shape. :class:`EqProp` builds
-    it."""
-
-    # its batch (and a per-sample β) travel with the samples when relax splits a batch
-    carries_batch: ClassVar[bool] = True
-    beta: jax.Array
-    batch: dict
-    cost: Callable = eqx.field(static=True)
-    shape: tuple[int, ...] = eqx.field(static=True)
-
-    def energy(self, g):
-        """``β · cost(g, batch)`` per sample.
-
-        ``g``: ``(n, *shape)``, returns shape ``(n,)``; or one sample, ``shape`` (with
-        ``batch`` one sample's, as :func:`hamjax.relax` splits it), returning a scalar: the
-        task's cost is written for a batch, so the sample is given a batch axis of 1."""
-        if g.ndim == len(self.shape):
-            one = jax.tree.map(lambda v: v[None], self.batch)
-            return (self.beta * self.cost(g[None], one))[0]
-        return self.beta * self.cost(g, self.batch)
-
-    def expected_shapes(self, shapes):
-        """``(shape,)``: the output layer.
-
-        ``shapes`` (the shapes offered) is not needed."""
-        return (self.shape,)
-
-
-def _linear_cost(g, batch):
-    """``⟨d, g⟩`` per sample, ``d = batch["_cost_direction"]``: a cost linearised at the free
-    state (its gradient there, scaled by :func:`_cost_direction`)."""
-    d = batch["_cost_direction"]
-    return jnp.sum((d * g).reshape(g.shape[0], -1), axis=-1)
-
-
-def _cost_direction(task: Task, batch: dict, g0):
-    """``(d, s)``: the gradient ``c_i = ∂C_i/∂g(g⁰_i)`` of each sample's cost at the free
-    state's output activations ``g0`` (``(n, *shape)``), as ``d_i = c_i / s_i`` with
-    ``s_i = max(1, |c_i|)`` (``(n,)``): a nudge current of norm at most β whatever the cost's
-    slope (the negative log-likelihood's is ``1/g_y``, unbounded), undone by weighting sample
-    ``i``'s estimate by ``s_i``."""
-    c = jax.grad(lambda g: jnp.sum(task.cost(g, batch)))(g0)
-    n = c.shape[0]
-    s = jnp.maximum(jnp.sqrt(jnp.sum(c.reshape(n, -1) ** 2, axis=-1)), 1.0)
-    return c / s.reshape((n,) + (1,) * (c.ndim - 1)), s
-
-
-def _nudged(net: HAM, task: Task, batch: dict, beta, kind: str = "cost",
-            direction=None) -> HAM:
-    """``net`` with ``β · cost`` on the task's output layer (``kind``: ``"cost"``,
-    ``"squared_error"`` or ``"linear"``, the latter ``β⟨direction, g⟩`` with ``direction``
-    from :func:`_cost_direction`)."""
-    out = task.output_layer
-    cost = task.cost
-    if kind == "squared_error":
-        if not hasattr(task, "loss_kind"):
-            raise ValueError(f"nudge='squared_error' needs a Classification task, got "
-                             f"{type(task).__name__}")
-        # the task's own squared error of the label activations, ½|g − onehot(y)|²
-        cost = dataclasses.replace(task, loss_kind="mse").cost
-    if kind == "linear":
-        batch, cost = {**batch, "_cost_direction": direction}, _linear_cost
-    nudge = Nudge(jnp.asarray(beta, jnp.float32), batch, cost, net.layers[out].shape)
-    return HAM(net.layers, {**net.synapses, "_nudge": nudge}, {**net.edges, "_nudge": (out,)})
-
-
 class EqProp(GradientEstimator):
     """Equilibrium propagation with nudging strength ``beta`` (Scellier & Bengio; docs/maths.md
     §5.4, eqs. (T5)–(T6)).
@@ -319,33 +251,31 @@ class EqProp(GradientEstimator):
     ``python -m benchmarks --only steady_state``), while the symmetric estimate's bias is only
     O(β²), so a small β costs little accuracy.
 
-    ``variant``: ``"symmetric"`` (default: nudge by +β and −β, bias O(β²)), ``"one_sided"``
-    (+β against the free state, bias O(β), one nudged phase) or ``"random_sign"`` (one-sided
-    with the sign of β drawn per sample, Laborieux et al. 2021: the O(β) bias cancels in
-    expectation; needs ``key``).
+    ``nudging``: which phases are relaxed and differenced, an :class:`AbstractNudging`:
+    :class:`SymmetricNudging` (default: +β and −β, bias O(β²)), :class:`OneSidedNudging`
+    (+β against the free state, bias O(β), one nudged phase) or :class:`RandomSignNudging`
+    (one-sided with the sign of β drawn per sample, Laborieux et al. 2021: the O(β) bias
+    cancels in expectation; needs ``key``).
 
-    ``nudge``: the cost added to the energy. ``"cost"``: the task's cost itself;
-    ``"linear"``: the cost linearised at the free state, ``β ⟨∂C/∂g(g⁰), g⟩``, a constant
-    current into the output layer. Only the cost's gradient at the free state enters (T5), so
-    the estimate is the gradient of the task's own loss, to O(β²) for the symmetric variant.
-    Each sample's current is scaled to norm at most β (its estimate scaled back,
-    :func:`_cost_direction`), so both phases stay bounded and near the free state however
-    steep the cost; ``"squared_error"``: ``½|g − onehot(y)|²`` on the label activations
-    (classification): a different loss from the one reported, kept by name for comparison.
-    ``"auto"`` (default): the cost itself, except for the negative log-likelihood
-    (``Classification(loss_kind="nll")`` on a Softmax label), nudged ``"linear"``. The NLL
+    ``nudge``: the cost added to the energy, an :class:`AbstractNudgeCost`:
+    :class:`TaskCost` (the task's cost itself), :class:`LinearisedCost` (the cost linearised
+    at the free state, a constant current of norm at most β into the output layer) or
+    :class:`SquaredErrorCost` (``½|g − onehot(y)|²`` on the label activations: a different
+    loss from the one reported, kept by name for comparison). Default (``None``):
+    :func:`default_nudge_cost`, the cost itself except for the negative log-likelihood
+    (``Classification(loss_kind="nll")`` on a Softmax label), nudged linearised. The NLL
     itself cannot be the nudge: ``−β · (−log g_y)`` makes the energy unbounded below as
-    ``g_y → 0`` (the −β phase runs away), and its current ``β/g_y`` is enormous where the
-    network is confidently wrong. Cross-entropy on the label activations (``"ce"``) and squared
-    errors are nudged by the cost itself: their currents are bounded, and the energy stays
-    bounded below for both signs on bounded or quadratic output layers (docs/maths.md §5.4).
+    ``g_y → 0`` (the −β phase runs away). Cross-entropy on the label activations (``"ce"``) and
+    squared errors are nudged by the cost itself: their currents are bounded, and the energy
+    stays bounded below for both signs on bounded or quadratic output layers (docs/maths.md
+    §5.4).
 
     Every phase relaxes to a steady state by ``relaxation`` (a :class:`hamjax.RelaxOptions`
     with ``stop=SteadyState(atol)``, default as :class:`Implicit`'s, no adjoint: nothing is
     differentiated through a relaxation): the free phase to its residual ``atol``, the nudged
     phases, which start from the free steady state, to ``nudged_atol`` (default
-    ``min(atol, 1e-5)``; the one-sided variants relax the free phase to it too, since their
-    estimate uses it).
+    ``min(atol, 1e-5)``; where the free state enters the estimate (one-sided nudgings) the
+    free phase relaxes to it too).
     The estimate is a difference of nudged states that differ by O(β), so they must be
     resolved well below that: on an untrained 784-512-10 classifier with β = 0.05 nudged
     phases relaxed to 1e-4 give an estimate at cosine 0.95 to the implicit gradient, to 1e-5
@@ -360,13 +290,13 @@ class EqProp(GradientEstimator):
     acceleration does what GMRES would on the slowly contracting iteration (the one the
     implicit adjoint solves), in 2–3× fewer iterations (``python -m benchmarks --only
     steady_state``); far from a steady state its extrapolation can land on a saddle, so the
-    free phase keeps the relaxation's solver. Bad ``variant``, ``nudge``, ``relaxation``,
-    ``nudged_solver`` (one the nudged phases' settings cannot take) or a non-positive ``beta``
-    or ``atol`` raise ``ValueError``."""
+    free phase keeps the relaxation's solver. A ``nudging`` or ``nudge`` of another type (a
+    string among them), a bad ``relaxation``, a ``nudged_solver`` the nudged phases' settings
+    cannot take, or a non-positive ``beta`` or ``nudged_atol`` raise ``ValueError``."""
 
     beta: float = eqx.field(static=True, default=0.05)
-    variant: str = eqx.field(static=True, default="symmetric")
-    nudge: str = eqx.field(static=True, default="auto")
+    nudging: AbstractNudging = eqx.field(static=True, default=SymmetricNudging())
+    nudge: AbstractNudgeCost | None = eqx.field(static=True, default=None)
     relaxation: RelaxOptions = eqx.field(static=True, default=_STEADY_DEFAULT)
     nudged_atol: float | None = eqx.field(static=True, default=None)
     nudged_solver: object = eqx.field(static=True, default=None)
@@ -379,12 +309,13 @@ class EqProp(GradientEstimator):
                              "adjoint")
         if self.nudged_atol is not None and not self.nudged_atol > 0:
             raise ValueError(f"EqProp(nudged_atol=...) must be positive, got {self.nudged_atol}")
-        if self.variant not in ("symmetric", "one_sided", "random_sign"):
-            raise ValueError("EqProp variant must be 'symmetric', 'one_sided' or 'random_sign',"
-                             f" got {self.variant!r}")
-        if self.nudge not in ("auto", "cost", "linear", "squared_error"):
-            raise ValueError(f"EqProp nudge must be 'auto', 'cost', 'linear' or "
-                             f"'squared_error', got {self.nudge!r}")
+        if not isinstance(self.nudging, AbstractNudging):
+            raise ValueError("EqProp(nudging=...) must be SymmetricNudging(), OneSidedNudging() "
+                             f"or RandomSignNudging() (hamjax.train), got {self.nudging!r}")
+        if not isinstance(self.nudge, AbstractNudgeCost | None):
+            raise ValueError("EqProp(nudge=...) must be None (the default), TaskCost(), "
+                             "LinearisedCost() or SquaredErrorCost() (hamjax.train), got "
+                             f"{self.nudge!r}")
         if not self.beta > 0:
             raise ValueError(f"EqProp beta must be positive, got {self.beta}")
 
@@ -401,8 +332,8 @@ class EqProp(GradientEstimator):
 
     @property
     def needs_key(self):
-        """True for ``variant="random_sign"``, which draws the sign of β per sample."""
-        return self.variant == "random_sign"
+        """Whether the nudging draws random numbers (:class:`RandomSignNudging`)."""
+        return self.nudging.needs_key
 
     def relax_kwargs(self):
         """The relaxation's keywords for :func:`hamjax.relax` (the free phase; the nudged ones
@@ -421,57 +352,40 @@ class EqProp(GradientEstimator):
         return RelaxOptions(solver=solver, stop=SteadyState(atol=self.nudged_tolerance),
                             max_steps=r.max_steps, dt0=r.dt0)
 
-    def _nudge(self, task: Task) -> str:
-        if self.nudge != "auto":
-            return self.nudge
-        return "linear" if getattr(task, "loss_kind", None) == "nll" else "cost"
-
     def loss_and_grad(self, net, task, batch, *, key=None):
         """``(mean loss, grads, metrics)``: the free phase's loss, the estimate (T6) of the
         gradient over the samples ``used`` (divided by ``n``), and the metrics with
-        ``converged``, ``converged_nudged`` and ``used``. ``key``: a PRNG key, required by
-        ``variant="random_sign"`` (else ``ValueError``)."""
+        ``converged``, ``converged_nudged`` and ``used``. ``key``: a PRNG key, required by a
+        nudging that draws random numbers (:attr:`needs_key`; else ``ValueError``)."""
         net = jax.lax.stop_gradient(net)
-        if self.variant == "symmetric":
+        if not self.nudging.uses_free_state:
             free = self.relax(net, task, batch)
-        else:  # the free state enters the one-sided estimate: resolved like the nudged ones
+        else:  # the free state enters the estimate: resolved like the nudged ones
             free = _relaxation(net, task, batch, **dict(
                 self.relax_kwargs(), stop=SteadyState(atol=self.nudged_tolerance)))
         nudged_kw = self.nudged_relaxation.kwargs()
         ev = task.evaluate(net, free.state, batch)
         loss = jnp.mean(ev["loss"])
         n = free.converged.shape[0]
-        out = task.output_layer
-        kind = self._nudge(task)
-        direction, scale = None, jnp.ones((n,), jnp.float32)
-        if kind == "linear":
-            g0 = net.layers[out].activation(free.state[out])
-            direction, scale = _cost_direction(task, batch, g0)
+        nudge = default_nudge_cost(task) if self.nudge is None else self.nudge
+        cost, nudge_batch, scale = nudge.prepare(net, task, batch, free.state)
 
         def phase(beta):
-            nudged = _nudged(net, task, batch, beta, kind, direction)
+            nudged = _nudged(net, task, nudge_batch, beta, cost)
             return relax(nudged, free.state, clamp=task.clamp, freeze=task.frozen(batch),
                          raise_nonfinite=False, **nudged_kw)
 
-        if self.variant == "symmetric":
-            plus, minus = phase(self.beta), phase(-self.beta)
-            nudged_ok = plus.converged & minus.converged
-            used = nudged_ok
-            coef = used * scale / (2.0 * self.beta * n)
-            states = (plus.state, minus.state)
+        beta_a, beta_b = self.nudging.strengths(self.beta, n, key)
+        a = phase(beta_a)
+        if beta_b is None:
+            b, beta_b = free, jnp.zeros_like(beta_a)
+            nudged_ok = a.converged
         else:
-            if self.variant == "random_sign":
-                if key is None:
-                    raise ValueError("EqProp(variant='random_sign') draws the sign of β per "
-                                     "sample: pass key= (fit and train_step do)")
-                beta = self.beta * jax.random.rademacher(key, (n,), jnp.float32)
-            else:
-                beta = jnp.full((n,), self.beta, jnp.float32)
-            plus = phase(beta)
-            nudged_ok = plus.converged
-            used = nudged_ok & free.converged
-            coef = used * scale / (beta * n)
-            states = (plus.state, free.state)
+            b = phase(beta_b)
+            nudged_ok = a.converged & b.converged
+        used = a.converged & b.converged
+        coef = used * scale / ((beta_a - beta_b) * n)
+        states = (a.state, b.state)
 
         def estimate(m):
             # Σ_i coef_i [E_i(x_a) − E_i(x_b)]: one backward pass for both energies; a sample
