@@ -23,6 +23,11 @@ from ._ham import ClampedDynamics
 from ._implicit import ImplicitSteadyState, _at_steady_state
 from ._results import RESULTS, from_diffrax
 
+# the (initial) step size of every relaxation that does not name one: relax's ODE path and the
+# gradient estimators' default relaxations (0.25 of the time constant: stable for Euler, and an
+# adaptive solver's controller shrinks it where it must)
+DT0 = 0.25
+
 _EVALS_PER_STEP = {
     diffrax.Euler: 1,
     diffrax.Heun: 2,
@@ -136,7 +141,7 @@ def _check_ode(stop, adjoint, controller, save: SaveAt, dt0):
 def _relax_ode(dyn, x_free, stop, adjoint, max_steps, *, solver, dt0, stepsize_controller,
                save: SaveAt, progress):
     """``(final free state, extras for Relaxation)`` of the ODE path (a diffrax ``solver``)."""
-    dt0 = 0.1 if dt0 is None else dt0
+    dt0 = DT0 if dt0 is None else dt0
     progress = bool(progress)
     nb = _batch_ndim(dyn, x_free)
     controller = _controller(stepsize_controller, solver, stop, nb)

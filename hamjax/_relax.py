@@ -189,7 +189,7 @@ def relax(
             single-device one.
 
     Arguments of the ODE path only (given with a steady-state solver, they are an error):
-        dt0: the (initial) step size (default 0.1).
+        dt0: the (initial) step size (default 0.25, as the gradient estimators').
         stepsize_controller: for adaptive solvers defaults to ``PIDController`` with a tenth of
             the SteadyState's ``rtol``/``atol`` (a looser one stalls above the residual asked
             for) and a per-sample error norm, or ``rtol=1e-3, atol=1e-6`` under FixedTime; a

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 from .._convergence import FixedSteps, SteadyState
 from .._ham import HAM
 from .._implicit import ImplicitSteadyState
+from .._ode import DT0
 from .._relax import RelaxOptions, relax
 from ..solvers import Anderson, FixedPoint
 from ._nudging import (
@@ -68,7 +69,7 @@ def _mean_loss_and_metrics(net, task, batch, sol, residual_penalty=0.0):
 
 
 # the estimators' default relaxations
-_BPTT_DEFAULT = RelaxOptions(solver=diffrax.Euler(), stop=FixedSteps(20), dt0=0.25, max_steps=256)
+_BPTT_DEFAULT = RelaxOptions(solver=diffrax.Euler(), stop=FixedSteps(20), dt0=DT0, max_steps=256)
 _STEADY_DEFAULT = RelaxOptions(solver=FixedPoint(), stop=SteadyState(atol=1e-4), max_steps=1024)
 
 
