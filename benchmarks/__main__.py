@@ -13,8 +13,10 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from . import common as C
+if TYPE_CHECKING:
+    from . import common as C
 
 SECTIONS = ("dynamics", "training", "solvers", "steady_state", "scaling", "end_to_end", "capacity",
             "sharding", "quality", "memories")
@@ -22,9 +24,15 @@ SECTIONS = ("dynamics", "training", "solvers", "steady_state", "scaling", "end_t
 NAMED_ONLY = ("quality", "memories")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (as ``hamjax``'s): the problem and where help is."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog,
-                                description="hamjax benchmarks: JSON + markdown + PNG results")
+    p = _Parser(prog=prog, description="hamjax benchmarks: JSON + markdown + PNG results")
     tier = p.add_mutually_exclusive_group()
     tier.add_argument("--quick", dest="tier", action="store_const", const="quick",
                       help="a few minutes on a CPU (default on CPU)")
@@ -64,6 +72,8 @@ def run(tier: str = "quick", out=None, only=None, data_dir=None, repeats=None,
     """Run the suite; return the results dict (also written to ``out``)."""
     import jax
 
+    from . import common as C
+
     m = C.machine()
     out = Path(out) if out is not None else C.default_out(only, m)
     cfg = C.Config.for_tier(tier, out, data_dir)
@@ -100,6 +110,8 @@ def run(tier: str = "quick", out=None, only=None, data_dir=None, repeats=None,
 
 
 def _call(mod, cfg: C.Config) -> dict:
+    from . import common as C
+
     if mod.__name__.endswith("capacity"):
         # capacity.run(quick=..., out=...) returns rows of measured vs theory: make them a table
         # (it also writes capacity.json / capacity.md into the results folder)
@@ -119,7 +131,9 @@ def main(argv=None, prog: str = "python -m benchmarks") -> int:
     """Run the command line ``argv``; ``prog`` is the name its messages give it."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(prog)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # before JAX's import: --help and usage errors answer at once
+    from . import common as C
+
     if args.repeat is not None and args.repeat < 1:
         parser.error(f"--repeat must be at least 1, got {args.repeat}")
     if args.repeats is not None and args.repeats < 1:

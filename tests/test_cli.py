@@ -852,18 +852,23 @@ def test_corruption_flag_takes_effect_or_is_refused(capsys):
             assert w in msg, (w, msg)
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["train", "--bogus"]])
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["train", "--bogus"],
+                                  ["bench", "--help"], ["bench", "--only", "bogus"]])
 def test_help_and_usage_errors_do_not_import_jax(argv):
     """``import hamjax`` is lazy (names are imported on first use), so ``hamjax --help`` and an
-    unknown flag answer at once instead of after JAX's import (seconds)."""
+    unknown flag answer at once instead of after JAX's import (seconds); ``hamjax bench``'s
+    likewise, and its usage error is one line naming itself."""
     import subprocess
     import sys
 
     code = ("import sys\nfrom hamjax.cli import main\ntry:\n    main(sys.argv[1:])\n"
             "except SystemExit:\n    pass\nprint('jax imported:', 'jax' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
-                         timeout=120)
+                         timeout=120, cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip().splitlines()[-1] == "jax imported: False", out.stderr
+    if "bogus" in argv:
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+        assert out.stderr.startswith(f"hamjax{' bench' if argv[0] == 'bench' else ''}: error")
 
 
 def test_lazy_exports_agree():
