@@ -19,7 +19,7 @@ from ._convergence import (
     _tolerance,
     residual_norm,
 )
-from ._ode import _evaluations, _solve, _steady_controller
+from ._ode import DT0, _evaluations, _solve, _steady_controller
 from ._results import RESULTS, from_optimistix, results_where
 from .solvers import Anderson, FixedPoint, iterate, with_batch_ndim
 
@@ -141,7 +141,7 @@ def _finish_by_ode(dyn, x, x_init, stop: SteadyState, max_steps: int, residual):
         def one(d, xi):
             # each sample with its own step size and stop
             sol = _solve(d, xi, solver, _steady_controller(stop, 0), stop,
-                         diffrax.RecursiveCheckpointAdjoint(), 0.1, max_steps,
+                         diffrax.RecursiveCheckpointAdjoint(), DT0, max_steps,
                          diffrax.SaveAt(t1=True), False)
             return (jax.tree.map(lambda v: v[-1], sol.ys), sol.stats["num_steps"],
                     sol.result != diffrax.RESULTS.max_steps_reached)

@@ -35,6 +35,12 @@ from ..models import patchify
 __all__ = ["Task", "Classification", "Denoising", "Completion", "Storage", "PatchCompletion"]
 
 
+def _set_layer(net, x: dict[str, Array], name: str, images: Array) -> None:
+    """Set ``x[name]`` to ``images`` (``(n, ...)``), reshaped to the layer's shape and cast to
+    its state's dtype."""
+    x[name] = images.reshape(images.shape[:1] + net.layers[name].shape).astype(x[name].dtype)
+
+
 class Task(eqx.Module):
     """Base class for training tasks: what the relaxed state of a HAM must do, and the loss on it.
 
@@ -94,11 +100,8 @@ class Task(eqx.Module):
         """Zero states, with the input layer set to ``batch["input"]`` (reshaped to its shape).
 
         Returns ``{name: (n, *shape)}`` for every layer of ``net``."""
-        inp = batch["input"]
-        layer = net.layers[self.input_layer]
-        inp = inp.reshape(inp.shape[:1] + layer.shape)
-        x = net.init_state(batch=inp.shape[:1])
-        x[self.input_layer] = inp.astype(x[self.input_layer].dtype)
+        x = net.init_state(batch=batch["input"].shape[:1])
+        _set_layer(net, x, self.input_layer, batch["input"])
         return x
 
     def loss(self, net, state: dict[str, Array], batch: dict) -> Array:
@@ -243,8 +246,7 @@ class Denoising(Task):
             if ev not in net.layers:
                 raise ValueError(f"{type(self).__name__}: evidence_layer {ev!r} is not a layer "
                                  f"of the HAM (its layers: {list(net.layers)})")
-            inp = batch["input"]
-            x[ev] = inp.reshape(inp.shape[:1] + net.layers[ev].shape).astype(x[ev].dtype)
+            _set_layer(net, x, ev, batch["input"])
         return x
 
     def prepare(self, x, y, rng, train=True):
