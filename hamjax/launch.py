@@ -165,7 +165,9 @@ def _wait(procs, grace: float = STOP_GRACE_S, stopping: bool = False) -> int:
     deadline = time.monotonic() + grace if stopping else None
     while True:
         codes = [p.poll() for p in procs]
-        bad = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
+        # a killed process first: its peers then fail too, each saying its peer stopped
+        bad = sorted(((i, c) for i, c in enumerate(codes) if c not in (None, 0)),
+                     key=lambda ic: ic[1] >= 0)
         if bad and not failed:
             i, code = bad[0]
             failed = 128 - code if code < 0 else code

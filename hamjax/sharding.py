@@ -29,6 +29,7 @@ set before JAX is imported.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 import threading
@@ -42,7 +43,7 @@ from jax.sharding import PartitionSpec as P
 
 __all__ = ["make_mesh", "shard_batch", "replicate", "initialize_distributed", "ShardingError",
            "DistributedError", "local_rows", "global_batch", "local_replica", "is_main_process",
-           "barrier", "gather_text"]
+           "barrier", "gather_text", "lost_peer"]
 
 
 class ShardingError(ValueError):
@@ -258,6 +259,32 @@ def gather_text(text: str) -> list[str]:
     got = np.asarray(multihost_utils.process_allgather(buf))
     return [row[:int(k)].tobytes().decode(errors="replace")
             for row, k in zip(got, sizes, strict=True)]
+
+
+# what gloo says when the other end of a collective's connection has gone away
+_PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe",
+              "Connection refused", "Socket closed", "EOF")
+
+
+def lost_peer(error: BaseException) -> str | None:
+    """Whether ``error``, raised by a computation of a multi-process run, says that another
+    process of the run has gone (killed, crashed, or stopped): then a short description of
+    it, from gloo's message without its source location (``"Gloo all-reduce failed: read
+    error [127.0.0.1]:25764: Connection reset by peer"``), else ``None``. Always ``None`` in a
+    one-process run.
+
+    A process whose peer died gets this error from its next collective; if it let Python end
+    normally, JAX's shutdown would then wait for the dead process until the coordination
+    service's heartbeat timeout and abort with a C++ error, so the command line ends such a
+    process at once (``os._exit``) after one line."""
+    if not jax.distributed.is_initialized() or jax.process_count() < 2:
+        return None
+    text = str(error)
+    if "gloo" not in text.lower() or not any(w in text for w in _PEER_GONE):
+        return None
+    line = next((ln for ln in text.splitlines() if "gloo" in ln.lower()), text.splitlines()[0])
+    line = re.sub(r"^[A-Z_]+: ", "", line.strip())  # XLA's status code
+    return re.sub(r"\[[^\]]*\.(?:cc|h):\d+\] ", "", line)[:300]
 
 
 def _address(coordinator_address: str) -> tuple[str, int]:

@@ -144,6 +144,47 @@ def test_a_dead_worker_is_named_in_one_line(tmp_path):
             "(killed after 30 s)") in err
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
+@linux
+@pytest.mark.parametrize("victim", [1, 0])  # a worker, and the process hosting the coordinator
+def test_a_hand_started_process_whose_peer_died_stops_in_one_line(tmp_path, victim):
+    """Two processes started by hand (no launcher to stop them): when one is killed, the other
+    stops within seconds with one line naming what happened and what the run keeps, and exit
+    status 1; not a traceback, and not JAX's C++ abort after its heartbeat timeout. Where the
+    dead process hosted the coordinator, JAX's client logs its own lines first (C++ threads
+    Python cannot silence): hamjax's line is then the last."""
+    from hamjax.launch import free_port
+
+    out = tmp_path / "run"
+    port = free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "hamjax.cli", *LONG, "--out", str(out),
+                               "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+                               "--process-id", str(i)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    try:
+        _wait_for(lambda: (out / "checkpoint.eqx").exists(), what="the first checkpoint")
+        procs[victim].kill()
+        survivor = procs[1 - victim]
+        t0 = time.monotonic()
+        _, err = survivor.communicate(timeout=120)
+        took = time.monotonic() - t0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert survivor.returncode == 1, err[-2000:]
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err, err[-2000:]
+    assert lines[-1].startswith(f"hamjax train: error: process {1 - victim} of 2: another "
+                                "process of the run has stopped (Gloo"), lines[-1]
+    if victim == 1:  # process 0 speaks for the run: what it keeps, how to continue
+        assert len(lines) == 1, err[-2000:]
+        assert "the checkpoint of epoch" in lines[0] and lines[0].endswith(
+            "start every process again with --resume to continue")
+    assert took < 30, took
+
+
 TINY = ["train", "--hidden", "8", "--gradient", "bptt", "--steps", "5", "--limit-train", "64",
         "--limit-test", "32", "--batch-size", "32", "--no-progress"]
 

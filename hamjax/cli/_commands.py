@@ -26,6 +26,7 @@ from ._runs import (
     release,
     resumed_config,
     saved_config,
+    stop_for_lost_peer,
     write_atomic,
     write_history,
 )
@@ -276,6 +277,13 @@ def _train_in(out: Path, created: bool, cfg: dict, data, net, task, gradient, me
         raise UsageError(_failed(OSError(f"cannot write{where}: {e.strerror or e}"), out, ckpt,
                                  cfg, created, not resume)) from None
     except Exception as e:
+        from ..sharding import lost_peer
+
+        peer = lost_peer(e)
+        if peer is not None:
+            then = (f"; {_what_is_kept(out, ckpt, created, not resume)}; start every process "
+                    "again with --resume to continue") if main else ""
+            stop_for_lost_peer("train", peer, then)
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
         # an allocation the device cannot satisfy: XLA's message is pages long
@@ -311,17 +319,21 @@ def _kept(out: Path, ckpt: Path) -> str:
     return f"the checkpoint of epoch {done} in {out} is kept"
 
 
+def _what_is_kept(out: Path, ckpt: Path, created: bool, fresh: bool) -> str:
+    """What a run that stopped early leaves, in words; a new run (``fresh``: its config.json is
+    this command's) that saved nothing is removed, so no half-written folder stays behind."""
+    if not out.exists():
+        return f"the run folder {out} is gone"
+    if ckpt.exists():
+        return _kept(out, ckpt)
+    release(out, created, ["config.json"] if fresh else [])
+    return "nothing was saved" + (f" ({out} removed)" if not out.exists() else "")
+
+
 def _failed(e: Exception, out: Path, ckpt: Path, cfg: dict, created: bool, fresh: bool) -> str:
     """The one-line message for a run that stopped (diverged, or a checkpoint that does not
-    fit); a new run (``fresh``: its config.json is this command's) that saved nothing is
-    removed, so no half-written folder stays behind."""
-    if not out.exists():
-        kept = f"the run folder {out} is gone"
-    elif ckpt.exists():
-        kept = _kept(out, ckpt)
-    else:
-        release(out, created, ["config.json"] if fresh else [])
-        kept = "nothing was saved" + (f" ({out} removed)" if not out.exists() else "")
+    fit), with what it leaves (:func:`_what_is_kept`)."""
+    kept = _what_is_kept(out, ckpt, created, fresh)
     if isinstance(e, FloatingPointError):
         dt = f" or --dt0 (now {cfg['dt0']:g})" if cfg.get("dt0") is not None else ""
         return (f"training diverged: {str(e).split(';')[0]}; {kept}; start a new run with a "

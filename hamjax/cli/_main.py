@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ._commands import analyze, bench, evaluate, train
 from ._parser import UsageError, build_parser, defaults, given_flags
-from ._runs import Terminated, stop_signals_interrupt
+from ._runs import Terminated, stop_for_lost_peer, stop_signals_interrupt
 
 
 def train_config(argv) -> dict:
@@ -39,6 +39,16 @@ def main(argv=None) -> int:
     except UsageError as e:
         # exit status 2 as for argparse's own checks, but one line: the problem, not the usage
         parser.exit(2, f"hamjax {args.command}: error: {e}\n")
+    except Exception as e:
+        # outside training (which says what it kept), a process of a run whose peer has gone
+        # is one line too, and ends at once rather than in JAX's shutdown
+        if "jax" in sys.modules:
+            from ..sharding import lost_peer
+
+            peer = lost_peer(e)
+            if peer is not None:
+                stop_for_lost_peer(args.command, peer)
+        raise
     except KeyboardInterrupt as e:
         # outside training (which says how to resume), a stop is one line too
         how = f"stopped by {e.name}" if isinstance(e, Terminated) else "interrupted"

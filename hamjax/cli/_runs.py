@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from ._parser import UsageError
 
@@ -329,3 +330,19 @@ def schedule_ends(cfg: dict) -> list[int]:
     """The epochs at which the run's cosine learning-rate segments end (one segment unless
     ``--resume`` extended the run)."""
     return list(cfg.get("schedule") or [cfg["epochs"]])
+
+
+def stop_for_lost_peer(command: str, peer: str, then: str = "") -> NoReturn:
+    """End this process of a multi-process run whose peer has gone (``peer``: what
+    :func:`hamjax.sharding.lost_peer` made of the error) with one line on stderr and exit
+    status 1, at once: left to Python's normal exit, JAX's shutdown would wait for the dead
+    process until the coordination service's heartbeat timeout and then abort with a C++
+    error. ``then``: what the line adds (what the run leaves, how to continue)."""
+    import jax
+
+    sys.stdout.flush()
+    sys.stderr.write(f"hamjax {command}: error: process {jax.process_index()} of "
+                     f"{jax.process_count()}: another process of the run has stopped ({peer})"
+                     f"{then}\n")
+    sys.stderr.flush()
+    os._exit(1)
