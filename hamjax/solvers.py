@@ -122,13 +122,16 @@ def iterate(solver: optx.AbstractFixedPointSolver, fn, y0, args=None, *, max_ste
 
 # ------------------------------------------------------------------ plain fixed-point iteration
 class _FixedPointState(eqx.Module):
-    residual: Array  # (samples,) rms residual at the current iterate
-    best_res: Array  # (samples,) smallest residual seen
-    mark_res: Array  # (samples,) best_res when the current window of `patience` steps began
-    since: Array  # (samples,) iterations into the current window
-    stalls: Array  # (samples,) windows in a row without progress
-    done: Array  # (samples,) converged, non-finite or given up: held where it is
-    steps: Array  # (samples,) iterations taken (evaluations of f) until done
+    # every per-sample record in one (samples, 6) array, columns _RES … _DONE: the iteration's
+    # bookkeeping is then one fused pass a step, not one small kernel per record, which on a
+    # CPU costs as much as the pass itself (counts are exact in it up to 2**24)
+    book: Array
+
+
+_RES, _BEST, _MARK, _STALLS, _STEPS, _DONE = range(6)
+# residual at the current iterate; smallest residual seen; best at the start of the current
+# window of `patience` steps; windows in a row without progress; iterations taken (evaluations
+# of f) until done; 1 once converged, non-finite or given up (held where it is)
 
 
 def _rows_rms(tree, batch_ndim: int) -> Array:
@@ -174,11 +177,9 @@ class FixedPoint(optx.AbstractFixedPointSolver):
     def init(self, fn, y, args, options, f_struct, aux_struct, tags) -> _FixedPointState:
         del fn, args, options, f_struct, aux_struct, tags
         b = _num_samples(y, self.batch_ndim)
-        dtype = jax.tree_util.tree_leaves(y)[0].dtype
-        inf = jnp.full((b,), jnp.inf, dtype)
-        zero = jnp.zeros((b,), jnp.int32)
-        return _FixedPointState(residual=inf, best_res=inf, mark_res=inf, since=zero,
-                                stalls=zero, done=jnp.zeros((b,), bool), steps=zero)
+        dtype = jnp.promote_types(jax.tree_util.tree_leaves(y)[0].dtype, jnp.float32)
+        inf, zero = jnp.full((b,), jnp.inf, dtype), jnp.zeros((b,), dtype)
+        return _FixedPointState(jnp.stack([inf, inf, inf, zero, zero, zero], axis=1))
 
     def step(self, fn, y, args, options, state: _FixedPointState, tags):
         del options, tags
@@ -187,38 +188,42 @@ class FixedPoint(optx.AbstractFixedPointSolver):
                              "SteadyState)")
         fy, aux = fn(y, args)
         g = jax.tree.map(lambda a, b: a - b, fy, y)
-        res = _rows_rms(g, self.batch_ndim)
+        book = state.book
+        res = _rows_rms(g, self.batch_ndim).astype(book.dtype)
+        was_done = book[:, _DONE] > 0
         # a non-finite iterate makes its residual non-finite too: one test for both
         finite = jnp.isfinite(res)
         tol = self.atol
         if not _is_zero(self.rtol):
             tol = tol + self.rtol * _rows_rms(y, self.batch_ndim)
         converged = finite & (res <= tol)
-        blowup = finite & (res > self.safeguard * state.best_res)
-        best_res = jnp.minimum(res, state.best_res)
-        since = state.since + 1
-        window_end = since >= self.patience
-        progress = best_res <= 0.99 * state.mark_res
-        stalls = jnp.where(window_end, jnp.where(progress, 0, state.stalls + 1), state.stalls)
+        blowup = finite & (res > self.safeguard * book[:, _BEST])
+        best_res = jnp.minimum(res, book[:, _BEST])
+        steps = book[:, _STEPS] + jnp.where(was_done, 0.0, 1.0)
+        # windows of `patience` of the sample's own iterations (all its iterations until done)
+        window_end = jnp.mod(steps, self.patience) == 0
+        progress = best_res <= 0.99 * book[:, _MARK]
+        stalls = jnp.where(window_end, jnp.where(progress, 0.0, book[:, _STALLS] + 1),
+                           book[:, _STALLS])
         give_up = ~converged & finite & (blowup | (stalls >= self.max_stalls))
-        done = state.done | converged | ~finite | give_up
-        mark_res = jnp.where(window_end, best_res, state.mark_res)
-        since = jnp.where(window_end, 0, since)
+        done = was_done | converged | ~finite | give_up
+        mark_res = jnp.where(window_end, best_res, book[:, _MARK])
         # a sample done now stays at this iterate: the one its residual was measured at
         hold = _broadcast_rows(done, y, self.batch_ndim)
         new_y = jax.tree.map(lambda a, b, k: jnp.where(k, a, b), y, fy, hold)
-        return new_y, _FixedPointState(residual=jnp.where(state.done, state.residual, res),
-                                       best_res=best_res, mark_res=mark_res, since=since,
-                                       stalls=stalls, done=done,
-                                       steps=state.steps + ~state.done), aux
+        book = jnp.stack([jnp.where(was_done, book[:, _RES], res), best_res, mark_res, stalls,
+                          steps, done.astype(book.dtype)], axis=1)
+        return new_y, _FixedPointState(book), aux
 
     def terminate(self, fn, y, args, options, state: _FixedPointState, tags):
         del fn, y, args, options, tags
-        return jnp.all(state.done), optx.RESULTS.successful
+        return jnp.all(state.book[:, _DONE] > 0), optx.RESULTS.successful
 
     def postprocess(self, fn, y, aux, args, options, state, tags, result):
         del fn, args, options, tags, result
-        return y, aux, {"residual": state.residual, "done": state.done, "steps": state.steps}
+        book = state.book
+        return y, aux, {"residual": book[:, _RES], "done": book[:, _DONE] > 0,
+                        "steps": book[:, _STEPS].astype(jnp.int32)}
 
 
 # ------------------------------------------------------------------ Anderson acceleration
