@@ -602,14 +602,19 @@ def bench(argv) -> int:
     try:
         from benchmarks.__main__ import main as bench_main
     except ImportError:
-        here = Path(__file__).resolve().parents[2]
-        if (here / "benchmarks" / "__main__.py").is_file():
-            sys.path.insert(0, str(here))
-            from benchmarks.__main__ import main as bench_main
-        else:
+        pkg = Path(__file__).resolve().parents[2] / "benchmarks"
+        if not (pkg / "__main__.py").is_file():
             print("hamjax bench: error: the benchmarks are not installed with the package; run "
                   "it from a source checkout of hamjax (python -m benchmarks)", file=sys.stderr)
             return 2
+        # that one package, by its path: the source tree's other folders stay off sys.path
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location(
+            "benchmarks", pkg / "__init__.py", submodule_search_locations=[str(pkg)])
+        sys.modules["benchmarks"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules["benchmarks"])
+        from benchmarks.__main__ import main as bench_main
     argv = list(argv)
     if not any(a in ("-h", "--help") or a == "--out" or a.startswith("--out=") for a in argv):
         argv += ["--out", time.strftime("hamjax-bench-%Y%m%d-%H%M%S")]
