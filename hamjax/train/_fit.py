@@ -325,8 +325,9 @@ def fit(
         if main:
             _warn_unconverged(record, gradient, epoch)
         if verbose:
-            shown = {k: round(v, 4) for k, v in record.items() if k.startswith("test_")}
-            print(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}, {shown}", flush=True)
+            shown = "".join(f", {k.replace('_', ' ')} {v:.4f}" for k, v in record.items()
+                            if k.startswith("test_"))
+            print(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}{shown}", flush=True)
         if checkpoint is not None:
             if main:
                 save_checkpoint(checkpoint, net, opt_state, {
