@@ -22,6 +22,7 @@ tests), ``quick`` (2,000 test images), ``full`` (all 10,000).
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -144,11 +145,64 @@ def _pictures(cfg: C.Config, name: str, shown: dict) -> str:
     return C.save_plot(fig, cfg, f"memories-{name}.png")
 
 
+CELLS = "memories-cells.json"
+"""The finished cells of a run, kept in its results folder after each one: a run stopped part way
+(a session's end) goes on from there when started again with the same ``--out``; a cell is
+reused only under the same tier, recipe and test set."""
+
+
+def _load_cells(out: Path) -> dict:
+    try:
+        return json.loads((out / CELLS).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_cells(out: Path, cells: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / (CELLS + ".tmp")
+    tmp.write_text(json.dumps(cells))
+    tmp.replace(out / CELLS)
+
+
+def _cell(kind, memory, valid, test, recipe) -> dict:
+    """One corruption on one dataset: every method's restorations of the same corrupted test
+    images, scored; the record kept in :data:`CELLS` (JSON: the two images shown as lists)."""
+    n_valid = len(valid)
+    rng = np.random.default_rng(0)
+    vc, ve, vs = _corrupt(valid, kind, rng)
+    b = D.fit_baselines(memory, valid.reshape(n_valid, -1), vc, ve, vs)
+    clean = test.reshape(len(test), -1)
+    tc, te, ts = _corrupt(test, kind, rng)
+    restored = b.restore(tc, te)
+    mean = np.broadcast_to(memory.reshape(len(memory), -1).mean(0), clean.shape)
+    net, task, gradient, seconds = _train_ham(kind, memory, valid, recipe)
+    ham, converged = _restore_ham(net, task, gradient, clean, tc, te)
+    outs = {"corrupted input": tc, "training mean": mean,
+            "nearest": restored["nearest"], "PCA": restored["pca"],
+            "modern Hopfield": restored["hopfield"], "HAM": ham}
+    psnr = {m: float(jnp.mean(D.masked_psnr(clean, y, ts))) for m, y in outs.items()}
+    best = max((m for m in METHODS if m != "corrupted input"), key=psnr.get)
+    best_baseline = max((m for m in BASELINES if m != "corrupted input"), key=psnr.get)
+    record = {
+        "psnr": psnr, "pca_k": b.k, "hopfield_beta": b.beta, "validation": b.validation,
+        "best": best, "chosen_at_grid_edge": list(b.at_grid_edge),
+        "ham_converged": float(converged.mean()), "ham_train_seconds": seconds,
+        "ham_margin_db": psnr["HAM"] - psnr[best_baseline],
+        "best_baseline": best_baseline}
+    shown = {"original": clean[:2], **{m: outs[m][:2] for m in
+                                       ("corrupted input", "nearest", "PCA",
+                                        "modern Hopfield", "HAM")}}
+    return {"record": record,
+            "shown": {k: np.asarray(v, np.float32).tolist() for k, v in shown.items()}}
+
+
 def run(cfg: C.Config) -> dict:
     data_dir = cfg.data_dir or C.default_data_dir()
     if data_dir is None:
         return C.section(notes=["no MNIST folder found: give --data-dir"])
     rows, data, plots = [], {}, []
+    cells = _load_cells(cfg.out)
     for name in ("mnist", "fashion-mnist"):
         try:
             ds = _dataset(name, Path(data_dir), cfg)
@@ -161,41 +215,28 @@ def run(cfg: C.Config) -> dict:
         recipe = cfg.pick(TINY_RECIPE, HAM_RECIPE, HAM_RECIPE)
         data[name] = {"train_images_stored": len(memory), "validation_images": n_valid,
                       "test_images": len(ds.x_test), "ham_recipe": recipe, "corruptions": {}}
+        test = np.asarray(ds.x_test, np.float32)
         shown = {}
         for kind in CORRUPTIONS:
-            rng = np.random.default_rng(0)
-            vc, ve, vs = _corrupt(valid, kind, rng)
-            b = D.fit_baselines(memory, valid.reshape(n_valid, -1), vc, ve, vs)
-            test = np.asarray(ds.x_test, np.float32)
-            clean = test.reshape(len(test), -1)
-            tc, te, ts = _corrupt(test, kind, rng)
-            restored = b.restore(tc, te)
-            mean = np.broadcast_to(memory.reshape(len(memory), -1).mean(0), clean.shape)
-            net, task, gradient, seconds = _train_ham(kind, memory, valid, recipe)
-            ham, converged = _restore_ham(net, task, gradient, clean, tc, te)
-            outs = {"corrupted input": tc, "training mean": mean,
-                    "nearest": restored["nearest"], "PCA": restored["pca"],
-                    "modern Hopfield": restored["hopfield"], "HAM": ham}
-            psnr = {m: float(jnp.mean(D.masked_psnr(clean, y, ts))) for m, y in outs.items()}
-            best = max((m for m in METHODS if m != "corrupted input"), key=psnr.get)
-            best_baseline = max((m for m in BASELINES if m != "corrupted input"), key=psnr.get)
-            data[name]["corruptions"][kind] = {
-                "psnr": psnr, "pca_k": b.k, "hopfield_beta": b.beta, "validation": b.validation,
-                "best": best, "chosen_at_grid_edge": b.at_grid_edge,
-                "ham_converged": float(converged.mean()), "ham_train_seconds": seconds,
-                "ham_margin_db": psnr["HAM"] - psnr[best_baseline],
-                "best_baseline": best_baseline}
-            shown[kind] = {"original": clean[:2], **{m: outs[m][:2] for m in
-                                                     ("corrupted input", "nearest", "PCA",
-                                                      "modern Hopfield", "HAM")}}
+            key = f"{name}/{kind}"
+            same = {"tier": cfg.tier, "recipe": recipe, "stored": len(memory),
+                    "test": len(test)}
+            if cells.get(key, {}).get("setting") != same:
+                cells[key] = {"setting": same, **_cell(kind, memory, valid, test, recipe)}
+                _save_cells(cfg.out, cells)
+            rec = cells[key]["record"]
+            b_k, b_beta, edges = rec["pca_k"], rec["hopfield_beta"], rec["chosen_at_grid_edge"]
+            psnr, best = rec["psnr"], rec["best"]
+            data[name]["corruptions"][kind] = rec
+            shown[kind] = {k: np.asarray(v, np.float32) for k, v in cells[key]["shown"].items()}
             for m in METHODS:
-                setting = (f"k = {b.k}" if m == "PCA" else f"β = {b.beta:g}"
+                setting = (f"k = {b_k}" if m == "PCA" else f"β = {b_beta:g}"
                            if m == "modern Hopfield" else "")
                 edge = {"PCA": "k", "modern Hopfield": "beta"}.get(m)
-                if edge in b.at_grid_edge:
+                if edge in edges:
                     setting += " (grid edge)"
                 if m == "HAM":
-                    setting = f"{converged.mean():.1%} converged"
+                    setting = f"{rec['ham_converged']:.1%} converged"
                 rows.append([name, kind, m, f"{psnr[m]:.2f}", setting,
                              "best" if m == best else ""])
         plots.append(_pictures(cfg, name, shown))

@@ -135,3 +135,20 @@ def test_memories_section_measures_every_baseline_on_every_corruption(tmp_path):
             assert c["ham_margin_db"] == pytest.approx(c["psnr"]["HAM"] - c["psnr"][best])
             assert c["pca_k"] == int(max(val["pca"], key=val["pca"].get))
             assert c["hopfield_beta"] == float(max(val["hopfield"], key=val["hopfield"].get))
+    # a second run into the same folder goes on from the kept cells instead of recomputing
+    # them; a cell kept under another setting is computed again
+    cells_path = tmp_path / memories.CELLS
+    cells = json.loads(cells_path.read_text())
+    first, *rest = sorted(cells)
+    cells[first]["record"]["psnr"]["HAM"] = 99.0
+    cells[rest[0]]["setting"]["tier"] = "another"
+    cells_path.write_text(json.dumps(cells))
+    assert benchmarks.main(["--tiny", "--only", "memories", "--out", str(tmp_path)]) == 0
+    again = json.loads((tmp_path / "results.json").read_text())["sections"]["memories"]["data"]
+    name, kind = first.split("/", 1)
+    assert again[name]["corruptions"][kind]["psnr"]["HAM"] == 99.0
+    name, kind = rest[0].split("/", 1)
+    redone, before = (dict(d[name]["corruptions"][kind]) for d in (again, res["data"]))
+    assert redone.pop("ham_train_seconds") > 0 and before.pop("ham_train_seconds") > 0
+    assert redone == before  # computed again, the same (seeded) result
+    assert json.loads(cells_path.read_text())[rest[0]]["setting"]["tier"] == "tiny"
