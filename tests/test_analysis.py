@@ -251,6 +251,7 @@ def test_stability_lanczos_and_tau_independence():
     np.testing.assert_allclose(full, merged, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_stability_does_not_depend_on_tau():
     k1, k2 = jax.random.split(jax.random.PRNGKey(13))
 

@@ -183,7 +183,8 @@ def device_pages(device_process) -> dict[str, str | None]:
 _SLOW_PAGES = {"README.md", "docs/getting-started.md", "docs/how-to/train-on-your-images.md",
                "docs/how-to/analyse.md", "docs/how-to/memory-retrieval.md",
                "docs/concepts/relaxation.md", "docs/concepts/training.md", "docs/index.md",
-               "docs/how-to/build-a-ham.md", "docs/how-to/masked-completion.md"}
+               "docs/how-to/build-a-ham.md", "docs/how-to/masked-completion.md",
+               "docs/concepts/energy.md"}
 
 
 @pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow)

@@ -496,6 +496,7 @@ def frozen_reference(net, x0):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 @pytest.mark.parametrize("kw", [dict(adjoint=hj.ImplicitSteadyState()),
                                 dict(solver=hj.solvers.FixedPoint()),
                                 dict(solver=hj.solvers.Anderson())],
